@@ -1,0 +1,26 @@
+//! The project's protobuf contracts as Rust types: Kafka integration events
+//! (`events`), the booking and payment gRPC services, and the file
+//! descriptor set that gRPC reflection serves.
+
+#![allow(clippy::all, clippy::pedantic)]
+
+/// Integration events (`ticketing.events.v1`), the value of every Kafka record.
+pub mod events {
+    tonic::include_proto!("ticketing.events.v1");
+}
+
+/// The booking-service gRPC API (`ticketing.booking.v1`).
+pub mod booking {
+    tonic::include_proto!("ticketing.booking.v1");
+}
+
+/// The payment-service gRPC API (`ticketing.payment.v1`).
+pub mod payment {
+    tonic::include_proto!("ticketing.payment.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every .proto here, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ticketing_descriptor");
+
+pub use prost;
+pub use prost_types;

@@ -1,0 +1,109 @@
+//! Connecting to PostgreSQL: each service owns one database on the server,
+//! creates it when missing and runs the shared event-store migrations plus
+//! its own.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+    ConnectOptions, Connection, PgConnection, PgPool,
+};
+
+/// The event store, checkpoint and inbox tables, embedded at build time.
+pub static SHARED_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// Errors while preparing a service database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL does not parse.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    /// The database name is not a plain identifier.
+    #[error("invalid database name `{0}`: use lowercase letters, digits and underscores")]
+    InvalidName(String),
+    /// PostgreSQL refused or failed a statement.
+    #[error("{context}: {source}")]
+    Sql {
+        /// What was being done.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("running migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+fn sql(context: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
+    move |source| DbError::Sql { context, source }
+}
+
+/// Connects to `database` on the server named by `server_url`, creating it
+/// first if it does not exist, and runs the shared migrations then `own`.
+pub async fn connect_service_db(
+    server_url: &str,
+    database: &str,
+    max_connections: u32,
+    own: &Migrator,
+) -> Result<PgPool, DbError> {
+    create_database_if_missing(server_url, database).await?;
+    let options = PgConnectOptions::from_str(server_url)
+        .map_err(DbError::InvalidUrl)?
+        .database(database)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(sql("connecting to the service database"))?;
+    migrate(&pool, own).await?;
+    Ok(pool)
+}
+
+/// Runs the shared migrations, then the service's own. Both sets live in
+/// one `_sqlx_migrations` table, so each ignores the other's versions.
+pub async fn migrate(pool: &PgPool, own: &Migrator) -> Result<(), DbError> {
+    run_ignoring_missing(&SHARED_MIGRATIONS, pool).await?;
+    run_ignoring_missing(own, pool).await?;
+    Ok(())
+}
+
+async fn run_ignoring_missing(migrator: &Migrator, pool: &PgPool) -> Result<(), DbError> {
+    let migrator = Migrator {
+        migrations: migrator.migrations.clone(),
+        ignore_missing: true,
+        locking: migrator.locking,
+        no_tx: migrator.no_tx,
+    };
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// Creates `database` on the server if it does not exist yet. Safe to race:
+/// a concurrent creator's "already exists" counts as success.
+pub async fn create_database_if_missing(server_url: &str, database: &str) -> Result<(), DbError> {
+    if database.is_empty() || !database.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(DbError::InvalidName(database.to_owned()));
+    }
+    let options = PgConnectOptions::from_str(server_url).map_err(DbError::InvalidUrl)?;
+    let mut conn = PgConnection::connect_with(&options).await.map_err(sql("connecting to the PostgreSQL server"))?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(database)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(sql("looking up the service database"))?;
+    if !exists {
+        // The name is checked above to be a plain identifier.
+        let created = sqlx::query(&format!("create database {database}")).execute(&mut conn).await;
+        match created {
+            Ok(_) => tracing::info!(database, "created database"),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(sql("creating the service database")(e)),
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The event store: append to a stream with an expected version, load a
+//! stream, and the shape of a stored event.
+//!
+//! Appends take a `&mut PgConnection` that is normally inside the caller's
+//! transaction, so a command's events, its seat holds and its idempotency
+//! record commit together or not at all.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+/// What the appender believes the stream's current version is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the version is (no concurrency check).
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have exactly this version.
+    Exact(i64),
+}
+
+/// Context recorded with every event and carried to Kafka headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    /// Groups every event caused by one user request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The id of the event or request that directly caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    /// W3C trace context of the request that appended the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Who acted: a user id, or `system:<component>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+/// An event about to be appended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The event's type name, e.g. `SeatLocked`.
+    pub event_type: String,
+    /// Version of the payload's schema, for upcasting old events.
+    pub schema_version: i32,
+    /// The event's facts.
+    pub payload: serde_json::Value,
+}
+
+impl NewEvent {
+    /// Serialises a domain event into a schema-version-1 new event.
+    pub fn from_serde<T: Serialize>(event_type: &str, payload: &T) -> Result<Self, serde_json::Error> {
+        Ok(Self { event_type: event_type.to_owned(), schema_version: 1, payload: serde_json::to_value(payload)? })
+    }
+}
+
+/// An event as recorded in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Position in the global log (unique, increasing in insertion order).
+    pub global_position: i64,
+    /// The appending transaction's id; the global log is read in (tx_id, position) order.
+    pub tx_id: i64,
+    /// The event's id (UUIDv7); the CloudEvents `ce_id` and the dedupe key.
+    pub event_id: Uuid,
+    /// Aggregate kind, e.g. `booking`.
+    pub stream_type: String,
+    /// Aggregate id.
+    pub stream_id: String,
+    /// 1-based position of the event in its stream.
+    pub stream_version: i64,
+    /// The event's type name.
+    pub event_type: String,
+    /// Version of the payload's schema.
+    pub schema_version: i32,
+    /// The event's facts.
+    pub payload: serde_json::Value,
+    /// Request context.
+    pub metadata: EventMetadata,
+    /// Commit-time clock of the database when appended.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// Deserialises the payload into a domain event type.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(self.payload.clone())
+    }
+}
+
+/// Errors of the event store.
+#[derive(Debug, thiserror::Error)]
+pub enum EventStoreError {
+    /// Someone else appended first; nothing was written.
+    #[error("stream {stream_type}/{stream_id} is at version {actual}, expected {expected:?}")]
+    Conflict {
+        /// Aggregate kind.
+        stream_type: String,
+        /// Aggregate id.
+        stream_id: String,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// What the store had (or `expected + 1` when a concurrent append won).
+        actual: i64,
+    },
+    /// Metadata could not be serialised.
+    #[error("serialising event metadata: {0}")]
+    Metadata(#[from] serde_json::Error),
+    /// The database failed.
+    #[error("event store: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// True when the error is a unique-constraint violation (SQLSTATE 23505).
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("23505"))
+}
+
+/// Appends `events` to a stream if its version matches `expected`.
+///
+/// On [`EventStoreError::Conflict`] nothing was written by this call; when it
+/// comes from a unique violation the caller's transaction is aborted and
+/// must be rolled back.
+pub async fn append(
+    conn: &mut PgConnection,
+    stream_type: &str,
+    stream_id: &str,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    metadata: &EventMetadata,
+) -> Result<Vec<StoredEvent>, EventStoreError> {
+    let current: i64 = sqlx::query_scalar(
+        "select coalesce(max(stream_version), 0) from events where stream_type = $1 and stream_id = $2",
+    )
+    .bind(stream_type)
+    .bind(stream_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let conflict = |actual| EventStoreError::Conflict {
+        stream_type: stream_type.to_owned(),
+        stream_id: stream_id.to_owned(),
+        expected,
+        actual,
+    };
+    match expected {
+        ExpectedVersion::Any => {}
+        ExpectedVersion::NoStream if current != 0 => return Err(conflict(current)),
+        ExpectedVersion::Exact(version) if version != current => return Err(conflict(current)),
+        ExpectedVersion::NoStream | ExpectedVersion::Exact(_) => {}
+    }
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let metadata_json = serde_json::to_value(metadata)?;
+    let mut stored = Vec::with_capacity(events.len());
+    for (offset, event) in (1..).zip(events) {
+        let event_id = Uuid::now_v7();
+        let version = current + offset;
+        let row = sqlx::query(
+            "insert into events \
+               (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8) \
+             returning global_position, tx_id::text::bigint as tx_id, recorded_at",
+        )
+        .bind(event_id)
+        .bind(stream_type)
+        .bind(stream_id)
+        .bind(version)
+        .bind(&event.event_type)
+        .bind(event.schema_version)
+        .bind(&event.payload)
+        .bind(&metadata_json)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| if is_unique_violation(&e) { conflict(version) } else { e.into() })?;
+        stored.push(StoredEvent {
+            global_position: row.try_get("global_position")?,
+            tx_id: row.try_get("tx_id")?,
+            event_id,
+            stream_type: stream_type.to_owned(),
+            stream_id: stream_id.to_owned(),
+            stream_version: version,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            payload: event.payload.clone(),
+            metadata: metadata.clone(),
+            recorded_at: row.try_get("recorded_at")?,
+        });
+    }
+    Ok(stored)
+}
+
+/// Loads every event of a stream in version order (empty if it does not exist).
+pub async fn load_stream(
+    conn: &mut PgConnection,
+    stream_type: &str,
+    stream_id: &str,
+) -> Result<Vec<StoredEvent>, EventStoreError> {
+    let rows = sqlx::query(&format!(
+        "select {STORED_EVENT_COLUMNS} from events \
+         where stream_type = $1 and stream_id = $2 order by stream_version"
+    ))
+    .bind(stream_type)
+    .bind(stream_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(stored_event_from_row).collect()
+}
+
+/// The select list that [`stored_event_from_row`] reads.
+pub(crate) const STORED_EVENT_COLUMNS: &str = "global_position, tx_id::text::bigint as tx_id, event_id, \
+     stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata, recorded_at";
+
+pub(crate) fn stored_event_from_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, EventStoreError> {
+    let metadata: serde_json::Value = row.try_get("metadata")?;
+    Ok(StoredEvent {
+        global_position: row.try_get("global_position")?,
+        tx_id: row.try_get("tx_id")?,
+        event_id: row.try_get("event_id")?,
+        stream_type: row.try_get("stream_type")?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: row.try_get("stream_version")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get("schema_version")?,
+        payload: row.try_get("payload")?,
+        metadata: serde_json::from_value(metadata)?,
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}

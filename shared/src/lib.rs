@@ -1,0 +1,32 @@
+//! The event-sourcing core that booking-service and payment-service share.
+//!
+//! One implementation of each mechanism, used by both services:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`event_store`] | append with optimistic concurrency, load a stream, read the global log in commit order |
+//! | [`outbox`] | the relay that publishes committed events to Kafka, at least once, in order per key |
+//! | [`kafka`] | producer/consumer settings, CloudEvents headers, topic creation, the embedded broker |
+//! | [`inbox`] | the Kafka consumer: inbox dedupe in the handler's transaction, retries, dead-letter topic |
+//! | [`projection`] | read models kept in step with the global log, with blue/green rebuilds |
+//! | [`global_log`] | reading the log in commit order, checkpoints, wake-ups |
+//! | [`db`] | connecting, creating the service database, running migrations |
+//! | [`config`] | the command-line/env settings every service has |
+//! | [`telemetry`] | tracing setup |
+//! | [`shutdown`] | the signal that stops every task |
+//! | [`testkit`] | fresh databases and a broker for integration tests |
+
+pub mod config;
+pub mod db;
+pub mod event_store;
+pub mod inbox;
+pub mod kafka;
+pub mod outbox;
+pub mod projection;
+pub mod shutdown;
+pub mod telemetry;
+pub mod testkit;
+
+pub mod global_log;
+
+pub use global_log::{LogPosition, WakeUp};

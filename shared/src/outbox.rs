@@ -1,0 +1,273 @@
+//! The transactional outbox relay: publishes every committed event of the
+//! local event store to Kafka, at least once and in order per key.
+//!
+//! The `events` table is the outbox. The relay is a checkpointed reader of
+//! the global log (see `global_log` for why it can never skip an event). It
+//! sends a batch, waits for every delivery report, and only then moves its
+//! checkpoint, so a crash or a broker outage means "send again", never
+//! "lost". Only one relay per database is active: leadership is a
+//! PostgreSQL session advisory lock, released by the server if the holder
+//! dies.
+
+use std::{hash::Hasher, time::Duration};
+
+use rdkafka::{
+    producer::{FutureProducer, FutureRecord, Producer},
+    util::Timeout,
+};
+use sqlx::{pool::PoolConnection, PgPool, Postgres};
+
+use crate::{
+    event_store::StoredEvent,
+    global_log::{self, LogPosition, WakeUp},
+    kafka::CloudEventHeaders,
+    shutdown::{sleep_or_shutdown, Shutdown},
+};
+
+/// A Kafka record derived from a stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRecord {
+    /// Destination topic.
+    pub topic: String,
+    /// Partition key (the booking id).
+    pub key: String,
+    /// CloudEvents `ce_type`.
+    pub ce_type: String,
+    /// CloudEvents `ce_subject`.
+    pub subject: String,
+    /// The encoded integration event.
+    pub value: Vec<u8>,
+}
+
+/// Maps stored domain events to the public integration events on Kafka.
+pub trait IntegrationMapper: Send + Sync + 'static {
+    /// The record to publish for `event`, or `None` for an internal event.
+    fn to_record(&self, event: &StoredEvent) -> Result<Option<OutgoingRecord>, MappingError>;
+}
+
+/// A stored event that cannot be turned into its integration event.
+#[derive(Debug, thiserror::Error)]
+#[error("mapping event {event_id} ({event_type}): {reason}")]
+pub struct MappingError {
+    /// The event.
+    pub event_id: uuid::Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Tuning of the relay.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Checkpoint name (one per service database).
+    pub name: String,
+    /// CloudEvents `ce_source`, e.g. `/booking-service`.
+    pub source: String,
+    /// Events read and sent per batch.
+    pub batch_size: i64,
+    /// Longest wait between looks at the log when no notification arrives.
+    pub poll_interval: Duration,
+    /// Pause before retrying a batch whose delivery failed.
+    pub retry_backoff: Duration,
+}
+
+impl RelaySettings {
+    /// Defaults for the relay of the service whose CloudEvents source is `source`.
+    pub fn new(name: &str, source: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            source: source.to_owned(),
+            batch_size: 500,
+            poll_interval: Duration::from_millis(250),
+            retry_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Publishes the event store to Kafka until `shutdown`, then flushes.
+pub async fn run_relay(
+    pool: PgPool,
+    producer: FutureProducer,
+    mapper: impl IntegrationMapper,
+    settings: RelaySettings,
+    shutdown: Shutdown,
+) {
+    let lock_key = advisory_key(&format!("outbox-relay:{}", settings.name));
+    let mut wake = WakeUp::new(&pool, settings.poll_interval).await;
+    while !shutdown.is_cancelled() {
+        let Some(leader) = acquire_leadership(&pool, lock_key, &shutdown).await else {
+            break;
+        };
+        tracing::info!(relay = settings.name, "outbox relay is the active publisher");
+        if let Err(error) =
+            publish_while_leader(&pool, &producer, &mapper, &settings, &mut wake, leader, &shutdown).await
+        {
+            tracing::error!(relay = settings.name, %error, "outbox relay interrupted; resuming from its checkpoint");
+            if !sleep_or_shutdown(settings.retry_backoff, &shutdown).await {
+                break;
+            }
+        }
+    }
+    if let Err(error) = producer.flush(Timeout::After(Duration::from_secs(10))) {
+        tracing::warn!(%error, "flushing the producer on shutdown");
+    }
+    tracing::info!(relay = settings.name, "outbox relay stopped");
+}
+
+/// Waits until this process holds the relay's advisory lock; `None` on shutdown.
+async fn acquire_leadership(pool: &PgPool, key: i64, shutdown: &Shutdown) -> Option<PoolConnection<Postgres>> {
+    loop {
+        let attempt = async {
+            let mut conn = pool.acquire().await?;
+            let locked: bool =
+                sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(locked.then_some(conn))
+        };
+        match attempt.await {
+            Ok(Some(conn)) => return Some(conn),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "outbox relay cannot reach PostgreSQL"),
+        }
+        if !sleep_or_shutdown(Duration::from_secs(1), shutdown).await {
+            return None;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("event store: {0}")]
+    Store(#[from] crate::event_store::EventStoreError),
+    #[error("leadership lost")]
+    LeadershipLost,
+}
+
+async fn publish_while_leader(
+    pool: &PgPool,
+    producer: &FutureProducer,
+    mapper: &impl IntegrationMapper,
+    settings: &RelaySettings,
+    wake: &mut WakeUp,
+    mut leader: PoolConnection<Postgres>,
+    shutdown: &Shutdown,
+) -> Result<(), RelayError> {
+    let mut checkpoint = {
+        let mut conn = pool.acquire().await?;
+        global_log::load_checkpoint(&mut conn, &settings.name).await?
+    };
+    while !shutdown.is_cancelled() {
+        let batch = {
+            let mut conn = pool.acquire().await?;
+            global_log::read_after(&mut conn, checkpoint, settings.batch_size).await?
+        };
+        let Some(last) = batch.last() else {
+            // Idle: prove the lock connection is alive, then sleep until woken.
+            sqlx::query("select 1").execute(&mut *leader).await.map_err(|_| RelayError::LeadershipLost)?;
+            tokio::select! {
+                () = wake.wait() => {}
+                () = shutdown.cancelled() => {}
+            }
+            continue;
+        };
+        let next = LogPosition::of(last);
+        // Send until every record of the batch is acknowledged. Never skip:
+        // a record that cannot be mapped stalls the relay loudly instead.
+        while !publish_batch(producer, mapper, settings, &batch).await {
+            if !sleep_or_shutdown(settings.retry_backoff, shutdown).await {
+                return Ok(());
+            }
+        }
+        let mut conn = pool.acquire().await?;
+        global_log::save_checkpoint(&mut conn, &settings.name, next).await?;
+        checkpoint = next;
+    }
+    Ok(())
+}
+
+/// Sends every record of `batch` and waits for all delivery reports; false
+/// if any failed (the whole batch is then sent again, duplicates allowed).
+async fn publish_batch(
+    producer: &FutureProducer,
+    mapper: &impl IntegrationMapper,
+    settings: &RelaySettings,
+    batch: &[StoredEvent],
+) -> bool {
+    let mut records = Vec::with_capacity(batch.len());
+    for event in batch {
+        match mapper.to_record(event) {
+            Ok(Some(record)) => records.push((event, record)),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, "outbox relay stalled on an unmappable event");
+                return false;
+            }
+        }
+    }
+    let mut all_delivered = true;
+    let mut deliveries = Vec::with_capacity(records.len());
+    for (event, record) in &records {
+        let headers = CloudEventHeaders {
+            id: event.event_id.to_string(),
+            source: settings.source.clone(),
+            event_type: record.ce_type.clone(),
+            time: CloudEventHeaders::format_time(event.recorded_at),
+            subject: record.subject.clone(),
+            traceparent: event.metadata.traceparent.clone(),
+            correlation_id: event.metadata.correlation_id.clone(),
+            causation_id: event.metadata.causation_id.clone(),
+        };
+        let sent = producer.send_result(
+            FutureRecord::to(&record.topic).key(&record.key).payload(&record.value).headers(headers.to_kafka()),
+        );
+        match sent {
+            Ok(delivery) => deliveries.push(delivery),
+            Err((error, _)) => {
+                tracing::warn!(%error, "outbox relay could not enqueue a record; retrying the batch");
+                all_delivered = false;
+                break;
+            }
+        }
+    }
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => {
+                tracing::warn!(%error, "Kafka delivery failed; the batch will be sent again");
+                all_delivered = false;
+            }
+            Err(_) => all_delivered = false,
+        }
+    }
+    all_delivered
+}
+
+/// A stable 64-bit advisory-lock key for a name.
+pub(crate) fn advisory_key(name: &str) -> i64 {
+    // FNV-1a: stable across builds and processes, unlike `DefaultHasher`.
+    let mut hasher = Fnv1a::default();
+    hasher.write(name.as_bytes());
+    i64::from_ne_bytes(hasher.finish().to_ne_bytes())
+}
+
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
