@@ -10,10 +10,12 @@
 //! | [`inbox`] | the Kafka consumer: inbox dedupe in the handler's transaction, retries, dead-letter topic |
 //! | [`projection`] | read models kept in step with the global log, with blue/green rebuilds |
 //! | [`global_log`] | reading the log in commit order, checkpoints, wake-ups |
+//! | [`grpc`] | request context to event metadata, bind, reflection |
 //! | [`db`] | connecting, creating the service database, running migrations |
 //! | [`config`] | the command-line/env settings every service has |
 //! | [`telemetry`] | tracing setup |
 //! | [`shutdown`] | the signal that stops every task |
+//! | [`topics`] | topic names, CloudEvents types, timestamp conversion |
 //! | [`testkit`] | fresh databases and a broker for integration tests |
 
 pub mod config;
@@ -26,7 +28,9 @@ pub mod projection;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testkit;
+pub mod topics;
 
 pub mod global_log;
+pub mod grpc;
 
 pub use global_log::{LogPosition, WakeUp};

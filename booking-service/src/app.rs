@@ -1,0 +1,146 @@
+//! Start-up and the running booking-service: `BookingApp::build` prepares
+//! the database, topics and a bound gRPC listener (port 0 in tests), `run`
+//! serves until shutdown with the outbox relay, the payment-event consumer,
+//! the projection runner and the expiry sweeper beside it.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use proto::booking::booking_service_server::BookingServiceServer;
+use shared::{
+    config::{DatabaseArgs, KafkaArgs, PaymentPolicy},
+    db, grpc, inbox, kafka, outbox, projection,
+    shutdown::{sleep_or_shutdown, Shutdown},
+    topics,
+};
+use sqlx::PgPool;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{
+    bookings::Bookings, config::BookingSettings, consumer::PaymentEventHandler, events::BookingEventMapper,
+    grpc::BookingGrpc, store, store::views::BookingViews,
+};
+
+/// A built, not yet running, booking-service.
+pub struct BookingApp {
+    pool: PgPool,
+    bookings: Bookings,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    brokers: String,
+    settings: BookingSettings,
+}
+
+impl BookingApp {
+    /// Connects (creating and migrating the database), creates the topics,
+    /// loads the demo catalog if asked, and binds the gRPC address.
+    pub async fn build(
+        database: &DatabaseArgs,
+        kafka_args: &KafkaArgs,
+        brokers: &str,
+        settings: BookingSettings,
+        policy: PaymentPolicy,
+    ) -> anyhow::Result<Self> {
+        let pool = db::connect_service_db(
+            &database.database_url,
+            &settings.booking_database,
+            database.database_max_connections,
+            &store::MIGRATIONS,
+        )
+        .await
+        .context("preparing the booking database")?;
+        projection::ensure(&pool, &BookingViews).await.context("preparing the booking projections")?;
+        if settings.load_demo_catalog {
+            store::catalog::load_demo_catalog(&pool).await.context("loading the demo catalog")?;
+        }
+        kafka::ensure_topics(
+            brokers,
+            &topics::ALL,
+            kafka_args.kafka_topic_partitions,
+            kafka_args.kafka_replication_factor,
+        )
+        .await
+        .context("creating Kafka topics")?;
+        let (listener, addr) = grpc::bind(settings.booking_grpc_addr).await?;
+        let bookings = Bookings::new(pool.clone(), settings.clone(), policy);
+        Ok(Self { pool, bookings, listener, addr, brokers: brokers.to_owned(), settings })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The database pool (tests inspect it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves until `shutdown`, then drains the background tasks.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let producer = kafka::producer(&self.brokers)?;
+        let relay = tokio::spawn(outbox::run_relay(
+            self.pool.clone(),
+            producer.clone(),
+            BookingEventMapper,
+            outbox::RelaySettings::new("booking-outbox", topics::BOOKING_SOURCE),
+            shutdown.clone(),
+        ));
+        let consumer_settings = inbox::ConsumerSettings::new("booking-service", &[topics::PAYMENT_EVENTS]);
+        let consumer = inbox::consumer(&self.brokers, &consumer_settings)?;
+        let handler = PaymentEventHandler { max_payment_attempts: self.bookings.max_payment_attempts() };
+        let consume = tokio::spawn(inbox::run_consumer(
+            self.pool.clone(),
+            consumer,
+            producer,
+            handler,
+            consumer_settings,
+            shutdown.clone(),
+        ));
+        let views = tokio::spawn(projection::run(
+            self.pool.clone(),
+            BookingViews,
+            Duration::from_millis(200),
+            shutdown.clone(),
+        ));
+        let sweeper = tokio::spawn(sweep(
+            self.bookings.clone(),
+            Duration::from_millis(self.settings.sweep_interval_ms),
+            shutdown.clone(),
+        ));
+
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<BookingServiceServer<BookingGrpc>>().await;
+        tracing::info!(addr = %self.addr, "booking-service gRPC listening");
+        let stopping = shutdown.clone();
+        let served = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(grpc::reflection(proto::FILE_DESCRIPTOR_SET)?)
+            .add_service(BookingServiceServer::new(BookingGrpc::new(self.bookings.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+                stopping.cancelled().await;
+                health_reporter.set_not_serving::<BookingServiceServer<BookingGrpc>>().await;
+            })
+            .await;
+        shutdown.cancel();
+        for task in [relay, consume, views, sweeper] {
+            let _ = task.await;
+        }
+        self.pool.close().await;
+        served.context("booking-service gRPC server")
+    }
+}
+
+/// Turns lapsed holds into `BookingExpired` every `interval`.
+async fn sweep(bookings: Bookings, interval: Duration, shutdown: Shutdown) {
+    loop {
+        match bookings.expire_due().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "sweeper expired lapsed bookings"),
+            Err(error) => tracing::warn!(%error, "sweeper pass failed"),
+        }
+        if !sleep_or_shutdown(interval, &shutdown).await {
+            return;
+        }
+    }
+}

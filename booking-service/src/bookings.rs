@@ -1,0 +1,393 @@
+//! The booking-service's use cases. Each command loads the booking stream,
+//! asks the pure domain to decide, and appends the events together with
+//! their seat-hold effects in one transaction (optimistic concurrency on
+//! the stream version; a lost race is retried).
+
+use chrono::{DateTime, Duration, Utc};
+use shared::{config::PaymentPolicy, event_store::EventMetadata};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::{
+    config::BookingSettings,
+    domain::{
+        booking::{decide, Booking, BookingCommand, BookingEvent, BookingRejection, Caller, PaymentMethod, SeatLocked},
+        catalog::{expand_rows, validate_performance_id, validate_seat_request, RowSpec},
+    },
+    error::BookingError,
+    store::{catalog, holds, streams, views},
+};
+
+/// Attempts of a command that keeps losing optimistic-concurrency races.
+const MAX_RACE_RETRIES: usize = 5;
+
+/// The booking-service's use cases over its database.
+#[derive(Clone)]
+pub struct Bookings {
+    pool: PgPool,
+    settings: BookingSettings,
+    policy: PaymentPolicy,
+}
+
+/// A `POST /bookings` request.
+#[derive(Debug, Clone, Default)]
+pub struct NewBooking {
+    /// The performance.
+    pub performance_id: String,
+    /// Seats in request order.
+    pub seat_ids: Vec<String>,
+    /// `CREDIT_CARD` (default), `BANK_TRANSFER` or `EASY_PAY`.
+    pub payment_method: Option<String>,
+    /// Must equal the caller.
+    pub user_id: String,
+}
+
+/// What a created booking reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedBooking {
+    /// The booking.
+    pub booking_id: String,
+    /// Its payment intent.
+    pub payment_intent_id: String,
+    /// Total in won.
+    pub total_amount: i64,
+    /// End of the hold.
+    pub locked_until: DateTime<Utc>,
+}
+
+/// A performance to register.
+#[derive(Debug, Clone)]
+pub struct NewPerformance {
+    /// Its id.
+    pub performance_id: String,
+    /// Its title.
+    pub title: String,
+    /// When it starts.
+    pub starts_at: Option<DateTime<Utc>>,
+    /// Its rows.
+    pub rows: Vec<RowSpec>,
+}
+
+const REQUIRED_FIELDS: &str = "User, performance, and seats are required.";
+
+impl Bookings {
+    /// Use cases over `pool` with `settings`.
+    pub fn new(pool: PgPool, settings: BookingSettings, policy: PaymentPolicy) -> Self {
+        Self { pool, settings, policy }
+    }
+
+    /// The database pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Validates, holds the seats and starts a pending booking.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        request: NewBooking,
+        metadata: &EventMetadata,
+    ) -> Result<CreatedBooking, BookingError> {
+        if request.performance_id.trim().is_empty() || request.user_id.trim().is_empty() || request.seat_ids.is_empty()
+        {
+            return Err(BookingError::Invalid(REQUIRED_FIELDS.into()));
+        }
+        if request.user_id != caller.user_id {
+            return Err(BookingError::BookForAnotherUser);
+        }
+        let payment_method = match request.payment_method.as_deref() {
+            None | Some("") => PaymentMethod::CreditCard,
+            Some(text) => PaymentMethod::parse(text).ok_or_else(|| {
+                BookingError::Invalid("paymentMethod must be one of CREDIT_CARD, BANK_TRANSFER, EASY_PAY.".into())
+            })?,
+        };
+        if request.seat_ids.iter().any(|s| s.trim().is_empty()) {
+            return Err(BookingError::Invalid(REQUIRED_FIELDS.into()));
+        }
+        let max_seats = self.settings.max_seats_per_user as usize;
+        validate_seat_request(&request.seat_ids, max_seats)?;
+        if validate_performance_id(&request.performance_id).is_err() {
+            return Err(BookingError::PerformanceNotFound(request.performance_id));
+        }
+
+        let mut tx = self.pool.begin().await?;
+        if catalog::performance(&mut tx, &request.performance_id).await?.is_none() {
+            return Err(BookingError::PerformanceNotFound(request.performance_id));
+        }
+        let prices = catalog::seat_prices(&mut tx, &request.performance_id, &request.seat_ids).await?;
+        let mut total_amount = 0_i64;
+        for seat in &request.seat_ids {
+            let price = prices.iter().find(|(id, _)| id == seat).map(|(_, p)| *p);
+            total_amount += price.ok_or_else(|| BookingError::UnknownSeat(seat.clone()))?;
+        }
+        holds::lock_user_quota(&mut tx, &request.performance_id, &caller.user_id).await?;
+        let held = holds::seats_held_by_user(&mut tx, &request.performance_id, &caller.user_id).await?;
+        if usize::try_from(held).unwrap_or(usize::MAX).saturating_add(request.seat_ids.len()) > max_seats {
+            return Err(BookingError::UserLimit(max_seats));
+        }
+        let now = db_now(&mut tx).await?;
+        let created = SeatLocked {
+            booking_id: Uuid::now_v7().to_string(),
+            payment_intent_id: Uuid::now_v7().to_string(),
+            user_id: caller.user_id.clone(),
+            performance_id: request.performance_id.clone(),
+            seat_ids: request.seat_ids.clone(),
+            total_amount,
+            currency: "KRW".into(),
+            payment_method,
+            locked_until: now + Duration::seconds(i64::from(self.settings.seat_hold_secs)),
+            created_at: now,
+        };
+        let locked = holds::lock_seats(
+            &mut tx,
+            &created.performance_id,
+            &created.seat_ids,
+            &created.booking_id,
+            &created.user_id,
+            created.locked_until,
+        )
+        .await?;
+        if let Err(seat) = locked {
+            return Err(BookingError::SeatUnavailable(seat));
+        }
+        let events = decide(None, BookingCommand::Create(created.clone()))?;
+        record(&mut tx, None, 0, &events, metadata).await?;
+        tx.commit().await?;
+        Ok(CreatedBooking {
+            booking_id: created.booking_id,
+            payment_intent_id: created.payment_intent_id,
+            total_amount,
+            locked_until: created.locked_until,
+        })
+    }
+
+    /// The owner (or an admin) cancels a pending booking; its seats are free at once.
+    pub async fn cancel(
+        &self,
+        caller: &Caller,
+        booking_id: &str,
+        metadata: &EventMetadata,
+    ) -> Result<(), BookingError> {
+        let caller = caller.clone();
+        self.execute(booking_id, metadata, move |_, now| BookingCommand::Cancel { caller: caller.clone(), now })
+            .await
+            .map(|_| ())
+    }
+
+    /// Reads one booking from its stream (always current), for its owner or an admin.
+    pub async fn get(&self, caller: &Caller, booking_id: &str) -> Result<Booking, BookingError> {
+        let mut conn = self.pool.acquire().await?;
+        let booking = streams::load(&mut conn, booking_id).await?.state.ok_or(BookingRejection::NotFound)?;
+        if booking.created.user_id != caller.user_id && !caller.admin {
+            return Err(BookingError::NotYourBooking);
+        }
+        Ok(booking)
+    }
+
+    /// The caller's bookings, newest first.
+    pub async fn list(
+        &self,
+        user_id: &str,
+        limit: u32,
+        before: Option<&str>,
+    ) -> Result<Vec<views::BookingRow>, BookingError> {
+        let limit = if limit == 0 { 100 } else { limit.min(500) };
+        let mut conn = self.pool.acquire().await?;
+        Ok(views::user_bookings(&mut conn, user_id, i64::from(limit), before).await?)
+    }
+
+    /// The occupiedSeats document of a seat.
+    pub async fn occupied_seat(
+        &self,
+        performance_id: &str,
+        seat_id: &str,
+    ) -> Result<views::OccupiedSeatRow, BookingError> {
+        let mut conn = self.pool.acquire().await?;
+        views::occupied_seat(&mut conn, performance_id, seat_id)
+            .await?
+            .ok_or_else(|| BookingError::SeatNotOccupied(format!("{performance_id}_{seat_id}")))
+    }
+
+    /// The seat map of a performance.
+    pub async fn seat_map(
+        &self,
+        performance_id: &str,
+    ) -> Result<(catalog::Performance, Vec<catalog::SeatState>), BookingError> {
+        let mut conn = self.pool.acquire().await?;
+        let performance = catalog::performance(&mut conn, performance_id)
+            .await?
+            .ok_or_else(|| BookingError::PerformanceNotFound(performance_id.to_owned()))?;
+        let seats = catalog::seat_map(&mut conn, performance_id).await?;
+        Ok((performance, seats))
+    }
+
+    /// An admin registers a performance and its seats.
+    pub async fn register_performance(
+        &self,
+        caller: &Caller,
+        performance: NewPerformance,
+    ) -> Result<u32, BookingError> {
+        if !caller.admin {
+            return Err(BookingError::AdminRequired);
+        }
+        validate_performance_id(&performance.performance_id)?;
+        if performance.title.chars().count() > 200 {
+            return Err(BookingError::Invalid("title must be at most 200 characters.".into()));
+        }
+        let seats = expand_rows(&performance.rows)?;
+        let mut tx = self.pool.begin().await?;
+        let inserted = catalog::insert_performance(
+            &mut tx,
+            &performance.performance_id,
+            &performance.title,
+            performance.starts_at,
+            &seats,
+        )
+        .await?;
+        if !inserted {
+            return Err(BookingError::PerformanceExists(performance.performance_id));
+        }
+        tx.commit().await?;
+        Ok(u32::try_from(seats.len()).unwrap_or(u32::MAX))
+    }
+
+    /// The payment-service asks to charge a booking now; on success the hold
+    /// cannot be released until the outcome is recorded or the admission ends.
+    pub async fn admit_payment(
+        &self,
+        booking_id: &str,
+        payment_intent_id: &str,
+        user_id: &str,
+        admission_secs: u32,
+        metadata: &EventMetadata,
+    ) -> Result<DateTime<Utc>, BookingError> {
+        let admission_secs = if admission_secs == 0 {
+            self.settings.payment_admission_secs
+        } else {
+            admission_secs.min(self.settings.payment_admission_secs)
+        };
+        let margin = self.policy.safety_margin();
+        let (intent, user) = (payment_intent_id.to_owned(), user_id.to_owned());
+        let booking = self
+            .execute(booking_id, metadata, move |_, now| BookingCommand::AdmitPayment {
+                payment_intent_id: intent.clone(),
+                user_id: user.clone(),
+                now,
+                admission: Duration::seconds(i64::from(admission_secs)),
+                safety_margin: margin,
+            })
+            .await?;
+        Ok(booking.created.locked_until)
+    }
+
+    /// Expires every pending booking whose deadline passed; returns how many.
+    pub async fn expire_due(&self) -> Result<usize, BookingError> {
+        let due = {
+            let mut conn = self.pool.acquire().await?;
+            holds::due_bookings(&mut conn, 200).await?
+        };
+        let mut expired = 0;
+        let metadata = EventMetadata { actor: Some("system:sweeper".into()), ..Default::default() };
+        for booking_id in due {
+            match self.execute(&booking_id, &metadata, |_, now| BookingCommand::Expire { now }).await {
+                Ok(_) => expired += 1,
+                Err(BookingError::Rejected(BookingRejection::NotFound)) => {}
+                Err(error) => tracing::warn!(booking_id, %error, "sweeper could not expire a booking"),
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Applies a command with retries on lost races, in its own transaction.
+    async fn execute(
+        &self,
+        booking_id: &str,
+        metadata: &EventMetadata,
+        command: impl Fn(&Booking, DateTime<Utc>) -> BookingCommand,
+    ) -> Result<Booking, BookingError> {
+        for _ in 0..MAX_RACE_RETRIES {
+            let mut tx = self.pool.begin().await?;
+            match execute_in(&mut tx, booking_id, metadata, &command).await {
+                Ok(booking) => {
+                    tx.commit().await?;
+                    return Ok(booking);
+                }
+                Err(BookingError::Contention) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        Err(BookingError::Contention)
+    }
+
+    /// The maximum client-error declines before a booking fails.
+    pub fn max_payment_attempts(&self) -> i32 {
+        self.policy.max_attempts()
+    }
+}
+
+/// Loads the booking, decides `command` and records the events with their
+/// seat-hold effects on `conn` (the caller's transaction). Returns the new state.
+pub async fn execute_in(
+    conn: &mut PgConnection,
+    booking_id: &str,
+    metadata: &EventMetadata,
+    command: impl Fn(&Booking, DateTime<Utc>) -> BookingCommand,
+) -> Result<Booking, BookingError> {
+    let loaded = streams::load(conn, booking_id).await?;
+    let booking = loaded.state.ok_or(BookingRejection::NotFound)?;
+    let now = db_now(conn).await?;
+    let events = decide(Some(&booking), command(&booking, now))?;
+    record(conn, Some(booking.clone()), loaded.version, &events, metadata).await
+}
+
+/// Records a payment success: confirms if paid in time and the seats are
+/// still this booking's, else ends the booking so the payment is refunded.
+pub async fn record_payment_succeeded(
+    conn: &mut PgConnection,
+    booking_id: &str,
+    payment_intent_id: &str,
+    processed_at: DateTime<Utc>,
+    metadata: &EventMetadata,
+) -> Result<Booking, BookingError> {
+    let loaded = streams::load(conn, booking_id).await?;
+    let booking = loaded.state.ok_or(BookingRejection::NotFound)?;
+    let seats_held = holds::still_holds_all(conn, &booking).await?;
+    let command = BookingCommand::RecordPaymentSucceeded {
+        payment_intent_id: payment_intent_id.to_owned(),
+        processed_at,
+        seats_held,
+    };
+    let events = decide(Some(&booking), command)?;
+    record(conn, Some(booking), loaded.version, &events, metadata).await
+}
+
+/// Appends `events` and makes the seat holds follow them.
+async fn record(
+    conn: &mut PgConnection,
+    state: Option<Booking>,
+    version: i64,
+    events: &[BookingEvent],
+    metadata: &EventMetadata,
+) -> Result<Booking, BookingError> {
+    let booking_id = match (&state, events.first()) {
+        (Some(booking), _) => booking.created.booking_id.clone(),
+        (None, Some(BookingEvent::SeatLocked(created))) => created.booking_id.clone(),
+        (None, _) => return Err(BookingRejection::NotFound.into()),
+    };
+    if !events.is_empty() {
+        streams::append(conn, &booking_id, version, events, metadata).await?;
+    }
+    let mut state = state;
+    for event in events {
+        state = crate::domain::booking::apply(state, event);
+        if let Some(booking) = &state {
+            holds::follow(conn, booking, event).await?;
+        }
+    }
+    state.ok_or_else(|| BookingError::Internal(format!("booking {booking_id} has no state after its events")))
+}
+
+/// The database clock: the one time authority of the booking-service.
+async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("select now()").fetch_one(conn).await
+}

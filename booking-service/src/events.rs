@@ -1,0 +1,101 @@
+//! Booking domain events → the public `booking.events.v1` integration
+//! events (protobuf). Internal events (payment admissions, declines,
+//! refund bookkeeping) are not published.
+
+use prost::Message;
+use proto::events as pb;
+use shared::{
+    event_store::StoredEvent,
+    outbox::{IntegrationMapper, MappingError, OutgoingRecord},
+    topics::{booking_type, timestamp, BOOKING_EVENTS},
+};
+
+use crate::domain::booking::{BookingEvent, CancelReason, PaymentMethod};
+
+/// Maps stored booking events to Kafka records keyed by booking id.
+pub struct BookingEventMapper;
+
+impl IntegrationMapper for BookingEventMapper {
+    fn to_record(&self, stored: &StoredEvent) -> Result<Option<OutgoingRecord>, MappingError> {
+        if stored.stream_type != crate::store::streams::STREAM_TYPE {
+            return Ok(None);
+        }
+        let event: BookingEvent = stored.decode().map_err(|e| MappingError {
+            event_id: stored.event_id,
+            event_type: stored.event_type.clone(),
+            reason: e.to_string(),
+        })?;
+        let booking_id = stored.stream_id.clone();
+        let value = match event {
+            BookingEvent::SeatLocked(e) => pb::SeatLocked {
+                booking_id: booking_id.clone(),
+                payment_intent_id: e.payment_intent_id,
+                user_id: e.user_id,
+                performance_id: e.performance_id,
+                seat_ids: e.seat_ids,
+                total: Some(pb::Money { amount: e.total_amount, currency: e.currency }),
+                payment_method: payment_method(e.payment_method).into(),
+                locked_until: Some(timestamp(e.locked_until)),
+                created_at: Some(timestamp(e.created_at)),
+            }
+            .encode_to_vec(),
+            BookingEvent::BookingConfirmed { of, payment_intent_id, confirmed_at } => pb::BookingConfirmed {
+                booking_id: booking_id.clone(),
+                payment_intent_id,
+                user_id: of.user_id,
+                performance_id: of.performance_id,
+                seat_ids: of.seat_ids,
+                confirmed_at: Some(timestamp(confirmed_at)),
+            }
+            .encode_to_vec(),
+            BookingEvent::BookingCancelled { of, reason, cancelled_at } => pb::BookingCancelled {
+                booking_id: booking_id.clone(),
+                user_id: of.user_id,
+                performance_id: of.performance_id,
+                seat_ids: of.seat_ids,
+                reason: match reason {
+                    CancelReason::UserRequested => pb::CancellationReason::UserRequested,
+                }
+                .into(),
+                cancelled_at: Some(timestamp(cancelled_at)),
+            }
+            .encode_to_vec(),
+            BookingEvent::BookingExpired { of, expired_at } => pb::BookingExpired {
+                booking_id: booking_id.clone(),
+                user_id: of.user_id,
+                performance_id: of.performance_id,
+                seat_ids: of.seat_ids,
+                expired_at: Some(timestamp(expired_at)),
+            }
+            .encode_to_vec(),
+            BookingEvent::BookingFailed { of, failed_attempts, failed_at } => pb::BookingFailed {
+                booking_id: booking_id.clone(),
+                user_id: of.user_id,
+                performance_id: of.performance_id,
+                seat_ids: of.seat_ids,
+                reason: pb::BookingFailureReason::PaymentAttemptsExhausted.into(),
+                failed_attempts,
+                failed_at: Some(timestamp(failed_at)),
+            }
+            .encode_to_vec(),
+            BookingEvent::PaymentAdmitted { .. }
+            | BookingEvent::PaymentDeclined { .. }
+            | BookingEvent::BookingRefunded { .. } => return Ok(None),
+        };
+        Ok(Some(OutgoingRecord {
+            topic: BOOKING_EVENTS.to_owned(),
+            key: booking_id.clone(),
+            ce_type: booking_type(&stored.event_type),
+            subject: booking_id,
+            value,
+        }))
+    }
+}
+
+fn payment_method(method: PaymentMethod) -> pb::PaymentMethod {
+    match method {
+        PaymentMethod::CreditCard => pb::PaymentMethod::CreditCard,
+        PaymentMethod::BankTransfer => pb::PaymentMethod::BankTransfer,
+        PaymentMethod::EasyPay => pb::PaymentMethod::EasyPay,
+    }
+}

@@ -1,0 +1,196 @@
+//! The `ticketing.booking.v1.BookingService` gRPC adapter: translates
+//! protobuf requests into use-case calls and `BookingError` into `Status`
+//! (once, in `error.rs`). The caller identity comes from the gateway, which
+//! authenticated the user's JWT.
+
+use proto::booking::{self as pb, booking_service_server::BookingService};
+use shared::{grpc::event_metadata, topics::timestamp};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    bookings::{Bookings, NewBooking, NewPerformance},
+    domain::{booking::Caller, catalog::RowSpec},
+    error::BookingError,
+    store::views::BookingRow,
+};
+
+/// gRPC front of the booking use cases.
+pub struct BookingGrpc {
+    bookings: Bookings,
+}
+
+impl BookingGrpc {
+    /// Serves `bookings`.
+    pub fn new(bookings: Bookings) -> Self {
+        Self { bookings }
+    }
+}
+
+fn caller(caller: Option<pb::Caller>) -> Result<Caller, Status> {
+    match caller {
+        Some(c) if !c.user_id.is_empty() => Ok(Caller { user_id: c.user_id, admin: c.admin }),
+        _ => Err(Status::unauthenticated("Missing or invalid bearer token.")),
+    }
+}
+
+fn row_to_pb(row: BookingRow) -> pb::Booking {
+    pb::Booking {
+        booking_id: row.booking_id,
+        performance_id: row.performance_id,
+        seat_ids: row.seat_ids,
+        total_amount: row.total_amount,
+        status: row.status,
+        user_id: row.user_id,
+        created_at: Some(timestamp(row.created_at)),
+        payment_intent_id: row.payment_intent_id,
+    }
+}
+
+#[tonic::async_trait]
+impl BookingService for BookingGrpc {
+    async fn create_booking(
+        &self,
+        request: Request<pb::CreateBookingRequest>,
+    ) -> Result<Response<pb::CreateBookingResponse>, Status> {
+        let metadata = request.metadata().clone();
+        let body = request.into_inner();
+        let caller = caller(body.caller)?;
+        let created = self
+            .bookings
+            .create(
+                &caller,
+                NewBooking {
+                    performance_id: body.performance_id,
+                    seat_ids: body.seat_ids,
+                    payment_method: Some(body.payment_method).filter(|m| !m.is_empty()),
+                    user_id: body.user_id,
+                },
+                &event_metadata(&metadata, &caller.user_id),
+            )
+            .await?;
+        Ok(Response::new(pb::CreateBookingResponse {
+            booking_id: created.booking_id,
+            payment_intent_id: created.payment_intent_id,
+            total_amount: created.total_amount,
+            locked_until: Some(timestamp(created.locked_until)),
+        }))
+    }
+
+    async fn cancel_booking(
+        &self,
+        request: Request<pb::CancelBookingRequest>,
+    ) -> Result<Response<pb::CancelBookingResponse>, Status> {
+        let metadata = request.metadata().clone();
+        let body = request.into_inner();
+        let caller = caller(body.caller)?;
+        self.bookings.cancel(&caller, &body.booking_id, &event_metadata(&metadata, &caller.user_id)).await?;
+        Ok(Response::new(pb::CancelBookingResponse {}))
+    }
+
+    async fn get_booking(&self, request: Request<pb::GetBookingRequest>) -> Result<Response<pb::Booking>, Status> {
+        let body = request.into_inner();
+        let caller = caller(body.caller)?;
+        let booking = self.bookings.get(&caller, &body.booking_id).await?;
+        let created = booking.created;
+        Ok(Response::new(pb::Booking {
+            booking_id: created.booking_id,
+            performance_id: created.performance_id,
+            seat_ids: created.seat_ids,
+            total_amount: created.total_amount,
+            status: booking.status.as_str().to_owned(),
+            user_id: created.user_id,
+            created_at: Some(timestamp(created.created_at)),
+            payment_intent_id: created.payment_intent_id,
+        }))
+    }
+
+    async fn list_user_bookings(
+        &self,
+        request: Request<pb::ListUserBookingsRequest>,
+    ) -> Result<Response<pb::ListUserBookingsResponse>, Status> {
+        let body = request.into_inner();
+        let caller = caller(body.caller)?;
+        let before = Some(body.before.as_str()).filter(|b| !b.is_empty());
+        let rows = self.bookings.list(&caller.user_id, body.limit, before).await?;
+        Ok(Response::new(pb::ListUserBookingsResponse { bookings: rows.into_iter().map(row_to_pb).collect() }))
+    }
+
+    async fn get_occupied_seat(
+        &self,
+        request: Request<pb::GetOccupiedSeatRequest>,
+    ) -> Result<Response<pb::OccupiedSeat>, Status> {
+        let body = request.into_inner();
+        caller(body.caller)?;
+        let seat = self.bookings.occupied_seat(&body.performance_id, &body.seat_id).await?;
+        Ok(Response::new(pb::OccupiedSeat {
+            booking_id: seat.booking_id,
+            user_id: seat.user_id,
+            locked_until: seat.locked_until.map(timestamp),
+            status: seat.status,
+        }))
+    }
+
+    async fn get_seat_map(&self, request: Request<pb::GetSeatMapRequest>) -> Result<Response<pb::SeatMap>, Status> {
+        let body = request.into_inner();
+        caller(body.caller)?;
+        let (performance, seats) = self.bookings.seat_map(&body.performance_id).await?;
+        Ok(Response::new(pb::SeatMap {
+            performance_id: performance.performance_id,
+            title: performance.title,
+            starts_at: performance.starts_at.map(timestamp),
+            seats: seats.into_iter().map(|s| pb::Seat { seat_id: s.seat_id, price: s.price, state: s.state }).collect(),
+        }))
+    }
+
+    async fn register_performance(
+        &self,
+        request: Request<pb::RegisterPerformanceRequest>,
+    ) -> Result<Response<pb::RegisterPerformanceResponse>, Status> {
+        let body = request.into_inner();
+        let caller = caller(body.caller)?;
+        let starts_at = match body.starts_at {
+            Some(ts) => Some(
+                shared::topics::from_timestamp(&ts)
+                    .ok_or_else(|| Status::from(BookingError::Invalid("startsAt is out of range.".into())))?,
+            ),
+            None => None,
+        };
+        let performance_id = body.performance_id.clone();
+        let seat_count = self
+            .bookings
+            .register_performance(
+                &caller,
+                NewPerformance {
+                    performance_id: body.performance_id,
+                    title: body.title,
+                    starts_at,
+                    rows: body
+                        .rows
+                        .into_iter()
+                        .map(|r| RowSpec { row: r.row, seats: r.seats, price: r.price })
+                        .collect(),
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::RegisterPerformanceResponse { performance_id, seat_count }))
+    }
+
+    async fn admit_payment(
+        &self,
+        request: Request<pb::AdmitPaymentRequest>,
+    ) -> Result<Response<pb::AdmitPaymentResponse>, Status> {
+        let metadata = request.metadata().clone();
+        let body = request.into_inner();
+        let locked_until = self
+            .bookings
+            .admit_payment(
+                &body.booking_id,
+                &body.payment_intent_id,
+                &body.user_id,
+                body.admission_secs,
+                &event_metadata(&metadata, "system:payment-service"),
+            )
+            .await?;
+        Ok(Response::new(pb::AdmitPaymentResponse { locked_until: Some(timestamp(locked_until)) }))
+    }
+}

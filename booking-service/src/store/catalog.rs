@@ -1,0 +1,117 @@
+//! Performances and their seats.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+use crate::domain::catalog::{demo_catalog, expand_rows, SeatSpec};
+
+/// A performance's header.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Performance {
+    /// Its id.
+    pub performance_id: String,
+    /// Its title.
+    pub title: String,
+    /// When it starts.
+    pub starts_at: Option<DateTime<Utc>>,
+}
+
+/// One seat on the seat map.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SeatState {
+    /// `A1`, ...
+    pub seat_id: String,
+    /// Price in won.
+    pub price: i64,
+    /// `available`, `locked` or `booked`.
+    pub state: String,
+}
+
+/// Inserts a performance and its seats; false if the id exists.
+pub async fn insert_performance(
+    conn: &mut PgConnection,
+    performance_id: &str,
+    title: &str,
+    starts_at: Option<DateTime<Utc>>,
+    seats: &[SeatSpec],
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "insert into performances (performance_id, title, starts_at, seat_count) values ($1, $2, $3, $4) \
+         on conflict do nothing",
+    )
+    .bind(performance_id)
+    .bind(title)
+    .bind(starts_at)
+    .bind(i32::try_from(seats.len()).unwrap_or(i32::MAX))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(false);
+    }
+    let ids: Vec<&str> = seats.iter().map(|s| s.seat_id.as_str()).collect();
+    let rows: Vec<&str> = seats.iter().map(|s| s.row.as_str()).collect();
+    let numbers: Vec<i32> = seats.iter().map(|s| s.number).collect();
+    let prices: Vec<i64> = seats.iter().map(|s| s.price).collect();
+    sqlx::query(
+        "insert into seats (performance_id, seat_id, row_label, seat_number, price) \
+         select $1, * from unnest($2::text[], $3::text[], $4::int[], $5::bigint[])",
+    )
+    .bind(performance_id)
+    .bind(&ids)
+    .bind(&rows)
+    .bind(&numbers)
+    .bind(&prices)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+/// Loads the demo catalog of decisions.md unless already there.
+pub async fn load_demo_catalog(pool: &PgPool) -> Result<(), sqlx::Error> {
+    for (id, title, rows) in demo_catalog() {
+        let Ok(seats) = expand_rows(&rows) else { continue };
+        let mut tx = pool.begin().await?;
+        if insert_performance(&mut tx, id, title, None, &seats).await? {
+            tracing::info!(performance_id = id, seats = seats.len(), "loaded demo performance");
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// The performance, if it exists.
+pub async fn performance(conn: &mut PgConnection, performance_id: &str) -> Result<Option<Performance>, sqlx::Error> {
+    sqlx::query_as("select performance_id, title, starts_at from performances where performance_id = $1")
+        .bind(performance_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Prices of the requested seats that exist, as (seat_id, price).
+pub async fn seat_prices(
+    conn: &mut PgConnection,
+    performance_id: &str,
+    seat_ids: &[String],
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("select seat_id, price from seats where performance_id = $1 and seat_id = any($2)")
+        .bind(performance_id)
+        .bind(seat_ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// Every seat with its price and live state (a lapsed hold is `available`).
+pub async fn seat_map(conn: &mut PgConnection, performance_id: &str) -> Result<Vec<SeatState>, sqlx::Error> {
+    sqlx::query_as(
+        "select s.seat_id, s.price, \
+                case when h.status = 'booked' then 'booked' \
+                     when h.locked_until > now() or h.admitted_until > now() then 'locked' \
+                     else 'available' end as state \
+         from seats s left join seat_holds h using (performance_id, seat_id) \
+         where s.performance_id = $1 order by s.row_label, s.seat_number",
+    )
+    .bind(performance_id)
+    .fetch_all(conn)
+    .await
+}

@@ -1,0 +1,142 @@
+//! The router and the running gateway: `GatewayApp::build` binds the
+//! address (port 0 in tests) and prepares lazy gRPC channels; `run` serves
+//! until shutdown, failing readiness first.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{
+    extract::DefaultBodyLimit,
+    http::{HeaderName, Request},
+    routing::{get, post},
+    Json, Router,
+};
+use proto::{
+    booking::booking_service_client::BookingServiceClient, payment::payment_service_client::PaymentServiceClient,
+};
+use shared::shutdown::Shutdown;
+use tonic::transport::{Channel, Endpoint};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+use utoipa::OpenApi;
+
+use crate::{
+    auth::JwtVerifier,
+    config::GatewaySettings,
+    error::ApiError,
+    openapi::ApiDoc,
+    routes::{bookings, catalog, health, payments},
+};
+
+/// Request bodies above this are refused with 400 (decisions.md).
+const BODY_LIMIT: usize = 64 * 1024;
+/// `POST /performances` accepts up to 1 MiB.
+const PERFORMANCE_BODY_LIMIT: usize = 1024 * 1024;
+
+/// What every handler shares.
+pub struct AppState {
+    /// booking-service client.
+    pub booking: BookingServiceClient<Channel>,
+    /// payment-service client.
+    pub payment: PaymentServiceClient<Channel>,
+    /// Channel to the booking-service (health checks).
+    pub booking_channel: Channel,
+    /// Channel to the payment-service (health checks).
+    pub payment_channel: Channel,
+    /// Token verification.
+    pub auth: JwtVerifier,
+    /// Cancelled when the process is stopping (readiness fails first).
+    pub shutting_down: Shutdown,
+}
+
+/// A built, not yet running, gateway.
+pub struct GatewayApp {
+    router: Router,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+fn channel(url: &str, name: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{name} URL `{url}` is not a URL"))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+impl GatewayApp {
+    /// Binds the address and wires the clients.
+    pub async fn build(settings: &GatewaySettings, shutdown: &Shutdown) -> anyhow::Result<Self> {
+        let auth = JwtVerifier::new(settings.auth.jwt_secret.as_deref(), settings.auth.jwt_jwks.as_deref())?;
+        let booking_channel = channel(&settings.booking_grpc_url, "BOOKING_GRPC_URL")?;
+        let payment_channel = channel(&settings.payment_grpc_url, "PAYMENT_GRPC_URL")?;
+        let state = Arc::new(AppState {
+            booking: BookingServiceClient::new(booking_channel.clone()),
+            payment: PaymentServiceClient::new(payment_channel.clone()),
+            booking_channel,
+            payment_channel,
+            auth,
+            shutting_down: shutdown.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind(settings.gateway_addr)
+            .await
+            .with_context(|| format!("binding GATEWAY_ADDR {}", settings.gateway_addr))?;
+        let addr = listener.local_addr()?;
+        Ok(Self { router: router(state), listener, addr })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown`; in-flight requests finish first.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr, "gateway listening (REST; docs at /openapi.json)");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("gateway HTTP server")
+    }
+}
+
+/// The REST router of the contract.
+pub fn router(state: Arc<AppState>) -> Router {
+    let request_id = HeaderName::from_static(shared::grpc::REQUEST_ID);
+    Router::new()
+        .route("/bookings", post(bookings::create_booking))
+        .route("/bookings/my", get(bookings::my_bookings))
+        .route("/bookings/{id}", get(bookings::get_booking).delete(bookings::cancel_booking))
+        .route("/payments/execute", post(payments::execute_payment))
+        .route("/occupiedSeats/{doc_id}", get(catalog::occupied_seat))
+        .route(
+            "/performances",
+            post(catalog::register_performance).layer(DefaultBodyLimit::max(PERFORMANCE_BODY_LIMIT)),
+        )
+        .route("/performances/{id}/seats", get(catalog::seat_map))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .fallback(|| async { ApiError::not_found("Not found.") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal server error.",
+            ))
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            let id = request.headers().get(shared::grpc::REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}

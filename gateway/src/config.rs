@@ -1,0 +1,42 @@
+//! The gateway's settings (each an env var with a `--flag` twin). Secrets
+//! are never shown as defaults or echoed in logs.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+
+/// Settings of the REST gateway.
+#[derive(Debug, Clone, Args)]
+pub struct GatewaySettings {
+    /// HTTP listen address of the gateway.
+    #[arg(long, env = "GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
+    pub gateway_addr: SocketAddr,
+    /// URL of the booking-service gRPC endpoint.
+    #[arg(long, env = "BOOKING_GRPC_URL", default_value = "http://127.0.0.1:50051")]
+    pub booking_grpc_url: String,
+    /// URL of the payment-service gRPC endpoint.
+    #[arg(long, env = "PAYMENT_GRPC_URL", default_value = "http://127.0.0.1:50052")]
+    pub payment_grpc_url: String,
+    #[command(flatten)]
+    pub auth: AuthSettings,
+}
+
+/// How bearer tokens are verified.
+#[derive(Clone, Args)]
+pub struct AuthSettings {
+    /// HS256 secret for user tokens (dev/default). `ticketing dev` generates one if unset.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// RS256/ES256 public keys as a JWKS: a file path or inline JSON (production).
+    #[arg(long, env = "JWT_JWKS", hide_env_values = true)]
+    pub jwt_jwks: Option<String>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
+            .field("jwt_jwks", &self.jwt_jwks.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}

@@ -1,0 +1,206 @@
+//! `POST /bookings`, `GET /bookings/my`, `GET /bookings/{id}`, `DELETE /bookings/{id}`.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    Json,
+};
+use proto::booking as pb;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{grpc_request, seed_time};
+use crate::{auth::AuthUser, error::ApiError, json::JsonBody, AppState};
+
+/// `POST /bookings` body (every field optional here so a missing one gets the seed's message).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateBookingBody {
+    /// e.g. `perf_001`.
+    #[schema(example = "perf_001")]
+    pub performance_id: Option<String>,
+    /// Seats to lock, e.g. `["A2"]`.
+    #[schema(example = json!(["A2"]))]
+    pub seat_ids: Option<Vec<String>>,
+    /// `CREDIT_CARD` (default), `BANK_TRANSFER` or `EASY_PAY`.
+    #[schema(example = "CREDIT_CARD")]
+    pub payment_method: Option<String>,
+    /// Must equal the token's subject.
+    #[schema(example = "user_123")]
+    pub user_id: Option<String>,
+}
+
+/// `201` answer of `POST /bookings`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BookingCreated {
+    /// Always "Booking initiated. Please proceed to payment."
+    pub message: &'static str,
+    /// The new booking.
+    pub booking_id: String,
+    /// Pay it with `POST /payments/execute`.
+    pub payment_intent_id: String,
+    /// Sum of the seat prices in won.
+    pub total_amount: i64,
+}
+
+/// A booking as `GET /bookings/my` lists it (note the seed's `total_amount`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BookingView {
+    /// The booking.
+    #[serde(rename = "bookingId")]
+    pub booking_id: String,
+    /// The performance.
+    #[serde(rename = "performanceId")]
+    pub performance_id: String,
+    /// Its seats.
+    #[serde(rename = "seatIds")]
+    pub seat_ids: Vec<String>,
+    /// Total in won.
+    pub total_amount: i64,
+    /// pending | confirmed | cancelled | expired | failed | refunded
+    pub status: String,
+    /// The owner.
+    #[serde(rename = "userId")]
+    pub user_id: String,
+    /// RFC 3339 UTC, seconds precision.
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+}
+
+/// A message-only answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageBody {
+    /// What happened.
+    pub message: &'static str,
+}
+
+/// Paging of `GET /bookings/my`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// 1-500 (default 100).
+    pub limit: Option<String>,
+    /// A bookingId: list bookings created before it.
+    pub before: Option<String>,
+}
+
+fn view(b: pb::Booking) -> BookingView {
+    BookingView {
+        created_at: seed_time(b.created_at.as_ref()).unwrap_or_default(),
+        booking_id: b.booking_id,
+        performance_id: b.performance_id,
+        seat_ids: b.seat_ids,
+        total_amount: b.total_amount,
+        status: b.status,
+        user_id: b.user_id,
+    }
+}
+
+fn caller(user: &AuthUser) -> Option<pb::Caller> {
+    Some(pb::Caller { user_id: user.user_id.clone(), admin: user.admin })
+}
+
+/// Locks the seats and starts a booking.
+#[utoipa::path(post, path = "/bookings", tag = "Bookings", request_body = CreateBookingBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = BookingCreated),
+        (status = 400, body = crate::error::ErrorBody, description = "Missing fields, a taken or unknown seat, limits"),
+        (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody, description = "Unknown performance")))]
+pub async fn create_booking(
+    State(state): State<Arc<AppState>>,
+    user: AuthUser,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateBookingBody>,
+) -> Result<(StatusCode, Json<BookingCreated>), ApiError> {
+    const REQUIRED: &str = "User, performance, and seats are required.";
+    let (Some(performance_id), Some(seat_ids), Some(user_id)) = (body.performance_id, body.seat_ids, body.user_id)
+    else {
+        return Err(ApiError::bad_request(REQUIRED));
+    };
+    if performance_id.trim().is_empty() || user_id.trim().is_empty() || seat_ids.is_empty() {
+        return Err(ApiError::bad_request(REQUIRED));
+    }
+    if user_id != user.user_id {
+        return Err(ApiError::forbidden("Unauthorized to book for another user."));
+    }
+    let request = pb::CreateBookingRequest {
+        caller: caller(&user),
+        performance_id,
+        seat_ids,
+        payment_method: body.payment_method.unwrap_or_default(),
+        user_id,
+    };
+    let created = state.booking.clone().create_booking(grpc_request(request, &headers)).await?.into_inner();
+    Ok((
+        StatusCode::CREATED,
+        Json(BookingCreated {
+            message: "Booking initiated. Please proceed to payment.",
+            booking_id: created.booking_id,
+            payment_intent_id: created.payment_intent_id,
+            total_amount: created.total_amount,
+        }),
+    ))
+}
+
+/// The caller's bookings, newest first.
+#[utoipa::path(get, path = "/bookings/my", tag = "Bookings", params(ListParams), security(("bearer" = [])),
+    responses((status = 200, body = [BookingView]), (status = 400, body = crate::error::ErrorBody),
+        (status = 401, body = crate::error::ErrorBody)))]
+pub async fn my_bookings(
+    State(state): State<Arc<AppState>>,
+    user: AuthUser,
+    headers: HeaderMap,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<BookingView>>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(format!("Invalid query: {}", e.body_text())))?;
+    let limit = match params.limit.as_deref() {
+        None => 100,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::bad_request("limit must be an integer from 1 to 500."))?,
+    };
+    let request =
+        pb::ListUserBookingsRequest { caller: caller(&user), limit, before: params.before.unwrap_or_default() };
+    let list = state.booking.clone().list_user_bookings(grpc_request(request, &headers)).await?.into_inner();
+    Ok(Json(list.bookings.into_iter().map(view).collect()))
+}
+
+/// One booking (owner or admin).
+#[utoipa::path(get, path = "/bookings/{id}", tag = "Bookings", params(("id" = String, Path, description = "bookingId")),
+    security(("bearer" = [])),
+    responses((status = 200, body = BookingView), (status = 401, body = crate::error::ErrorBody),
+        (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_booking(
+    State(state): State<Arc<AppState>>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<BookingView>, ApiError> {
+    let request = pb::GetBookingRequest { caller: caller(&user), booking_id: id };
+    let booking = state.booking.clone().get_booking(grpc_request(request, &headers)).await?.into_inner();
+    Ok(Json(view(booking)))
+}
+
+/// Cancels a pending booking of the caller; its seats are free at once.
+#[utoipa::path(delete, path = "/bookings/{id}", tag = "Bookings", params(("id" = String, Path, description = "bookingId")),
+    security(("bearer" = [])),
+    responses((status = 200, body = MessageBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
+pub async fn cancel_booking(
+    State(state): State<Arc<AppState>>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<MessageBody>, ApiError> {
+    let request = pb::CancelBookingRequest { caller: caller(&user), booking_id: id };
+    state.booking.clone().cancel_booking(grpc_request(request, &headers)).await?;
+    Ok(Json(MessageBody { message: "Booking cancelled successfully." }))
+}

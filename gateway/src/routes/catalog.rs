@@ -1,0 +1,194 @@
+//! `GET /occupiedSeats/{performanceId}_{seatId}`, `POST /performances`,
+//! `GET /performances/{id}/seats`.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    Json,
+};
+use proto::booking as pb;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{grpc_request, seed_time};
+use crate::{auth::AuthUser, error::ApiError, json::JsonBody, AppState};
+
+/// A Firestore-style timestamp.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LockedUntil {
+    /// Seconds since the epoch.
+    pub seconds: i64,
+    /// Nanoseconds within the second.
+    pub nanoseconds: i32,
+}
+
+/// An occupiedSeats document.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OccupiedSeatDoc {
+    /// The holding booking.
+    pub booking_id: String,
+    /// Its owner.
+    pub user_id: String,
+    /// End of the hold; null once booked.
+    pub locked_until: Option<LockedUntil>,
+    /// `locked` or `booked`.
+    pub status: String,
+}
+
+/// The seat lock document of one seat; 404 when the seat is free.
+#[utoipa::path(get, path = "/occupiedSeats/{docId}", tag = "Seats",
+    params(("docId" = String, Path, description = "`{performanceId}_{seatId}`, e.g. perf_001_A2")),
+    security(("bearer" = [])),
+    responses((status = 200, body = OccupiedSeatDoc), (status = 401, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody, description = "The seat is free")))]
+pub async fn occupied_seat(
+    State(state): State<Arc<AppState>>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+) -> Result<Json<OccupiedSeatDoc>, ApiError> {
+    let Some((performance_id, seat_id)) = doc_id.rsplit_once('_').filter(|(p, s)| !p.is_empty() && !s.is_empty())
+    else {
+        return Err(ApiError::not_found(format!("Seat {doc_id} is not occupied.")));
+    };
+    let request = pb::GetOccupiedSeatRequest {
+        caller: Some(pb::Caller { user_id: user.user_id, admin: user.admin }),
+        performance_id: performance_id.to_owned(),
+        seat_id: seat_id.to_owned(),
+    };
+    let seat = state.booking.clone().get_occupied_seat(grpc_request(request, &headers)).await?.into_inner();
+    Ok(Json(OccupiedSeatDoc {
+        booking_id: seat.booking_id,
+        user_id: seat.user_id,
+        locked_until: seat.locked_until.map(|t| LockedUntil { seconds: t.seconds, nanoseconds: t.nanos }),
+        status: seat.status,
+    }))
+}
+
+/// One row of a new performance.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RowBody {
+    /// `^[A-Z]{1,3}$`.
+    pub row: String,
+    /// 1-500.
+    pub seats: u32,
+    /// Won, > 0.
+    pub price: i64,
+}
+
+/// `POST /performances` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterPerformanceBody {
+    /// New id, e.g. `perf_x`.
+    pub performance_id: Option<String>,
+    /// Title.
+    pub title: Option<String>,
+    /// RFC 3339.
+    pub starts_at: Option<String>,
+    /// Rows of seats.
+    pub rows: Option<Vec<RowBody>>,
+}
+
+/// `201` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PerformanceRegistered {
+    /// The id.
+    pub performance_id: String,
+    /// Seats created.
+    pub seat_count: u32,
+}
+
+/// Registers a performance and its seats (admin).
+#[utoipa::path(post, path = "/performances", tag = "Performances", request_body = RegisterPerformanceBody,
+    security(("bearer" = [])),
+    responses((status = 201, body = PerformanceRegistered), (status = 400, body = crate::error::ErrorBody),
+        (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
+pub async fn register_performance(
+    State(state): State<Arc<AppState>>,
+    user: AuthUser,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RegisterPerformanceBody>,
+) -> Result<(StatusCode, Json<PerformanceRegistered>), ApiError> {
+    if !user.admin {
+        return Err(ApiError::forbidden("Admin role required."));
+    }
+    let (Some(performance_id), Some(rows)) = (body.performance_id, body.rows) else {
+        return Err(ApiError::bad_request("performanceId and rows are required."));
+    };
+    let starts_at = match body.starts_at.as_deref() {
+        None => None,
+        Some(text) => Some(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|_| ApiError::bad_request("startsAt must be an RFC 3339 date-time."))?
+                .with_timezone(&chrono::Utc),
+        ),
+    };
+    let request = pb::RegisterPerformanceRequest {
+        caller: Some(pb::Caller { user_id: user.user_id, admin: user.admin }),
+        performance_id,
+        title: body.title.unwrap_or_default(),
+        starts_at: starts_at.map(shared::topics::timestamp),
+        rows: rows.into_iter().map(|r| pb::SeatRow { row: r.row, seats: r.seats, price: r.price }).collect(),
+    };
+    let done = state.booking.clone().register_performance(grpc_request(request, &headers)).await?.into_inner();
+    Ok((
+        StatusCode::CREATED,
+        Json(PerformanceRegistered { performance_id: done.performance_id, seat_count: done.seat_count }),
+    ))
+}
+
+/// A seat on the seat map.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeatBody {
+    /// e.g. `A1`.
+    pub seat_id: String,
+    /// Won.
+    pub price: i64,
+    /// `available`, `locked` or `booked`.
+    pub state: String,
+}
+
+/// The seat map.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeatMapBody {
+    /// The performance.
+    pub performance_id: String,
+    /// Its title.
+    pub title: String,
+    /// RFC 3339, if known.
+    pub starts_at: Option<String>,
+    /// Every seat.
+    pub seats: Vec<SeatBody>,
+}
+
+/// Every seat of a performance with its price and state.
+#[utoipa::path(get, path = "/performances/{id}/seats", tag = "Performances",
+    params(("id" = String, Path, description = "performanceId")), security(("bearer" = [])),
+    responses((status = 200, body = SeatMapBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody)))]
+pub async fn seat_map(
+    State(state): State<Arc<AppState>>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<SeatMapBody>, ApiError> {
+    let request = pb::GetSeatMapRequest {
+        caller: Some(pb::Caller { user_id: user.user_id, admin: user.admin }),
+        performance_id: id,
+    };
+    let map = state.booking.clone().get_seat_map(grpc_request(request, &headers)).await?.into_inner();
+    Ok(Json(SeatMapBody {
+        starts_at: seed_time(map.starts_at.as_ref()),
+        performance_id: map.performance_id,
+        title: map.title,
+        seats: map.seats.into_iter().map(|s| SeatBody { seat_id: s.seat_id, price: s.price, state: s.state }).collect(),
+    }))
+}

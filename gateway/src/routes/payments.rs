@@ -1,0 +1,135 @@
+//! `POST /payments/execute`.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use proto::payment as pb;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{grpc_request, seed_time};
+use crate::{auth::AuthUser, error::ApiError, json::JsonBody, AppState};
+
+/// `POST /payments/execute` body. The CVV is passed on to the gateway only.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutePaymentBody {
+    /// From `POST /bookings`.
+    #[schema(example = "i0do0nHZSn4TZr0tKOa9")]
+    pub payment_intent_id: Option<String>,
+    /// A mock gateway token, e.g. `tok_visa_creditCard`.
+    #[schema(example = "tok_visa_creditCard")]
+    pub payment_method_token: Option<String>,
+    /// 3 or 4 digits.
+    #[schema(example = "123")]
+    pub cvv: Option<String>,
+}
+
+/// What the mock gateway answered.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PgMockData {
+    /// Always true here.
+    pub is_success: bool,
+    /// RFC 3339 UTC.
+    pub processed_at: String,
+}
+
+/// `200` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentSuccess {
+    /// "Payment SUCCESS".
+    pub message: &'static str,
+    /// The intent.
+    pub payment_intent_id: String,
+    /// "SUCCESS".
+    pub status: &'static str,
+    /// The gateway's answer.
+    pub pg_mock_data: PgMockData,
+}
+
+/// Why the gateway declined.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureDetail {
+    /// e.g. `CARD_DECLINED`.
+    pub failure_code: String,
+    /// `CLIENT_ERROR` or `SERVER_ERROR` (retry on the latter).
+    pub failure_concept: String,
+}
+
+/// `400` answer when the gateway declined.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentFailure {
+    /// "Payment FAILURE".
+    pub message: &'static str,
+    /// The intent.
+    pub payment_intent_id: String,
+    /// "FAILURE".
+    pub status: &'static str,
+    /// The decline.
+    pub error: FailureDetail,
+}
+
+/// Charges a payment intent through the mock payment gateway.
+#[utoipa::path(post, path = "/payments/execute", tag = "Payments", request_body = ExecutePaymentBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = PaymentSuccess),
+        (status = 400, description = "Declined (PaymentFailure) or a bad request (ErrorBody)",
+            content((PaymentFailure = "application/json"), (crate::error::ErrorBody = "application/json"))),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 403, body = crate::error::ErrorBody, description = "Someone else's intent"),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody, description = "Already processed, or no longer payable")))]
+pub async fn execute_payment(
+    State(state): State<Arc<AppState>>,
+    user: AuthUser,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ExecutePaymentBody>,
+) -> Result<Response, ApiError> {
+    const REQUIRED: &str = "paymentIntentId, paymentMethodToken and cvv are required.";
+    let (Some(payment_intent_id), Some(payment_method_token), Some(cvv)) =
+        (body.payment_intent_id, body.payment_method_token, body.cvv)
+    else {
+        return Err(ApiError::bad_request(REQUIRED));
+    };
+    if payment_intent_id.trim().is_empty() || payment_method_token.trim().is_empty() || cvv.is_empty() {
+        return Err(ApiError::bad_request(REQUIRED));
+    }
+    let request = pb::ExecutePaymentRequest {
+        caller: Some(pb::Caller { user_id: user.user_id.clone(), admin: user.admin }),
+        payment_intent_id,
+        payment_method_token,
+        cvv,
+    };
+    let answer = state.payment.clone().execute_payment(grpc_request(request, &headers)).await?.into_inner();
+    let processed_at = seed_time(answer.processed_at.as_ref()).unwrap_or_default();
+    if answer.is_success {
+        Ok(Json(PaymentSuccess {
+            message: "Payment SUCCESS",
+            payment_intent_id: answer.payment_intent_id,
+            status: "SUCCESS",
+            pg_mock_data: PgMockData { is_success: true, processed_at },
+        })
+        .into_response())
+    } else {
+        Ok((
+            StatusCode::BAD_REQUEST,
+            Json(PaymentFailure {
+                message: "Payment FAILURE",
+                payment_intent_id: answer.payment_intent_id,
+                status: "FAILURE",
+                error: FailureDetail { failure_code: answer.failure_code, failure_concept: answer.failure_concept },
+            }),
+        )
+            .into_response())
+    }
+}

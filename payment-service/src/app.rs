@@ -1,0 +1,129 @@
+//! Start-up and the running payment-service: `PaymentApp::build` prepares
+//! the database, topics and a bound gRPC listener; `run` serves until
+//! shutdown with the outbox relay and the booking-event consumer beside it.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use proto::{
+    booking::booking_service_client::BookingServiceClient, payment::payment_service_server::PaymentServiceServer,
+};
+use shared::{
+    config::{DatabaseArgs, KafkaArgs, PaymentPolicy},
+    db, grpc, inbox, kafka, outbox,
+    shutdown::Shutdown,
+    topics,
+};
+use sqlx::PgPool;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Endpoint;
+
+use crate::{
+    config::PaymentSettings, consumer::BookingEventHandler, events::PaymentEventMapper, grpc::PaymentGrpc,
+    payment_gateway::MockPaymentGateway, payments::Payments, store,
+};
+
+/// A built, not yet running, payment-service.
+pub struct PaymentApp {
+    pool: PgPool,
+    payments: Payments,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    brokers: String,
+}
+
+impl PaymentApp {
+    /// Connects (creating and migrating the database), creates the topics
+    /// and binds the gRPC address. The booking-service is reached lazily.
+    pub async fn build(
+        database: &DatabaseArgs,
+        kafka_args: &KafkaArgs,
+        brokers: &str,
+        settings: PaymentSettings,
+        policy: PaymentPolicy,
+    ) -> anyhow::Result<Self> {
+        let pool = db::connect_service_db(
+            &database.database_url,
+            &settings.payment_database,
+            database.database_max_connections,
+            &store::MIGRATIONS,
+        )
+        .await
+        .context("preparing the payment database")?;
+        kafka::ensure_topics(
+            brokers,
+            &topics::ALL,
+            kafka_args.kafka_topic_partitions,
+            kafka_args.kafka_replication_factor,
+        )
+        .await
+        .context("creating Kafka topics")?;
+        let channel = Endpoint::from_shared(settings.booking_grpc_url.clone())
+            .with_context(|| format!("BOOKING_GRPC_URL `{}` is not a URL", settings.booking_grpc_url))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        let gateway = Arc::new(MockPaymentGateway { timeout: Duration::from_millis(settings.mock_pg_timeout_ms) });
+        let payments = Payments::new(
+            pool.clone(),
+            gateway,
+            BookingServiceClient::new(channel),
+            policy,
+            Duration::from_millis(settings.intent_wait_ms),
+        );
+        let (listener, addr) = grpc::bind(settings.payment_grpc_addr).await?;
+        Ok(Self { pool, payments, listener, addr, brokers: brokers.to_owned() })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The database pool (tests inspect it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves until `shutdown`, then drains the background tasks.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let producer = kafka::producer(&self.brokers)?;
+        let relay = tokio::spawn(outbox::run_relay(
+            self.pool.clone(),
+            producer.clone(),
+            PaymentEventMapper,
+            outbox::RelaySettings::new("payment-outbox", topics::PAYMENT_SOURCE),
+            shutdown.clone(),
+        ));
+        let consumer_settings = inbox::ConsumerSettings::new("payment-service", &[topics::BOOKING_EVENTS]);
+        let consumer = inbox::consumer(&self.brokers, &consumer_settings)?;
+        let consume = tokio::spawn(inbox::run_consumer(
+            self.pool.clone(),
+            consumer,
+            producer,
+            BookingEventHandler,
+            consumer_settings,
+            shutdown.clone(),
+        ));
+
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<PaymentServiceServer<PaymentGrpc>>().await;
+        tracing::info!(addr = %self.addr, "payment-service gRPC listening");
+        let stopping = shutdown.clone();
+        let served = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(grpc::reflection(proto::FILE_DESCRIPTOR_SET)?)
+            .add_service(PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+                stopping.cancelled().await;
+                health_reporter.set_not_serving::<PaymentServiceServer<PaymentGrpc>>().await;
+            })
+            .await;
+        shutdown.cancel();
+        for task in [relay, consume] {
+            let _ = task.await;
+        }
+        self.pool.close().await;
+        served.context("payment-service gRPC server")
+    }
+}

@@ -1,0 +1,480 @@
+//! The PaymentIntent aggregate. An intent is created from `SeatLocked`
+//! (amount from the server), can be attempted until it succeeds, the buyer
+//! runs out of attempts, or the booking ends; a success on an ended booking
+//! is refunded.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Whether a decline is the buyer's or the gateway's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailureConcept {
+    /// The card or data was refused: counts against the buyer's attempts.
+    ClientError,
+    /// Gateway trouble: retryable, does not use up attempts.
+    ServerError,
+}
+
+impl FailureConcept {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientError => "CLIENT_ERROR",
+            Self::ServerError => "SERVER_ERROR",
+        }
+    }
+}
+
+/// How the booking ended, as far as payment is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BookingEnd {
+    /// Cancelled by its owner.
+    Cancelled,
+    /// Its hold lapsed.
+    Expired,
+    /// Payment attempts were exhausted.
+    Failed,
+}
+
+/// The intent's facts at creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentCreated {
+    /// The intent.
+    pub payment_intent_id: String,
+    /// The booking it pays.
+    pub booking_id: String,
+    /// The payer.
+    pub user_id: String,
+    /// Amount in won, from the booking-service.
+    pub amount: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// The booking's hold ends here.
+    pub payable_until: DateTime<Utc>,
+    /// When created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Everything that can happen to a payment intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum PaymentEvent {
+    /// Created from SeatLocked.
+    PaymentIntentCreated(IntentCreated),
+    /// The gateway captured the money.
+    PaymentSucceeded {
+        /// The booking.
+        booking_id: String,
+        /// The payer.
+        user_id: String,
+        /// Captured amount.
+        amount: i64,
+        /// Currency.
+        currency: String,
+        /// The token used (a reference, not card data).
+        payment_method_token: String,
+        /// The gateway's processing time.
+        processed_at: DateTime<Utc>,
+    },
+    /// An attempt was declined.
+    PaymentFailed {
+        /// The booking.
+        booking_id: String,
+        /// The payer.
+        user_id: String,
+        /// Stable code, e.g. `CARD_DECLINED`.
+        failure_code: String,
+        /// Whose fault.
+        failure_concept: FailureConcept,
+        /// Client-error declines so far, this one included.
+        client_failures: i32,
+        /// The gateway's processing time.
+        processed_at: DateTime<Utc>,
+    },
+    /// The booking ended; no further attempts. (Internal, not published.)
+    PaymentIntentClosed {
+        /// How it ended.
+        booking_end: BookingEnd,
+        /// When this service learned it.
+        closed_at: DateTime<Utc>,
+    },
+    /// The captured money went back: the booking had ended.
+    PaymentRefunded {
+        /// The booking.
+        booking_id: String,
+        /// The payer.
+        user_id: String,
+        /// Refunded amount.
+        amount: i64,
+        /// Currency.
+        currency: String,
+        /// When.
+        refunded_at: DateTime<Utc>,
+    },
+}
+
+impl PaymentEvent {
+    /// The stored event-type name.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::PaymentIntentCreated(_) => "PaymentIntentCreated",
+            Self::PaymentSucceeded { .. } => "PaymentSucceeded",
+            Self::PaymentFailed { .. } => "PaymentFailed",
+            Self::PaymentIntentClosed { .. } => "PaymentIntentClosed",
+            Self::PaymentRefunded { .. } => "PaymentRefunded",
+        }
+    }
+}
+
+/// Where an intent is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntentStatus {
+    /// Payable.
+    RequiresPayment,
+    /// Paid.
+    Succeeded,
+    /// Paid, then refunded.
+    Refunded,
+}
+
+impl IntentStatus {
+    /// The wire name.
+    pub fn as_str(self, closed: bool) -> &'static str {
+        match (self, closed) {
+            (Self::Succeeded, _) => "succeeded",
+            (Self::Refunded, _) => "refunded",
+            (Self::RequiresPayment, true) => "cancelled",
+            (Self::RequiresPayment, false) => "requires_payment",
+        }
+    }
+}
+
+/// An intent's state, folded from its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentIntent {
+    /// Creation facts.
+    pub created: IntentCreated,
+    /// Status.
+    pub status: IntentStatus,
+    /// Client-error declines so far.
+    pub client_failures: i32,
+    /// Set once the booking ended.
+    pub booking_end: Option<BookingEnd>,
+}
+
+/// What the mock (or a real) payment gateway answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayOutcome {
+    /// Captured.
+    Success {
+        /// When the gateway processed it.
+        processed_at: DateTime<Utc>,
+    },
+    /// Declined.
+    Failure {
+        /// Stable code.
+        failure_code: String,
+        /// Whose fault.
+        failure_concept: FailureConcept,
+        /// When the gateway processed it.
+        processed_at: DateTime<Utc>,
+    },
+}
+
+/// Commands on an intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentCommand {
+    /// Create it from SeatLocked.
+    Create(IntentCreated),
+    /// May `user_id` charge it now? (decides, emits nothing)
+    CheckPayable {
+        /// The caller.
+        user_id: String,
+        /// The clock.
+        now: DateTime<Utc>,
+        /// No charge starts this close to `payable_until`.
+        safety_margin: Duration,
+        /// Client-error declines allowed.
+        max_attempts: i32,
+    },
+    /// Record the gateway's answer.
+    RecordOutcome {
+        /// The answer.
+        outcome: GatewayOutcome,
+        /// The token used.
+        payment_method_token: String,
+    },
+    /// The booking ended.
+    BookingEnded {
+        /// How.
+        end: BookingEnd,
+        /// The clock.
+        now: DateTime<Utc>,
+    },
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentRejection {
+    /// No such intent.
+    #[error("Payment intent not found.")]
+    NotFound,
+    /// Created twice.
+    #[error("Payment intent already exists.")]
+    AlreadyExists,
+    /// Someone else's intent.
+    #[error("Unauthorized to pay this payment intent.")]
+    NotOwner,
+    /// Paid already.
+    #[error("Payment already processed.")]
+    AlreadyProcessed,
+    /// The booking ended or the hold is about to lapse.
+    #[error("Payment intent is no longer payable.")]
+    NotPayable,
+}
+
+/// Decides what happens when `command` meets `state`.
+pub fn decide(state: Option<&PaymentIntent>, command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentRejection> {
+    use PaymentCommand as C;
+    use PaymentEvent as E;
+    let Some(intent) = state else {
+        return match command {
+            C::Create(created) => Ok(vec![E::PaymentIntentCreated(created)]),
+            _ => Err(PaymentRejection::NotFound),
+        };
+    };
+    let c = &intent.created;
+    match command {
+        C::Create(_) => Err(PaymentRejection::AlreadyExists),
+        C::CheckPayable { user_id, now, safety_margin, max_attempts } => {
+            if user_id != c.user_id {
+                Err(PaymentRejection::NotOwner)
+            } else if intent.status != IntentStatus::RequiresPayment {
+                Err(PaymentRejection::AlreadyProcessed)
+            } else if intent.booking_end.is_some()
+                || intent.client_failures >= max_attempts
+                || now + safety_margin >= c.payable_until
+            {
+                Err(PaymentRejection::NotPayable)
+            } else {
+                Ok(vec![])
+            }
+        }
+        C::RecordOutcome { outcome, payment_method_token } => {
+            if intent.status != IntentStatus::RequiresPayment {
+                // Never a second capture; a late duplicate answer records nothing.
+                return Err(PaymentRejection::AlreadyProcessed);
+            }
+            match outcome {
+                GatewayOutcome::Success { processed_at } => {
+                    let mut events = vec![E::PaymentSucceeded {
+                        booking_id: c.booking_id.clone(),
+                        user_id: c.user_id.clone(),
+                        amount: c.amount,
+                        currency: c.currency.clone(),
+                        payment_method_token,
+                        processed_at,
+                    }];
+                    if intent.booking_end.is_some() {
+                        // The booking ended while the gateway was charging.
+                        events.push(refund(intent, processed_at));
+                    }
+                    Ok(events)
+                }
+                GatewayOutcome::Failure { failure_code, failure_concept, processed_at } => Ok(vec![E::PaymentFailed {
+                    booking_id: c.booking_id.clone(),
+                    user_id: c.user_id.clone(),
+                    failure_code,
+                    failure_concept,
+                    client_failures: intent.client_failures + i32::from(failure_concept == FailureConcept::ClientError),
+                    processed_at,
+                }]),
+            }
+        }
+        C::BookingEnded { end, now } => {
+            if intent.booking_end.is_some() {
+                return Ok(vec![]);
+            }
+            let mut events = vec![E::PaymentIntentClosed { booking_end: end, closed_at: now }];
+            if intent.status == IntentStatus::Succeeded {
+                // Paid, but the booking ended (late payment): give the money back.
+                events.push(refund(intent, now));
+            }
+            Ok(events)
+        }
+    }
+}
+
+fn refund(intent: &PaymentIntent, at: DateTime<Utc>) -> PaymentEvent {
+    PaymentEvent::PaymentRefunded {
+        booking_id: intent.created.booking_id.clone(),
+        user_id: intent.created.user_id.clone(),
+        amount: intent.created.amount,
+        currency: intent.created.currency.clone(),
+        refunded_at: at,
+    }
+}
+
+/// Folds one event into the state.
+pub fn apply(state: Option<PaymentIntent>, event: &PaymentEvent) -> Option<PaymentIntent> {
+    match (state, event) {
+        (None, PaymentEvent::PaymentIntentCreated(created)) => Some(PaymentIntent {
+            created: created.clone(),
+            status: IntentStatus::RequiresPayment,
+            client_failures: 0,
+            booking_end: None,
+        }),
+        (None, _) => None,
+        (Some(mut intent), event) => {
+            match event {
+                PaymentEvent::PaymentIntentCreated(_) => {}
+                PaymentEvent::PaymentSucceeded { .. } => intent.status = IntentStatus::Succeeded,
+                PaymentEvent::PaymentFailed { client_failures, .. } => intent.client_failures = *client_failures,
+                PaymentEvent::PaymentIntentClosed { booking_end, .. } => intent.booking_end = Some(*booking_end),
+                PaymentEvent::PaymentRefunded { .. } => intent.status = IntentStatus::Refunded,
+            }
+            Some(intent)
+        }
+    }
+}
+
+/// Folds a whole history.
+pub fn replay<'a>(events: impl IntoIterator<Item = &'a PaymentEvent>) -> Option<PaymentIntent> {
+    events.into_iter().fold(None, apply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).single().unwrap_or_default()
+    }
+
+    fn created() -> IntentCreated {
+        IntentCreated {
+            payment_intent_id: "pi1".into(),
+            booking_id: "b1".into(),
+            user_id: "user_123".into(),
+            amount: 30000,
+            currency: "KRW".into(),
+            payable_until: t(600),
+            created_at: t(0),
+        }
+    }
+
+    fn given(history: &[PaymentEvent], command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentRejection> {
+        decide(replay(history).as_ref(), command)
+    }
+
+    fn check(user: &str, now: i64) -> PaymentCommand {
+        PaymentCommand::CheckPayable {
+            user_id: user.into(),
+            now: t(now),
+            safety_margin: Duration::seconds(5),
+            max_attempts: 3,
+        }
+    }
+
+    fn success(at: i64) -> PaymentCommand {
+        PaymentCommand::RecordOutcome {
+            outcome: GatewayOutcome::Success { processed_at: t(at) },
+            payment_method_token: "tok_visa".into(),
+        }
+    }
+
+    fn decline(concept: FailureConcept) -> PaymentCommand {
+        PaymentCommand::RecordOutcome {
+            outcome: GatewayOutcome::Failure { failure_code: "X".into(), failure_concept: concept, processed_at: t(9) },
+            payment_method_token: "tok_chargeDeclined".into(),
+        }
+    }
+
+    fn apply_all(history: &[PaymentEvent], command: PaymentCommand) -> Vec<PaymentEvent> {
+        let mut all = history.to_vec();
+        all.extend(given(history, command).unwrap_or_default());
+        all
+    }
+
+    #[test]
+    fn an_intent_is_created_once() {
+        let created_event = PaymentEvent::PaymentIntentCreated(created());
+        assert_eq!(given(&[], PaymentCommand::Create(created())), Ok(vec![created_event.clone()]));
+        assert_eq!(given(&[created_event], PaymentCommand::Create(created())), Err(PaymentRejection::AlreadyExists));
+    }
+
+    #[test]
+    fn only_the_owner_may_pay_and_only_while_payable() {
+        let history = [PaymentEvent::PaymentIntentCreated(created())];
+        assert_eq!(given(&history, check("user_123", 10)), Ok(vec![]));
+        assert_eq!(given(&history, check("user_999", 10)), Err(PaymentRejection::NotOwner));
+        assert_eq!(given(&history, check("user_123", 595)), Err(PaymentRejection::NotPayable), "safety margin");
+    }
+
+    #[test]
+    fn a_success_captures_once_and_a_second_payment_is_already_processed() {
+        let history = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], success(20));
+        assert!(matches!(history.last(), Some(PaymentEvent::PaymentSucceeded { amount: 30000, .. })));
+        assert_eq!(given(&history, check("user_123", 30)), Err(PaymentRejection::AlreadyProcessed));
+        assert_eq!(given(&history, success(31)), Err(PaymentRejection::AlreadyProcessed));
+    }
+
+    #[test]
+    fn client_declines_count_and_exhaust_the_attempts_but_gateway_trouble_does_not() {
+        let mut history = vec![PaymentEvent::PaymentIntentCreated(created())];
+        history = apply_all(&history, decline(FailureConcept::ServerError));
+        assert_eq!(replay(&history).map(|i| i.client_failures), Some(0));
+        for _ in 0..3 {
+            history = apply_all(&history, decline(FailureConcept::ClientError));
+        }
+        assert_eq!(replay(&history).map(|i| i.client_failures), Some(3));
+        assert_eq!(given(&history, check("user_123", 10)), Err(PaymentRejection::NotPayable));
+    }
+
+    #[test]
+    fn a_decline_leaves_the_intent_payable_again() {
+        let history = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], decline(FailureConcept::ClientError));
+        assert_eq!(given(&history, check("user_123", 10)), Ok(vec![]));
+        assert!(matches!(given(&history, success(11)).as_deref(), Ok([PaymentEvent::PaymentSucceeded { .. }])));
+    }
+
+    #[test]
+    fn an_ended_booking_is_not_payable() {
+        let history = apply_all(
+            &[PaymentEvent::PaymentIntentCreated(created())],
+            PaymentCommand::BookingEnded { end: BookingEnd::Cancelled, now: t(5) },
+        );
+        assert_eq!(given(&history, check("user_123", 10)), Err(PaymentRejection::NotPayable));
+    }
+
+    #[test]
+    fn a_success_after_the_booking_ended_is_refunded_at_once() {
+        let history = apply_all(
+            &[PaymentEvent::PaymentIntentCreated(created())],
+            PaymentCommand::BookingEnded { end: BookingEnd::Expired, now: t(5) },
+        );
+        let events = given(&history, success(6)).unwrap_or_default();
+        assert!(matches!(
+            events.as_slice(),
+            [PaymentEvent::PaymentSucceeded { .. }, PaymentEvent::PaymentRefunded { amount: 30000, .. }]
+        ));
+    }
+
+    #[test]
+    fn a_booking_that_ends_after_it_was_paid_refunds_once() {
+        let paid = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], success(20));
+        let ended = PaymentCommand::BookingEnded { end: BookingEnd::Expired, now: t(30) };
+        let events = given(&paid, ended.clone()).unwrap_or_default();
+        assert!(matches!(
+            events.as_slice(),
+            [PaymentEvent::PaymentIntentClosed { .. }, PaymentEvent::PaymentRefunded { .. }]
+        ));
+        let mut after = paid.clone();
+        after.extend(events);
+        assert_eq!(given(&after, ended), Ok(vec![]), "a duplicate end refunds nothing");
+        assert_eq!(replay(&after).map(|i| i.status), Some(IntentStatus::Refunded));
+    }
+}

@@ -1,0 +1,68 @@
+//! The payment-service's one error type, mapped once to `tonic::Status`.
+
+use tonic::{Code, Status};
+
+use crate::domain::intent::PaymentRejection;
+
+/// Everything a payment-service call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    /// A malformed request; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// The token is not one the gateway knows; no attempt was recorded.
+    #[error("Unknown payment method token.")]
+    UnknownToken,
+    /// The aggregate refused the command.
+    #[error(transparent)]
+    Rejected(#[from] PaymentRejection),
+    /// The booking-service could not be asked.
+    #[error("The booking service is unavailable; please retry.")]
+    BookingUnavailable(String),
+    /// Concurrent writers kept winning.
+    #[error("The payment intent was changed concurrently; please retry.")]
+    Contention,
+    /// A bug or a broken invariant.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<shared::event_store::EventStoreError> for PaymentError {
+    fn from(error: shared::event_store::EventStoreError) -> Self {
+        match error {
+            shared::event_store::EventStoreError::Conflict { .. } => Self::Contention,
+            shared::event_store::EventStoreError::Database(e) => Self::Database(e),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<PaymentError> for Status {
+    fn from(error: PaymentError) -> Self {
+        use PaymentRejection as R;
+        let code = match &error {
+            PaymentError::Invalid(_) | PaymentError::UnknownToken => Code::InvalidArgument,
+            PaymentError::Rejected(R::NotFound) => Code::NotFound,
+            PaymentError::Rejected(R::NotOwner) => Code::PermissionDenied,
+            PaymentError::Rejected(R::AlreadyExists | R::AlreadyProcessed) => Code::AlreadyExists,
+            PaymentError::Rejected(R::NotPayable) => Code::FailedPrecondition,
+            PaymentError::Contention => Code::Aborted,
+            PaymentError::BookingUnavailable(_) => Code::Unavailable,
+            PaymentError::Internal(_) | PaymentError::Database(_) => Code::Internal,
+        };
+        match code {
+            Code::Internal => {
+                tracing::error!(%error, "payment-service internal error");
+                Status::internal("Internal server error.")
+            }
+            Code::Unavailable => {
+                tracing::warn!(%error, "payment-service dependency unavailable");
+                Status::unavailable(error.to_string())
+            }
+            _ => Status::new(code, error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Payment domain events → the public `payment.events.v1` integration
+//! events (protobuf), keyed by booking id so a booking's payment events
+//! stay in order. `PaymentIntentClosed` is internal.
+
+use prost::Message;
+use proto::events as pb;
+use shared::{
+    event_store::StoredEvent,
+    outbox::{IntegrationMapper, MappingError, OutgoingRecord},
+    topics::{payment_type, timestamp, PAYMENT_EVENTS},
+};
+
+use crate::domain::intent::{FailureConcept, PaymentEvent};
+
+/// Maps stored payment events to Kafka records.
+pub struct PaymentEventMapper;
+
+impl IntegrationMapper for PaymentEventMapper {
+    fn to_record(&self, stored: &StoredEvent) -> Result<Option<OutgoingRecord>, MappingError> {
+        if stored.stream_type != crate::store::streams::STREAM_TYPE {
+            return Ok(None);
+        }
+        let event: PaymentEvent = stored.decode().map_err(|e| MappingError {
+            event_id: stored.event_id,
+            event_type: stored.event_type.clone(),
+            reason: e.to_string(),
+        })?;
+        let payment_intent_id = stored.stream_id.clone();
+        let (booking_id, value) = match event {
+            PaymentEvent::PaymentIntentCreated(e) => (
+                e.booking_id.clone(),
+                pb::PaymentIntentCreated {
+                    payment_intent_id,
+                    booking_id: e.booking_id,
+                    user_id: e.user_id,
+                    amount: Some(pb::Money { amount: e.amount, currency: e.currency }),
+                    payable_until: Some(timestamp(e.payable_until)),
+                    created_at: Some(timestamp(e.created_at)),
+                }
+                .encode_to_vec(),
+            ),
+            PaymentEvent::PaymentSucceeded {
+                booking_id,
+                user_id,
+                amount,
+                currency,
+                payment_method_token,
+                processed_at,
+            } => (
+                booking_id.clone(),
+                pb::PaymentSucceeded {
+                    payment_intent_id,
+                    booking_id,
+                    user_id,
+                    amount: Some(pb::Money { amount, currency }),
+                    payment_method_token,
+                    processed_at: Some(timestamp(processed_at)),
+                }
+                .encode_to_vec(),
+            ),
+            PaymentEvent::PaymentFailed {
+                booking_id,
+                user_id,
+                failure_code,
+                failure_concept,
+                client_failures,
+                processed_at,
+            } => (
+                booking_id.clone(),
+                pb::PaymentFailed {
+                    payment_intent_id,
+                    booking_id,
+                    user_id,
+                    failure_code,
+                    failure_concept: match failure_concept {
+                        FailureConcept::ClientError => pb::FailureConcept::ClientError,
+                        FailureConcept::ServerError => pb::FailureConcept::ServerError,
+                    }
+                    .into(),
+                    client_failures,
+                    processed_at: Some(timestamp(processed_at)),
+                }
+                .encode_to_vec(),
+            ),
+            PaymentEvent::PaymentRefunded { booking_id, user_id, amount, currency, refunded_at } => (
+                booking_id.clone(),
+                pb::PaymentRefunded {
+                    payment_intent_id,
+                    booking_id,
+                    user_id,
+                    amount: Some(pb::Money { amount, currency }),
+                    reason: pb::RefundReason::BookingNotPayable.into(),
+                    refunded_at: Some(timestamp(refunded_at)),
+                }
+                .encode_to_vec(),
+            ),
+            PaymentEvent::PaymentIntentClosed { .. } => return Ok(None),
+        };
+        Ok(Some(OutgoingRecord {
+            topic: PAYMENT_EVENTS.to_owned(),
+            key: booking_id.clone(),
+            ce_type: payment_type(&stored.event_type),
+            subject: booking_id,
+            value,
+        }))
+    }
+}

@@ -1,0 +1,148 @@
+//! The payment gateway port and its mock adapter. A real PG adapter
+//! implements [`PaymentGateway`]; the mock answers by token as decisions.md
+//! tables it. The CVV goes to the gateway and nowhere else.
+
+use std::{fmt, time::Duration};
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use crate::domain::intent::{FailureConcept, GatewayOutcome};
+
+/// A card verification value: its `Debug` never shows it.
+#[derive(Clone)]
+pub struct Cvv(String);
+
+impl Cvv {
+    /// Accepts 3 or 4 ASCII digits.
+    pub fn parse(text: &str) -> Option<Self> {
+        ((3..=4).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit())).then(|| Self(text.to_owned()))
+    }
+
+    /// The digits, for the gateway call only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Cvv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cvv(***)")
+    }
+}
+
+/// One charge request.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    /// The intent, as the idempotency key towards the gateway.
+    pub payment_intent_id: String,
+    /// Amount in won.
+    pub amount: i64,
+    /// Currency.
+    pub currency: String,
+    /// The payment method token.
+    pub token: String,
+    /// The CVV.
+    pub cvv: Cvv,
+}
+
+/// A payment gateway.
+#[async_trait]
+pub trait PaymentGateway: Send + Sync + 'static {
+    /// Whether the gateway knows this token (unknown ones are refused before any attempt).
+    fn recognizes(&self, token: &str) -> bool;
+    /// Charges; always answers (timeouts are a failure outcome).
+    async fn charge(&self, charge: &Charge) -> GatewayOutcome;
+}
+
+/// The mock gateway of decisions.md.
+pub struct MockPaymentGateway {
+    /// How long `tok_pgTimeout` takes before failing.
+    pub timeout: Duration,
+}
+
+fn mock_answer(token: &str) -> Option<Option<(&'static str, FailureConcept)>> {
+    Some(match token {
+        "tok_visa_creditCard" | "tok_visa" | "tok_mastercard" => None,
+        "tok_chargeDeclined" => Some(("CARD_DECLINED", FailureConcept::ClientError)),
+        "tok_insufficientFunds" => Some(("INSUFFICIENT_FUNDS", FailureConcept::ClientError)),
+        "tok_expiredCard" => Some(("CARD_EXPIRED", FailureConcept::ClientError)),
+        "tok_incorrectCvc" => Some(("INVALID_CVV", FailureConcept::ClientError)),
+        "tok_processingError" => Some(("PG_PROCESSING_ERROR", FailureConcept::ServerError)),
+        "tok_pgTimeout" => Some(("PG_TIMEOUT", FailureConcept::ServerError)),
+        _ => return None,
+    })
+}
+
+#[async_trait]
+impl PaymentGateway for MockPaymentGateway {
+    fn recognizes(&self, token: &str) -> bool {
+        mock_answer(token).is_some()
+    }
+
+    async fn charge(&self, charge: &Charge) -> GatewayOutcome {
+        if charge.token == "tok_pgTimeout" {
+            tokio::time::sleep(self.timeout).await;
+        }
+        match mock_answer(&charge.token).flatten() {
+            None if self.recognizes(&charge.token) => GatewayOutcome::Success { processed_at: Utc::now() },
+            None => GatewayOutcome::Failure {
+                failure_code: "CARD_DECLINED".into(),
+                failure_concept: FailureConcept::ClientError,
+                processed_at: Utc::now(),
+            },
+            Some((code, concept)) => GatewayOutcome::Failure {
+                failure_code: code.into(),
+                failure_concept: concept,
+                processed_at: Utc::now(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn charge(token: &str) -> Charge {
+        Charge {
+            payment_intent_id: "pi".into(),
+            amount: 1,
+            currency: "KRW".into(),
+            token: token.into(),
+            cvv: Cvv::parse("123").unwrap_or_else(|| Cvv(String::new())),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_token_gets_its_documented_answer() {
+        let gateway = MockPaymentGateway { timeout: Duration::from_millis(10) };
+        for token in ["tok_visa_creditCard", "tok_visa", "tok_mastercard"] {
+            assert!(matches!(gateway.charge(&charge(token)).await, GatewayOutcome::Success { .. }));
+        }
+        for (token, code, concept) in [
+            ("tok_chargeDeclined", "CARD_DECLINED", FailureConcept::ClientError),
+            ("tok_insufficientFunds", "INSUFFICIENT_FUNDS", FailureConcept::ClientError),
+            ("tok_expiredCard", "CARD_EXPIRED", FailureConcept::ClientError),
+            ("tok_incorrectCvc", "INVALID_CVV", FailureConcept::ClientError),
+            ("tok_processingError", "PG_PROCESSING_ERROR", FailureConcept::ServerError),
+            ("tok_pgTimeout", "PG_TIMEOUT", FailureConcept::ServerError),
+        ] {
+            let GatewayOutcome::Failure { failure_code, failure_concept, .. } = gateway.charge(&charge(token)).await
+            else {
+                unreachable!("{token} must fail");
+            };
+            assert_eq!((failure_code.as_str(), failure_concept), (code, concept), "{token}");
+        }
+        assert!(!gateway.recognizes("tok_unknown"));
+    }
+
+    #[test]
+    fn cvvs_are_three_or_four_digits_and_never_printed() {
+        assert!(Cvv::parse("123").is_some() && Cvv::parse("1234").is_some());
+        for bad in ["12", "12345", "12a", ""] {
+            assert!(Cvv::parse(bad).is_none(), "{bad}");
+        }
+        assert_eq!(format!("{:?}", Cvv::parse("987")), "Some(Cvv(***))");
+    }
+}

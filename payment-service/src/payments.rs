@@ -1,0 +1,288 @@
+//! The payment-service's use cases. `execute` decides payability from the
+//! intent's own history, then asks the booking-service to admit the charge
+//! (the booking's state is fresh there, and the admission keeps a cancel or
+//! the sweeper from releasing the seats mid-charge), then calls the gateway
+//! and records the outcome with its ledger posting in one transaction.
+
+use std::{sync::Arc, time::Duration};
+
+use proto::booking::{booking_service_client::BookingServiceClient, AdmitPaymentRequest};
+use shared::{config::PaymentPolicy, event_store::EventMetadata};
+use sqlx::{pool::PoolConnection, PgConnection, PgPool, Postgres};
+use tonic::{transport::Channel, Code};
+
+use crate::{
+    domain::{
+        intent::{decide, GatewayOutcome, PaymentCommand, PaymentEvent, PaymentIntent, PaymentRejection},
+        ledger,
+    },
+    error::PaymentError,
+    payment_gateway::{Charge, Cvv, PaymentGateway},
+    store::{ledger as ledger_store, streams},
+};
+
+const MAX_RACE_RETRIES: usize = 5;
+const REQUIRED_FIELDS: &str = "paymentIntentId, paymentMethodToken and cvv are required.";
+
+/// A `POST /payments/execute` request. The CVV lives only here and in the gateway call.
+pub struct ExecutePayment {
+    /// The intent.
+    pub payment_intent_id: String,
+    /// The payment method token.
+    pub payment_method_token: String,
+    /// The CVV as sent.
+    pub cvv: String,
+}
+
+/// What an execution answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    /// The intent.
+    pub payment_intent_id: String,
+    /// The gateway's answer.
+    pub outcome: GatewayOutcome,
+}
+
+/// The payment-service's use cases.
+#[derive(Clone)]
+pub struct Payments {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    gateway: Arc<dyn PaymentGateway>,
+    booking: BookingServiceClient<Channel>,
+    policy: PaymentPolicy,
+    intent_wait: Duration,
+}
+
+impl Payments {
+    /// Use cases over `pool`, charging through `gateway`, admitting through `booking`.
+    pub fn new(
+        pool: PgPool,
+        gateway: Arc<dyn PaymentGateway>,
+        booking: BookingServiceClient<Channel>,
+        policy: PaymentPolicy,
+        intent_wait: Duration,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { pool, gateway, booking, policy, intent_wait }) }
+    }
+
+    /// Charges an intent for `user_id`. Runs to completion even if the
+    /// caller goes away: money that moved is always recorded.
+    pub async fn execute(
+        &self,
+        user_id: &str,
+        request: ExecutePayment,
+        metadata: EventMetadata,
+    ) -> Result<Executed, PaymentError> {
+        if request.payment_intent_id.trim().is_empty()
+            || request.payment_method_token.trim().is_empty()
+            || request.cvv.is_empty()
+        {
+            return Err(PaymentError::Invalid(REQUIRED_FIELDS.into()));
+        }
+        let cvv = Cvv::parse(&request.cvv).ok_or_else(|| PaymentError::Invalid("cvv must be 3 or 4 digits.".into()))?;
+        if !self.inner.gateway.recognizes(&request.payment_method_token) {
+            return Err(PaymentError::UnknownToken);
+        }
+        if request.payment_intent_id.len() > 128 {
+            return Err(PaymentRejection::NotFound.into());
+        }
+        let this = self.clone();
+        let user_id = user_id.to_owned();
+        let task = tokio::spawn(async move {
+            this.execute_to_completion(
+                &user_id,
+                request.payment_intent_id,
+                request.payment_method_token,
+                cvv,
+                &metadata,
+            )
+            .await
+        });
+        task.await.map_err(|e| PaymentError::Internal(format!("payment task failed: {e}")))?
+    }
+
+    async fn execute_to_completion(
+        &self,
+        user_id: &str,
+        payment_intent_id: String,
+        token: String,
+        cvv: Cvv,
+        metadata: &EventMetadata,
+    ) -> Result<Executed, PaymentError> {
+        let intent = self.wait_for_intent(&payment_intent_id).await?;
+        if intent.created.user_id != user_id {
+            return Err(PaymentRejection::NotOwner.into());
+        }
+        // One charge at a time per intent; a session advisory lock holds no
+        // transaction open while the gateway works.
+        let mut lock = self.inner.pool.acquire().await?;
+        sqlx::query("select pg_advisory_lock(hashtextextended($1, 0))")
+            .bind(format!("charge:{payment_intent_id}"))
+            .execute(&mut *lock)
+            .await?;
+        let result = self.charge_locked(user_id, &payment_intent_id, token, cvv, metadata).await;
+        release(lock, &payment_intent_id).await;
+        result
+    }
+
+    async fn charge_locked(
+        &self,
+        user_id: &str,
+        payment_intent_id: &str,
+        token: String,
+        cvv: Cvv,
+        metadata: &EventMetadata,
+    ) -> Result<Executed, PaymentError> {
+        let intent = {
+            let mut conn = self.inner.pool.acquire().await?;
+            streams::load(&mut conn, payment_intent_id).await?.state.ok_or(PaymentRejection::NotFound)?
+        };
+        decide(
+            Some(&intent),
+            PaymentCommand::CheckPayable {
+                user_id: user_id.to_owned(),
+                now: chrono::Utc::now(),
+                safety_margin: self.inner.policy.safety_margin(),
+                max_attempts: self.inner.policy.max_attempts(),
+            },
+        )?;
+        self.admit(&intent, metadata).await?;
+        let charge = Charge {
+            payment_intent_id: payment_intent_id.to_owned(),
+            amount: intent.created.amount,
+            currency: intent.created.currency.clone(),
+            token: token.clone(),
+            cvv,
+        };
+        let outcome = self.inner.gateway.charge(&charge).await;
+        drop(charge);
+        self.record_outcome(payment_intent_id, outcome.clone(), token, metadata).await?;
+        Ok(Executed { payment_intent_id: payment_intent_id.to_owned(), outcome })
+    }
+
+    /// Asks the booking-service to admit the charge (fresh booking state).
+    async fn admit(&self, intent: &PaymentIntent, metadata: &EventMetadata) -> Result<(), PaymentError> {
+        let mut request = tonic::Request::new(AdmitPaymentRequest {
+            booking_id: intent.created.booking_id.clone(),
+            payment_intent_id: intent.created.payment_intent_id.clone(),
+            user_id: intent.created.user_id.clone(),
+            admission_secs: 0,
+        });
+        for (key, value) in
+            [(shared::grpc::REQUEST_ID, &metadata.correlation_id), (shared::grpc::TRACEPARENT, &metadata.traceparent)]
+        {
+            if let Some(value) = value.as_deref().and_then(|v| v.parse().ok()) {
+                request.metadata_mut().insert(key, value);
+            }
+        }
+        match self.inner.booking.clone().admit_payment(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => match status.code() {
+                Code::FailedPrecondition | Code::NotFound => Err(PaymentRejection::NotPayable.into()),
+                Code::PermissionDenied => Err(PaymentRejection::NotOwner.into()),
+                _ => Err(PaymentError::BookingUnavailable(status.message().to_owned())),
+            },
+        }
+    }
+
+    /// Records the gateway's answer; retried on lost races because the
+    /// money has moved and must be recorded.
+    async fn record_outcome(
+        &self,
+        payment_intent_id: &str,
+        outcome: GatewayOutcome,
+        token: String,
+        metadata: &EventMetadata,
+    ) -> Result<(), PaymentError> {
+        for _ in 0..MAX_RACE_RETRIES {
+            let mut tx = self.inner.pool.begin().await?;
+            let command =
+                PaymentCommand::RecordOutcome { outcome: outcome.clone(), payment_method_token: token.clone() };
+            match execute_in(&mut tx, payment_intent_id, metadata, command).await {
+                Ok(_) => {
+                    tx.commit().await?;
+                    return Ok(());
+                }
+                Err(PaymentError::Contention) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        Err(PaymentError::Contention)
+    }
+
+    /// Waits up to the configured time for an intent created from `SeatLocked`.
+    async fn wait_for_intent(&self, payment_intent_id: &str) -> Result<PaymentIntent, PaymentError> {
+        let deadline = tokio::time::Instant::now() + self.inner.intent_wait;
+        loop {
+            let loaded = {
+                let mut conn = self.inner.pool.acquire().await?;
+                streams::load(&mut conn, payment_intent_id).await?.state
+            };
+            if let Some(intent) = loaded {
+                return Ok(intent);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PaymentRejection::NotFound.into());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// One intent, for its owner or an admin.
+    pub async fn get(
+        &self,
+        user_id: &str,
+        admin: bool,
+        payment_intent_id: &str,
+    ) -> Result<PaymentIntent, PaymentError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        let intent = streams::load(&mut conn, payment_intent_id).await?.state.ok_or(PaymentRejection::NotFound)?;
+        if intent.created.user_id != user_id && !admin {
+            return Err(PaymentRejection::NotOwner.into());
+        }
+        Ok(intent)
+    }
+}
+
+async fn release(mut lock: PoolConnection<Postgres>, payment_intent_id: &str) {
+    let unlocked = sqlx::query("select pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind(format!("charge:{payment_intent_id}"))
+        .execute(&mut *lock)
+        .await;
+    if unlocked.is_err() {
+        // Closing the session is the other way to release the lock.
+        drop(lock.detach());
+    }
+}
+
+/// Loads the intent, decides `command`, appends the events and posts their
+/// ledger entries on `conn` (the caller's transaction).
+pub async fn execute_in(
+    conn: &mut PgConnection,
+    payment_intent_id: &str,
+    metadata: &EventMetadata,
+    command: PaymentCommand,
+) -> Result<Vec<PaymentEvent>, PaymentError> {
+    let loaded = streams::load(conn, payment_intent_id).await?;
+    let events = decide(loaded.state.as_ref(), command)?;
+    if events.is_empty() {
+        return Ok(events);
+    }
+    streams::append(conn, payment_intent_id, loaded.version, &events, metadata).await?;
+    for event in &events {
+        match event {
+            PaymentEvent::PaymentSucceeded { amount, currency, .. } => {
+                ledger_store::post(conn, &ledger::capture(payment_intent_id, *amount, currency)).await?;
+            }
+            PaymentEvent::PaymentRefunded { amount, currency, .. } => {
+                ledger_store::post(conn, &ledger::refund(payment_intent_id, *amount, currency)).await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(events)
+}

@@ -1,0 +1,35 @@
+//! The public Kafka topics and CloudEvents types (decisions.md, "Events").
+
+/// Booking events: SeatLocked, BookingConfirmed, BookingCancelled, BookingExpired, BookingFailed.
+pub const BOOKING_EVENTS: &str = "booking.events.v1";
+/// Payment events: PaymentIntentCreated, PaymentSucceeded, PaymentFailed, PaymentRefunded.
+pub const PAYMENT_EVENTS: &str = "payment.events.v1";
+/// Every topic the system owns (their `.dlq` twins are created alongside).
+pub const ALL: [&str; 2] = [BOOKING_EVENTS, PAYMENT_EVENTS];
+/// CloudEvents source of the booking-service.
+pub const BOOKING_SOURCE: &str = "/booking-service";
+/// CloudEvents source of the payment-service.
+pub const PAYMENT_SOURCE: &str = "/payment-service";
+
+/// The `ce_type` of a booking event, e.g. `ticketing.booking.v1.SeatLocked`.
+pub fn booking_type(name: &str) -> String {
+    format!("ticketing.booking.v1.{name}")
+}
+
+/// The `ce_type` of a payment event, e.g. `ticketing.payment.v1.PaymentSucceeded`.
+pub fn payment_type(name: &str) -> String {
+    format!("ticketing.payment.v1.{name}")
+}
+
+/// Converts a time to a protobuf timestamp.
+pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Converts a protobuf timestamp to a time (`None` if out of range).
+pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).ok()?)
+}
