@@ -15,7 +15,6 @@ use shared::{
     kafka::EmbeddedKafka,
     shutdown::{self, Shutdown},
     telemetry::{self, LogFormat},
-    topics,
 };
 
 /// The ticketing platform.
@@ -271,7 +270,7 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
         Some(_) => None,
         None => {
             let broker = EmbeddedKafka::start()?;
-            broker.create_topics(&topics::ALL, args.kafka.kafka_topic_partitions)?;
+            broker.create_topics(&args.kafka.topics().all(), args.kafka.kafka_topic_partitions)?;
             tracing::info!(
                 bootstrap = broker.bootstrap_servers(),
                 "embedded Kafka broker listening (set KAFKA_BROKERS to use a real cluster)"

@@ -28,6 +28,7 @@ pub struct BookingApp {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     brokers: String,
+    topics: topics::Topics,
     settings: BookingSettings,
 }
 
@@ -55,7 +56,7 @@ impl BookingApp {
         }
         kafka::ensure_topics(
             brokers,
-            &topics::ALL,
+            &kafka_args.topics().all(),
             kafka_args.kafka_topic_partitions,
             kafka_args.kafka_replication_factor,
         )
@@ -63,7 +64,7 @@ impl BookingApp {
         .context("creating Kafka topics")?;
         let (listener, addr) = grpc::bind(settings.booking_grpc_addr).await?;
         let bookings = Bookings::new(pool.clone(), settings.clone(), policy);
-        Ok(Self { pool, bookings, listener, addr, brokers: brokers.to_owned(), settings })
+        Ok(Self { pool, bookings, listener, addr, brokers: brokers.to_owned(), topics: kafka_args.topics(), settings })
     }
 
     /// The bound gRPC address.
@@ -82,11 +83,12 @@ impl BookingApp {
         let relay = tokio::spawn(outbox::run_relay(
             self.pool.clone(),
             producer.clone(),
-            BookingEventMapper,
+            BookingEventMapper { topic: self.topics.booking.clone() },
             outbox::RelaySettings::new("booking-outbox", topics::BOOKING_SOURCE),
             shutdown.clone(),
         ));
-        let consumer_settings = inbox::ConsumerSettings::new("booking-service", &[topics::PAYMENT_EVENTS]);
+        let consumer_settings =
+            inbox::ConsumerSettings::new(&self.topics.group("booking-service"), &[&self.topics.payment]);
         let consumer = inbox::consumer(&self.brokers, &consumer_settings)?;
         let handler = PaymentEventHandler { max_payment_attempts: self.bookings.max_payment_attempts() };
         let consume = tokio::spawn(inbox::run_consumer(

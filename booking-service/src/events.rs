@@ -7,13 +7,16 @@ use proto::events as pb;
 use shared::{
     event_store::StoredEvent,
     outbox::{IntegrationMapper, MappingError, OutgoingRecord},
-    topics::{booking_type, timestamp, BOOKING_EVENTS},
+    topics::{booking_type, timestamp},
 };
 
 use crate::domain::booking::{BookingEvent, CancelReason, PaymentMethod};
 
 /// Maps stored booking events to Kafka records keyed by booking id.
-pub struct BookingEventMapper;
+pub struct BookingEventMapper {
+    /// The booking events topic.
+    pub topic: String,
+}
 
 impl IntegrationMapper for BookingEventMapper {
     fn to_record(&self, stored: &StoredEvent) -> Result<Option<OutgoingRecord>, MappingError> {
@@ -83,7 +86,7 @@ impl IntegrationMapper for BookingEventMapper {
             | BookingEvent::BookingRefunded { .. } => return Ok(None),
         };
         Ok(Some(OutgoingRecord {
-            topic: BOOKING_EVENTS.to_owned(),
+            topic: self.topic.clone(),
             key: booking_id.clone(),
             ce_type: booking_type(&stored.event_type),
             subject: booking_id,

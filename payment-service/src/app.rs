@@ -30,6 +30,7 @@ pub struct PaymentApp {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     brokers: String,
+    topics: topics::Topics,
 }
 
 impl PaymentApp {
@@ -52,7 +53,7 @@ impl PaymentApp {
         .context("preparing the payment database")?;
         kafka::ensure_topics(
             brokers,
-            &topics::ALL,
+            &kafka_args.topics().all(),
             kafka_args.kafka_topic_partitions,
             kafka_args.kafka_replication_factor,
         )
@@ -72,7 +73,7 @@ impl PaymentApp {
             Duration::from_millis(settings.intent_wait_ms),
         );
         let (listener, addr) = grpc::bind(settings.payment_grpc_addr).await?;
-        Ok(Self { pool, payments, listener, addr, brokers: brokers.to_owned() })
+        Ok(Self { pool, payments, listener, addr, brokers: brokers.to_owned(), topics: kafka_args.topics() })
     }
 
     /// The bound gRPC address.
@@ -91,11 +92,12 @@ impl PaymentApp {
         let relay = tokio::spawn(outbox::run_relay(
             self.pool.clone(),
             producer.clone(),
-            PaymentEventMapper,
+            PaymentEventMapper { topic: self.topics.payment.clone() },
             outbox::RelaySettings::new("payment-outbox", topics::PAYMENT_SOURCE),
             shutdown.clone(),
         ));
-        let consumer_settings = inbox::ConsumerSettings::new("payment-service", &[topics::BOOKING_EVENTS]);
+        let consumer_settings =
+            inbox::ConsumerSettings::new(&self.topics.group("payment-service"), &[&self.topics.booking]);
         let consumer = inbox::consumer(&self.brokers, &consumer_settings)?;
         let consume = tokio::spawn(inbox::run_consumer(
             self.pool.clone(),

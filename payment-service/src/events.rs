@@ -7,13 +7,16 @@ use proto::events as pb;
 use shared::{
     event_store::StoredEvent,
     outbox::{IntegrationMapper, MappingError, OutgoingRecord},
-    topics::{payment_type, timestamp, PAYMENT_EVENTS},
+    topics::{payment_type, timestamp},
 };
 
 use crate::domain::intent::{FailureConcept, PaymentEvent};
 
 /// Maps stored payment events to Kafka records.
-pub struct PaymentEventMapper;
+pub struct PaymentEventMapper {
+    /// The payment events topic.
+    pub topic: String,
+}
 
 impl IntegrationMapper for PaymentEventMapper {
     fn to_record(&self, stored: &StoredEvent) -> Result<Option<OutgoingRecord>, MappingError> {
@@ -97,7 +100,7 @@ impl IntegrationMapper for PaymentEventMapper {
             PaymentEvent::PaymentIntentClosed { .. } => return Ok(None),
         };
         Ok(Some(OutgoingRecord {
-            topic: PAYMENT_EVENTS.to_owned(),
+            topic: self.topic.clone(),
             key: booking_id.clone(),
             ce_type: payment_type(&stored.event_type),
             subject: booking_id,

@@ -29,6 +29,16 @@ pub struct KafkaArgs {
     /// Replication factor of each topic this service creates.
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
     pub kafka_replication_factor: i32,
+    /// Prefix for every topic and consumer group (to share a cluster between environments).
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "")]
+    pub kafka_topic_prefix: String,
+}
+
+impl KafkaArgs {
+    /// The topic names under this configuration's prefix.
+    pub fn topics(&self) -> crate::topics::Topics {
+        crate::topics::Topics::new(&self.kafka_topic_prefix)
+    }
 }
 
 /// Payment rules both services apply (they must agree, so they are set once).

@@ -15,7 +15,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
 };
-use sqlx::{pool::PoolConnection, PgPool, Postgres};
+use sqlx::{PgConnection, PgPool};
 
 use crate::{
     event_store::StoredEvent,
@@ -115,13 +115,16 @@ pub async fn run_relay(
     tracing::info!(relay = settings.name, "outbox relay stopped");
 }
 
-/// Waits until this process holds the relay's advisory lock; `None` on shutdown.
-async fn acquire_leadership(pool: &PgPool, key: i64, shutdown: &Shutdown) -> Option<PoolConnection<Postgres>> {
+/// Waits until this process holds the relay's advisory lock; `None` on
+/// shutdown. The lock lives on a connection detached from the pool, so
+/// whatever ends the relay (shutdown, abort, crash) closes the session and
+/// releases the lock; a pooled connection would keep it after an abort.
+async fn acquire_leadership(pool: &PgPool, key: i64, shutdown: &Shutdown) -> Option<PgConnection> {
     loop {
         let attempt = async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = pool.acquire().await?.detach();
             let locked: bool =
-                sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
+                sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(key).fetch_one(&mut conn).await?;
             Ok::<_, sqlx::Error>(locked.then_some(conn))
         };
         match attempt.await {
@@ -151,7 +154,7 @@ async fn publish_while_leader(
     mapper: &impl IntegrationMapper,
     settings: &RelaySettings,
     wake: &mut WakeUp,
-    mut leader: PoolConnection<Postgres>,
+    mut leader: PgConnection,
     shutdown: &Shutdown,
 ) -> Result<(), RelayError> {
     let mut checkpoint = {
@@ -165,7 +168,7 @@ async fn publish_while_leader(
         };
         let Some(last) = batch.last() else {
             // Idle: prove the lock connection is alive, then sleep until woken.
-            sqlx::query("select 1").execute(&mut *leader).await.map_err(|_| RelayError::LeadershipLost)?;
+            sqlx::query("select 1").execute(&mut leader).await.map_err(|_| RelayError::LeadershipLost)?;
             tokio::select! {
                 () = wake.wait() => {}
                 () = shutdown.cancelled() => {}

@@ -4,8 +4,38 @@
 pub const BOOKING_EVENTS: &str = "booking.events.v1";
 /// Payment events: PaymentIntentCreated, PaymentSucceeded, PaymentFailed, PaymentRefunded.
 pub const PAYMENT_EVENTS: &str = "payment.events.v1";
-/// Every topic the system owns (their `.dlq` twins are created alongside).
-pub const ALL: [&str; 2] = [BOOKING_EVENTS, PAYMENT_EVENTS];
+
+/// The topic and consumer-group names in use, with an optional prefix
+/// (`KAFKA_TOPIC_PREFIX`) so environments can share a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// `<prefix>booking.events.v1`.
+    pub booking: String,
+    /// `<prefix>payment.events.v1`.
+    pub payment: String,
+    prefix: String,
+}
+
+impl Topics {
+    /// Names under `prefix` (empty for the public names).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            booking: format!("{prefix}{BOOKING_EVENTS}"),
+            payment: format!("{prefix}{PAYMENT_EVENTS}"),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Both topics (their `.dlq` twins are created alongside).
+    pub fn all(&self) -> [&str; 2] {
+        [&self.booking, &self.payment]
+    }
+
+    /// A consumer group name under the prefix.
+    pub fn group(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
 /// CloudEvents source of the booking-service.
 pub const BOOKING_SOURCE: &str = "/booking-service";
 /// CloudEvents source of the payment-service.

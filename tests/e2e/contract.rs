@@ -1,0 +1,222 @@
+//! Every status code and message of decisions.md that is not a lifecycle.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::support::System;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_booking_requests_get_the_contract_errors() {
+    let sys = System::start().await;
+    let required = "User, performance, and seats are required.";
+    let cases = [
+        (json!({}), StatusCode::BAD_REQUEST, required),
+        (json!({"performanceId": "perf_001", "userId": "u1"}), StatusCode::BAD_REQUEST, required),
+        (json!({"performanceId": "perf_001", "seatIds": [], "userId": "u1"}), StatusCode::BAD_REQUEST, required),
+        (json!({"performanceId": "", "seatIds": ["A1"], "userId": "u1"}), StatusCode::BAD_REQUEST, required),
+        (json!({"performanceId": "perf_001", "seatIds": ["A1"]}), StatusCode::BAD_REQUEST, required),
+        (
+            json!({"performanceId": "perf_001", "seatIds": ["A1"], "userId": "someone_else"}),
+            StatusCode::FORBIDDEN,
+            "Unauthorized to book for another user.",
+        ),
+        (
+            json!({"performanceId": "perf_001", "seatIds": ["A1"], "userId": "u1", "paymentMethod": "CASH"}),
+            StatusCode::BAD_REQUEST,
+            "paymentMethod must be one of CREDIT_CARD, BANK_TRANSFER, EASY_PAY.",
+        ),
+        (
+            json!({"performanceId": "perf_001", "seatIds": ["A1", "A1"], "userId": "u1"}),
+            StatusCode::BAD_REQUEST,
+            "Seat A1 is requested more than once.",
+        ),
+        (
+            json!({"performanceId": "perf_001", "seatIds": ["A1","A2","A3","A4","A5","A6","A7","A8","A9","A10","A11"], "userId": "u1"}),
+            StatusCode::BAD_REQUEST,
+            "You cannot book more than 10 tickets for this performance.",
+        ),
+        (
+            json!({"performanceId": "perf_x", "seatIds": ["A1"], "userId": "u1"}),
+            StatusCode::NOT_FOUND,
+            "Performance perf_x not found.",
+        ),
+        (
+            json!({"performanceId": "perf_001", "seatIds": ["A1", "Z9"], "userId": "u1"}),
+            StatusCode::BAD_REQUEST,
+            "Seat Z9 does not exist.",
+        ),
+        (
+            json!({"performanceId": "perf_001", "seatIds": "A1", "userId": "u1"}),
+            StatusCode::BAD_REQUEST,
+            "Invalid request body: seatIds: invalid type: string \"A1\", expected a sequence",
+        ),
+    ];
+    for (body, status, message) in cases {
+        let reply = sys.post("/bookings", "u1", body.clone()).await;
+        let error = reply.body["error"].as_str().unwrap_or_default();
+        assert_eq!(reply.status, status, "{body}: {error}");
+        assert!(error.starts_with(message), "{body}: {error}");
+    }
+    // Nothing was locked by any of them.
+    sys.book("u2", "perf_001", &["A1"]).await;
+    let accepted = sys
+        .post(
+            "/bookings",
+            "u3",
+            json!({"performanceId": "perf_001", "seatIds": ["A3"], "userId": "u3", "paymentMethod": "EASY_PAY"}),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::CREATED);
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_limit_counts_pending_and_confirmed_bookings() {
+    let sys = System::start().await;
+    let (_, intent) = sys.book("u_lim", "perf_001", &["F1", "F2", "F3", "F4"]).await;
+    sys.pay("u_lim", &intent, "tok_visa").await;
+    sys.book("u_lim", "perf_001", &["F5", "F6", "F7", "F8", "F9", "F10"]).await;
+    let over = sys.try_book("u_lim", "perf_001", &["F11"]).await;
+    assert_eq!(over.status, StatusCode::BAD_REQUEST);
+    assert_eq!(over.body["error"], "You cannot book more than 10 tickets for this performance.");
+    // Other performances have their own limit.
+    sys.book("u_lim", "perf_002", &["A1"]).await;
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_and_malformed_input_are_clean_4xx() {
+    let sys = System::start().await;
+    let unauthorized = "Missing or invalid bearer token.";
+    let expired = gateway::auth::issue_token("wrong-secret", "u1", false, 3600).unwrap();
+    for token in [None, Some("garbage"), Some(expired.as_str())] {
+        let reply = sys.call(Method::GET, "/bookings/my", token, None).await;
+        assert_eq!((reply.status, reply.body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some(unauthorized)));
+    }
+    let raw = |body: &'static str| {
+        sys.client
+            .post(format!("{}/bookings", sys.base))
+            .bearer_auth(sys.token("u1"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let malformed = raw("{not json").await.unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = malformed.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().starts_with("Malformed JSON"), "{body}");
+    let big = "x".repeat(70 * 1024);
+    let oversized = sys
+        .client
+        .post(format!("{}/bookings", sys.base))
+        .bearer_auth(sys.token("u1"))
+        .header("content-type", "application/json")
+        .body(format!("{{\"performanceId\": \"{big}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = oversized.json().await.unwrap();
+    assert_eq!(body["error"], "Request body is too large.");
+    let unknown = sys.get("/nowhere", "u1").await;
+    assert_eq!((unknown.status, unknown.body["error"].as_str()), (StatusCode::NOT_FOUND, Some("Not found.")));
+    let method = sys.call(Method::PUT, "/bookings", Some(&sys.token("u1")), None).await;
+    assert_eq!(method.status, StatusCode::METHOD_NOT_ALLOWED);
+    let bad_limit = sys.get("/bookings/my?limit=0", "u1").await;
+    assert_eq!(bad_limit.status, StatusCode::BAD_REQUEST);
+    let health = sys.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(health.status, StatusCode::OK);
+    let openapi = sys.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(openapi.body["openapi"], "3.1.0");
+    assert!(openapi.body["paths"]["/payments/execute"]["post"].is_object());
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payment_requests_get_the_contract_errors() {
+    let sys = System::start_with(&["--intent-wait-ms=300"]).await;
+    let (booking, intent) = sys.book("payer", "perf_001", &["G1"]).await;
+    let required = "paymentIntentId, paymentMethodToken and cvv are required.";
+    let cases = [
+        (json!({}), StatusCode::BAD_REQUEST, required),
+        (json!({"paymentIntentId": intent, "paymentMethodToken": "tok_visa"}), StatusCode::BAD_REQUEST, required),
+        (
+            json!({"paymentIntentId": intent, "paymentMethodToken": "tok_visa", "cvv": "12"}),
+            StatusCode::BAD_REQUEST,
+            "cvv must be 3 or 4 digits.",
+        ),
+        (
+            json!({"paymentIntentId": intent, "paymentMethodToken": "tok_bogus", "cvv": "123"}),
+            StatusCode::BAD_REQUEST,
+            "Unknown payment method token.",
+        ),
+        (
+            json!({"paymentIntentId": "no-such-intent", "paymentMethodToken": "tok_visa", "cvv": "123"}),
+            StatusCode::NOT_FOUND,
+            "Payment intent not found.",
+        ),
+    ];
+    for (body, status, message) in cases {
+        let reply = sys.post("/payments/execute", "payer", body.clone()).await;
+        assert_eq!((reply.status, reply.body["error"].as_str()), (status, Some(message)), "{body}");
+    }
+    // The intent arrives over Kafka; with the short wait, ask until it exists.
+    let thief = shared::testkit::eventually(std::time::Duration::from_secs(20), || async {
+        let reply = sys.pay("thief", &intent, "tok_visa").await;
+        (reply.status != StatusCode::NOT_FOUND).then_some(reply)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (thief.status, thief.body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("Unauthorized to pay this payment intent."))
+    );
+    let peek = sys.get(&format!("/bookings/{booking}"), "thief").await;
+    assert_eq!(peek.status, StatusCode::FORBIDDEN);
+    // None of those was an attempt: the owner still pays.
+    let paid = sys.pay("payer", &intent, "tok_visa").await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    sys.wait_status("payer", &booking, "confirmed").await;
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_register_performances_and_everyone_reads_seat_maps() {
+    let sys = System::start().await;
+    let admin = sys.admin_token();
+    let body = json!({"performanceId": "perf_x", "title": "New show", "startsAt": "2027-01-01T19:00:00Z",
+        "rows": [{"row": "A", "seats": 3, "price": 40000}, {"row": "BB", "seats": 2, "price": 20000}]});
+    let created = sys.call(Method::POST, "/performances", Some(&admin), Some(body.clone())).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body, json!({"performanceId": "perf_x", "seatCount": 5}));
+    let again = sys.call(Method::POST, "/performances", Some(&admin), Some(body.clone())).await;
+    assert_eq!(
+        (again.status, again.body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("Performance perf_x already exists."))
+    );
+    let user = sys.post("/performances", "u1", body).await;
+    assert_eq!((user.status, user.body["error"].as_str()), (StatusCode::FORBIDDEN, Some("Admin role required.")));
+    let bad = sys
+        .call(
+            Method::POST,
+            "/performances",
+            Some(&admin),
+            Some(json!({"performanceId": "perf_y", "rows": [{"row": "a1", "seats": 1, "price": 1}]})),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+    sys.book("u1", "perf_x", &["BB2"]).await;
+    let map = sys.get("/performances/perf_x/seats", "u1").await;
+    assert_eq!(map.status, StatusCode::OK);
+    assert_eq!(map.body["title"], "New show");
+    assert_eq!(map.body["startsAt"], "2027-01-01T19:00:00Z");
+    let seats = map.body["seats"].as_array().unwrap();
+    assert_eq!(seats.len(), 5);
+    let bb2 = seats.iter().find(|s| s["seatId"] == "BB2").unwrap();
+    assert_eq!((bb2["price"].as_i64(), bb2["state"].as_str()), (Some(20000), Some("locked")));
+    assert_eq!(seats[0], json!({"seatId": "A1", "price": 40000, "state": "available"}));
+    let missing = sys.get("/performances/nope/seats", "u1").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    sys.stop().await;
+}

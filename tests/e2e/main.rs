@@ -1,0 +1,7 @@
+//! End-to-end tests: the REST contract driven over HTTP against the whole
+//! system (gateway, booking-service, payment-service, PostgreSQL, Kafka).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod contract;
+mod flows;
+mod support;

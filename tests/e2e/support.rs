@@ -1,0 +1,194 @@
+//! The e2e harness: a whole system per test (gateway + both services over
+//! real gRPC and Kafka, fresh databases, own topic prefix) and an HTTP client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use clap::Parser;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use shared::{
+    shutdown::Shutdown,
+    testkit::{eventually, unique_name, TestKafka},
+};
+
+#[derive(Parser)]
+struct Harness {
+    #[command(flatten)]
+    dev: ticketing::DevArgs,
+}
+
+pub struct System {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub booking_db: String,
+    pub payment_db: String,
+    secret: String,
+    shutdown: Shutdown,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _kafka: TestKafka,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl System {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a system with extra `ticketing dev` flags.
+    pub async fn start_with(extra: &[&str]) -> Self {
+        shared::telemetry::init(shared::telemetry::LogFormat::Text);
+        let kafka = TestKafka::start().unwrap();
+        let prefix = format!("{}.", unique_name("e2e"));
+        let booking_db = unique_name("t_e2e_booking");
+        let payment_db = unique_name("t_e2e_payment");
+        let secret = unique_name("secret");
+        let mut args = vec![
+            "harness".to_owned(),
+            "--gateway-addr=127.0.0.1:0".into(),
+            "--booking-grpc-addr=127.0.0.1:0".into(),
+            "--payment-grpc-addr=127.0.0.1:0".into(),
+            format!("--booking-database={booking_db}"),
+            format!("--payment-database={payment_db}"),
+            format!("--kafka-topic-prefix={prefix}"),
+            format!("--jwt-secret={secret}"),
+            "--sweep-interval-ms=200".into(),
+            "--database-max-connections=12".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let harness = Harness::try_parse_from(args).unwrap();
+        let topics = harness.dev.kafka.topics();
+        kafka.create_topics(&topics.all(), 3).await.unwrap();
+        let shutdown = Shutdown::new();
+        let system = ticketing::start_system(harness.dev, kafka.brokers(), shutdown.clone()).await.unwrap();
+        let base = format!("http://{}", system.gateway_addr);
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        let ready = eventually(Duration::from_secs(20), || async {
+            let r = client.get(format!("{base}/readyz")).send().await.ok()?;
+            (r.status() == StatusCode::OK).then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "system became ready");
+        Self { base, client, booking_db, payment_db, secret, shutdown, tasks: system.tasks, _kafka: kafka }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        gateway::auth::issue_token(&self.secret, user, false, 3600).unwrap()
+    }
+
+    pub fn admin_token(&self) -> String {
+        gateway::auth::issue_token(&self.secret, "admin_1", true, 3600).unwrap()
+    }
+
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body ({status}): {text}"));
+        Reply { status, body, headers }
+    }
+
+    pub async fn get(&self, path: &str, user: &str) -> Reply {
+        self.call(Method::GET, path, Some(&self.token(user)), None).await
+    }
+
+    pub async fn post(&self, path: &str, user: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(&self.token(user)), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, user: &str) -> Reply {
+        self.call(Method::DELETE, path, Some(&self.token(user)), None).await
+    }
+
+    /// Books `seats` of `perf` for `user`; asserts 201 and returns (bookingId, paymentIntentId).
+    pub async fn book(&self, user: &str, perf: &str, seats: &[&str]) -> (String, String) {
+        let reply = self.try_book(user, perf, seats).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        (
+            reply.body["bookingId"].as_str().unwrap().to_owned(),
+            reply.body["paymentIntentId"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn try_book(&self, user: &str, perf: &str, seats: &[&str]) -> Reply {
+        self.post("/bookings", user, json!({"performanceId": perf, "seatIds": seats, "userId": user})).await
+    }
+
+    pub async fn pay(&self, user: &str, intent: &str, token: &str) -> Reply {
+        self.post(
+            "/payments/execute",
+            user,
+            json!({"paymentIntentId": intent, "paymentMethodToken": token, "cvv": "123"}),
+        )
+        .await
+    }
+
+    /// Waits until `GET /bookings/{id}` shows `status`.
+    pub async fn wait_status(&self, user: &str, booking: &str, status: &str) {
+        let seen = eventually(Duration::from_secs(30), || async {
+            let reply = self.get(&format!("/bookings/{booking}"), user).await;
+            (reply.body["status"] == status).then_some(())
+        })
+        .await;
+        let now = self.get(&format!("/bookings/{booking}"), user).await;
+        assert!(seen.is_some(), "booking {booking} never became {status}: {}", now.body);
+    }
+
+    /// Waits until `GET /bookings/my` lists `booking` with `status`.
+    pub async fn wait_listed(&self, user: &str, booking: &str, status: &str) -> Value {
+        let found = eventually(Duration::from_secs(30), || async {
+            let reply = self.get("/bookings/my", user).await;
+            reply.body.as_array()?.iter().find(|b| b["bookingId"] == booking && b["status"] == status).cloned()
+        })
+        .await;
+        found.unwrap_or_else(|| panic!("{booking} never listed as {status}"))
+    }
+
+    /// Waits until the occupiedSeats document of `doc` has `status` (or is gone for None).
+    pub async fn wait_seat(&self, user: &str, doc: &str, status: Option<&str>) -> Reply {
+        let path = format!("/occupiedSeats/{doc}");
+        let ok = eventually(Duration::from_secs(30), || async {
+            let reply = self.get(&path, user).await;
+            let matches = match status {
+                None => reply.status == StatusCode::NOT_FOUND,
+                Some(s) => reply.status == StatusCode::OK && reply.body["status"] == s,
+            };
+            matches.then_some(())
+        })
+        .await;
+        let reply = self.get(&path, user).await;
+        assert!(ok.is_some(), "seat {doc} never reached {status:?}: {} {}", reply.status, reply.body);
+        reply
+    }
+
+    pub async fn booking_pool(&self) -> sqlx::PgPool {
+        shared::db::connect_service_db(
+            &shared::testkit::server_url(),
+            &self.booking_db,
+            4,
+            &booking_service::store::MIGRATIONS,
+        )
+        .await
+        .unwrap()
+    }
+}
