@@ -99,6 +99,7 @@ impl BookingApp {
             consumer_settings,
             shutdown.clone(),
         ));
+        let purge = tokio::spawn(shared::idempotency::run_purge(self.pool.clone(), shutdown.clone()));
         let views = tokio::spawn(projection::run(
             self.pool.clone(),
             BookingViews,
@@ -125,7 +126,7 @@ impl BookingApp {
             })
             .await;
         shutdown.cancel();
-        for task in [relay, consume, views, sweeper] {
+        for task in [relay, consume, views, sweeper, purge] {
             let _ = task.await;
         }
         self.pool.close().await;

@@ -4,7 +4,12 @@
 //! the stream version; a lost race is retried).
 
 use chrono::{DateTime, Duration, Utc};
-use shared::{config::PaymentPolicy, event_store::EventMetadata};
+use shared::{
+    config::PaymentPolicy,
+    event_store::EventMetadata,
+    grpc::idempotent::ok_outcome,
+    idempotency::{self, Claim},
+};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -43,7 +48,7 @@ pub struct NewBooking {
 }
 
 /// What a created booking reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CreatedBooking {
     /// The booking.
     pub booking_id: String,
@@ -87,6 +92,7 @@ impl Bookings {
         caller: &Caller,
         request: NewBooking,
         metadata: &EventMetadata,
+        idempotency: Option<&Claim>,
     ) -> Result<CreatedBooking, BookingError> {
         if request.performance_id.trim().is_empty() || request.user_id.trim().is_empty() || request.seat_ids.is_empty()
         {
@@ -152,13 +158,18 @@ impl Bookings {
         }
         let events = decide(None, BookingCommand::Create(created.clone()))?;
         record(&mut tx, None, 0, &events, metadata).await?;
-        tx.commit().await?;
-        Ok(CreatedBooking {
+        let result = CreatedBooking {
             booking_id: created.booking_id,
             payment_intent_id: created.payment_intent_id,
             total_amount,
             locked_until: created.locked_until,
-        })
+        };
+        if let Some(claim) = idempotency {
+            let outcome = ok_outcome(&result).map_err(|e| BookingError::Internal(e.to_string()))?;
+            idempotency::complete(&mut tx, claim, &outcome).await?;
+        }
+        tx.commit().await?;
+        Ok(result)
     }
 
     /// The owner (or an admin) cancels a pending booking; its seats are free at once.

@@ -4,11 +4,17 @@
 //! authenticated the user's JWT.
 
 use proto::booking::{self as pb, booking_service_server::BookingService};
-use shared::{grpc::event_metadata, topics::timestamp};
+use shared::{
+    grpc::{
+        event_metadata,
+        idempotent::{self, Step},
+    },
+    topics::timestamp,
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    bookings::{Bookings, NewBooking, NewPerformance},
+    bookings::{Bookings, CreatedBooking, NewBooking, NewPerformance},
     domain::{booking::Caller, catalog::RowSpec},
     error::BookingError,
     store::views::BookingRow,
@@ -30,6 +36,15 @@ fn caller(caller: Option<pb::Caller>) -> Result<Caller, Status> {
     match caller {
         Some(c) if !c.user_id.is_empty() => Ok(Caller { user_id: c.user_id, admin: c.admin }),
         _ => Err(Status::unauthenticated("Missing or invalid bearer token.")),
+    }
+}
+
+fn created_to_pb(created: CreatedBooking) -> pb::CreateBookingResponse {
+    pb::CreateBookingResponse {
+        booking_id: created.booking_id,
+        payment_intent_id: created.payment_intent_id,
+        total_amount: created.total_amount,
+        locked_until: Some(timestamp(created.locked_until)),
     }
 }
 
@@ -55,25 +70,32 @@ impl BookingService for BookingGrpc {
         let metadata = request.metadata().clone();
         let body = request.into_inner();
         let caller = caller(body.caller)?;
-        let created = self
-            .bookings
-            .create(
-                &caller,
-                NewBooking {
-                    performance_id: body.performance_id,
-                    seat_ids: body.seat_ids,
-                    payment_method: Some(body.payment_method).filter(|m| !m.is_empty()),
-                    user_id: body.user_id,
-                },
-                &event_metadata(&metadata, &caller.user_id),
-            )
-            .await?;
-        Ok(Response::new(pb::CreateBookingResponse {
-            booking_id: created.booking_id,
-            payment_intent_id: created.payment_intent_id,
-            total_amount: created.total_amount,
-            locked_until: Some(timestamp(created.locked_until)),
-        }))
+        let fingerprint =
+            format!("{}|{}|{}|{}", body.performance_id, body.seat_ids.join(","), body.payment_method, body.user_id);
+        let pool = self.bookings.pool();
+        let claim =
+            match idempotent::start(pool, &metadata, &caller.user_id, "create_booking", &fingerprint, created_to_pb)
+                .await?
+            {
+                Step::Run(claim) => claim,
+                Step::Answer(answer) => return answer,
+            };
+        let request = NewBooking {
+            performance_id: body.performance_id,
+            seat_ids: body.seat_ids,
+            payment_method: Some(body.payment_method).filter(|m| !m.is_empty()),
+            user_id: body.user_id,
+        };
+        let created =
+            self.bookings.create(&caller, request, &event_metadata(&metadata, &caller.user_id), claim.as_ref()).await;
+        match created {
+            Ok(created) => Ok(Response::new(created_to_pb(created))),
+            Err(error) => {
+                let status = Status::from(error);
+                idempotent::settle_failure(pool, claim.as_ref(), &status).await;
+                Err(status)
+            }
+        }
     }
 
     async fn cancel_booking(

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     /// The `error` message.
     pub message: String,
+    /// A replayed idempotent outcome (adds `Idempotent-Replayed: true`).
+    pub replayed: bool,
 }
 
 /// The JSON body of every error.
@@ -28,7 +30,7 @@ pub struct ErrorBody {
 impl ApiError {
     /// An error with `status` and `message`.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self { status, message: message.into(), replayed: false }
     }
 
     /// 400.
@@ -54,7 +56,10 @@ impl ApiError {
 
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
+        let reason = status.metadata().get(shared::idempotency::ERROR_REASON_METADATA).and_then(|v| v.to_str().ok());
+        let key_reused = reason == Some(shared::idempotency::KEY_REUSED_REASON);
         let http = match status.code() {
+            _ if key_reused => StatusCode::UNPROCESSABLE_ENTITY,
             Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
@@ -75,12 +80,18 @@ impl From<tonic::Status> for ApiError {
             }
             _ => status.message().to_owned(),
         };
-        Self::new(http, message)
+        let mut error = Self::new(http, message);
+        error.replayed = status.metadata().contains_key(shared::idempotency::REPLAYED_METADATA);
+        error
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.message })).into_response()
+        let mut response = (self.status, Json(ErrorBody { error: self.message })).into_response();
+        if self.replayed {
+            response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+        }
+        response
     }
 }

@@ -108,6 +108,7 @@ impl PaymentApp {
             shutdown.clone(),
         ));
 
+        let purge = tokio::spawn(shared::idempotency::run_purge(self.pool.clone(), shutdown.clone()));
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<PaymentServiceServer<PaymentGrpc>>().await;
         tracing::info!(addr = %self.addr, "payment-service gRPC listening");
@@ -122,7 +123,7 @@ impl PaymentApp {
             })
             .await;
         shutdown.cancel();
-        for task in [relay, consume] {
+        for task in [relay, consume, purge] {
             let _ = task.await;
         }
         self.pool.close().await;

@@ -2,12 +2,18 @@
 //! identity comes from the gateway, which authenticated the JWT.
 
 use proto::payment::{self as pb, payment_service_server::PaymentService};
-use shared::{grpc::event_metadata, topics::timestamp};
+use shared::{
+    grpc::{
+        event_metadata,
+        idempotent::{self, Step},
+    },
+    topics::timestamp,
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
     domain::intent::GatewayOutcome,
-    payments::{ExecutePayment, Payments},
+    payments::{ExecutePayment, Executed, Payments},
 };
 
 /// gRPC front of the payment use cases.
@@ -35,37 +41,30 @@ impl PaymentService for PaymentGrpc {
         let metadata = request.metadata().clone();
         let body = request.into_inner();
         let caller = caller(body.caller)?;
-        let executed = self
-            .payments
-            .execute(
-                &caller.user_id,
-                ExecutePayment {
-                    payment_intent_id: body.payment_intent_id,
-                    payment_method_token: body.payment_method_token,
-                    cvv: body.cvv,
-                },
-                event_metadata(&metadata, &caller.user_id),
-            )
-            .await?;
-        let response = match executed.outcome {
-            GatewayOutcome::Success { processed_at } => pb::ExecutePaymentResponse {
-                payment_intent_id: executed.payment_intent_id,
-                status: "SUCCESS".into(),
-                is_success: true,
-                processed_at: Some(timestamp(processed_at)),
-                failure_code: String::new(),
-                failure_concept: String::new(),
-            },
-            GatewayOutcome::Failure { failure_code, failure_concept, processed_at } => pb::ExecutePaymentResponse {
-                payment_intent_id: executed.payment_intent_id,
-                status: "FAILURE".into(),
-                is_success: false,
-                processed_at: Some(timestamp(processed_at)),
-                failure_code,
-                failure_concept: failure_concept.as_str().into(),
-            },
-        };
-        Ok(Response::new(response))
+        let payment = self.payments.validate(ExecutePayment {
+            payment_intent_id: body.payment_intent_id,
+            payment_method_token: body.payment_method_token,
+            cvv: body.cvv,
+        })?;
+        // The fingerprint leaves the CVV out: it is never stored.
+        let fingerprint = format!("{}|{}", payment.payment_intent_id, payment.payment_method_token);
+        let pool = self.payments.pool();
+        let claim =
+            match idempotent::start(pool, &metadata, &caller.user_id, "execute_payment", &fingerprint, executed_to_pb)
+                .await?
+            {
+                Step::Run(claim) => claim,
+                Step::Answer(answer) => return answer,
+            };
+        let metadata = event_metadata(&metadata, &caller.user_id);
+        match self.payments.execute(&caller.user_id, payment, metadata, claim.clone()).await {
+            Ok(executed) => Ok(Response::new(executed_to_pb(executed))),
+            Err(error) => {
+                let status = Status::from(error);
+                idempotent::settle_failure(pool, claim.as_ref(), &status).await;
+                Err(status)
+            }
+        }
     }
 
     async fn get_payment_intent(
@@ -86,5 +85,26 @@ impl PaymentService for PaymentGrpc {
             client_failures: intent.client_failures,
             payable_until: Some(timestamp(created.payable_until)),
         }))
+    }
+}
+
+fn executed_to_pb(executed: Executed) -> pb::ExecutePaymentResponse {
+    match executed.outcome {
+        GatewayOutcome::Success { processed_at } => pb::ExecutePaymentResponse {
+            payment_intent_id: executed.payment_intent_id,
+            status: "SUCCESS".into(),
+            is_success: true,
+            processed_at: Some(timestamp(processed_at)),
+            failure_code: String::new(),
+            failure_concept: String::new(),
+        },
+        GatewayOutcome::Failure { failure_code, failure_concept, processed_at } => pb::ExecutePaymentResponse {
+            payment_intent_id: executed.payment_intent_id,
+            status: "FAILURE".into(),
+            is_success: false,
+            processed_at: Some(timestamp(processed_at)),
+            failure_code,
+            failure_concept: failure_concept.as_str().into(),
+        },
     }
 }

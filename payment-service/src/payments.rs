@@ -7,7 +7,12 @@
 use std::{sync::Arc, time::Duration};
 
 use proto::booking::{booking_service_client::BookingServiceClient, AdmitPaymentRequest};
-use shared::{config::PaymentPolicy, event_store::EventMetadata};
+use shared::{
+    config::PaymentPolicy,
+    event_store::EventMetadata,
+    grpc::idempotent::ok_outcome,
+    idempotency::{self, Claim},
+};
 use sqlx::{pool::PoolConnection, PgConnection, PgPool, Postgres};
 use tonic::{transport::Channel, Code};
 
@@ -34,8 +39,18 @@ pub struct ExecutePayment {
     pub cvv: String,
 }
 
+/// A request that passed validation (the CVV still only in memory).
+pub struct ValidPayment {
+    /// The intent.
+    pub payment_intent_id: String,
+    /// A token the gateway recognises.
+    pub payment_method_token: String,
+    /// The CVV.
+    pub cvv: Cvv,
+}
+
 /// What an execution answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Executed {
     /// The intent.
     pub payment_intent_id: String,
@@ -69,14 +84,8 @@ impl Payments {
         Self { inner: Arc::new(Inner { pool, gateway, booking, policy, intent_wait }) }
     }
 
-    /// Charges an intent for `user_id`. Runs to completion even if the
-    /// caller goes away: money that moved is always recorded.
-    pub async fn execute(
-        &self,
-        user_id: &str,
-        request: ExecutePayment,
-        metadata: EventMetadata,
-    ) -> Result<Executed, PaymentError> {
+    /// Checks the request's shape; nothing is recorded for a malformed one.
+    pub fn validate(&self, request: ExecutePayment) -> Result<ValidPayment, PaymentError> {
         if request.payment_intent_id.trim().is_empty()
             || request.payment_method_token.trim().is_empty()
             || request.cvv.is_empty()
@@ -90,15 +99,33 @@ impl Payments {
         if request.payment_intent_id.len() > 128 {
             return Err(PaymentRejection::NotFound.into());
         }
+        Ok(ValidPayment {
+            payment_intent_id: request.payment_intent_id,
+            payment_method_token: request.payment_method_token,
+            cvv,
+        })
+    }
+
+    /// Charges an intent for `user_id`. Runs to completion even if the
+    /// caller goes away: money that moved is always recorded, together with
+    /// the idempotency outcome when a key was claimed.
+    pub async fn execute(
+        &self,
+        user_id: &str,
+        payment: ValidPayment,
+        metadata: EventMetadata,
+        claim: Option<Claim>,
+    ) -> Result<Executed, PaymentError> {
         let this = self.clone();
         let user_id = user_id.to_owned();
         let task = tokio::spawn(async move {
             this.execute_to_completion(
                 &user_id,
-                request.payment_intent_id,
-                request.payment_method_token,
-                cvv,
+                payment.payment_intent_id,
+                payment.payment_method_token,
+                payment.cvv,
                 &metadata,
+                claim.as_ref(),
             )
             .await
         });
@@ -112,6 +139,7 @@ impl Payments {
         token: String,
         cvv: Cvv,
         metadata: &EventMetadata,
+        claim: Option<&Claim>,
     ) -> Result<Executed, PaymentError> {
         let intent = self.wait_for_intent(&payment_intent_id).await?;
         if intent.created.user_id != user_id {
@@ -124,7 +152,7 @@ impl Payments {
             .bind(format!("charge:{payment_intent_id}"))
             .execute(&mut *lock)
             .await?;
-        let result = self.charge_locked(user_id, &payment_intent_id, token, cvv, metadata).await;
+        let result = self.charge_locked(user_id, &payment_intent_id, token, cvv, metadata, claim).await;
         release(lock, &payment_intent_id).await;
         result
     }
@@ -136,6 +164,7 @@ impl Payments {
         token: String,
         cvv: Cvv,
         metadata: &EventMetadata,
+        claim: Option<&Claim>,
     ) -> Result<Executed, PaymentError> {
         let intent = {
             let mut conn = self.inner.pool.acquire().await?;
@@ -160,8 +189,9 @@ impl Payments {
         };
         let outcome = self.inner.gateway.charge(&charge).await;
         drop(charge);
-        self.record_outcome(payment_intent_id, outcome.clone(), token, metadata).await?;
-        Ok(Executed { payment_intent_id: payment_intent_id.to_owned(), outcome })
+        let executed = Executed { payment_intent_id: payment_intent_id.to_owned(), outcome };
+        self.record_outcome(&executed, token, metadata, claim).await?;
+        Ok(executed)
     }
 
     /// Asks the booking-service to admit the charge (fresh booking state).
@@ -193,17 +223,23 @@ impl Payments {
     /// money has moved and must be recorded.
     async fn record_outcome(
         &self,
-        payment_intent_id: &str,
-        outcome: GatewayOutcome,
+        executed: &Executed,
         token: String,
         metadata: &EventMetadata,
+        claim: Option<&Claim>,
     ) -> Result<(), PaymentError> {
+        let stored = ok_outcome(executed).map_err(|e| PaymentError::Internal(e.to_string()))?;
         for _ in 0..MAX_RACE_RETRIES {
             let mut tx = self.inner.pool.begin().await?;
-            let command =
-                PaymentCommand::RecordOutcome { outcome: outcome.clone(), payment_method_token: token.clone() };
-            match execute_in(&mut tx, payment_intent_id, metadata, command).await {
+            let command = PaymentCommand::RecordOutcome {
+                outcome: executed.outcome.clone(),
+                payment_method_token: token.clone(),
+            };
+            match execute_in(&mut tx, &executed.payment_intent_id, metadata, command).await {
                 Ok(_) => {
+                    if let Some(claim) = claim {
+                        idempotency::complete(&mut tx, claim, &stored).await?;
+                    }
                     tx.commit().await?;
                     return Ok(());
                 }
@@ -230,6 +266,11 @@ impl Payments {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// The database pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
     }
 
     /// One intent, for its owner or an admin.

@@ -11,6 +11,7 @@
 //! | [`projection`] | read models kept in step with the global log, with blue/green rebuilds |
 //! | [`global_log`] | reading the log in commit order, checkpoints, wake-ups |
 //! | [`grpc`] | request context to event metadata, bind, reflection |
+//! | [`idempotency`] | Idempotency-Key claims, replays and purge |
 //! | [`db`] | connecting, creating the service database, running migrations |
 //! | [`config`] | the command-line/env settings every service has |
 //! | [`telemetry`] | tracing setup |
@@ -32,5 +33,6 @@ pub mod topics;
 
 pub mod global_log;
 pub mod grpc;
+pub mod idempotency;
 
 pub use global_log::{LogPosition, WakeUp};

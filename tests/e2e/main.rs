@@ -4,4 +4,5 @@
 
 mod contract;
 mod flows;
+mod idempotency;
 mod support;

@@ -11,7 +11,7 @@ use proto::booking as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{grpc_request, seed_time};
+use super::{grpc_request, idempotent_grpc_request, replay_headers, seed_time};
 use crate::{auth::AuthUser, error::ApiError, json::JsonBody, AppState};
 
 /// `POST /bookings` body (every field optional here so a missing one gets the seed's message).
@@ -105,18 +105,20 @@ fn caller(user: &AuthUser) -> Option<pb::Caller> {
 
 /// Locks the seats and starts a booking.
 #[utoipa::path(post, path = "/bookings", tag = "Bookings", request_body = CreateBookingBody,
-    security(("bearer" = [])),
+    security(("bearer" = [])), params(crate::openapi::IdempotencyKey),
     responses(
         (status = 201, body = BookingCreated),
         (status = 400, body = crate::error::ErrorBody, description = "Missing fields, a taken or unknown seat, limits"),
         (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
-        (status = 404, body = crate::error::ErrorBody, description = "Unknown performance")))]
+        (status = 404, body = crate::error::ErrorBody, description = "Unknown performance"),
+        (status = 409, body = crate::error::ErrorBody, description = "Same Idempotency-Key still in flight"),
+        (status = 422, body = crate::error::ErrorBody, description = "Idempotency-Key reused with another body")))]
 pub async fn create_booking(
     State(state): State<Arc<AppState>>,
     user: AuthUser,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateBookingBody>,
-) -> Result<(StatusCode, Json<BookingCreated>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<BookingCreated>), ApiError> {
     const REQUIRED: &str = "User, performance, and seats are required.";
     let (Some(performance_id), Some(seat_ids), Some(user_id)) = (body.performance_id, body.seat_ids, body.user_id)
     else {
@@ -135,9 +137,12 @@ pub async fn create_booking(
         payment_method: body.payment_method.unwrap_or_default(),
         user_id,
     };
-    let created = state.booking.clone().create_booking(grpc_request(request, &headers)).await?.into_inner();
+    let reply = state.booking.clone().create_booking(idempotent_grpc_request(request, &headers)?).await?;
+    let replayed = replay_headers(reply.metadata());
+    let created = reply.into_inner();
     Ok((
         StatusCode::CREATED,
+        replayed,
         Json(BookingCreated {
             message: "Booking initiated. Please proceed to payment.",
             booking_id: created.booking_id,

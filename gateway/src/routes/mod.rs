@@ -18,6 +18,31 @@ pub fn grpc_request<T>(message: T, headers: &HeaderMap) -> tonic::Request<T> {
     request
 }
 
+/// Like [`grpc_request`], also forwarding a valid `Idempotency-Key` (400 if malformed).
+pub fn idempotent_grpc_request<T>(
+    message: T,
+    headers: &HeaderMap,
+) -> Result<tonic::Request<T>, crate::error::ApiError> {
+    let mut request = grpc_request(message, headers);
+    if let Some(value) = headers.get("idempotency-key") {
+        let key = value.to_str().ok().filter(|k| shared::idempotency::valid_key(k));
+        let Some(key) = key.and_then(|k| k.parse().ok()) else {
+            return Err(crate::error::ApiError::bad_request("Idempotency-Key must be 1-255 visible ASCII characters."));
+        };
+        request.metadata_mut().insert(shared::idempotency::METADATA_KEY, key);
+    }
+    Ok(request)
+}
+
+/// `Idempotent-Replayed: true` when the service replayed a stored outcome.
+pub fn replay_headers(metadata: &tonic::metadata::MetadataMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if metadata.contains_key(shared::idempotency::REPLAYED_METADATA) {
+        headers.insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    }
+    headers
+}
+
 /// Formats a time the way the seed does: RFC 3339 UTC, seconds precision.
 pub fn seed_time(ts: Option<&proto::prost_types::Timestamp>) -> Option<String> {
     let ts = ts?;

@@ -12,7 +12,7 @@ use proto::payment as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{grpc_request, seed_time};
+use super::{idempotent_grpc_request, replay_headers, seed_time};
 use crate::{auth::AuthUser, error::ApiError, json::JsonBody, AppState};
 
 /// `POST /payments/execute` body. The CVV is passed on to the gateway only.
@@ -80,7 +80,7 @@ pub struct PaymentFailure {
 
 /// Charges a payment intent through the mock payment gateway.
 #[utoipa::path(post, path = "/payments/execute", tag = "Payments", request_body = ExecutePaymentBody,
-    security(("bearer" = [])),
+    security(("bearer" = [])), params(crate::openapi::IdempotencyKey),
     responses(
         (status = 200, body = PaymentSuccess),
         (status = 400, description = "Declined (PaymentFailure) or a bad request (ErrorBody)",
@@ -88,7 +88,8 @@ pub struct PaymentFailure {
         (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody, description = "Someone else's intent"),
         (status = 404, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody, description = "Already processed, or no longer payable")))]
+        (status = 409, body = crate::error::ErrorBody, description = "Already processed, no longer payable, or key in flight"),
+        (status = 422, body = crate::error::ErrorBody, description = "Idempotency-Key reused with another body")))]
 pub async fn execute_payment(
     State(state): State<Arc<AppState>>,
     user: AuthUser,
@@ -110,19 +111,25 @@ pub async fn execute_payment(
         payment_method_token,
         cvv,
     };
-    let answer = state.payment.clone().execute_payment(grpc_request(request, &headers)).await?.into_inner();
+    let reply = state.payment.clone().execute_payment(idempotent_grpc_request(request, &headers)?).await?;
+    let replayed = replay_headers(reply.metadata());
+    let answer = reply.into_inner();
     let processed_at = seed_time(answer.processed_at.as_ref()).unwrap_or_default();
     if answer.is_success {
-        Ok(Json(PaymentSuccess {
-            message: "Payment SUCCESS",
-            payment_intent_id: answer.payment_intent_id,
-            status: "SUCCESS",
-            pg_mock_data: PgMockData { is_success: true, processed_at },
-        })
-        .into_response())
+        Ok((
+            replayed,
+            Json(PaymentSuccess {
+                message: "Payment SUCCESS",
+                payment_intent_id: answer.payment_intent_id,
+                status: "SUCCESS",
+                pg_mock_data: PgMockData { is_success: true, processed_at },
+            }),
+        )
+            .into_response())
     } else {
         Ok((
             StatusCode::BAD_REQUEST,
+            replayed,
             Json(PaymentFailure {
                 message: "Payment FAILURE",
                 payment_intent_id: answer.payment_intent_id,

@@ -165,7 +165,8 @@ pub struct PaymentIntent {
 }
 
 /// What the mock (or a real) payment gateway answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
 pub enum GatewayOutcome {
     /// Captured.
     Success {
