@@ -83,6 +83,9 @@ pub struct PaymentDevSettings {
     /// How long an execute waits for an intent that is not created yet (ms).
     #[arg(long, env = "INTENT_WAIT_MS", default_value_t = 5000)]
     pub intent_wait_ms: u64,
+    /// Extra latency of every mock gateway call (ms), to rehearse slow gateways.
+    #[arg(long, env = "MOCK_PG_LATENCY_MS", default_value_t = 0)]
+    pub mock_pg_latency_ms: u64,
 }
 
 /// `ticketing gateway`.
@@ -235,6 +238,7 @@ pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> a
         booking_grpc_url: format!("http://{}", loopback(booking_addr)),
         mock_pg_timeout_ms: args.payment.mock_pg_timeout_ms,
         intent_wait_ms: args.payment.intent_wait_ms,
+        mock_pg_latency_ms: args.payment.mock_pg_latency_ms,
     };
     let payment = PaymentApp::build(&args.database, &args.kafka, brokers, payment_settings, args.policy).await?;
     let payment_addr = payment.grpc_addr();

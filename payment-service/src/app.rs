@@ -64,7 +64,10 @@ impl PaymentApp {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
             .connect_lazy();
-        let gateway = Arc::new(MockPaymentGateway { timeout: Duration::from_millis(settings.mock_pg_timeout_ms) });
+        let gateway = Arc::new(MockPaymentGateway {
+            timeout: Duration::from_millis(settings.mock_pg_timeout_ms),
+            latency: Duration::from_millis(settings.mock_pg_latency_ms),
+        });
         let payments = Payments::new(
             pool.clone(),
             gateway,

@@ -19,6 +19,9 @@ pub struct PaymentSettings {
     /// How long the mock gateway takes to time out `tok_pgTimeout` (ms).
     #[arg(long, env = "MOCK_PG_TIMEOUT_MS", default_value_t = 3000)]
     pub mock_pg_timeout_ms: u64,
+    /// Extra latency of every mock gateway call (ms), to rehearse slow gateways.
+    #[arg(long, env = "MOCK_PG_LATENCY_MS", default_value_t = 0)]
+    pub mock_pg_latency_ms: u64,
     /// How long an execute waits for an intent that is not created yet (ms).
     #[arg(long, env = "INTENT_WAIT_MS", default_value_t = 5000)]
     pub intent_wait_ms: u64,

@@ -59,6 +59,8 @@ pub trait PaymentGateway: Send + Sync + 'static {
 pub struct MockPaymentGateway {
     /// How long `tok_pgTimeout` takes before failing.
     pub timeout: Duration,
+    /// Added to every call.
+    pub latency: Duration,
 }
 
 fn mock_answer(token: &str) -> Option<Option<(&'static str, FailureConcept)>> {
@@ -81,6 +83,7 @@ impl PaymentGateway for MockPaymentGateway {
     }
 
     async fn charge(&self, charge: &Charge) -> GatewayOutcome {
+        tokio::time::sleep(self.latency).await;
         if charge.token == "tok_pgTimeout" {
             tokio::time::sleep(self.timeout).await;
         }
@@ -116,7 +119,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_token_gets_its_documented_answer() {
-        let gateway = MockPaymentGateway { timeout: Duration::from_millis(10) };
+        let gateway = MockPaymentGateway { timeout: Duration::from_millis(10), latency: Duration::ZERO };
         for token in ["tok_visa_creditCard", "tok_visa", "tok_mastercard"] {
             assert!(matches!(gateway.charge(&charge(token)).await, GatewayOutcome::Success { .. }));
         }

@@ -23,6 +23,7 @@ pub struct System {
     pub client: reqwest::Client,
     pub booking_db: String,
     pub payment_db: String,
+    pub payment_addr: std::net::SocketAddr,
     secret: String,
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -74,7 +75,18 @@ impl System {
         })
         .await;
         assert!(ready.is_some(), "system became ready");
-        Self { base, client, booking_db, payment_db, secret, shutdown, tasks: system.tasks, _kafka: kafka }
+        let payment_addr = system.payment_addr;
+        Self {
+            base,
+            client,
+            booking_db,
+            payment_db,
+            payment_addr,
+            secret,
+            shutdown,
+            tasks: system.tasks,
+            _kafka: kafka,
+        }
     }
 
     pub async fn stop(self) {
@@ -179,6 +191,22 @@ impl System {
         let reply = self.get(&path, user).await;
         assert!(ok.is_some(), "seat {doc} never reached {status:?}: {} {}", reply.status, reply.body);
         reply
+    }
+
+    /// Waits until the payment-service has created `intent` from SeatLocked.
+    pub async fn wait_intent(&self, user: &str, intent: &str) {
+        let url = format!("http://127.0.0.1:{}", self.payment_addr.port());
+        let client = proto::payment::payment_service_client::PaymentServiceClient::connect(url).await.unwrap();
+        let found = eventually(Duration::from_secs(30), || {
+            let request = proto::payment::GetPaymentIntentRequest {
+                caller: Some(proto::payment::Caller { user_id: user.to_owned(), admin: false }),
+                payment_intent_id: intent.to_owned(),
+            };
+            let mut client = client.clone();
+            async move { client.get_payment_intent(request).await.ok() }
+        })
+        .await;
+        assert!(found.is_some(), "intent {intent} was never created");
     }
 
     pub async fn booking_pool(&self) -> sqlx::PgPool {

@@ -1,0 +1,179 @@
+//! Correctness under contention: no oversell, the per-user limit under
+//! concurrency, and payments racing cancels.
+
+use std::{collections::HashMap, time::Duration};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::System;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_overlapping_requests_never_oversell() {
+    let sys = System::start().await;
+    let admin = sys.admin_token();
+    let perf = "perf_race";
+    let created = sys
+        .call(
+            reqwest::Method::POST,
+            "/performances",
+            Some(&admin),
+            Some(json!({"performanceId": perf, "title": "race", "rows": [{"row": "A", "seats": 30, "price": 1000}]})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    // 200 users, each wanting 1-3 seats out of 30, in arbitrary order.
+    let requests: Vec<(String, Vec<String>)> = (0..200)
+        .map(|n: usize| {
+            let count = 1 + n % 3;
+            let seats = (0..count).map(|k| format!("A{}", 1 + (n * 7 + k * 11) % 30)).collect::<Vec<_>>();
+            let mut unique = seats.clone();
+            unique.sort();
+            unique.dedup();
+            (format!("crowd_{n}"), unique)
+        })
+        .collect();
+    let tasks = requests.iter().map(|(user, seats)| {
+        let client = sys.client.clone();
+        let url = format!("{}/bookings", sys.base);
+        let token = sys.token(user);
+        let body = json!({"performanceId": perf, "seatIds": seats, "userId": user});
+        tokio::spawn(async move {
+            let response = client.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, body)
+        })
+    });
+    let replies: Vec<_> = futures::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    let mut holder: HashMap<String, String> = HashMap::new();
+    let mut winners = 0;
+    for ((user, seats), (status, body)) in requests.iter().zip(&replies) {
+        assert!(status.is_success() || *status == StatusCode::BAD_REQUEST, "{status}: {body}");
+        if *status == StatusCode::CREATED {
+            winners += 1;
+            for seat in seats {
+                let previous = holder.insert(seat.clone(), user.clone());
+                assert!(previous.is_none(), "seat {seat} sold to {previous:?} and {user}");
+            }
+        } else {
+            let message = body["error"].as_str().unwrap();
+            assert!(message.ends_with("is not available."), "{message}");
+        }
+    }
+    assert!(winners >= 10, "at least a third of the 30 seats went to someone ({winners})");
+    // The database agrees seat by seat.
+    let map = sys.get(&format!("/performances/{perf}/seats"), "crowd_0").await;
+    let locked = map.body["seats"].as_array().unwrap().iter().filter(|s| s["state"] == "locked").count();
+    assert_eq!(locked, holder.len());
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_firing_concurrent_requests_never_exceeds_the_limit() {
+    let sys = System::start().await;
+    let user = "greedy";
+    let tasks = (0..12).map(|n| {
+        let client = sys.client.clone();
+        let url = format!("{}/bookings", sys.base);
+        let token = sys.token(user);
+        let seats = vec![format!("I{}", 2 * n + 1), format!("I{}", 2 * n + 2)];
+        let body = json!({"performanceId": "perf_001", "seatIds": seats, "userId": user});
+        tokio::spawn(async move { client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status() })
+    });
+    let statuses: Vec<StatusCode> = futures::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    let won = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    assert_eq!(won, 5, "10 seats in pairs: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED || *s == StatusCode::BAD_REQUEST));
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_racing_payments_end_confirmed_cancelled_or_refunded_never_half_done() {
+    let sys = System::start().await;
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    for n in 0..12 {
+        let user = format!("racer_{n}");
+        let seat = format!("J{}", n + 1);
+        let (booking, intent) = sys.book(&user, "perf_001", &[&seat]).await;
+        let (paid, cancelled) = tokio::join!(sys.pay(&user, &intent, "tok_visa"), async {
+            tokio::time::sleep(Duration::from_millis(n * 3)).await;
+            sys.delete(&format!("/bookings/{booking}"), &user).await
+        });
+        let end = match (paid.status, cancelled.status) {
+            (StatusCode::OK, _) => "confirmed",
+            (_, StatusCode::OK) => "cancelled",
+            other => panic!("neither the payment nor the cancel won: {other:?} {} {}", paid.body, cancelled.body),
+        };
+        sys.wait_status(&user, &booking, end).await;
+        let doc = sys.get(&format!("/occupiedSeats/perf_001_{seat}"), &user).await;
+        match end {
+            "confirmed" => assert_eq!(doc.body["status"], "booked"),
+            _ => assert_eq!(doc.status, StatusCode::NOT_FOUND),
+        }
+        *outcomes.entry(end.to_owned()).or_default() += 1;
+    }
+    assert_eq!(outcomes.values().sum::<usize>(), 12);
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_that_outlives_its_admission_after_a_cancel_is_refunded() {
+    // The gateway takes 2.5 s but an admission protects the hold for 1 s:
+    // the owner's cancel gets through while the charge is still running.
+    let sys = System::start_with(&["--payment-admission-secs=1", "--mock-pg-latency-ms=2500"]).await;
+    let (booking, intent) = sys.book("late_payer", "perf_002", &["A3"]).await;
+    // Let SeatLocked reach the payment-service so the charge starts at once.
+    sys.wait_intent("late_payer", &intent).await;
+    let pay = {
+        let client = sys.client.clone();
+        let url = format!("{}/payments/execute", sys.base);
+        let token = sys.token("late_payer");
+        let intent = intent.clone();
+        tokio::spawn(async move {
+            let body = json!({"paymentIntentId": intent, "paymentMethodToken": "tok_visa", "cvv": "123"});
+            client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = sys.delete(&format!("/bookings/{booking}"), "late_payer").await;
+    assert_eq!(
+        (first.status, first.body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("A payment for this booking is in progress.")),
+        "the admission protects the hold while the gateway works"
+    );
+    let cancelled = shared::testkit::eventually(Duration::from_secs(10), || async {
+        let reply = sys.delete(&format!("/bookings/{booking}"), "late_payer").await;
+        (reply.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(cancelled.is_some(), "the cancel got through after the admission lapsed");
+    // The seat is free at once and someone else takes it.
+    sys.book("next_buyer", "perf_002", &["A3"]).await;
+    assert_eq!(pay.await.unwrap(), StatusCode::OK, "the gateway did charge");
+    sys.wait_status("late_payer", &booking, "refunded").await;
+    let pool = shared::db::connect_service_db(
+        &shared::testkit::server_url(),
+        &sys.payment_db,
+        2,
+        &payment_service::store::MIGRATIONS,
+    )
+    .await
+    .unwrap();
+    let postings: Vec<(String, String, i64)> = sqlx::query_as(
+        "select transaction_id, direction, amount from ledger_entries order by transaction_id, direction",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let expected = [
+        (format!("payment:{intent}:capture"), "credit".to_owned(), 50000),
+        (format!("payment:{intent}:capture"), "debit".to_owned(), 50000),
+        (format!("payment:{intent}:refund"), "credit".to_owned(), 50000),
+        (format!("payment:{intent}:refund"), "debit".to_owned(), 50000),
+    ];
+    assert_eq!(postings, expected);
+    let doc = sys.get("/occupiedSeats/perf_002_A3", "next_buyer").await;
+    assert_eq!(doc.body["userId"], "next_buyer", "the late payment never took the seat back");
+    sys.stop().await;
+}
