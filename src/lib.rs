@@ -3,6 +3,8 @@
 //! projections. Each component is started through its own `*App::build`, so
 //! tests start exactly what production starts.
 
+pub mod check;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
@@ -46,6 +48,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Rebuild the booking read models from the event store (blue/green swap).
     RebuildProjections(MigrateArgs),
+    /// Check both stores for broken invariants; exits 1 if any is found.
+    Check(MigrateArgs),
 }
 
 /// `ticketing dev`.
@@ -158,6 +162,9 @@ pub fn dev_secret_path() -> PathBuf {
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     telemetry::init(cli.log_format);
+    if let Command::Check(args) = &cli.command {
+        return run_check(args).await;
+    }
     match cli.command {
         Command::Dev(args) => dev(*args).await,
         Command::Gateway(args) => {
@@ -198,6 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(())
         }
+        Command::Check(_) => Ok(()),
         Command::RebuildProjections(args) => {
             let pool = shared::db::connect_service_db(
                 &args.database.database_url,
@@ -212,6 +220,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     .map(|()| ExitCode::SUCCESS)
+}
+
+async fn run_check(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    let connect = |name: &str, migrator| {
+        let url = args.database.database_url.clone();
+        let name = name.to_owned();
+        async move { shared::db::connect_service_db(&url, &name, 2, migrator).await }
+    };
+    let booking = connect(&args.booking_database, &booking_service::store::MIGRATIONS).await?;
+    let payment = connect(&args.payment_database, &payment_service::store::MIGRATIONS).await?;
+    let violations = check::check(&booking, &payment).await?;
+    for violation in &violations {
+        println!("VIOLATION: {violation}");
+    }
+    if violations.is_empty() {
+        println!("ok: no invariant violated");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} violation(s)", violations.len());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 /// Everything `ticketing dev` started, for tests that drive it in-process.

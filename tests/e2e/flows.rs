@@ -227,3 +227,35 @@ async fn rebuilding_the_projections_reproduces_the_live_views() {
     sys.wait_listed("user_l", &b4, "pending").await;
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invariant_checker_reports_an_unbalanced_ledger_and_a_leaked_hold() {
+    let sys = System::start().await;
+    let (booking, intent) = sys.book("user_m", "perf_001", &["E9"]).await;
+    sys.pay("user_m", &intent, "tok_visa").await;
+    sys.wait_status("user_m", &booking, "confirmed").await;
+    assert!(sys.settled_violations().await.is_empty());
+
+    let payment = sys.payment_pool().await;
+    sqlx::query("insert into ledger_entries (transaction_id, account, direction, amount, currency) values ('manual:1', 'MERCHANT_BALANCE', 'credit', 5, 'KRW')")
+        .execute(&payment)
+        .await
+        .unwrap();
+    let booking_db = sys.booking_pool().await;
+    sqlx::query("delete from seat_holds where booking_id = $1").bind(&booking).execute(&booking_db).await.unwrap();
+    let found = ticketing::check::check(&booking_db, &payment).await.unwrap();
+    let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert!(text.iter().any(|v| v.contains("manual:1 is unbalanced")), "{text:?}");
+    assert!(text.iter().any(|v| v.contains(&format!("confirmed booking {booking} does not own seat"))), "{text:?}");
+    // Repair so the harness's final check passes.
+    sqlx::query("insert into ledger_entries (transaction_id, account, direction, amount, currency) values ('manual:1', 'CUSTOMER_PAYABLE', 'debit', 5, 'KRW')")
+        .execute(&payment)
+        .await
+        .unwrap();
+    sqlx::query("insert into seat_holds (performance_id, seat_id, booking_id, user_id, status) values ('perf_001', 'E9', $1, 'user_m', 'booked')")
+        .bind(&booking)
+        .execute(&booking_db)
+        .await
+        .unwrap();
+    sys.stop().await;
+}

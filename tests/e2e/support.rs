@@ -89,7 +89,10 @@ impl System {
         }
     }
 
+    /// Stops the system after `ticketing check` finds both stores consistent.
     pub async fn stop(self) {
+        let violations = self.settled_violations().await;
+        assert!(violations.is_empty(), "invariants violated: {violations:#?}");
         self.shutdown.cancel();
         for task in self.tasks {
             task.await.unwrap().unwrap();
@@ -207,6 +210,32 @@ impl System {
         })
         .await;
         assert!(found.is_some(), "intent {intent} was never created");
+    }
+
+    /// The checker's findings once in-flight work (a refund, say) has settled.
+    pub async fn settled_violations(&self) -> Vec<ticketing::check::Violation> {
+        let booking = self.booking_pool().await;
+        let payment = self.payment_pool().await;
+        let mut violations = Vec::new();
+        for _ in 0..50 {
+            violations = ticketing::check::check(&booking, &payment).await.unwrap();
+            if violations.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        violations
+    }
+
+    pub async fn payment_pool(&self) -> sqlx::PgPool {
+        shared::db::connect_service_db(
+            &shared::testkit::server_url(),
+            &self.payment_db,
+            4,
+            &payment_service::store::MIGRATIONS,
+        )
+        .await
+        .unwrap()
     }
 
     pub async fn booking_pool(&self) -> sqlx::PgPool {
