@@ -152,14 +152,14 @@ pub mod idempotent {
         Ok(StoredOutcome::Ok { value: serde_json::to_value(result)? })
     }
 
-    /// Settles the claim of a command that failed with `status`: business
-    /// refusals are stored (and replayed), retryable failures release the key.
+    /// Settles the claim of a command that failed with `status`: final
+    /// refusals are stored (and replayed); retryable failures release the key.
+    /// NotFound is retryable: a payment intent, say, arrives over Kafka.
     pub async fn settle_failure(pool: &PgPool, claim: Option<&Claim>, status: &Status) {
         let Some(claim) = claim else { return };
         let business = matches!(
             status.code(),
             Code::InvalidArgument
-                | Code::NotFound
                 | Code::AlreadyExists
                 | Code::PermissionDenied
                 | Code::FailedPrecondition
