@@ -64,6 +64,7 @@ impl Deployment {
     }
 
     fn start(&mut self, component: &'static str) {
+        let instance = format!("{component}-{}", self.env("KAFKA_TOPIC_PREFIX"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -72,6 +73,7 @@ impl Deployment {
         let child = Command::new(env!("CARGO_BIN_EXE_ticketing"))
             .arg(component)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("KAFKA_GROUP_INSTANCE_ID", instance)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())

@@ -29,6 +29,7 @@ pub struct BookingApp {
     addr: SocketAddr,
     brokers: String,
     topics: topics::Topics,
+    group_instance_id: Option<String>,
     settings: BookingSettings,
 }
 
@@ -64,7 +65,16 @@ impl BookingApp {
         .context("creating Kafka topics")?;
         let (listener, addr) = grpc::bind(settings.booking_grpc_addr).await?;
         let bookings = Bookings::new(pool.clone(), settings.clone(), policy);
-        Ok(Self { pool, bookings, listener, addr, brokers: brokers.to_owned(), topics: kafka_args.topics(), settings })
+        Ok(Self {
+            pool,
+            bookings,
+            listener,
+            addr,
+            brokers: brokers.to_owned(),
+            topics: kafka_args.topics(),
+            group_instance_id: kafka_args.kafka_group_instance_id.clone(),
+            settings,
+        })
     }
 
     /// The bound gRPC address.
@@ -87,8 +97,9 @@ impl BookingApp {
             outbox::RelaySettings::new("booking-outbox", topics::BOOKING_SOURCE),
             shutdown.clone(),
         ));
-        let consumer_settings =
+        let mut consumer_settings =
             inbox::ConsumerSettings::new(&self.topics.group("booking-service"), &[&self.topics.payment]);
+        consumer_settings.instance_id = self.group_instance_id.clone();
         let consumer = inbox::consumer(&self.brokers, &consumer_settings)?;
         let handler = PaymentEventHandler { max_payment_attempts: self.bookings.max_payment_attempts() };
         let consume = tokio::spawn(inbox::run_consumer(

@@ -31,6 +31,7 @@ pub struct PaymentApp {
     addr: SocketAddr,
     brokers: String,
     topics: topics::Topics,
+    group_instance_id: Option<String>,
 }
 
 impl PaymentApp {
@@ -76,7 +77,15 @@ impl PaymentApp {
             Duration::from_millis(settings.intent_wait_ms),
         );
         let (listener, addr) = grpc::bind(settings.payment_grpc_addr).await?;
-        Ok(Self { pool, payments, listener, addr, brokers: brokers.to_owned(), topics: kafka_args.topics() })
+        Ok(Self {
+            pool,
+            payments,
+            listener,
+            addr,
+            brokers: brokers.to_owned(),
+            topics: kafka_args.topics(),
+            group_instance_id: kafka_args.kafka_group_instance_id.clone(),
+        })
     }
 
     /// The bound gRPC address.
@@ -99,8 +108,9 @@ impl PaymentApp {
             outbox::RelaySettings::new("payment-outbox", topics::PAYMENT_SOURCE),
             shutdown.clone(),
         ));
-        let consumer_settings =
+        let mut consumer_settings =
             inbox::ConsumerSettings::new(&self.topics.group("payment-service"), &[&self.topics.booking]);
+        consumer_settings.instance_id = self.group_instance_id.clone();
         let consumer = inbox::consumer(&self.brokers, &consumer_settings)?;
         let consume = tokio::spawn(inbox::run_consumer(
             self.pool.clone(),

@@ -29,6 +29,11 @@ pub struct KafkaArgs {
     /// Replication factor of each topic this service creates.
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
     pub kafka_replication_factor: i32,
+    /// Static consumer-group membership id of this instance (e.g. the pod
+    /// name): a restarted instance takes its partitions back at once instead
+    /// of waiting for the group to expire its previous self.
+    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
+    pub kafka_group_instance_id: Option<String>,
     /// Prefix for every topic and consumer group (to share a cluster between environments).
     #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "")]
     pub kafka_topic_prefix: String,

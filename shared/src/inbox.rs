@@ -85,6 +85,8 @@ pub struct ConsumerSettings {
     pub retry_backoff: Duration,
     /// How long handled ce_ids are remembered.
     pub inbox_retention: Duration,
+    /// Static membership id (`group.instance.id`), if any.
+    pub instance_id: Option<String>,
 }
 
 impl ConsumerSettings {
@@ -96,6 +98,7 @@ impl ConsumerSettings {
             max_attempts: 5,
             retry_backoff: Duration::from_millis(100),
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
+            instance_id: None,
         }
     }
 }
@@ -114,7 +117,11 @@ pub enum Outcome {
 /// Creates the group's consumer: offsets are stored by hand after commit
 /// and auto-committed in the background from what was stored.
 pub fn consumer(brokers: &str, settings: &ConsumerSettings) -> Result<StreamConsumer, KafkaError> {
-    let consumer: StreamConsumer = client_config(brokers)
+    let mut config = client_config(brokers);
+    if let Some(instance) = settings.instance_id.as_deref().filter(|i| !i.is_empty()) {
+        config.set("group.instance.id", instance);
+    }
+    let consumer: StreamConsumer = config
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")

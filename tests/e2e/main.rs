@@ -6,4 +6,5 @@ mod contention;
 mod contract;
 mod flows;
 mod idempotency;
+mod replay;
 mod support;

@@ -24,6 +24,8 @@ pub struct System {
     pub booking_db: String,
     pub payment_db: String,
     pub payment_addr: std::net::SocketAddr,
+    pub topics: shared::topics::Topics,
+    pub brokers: String,
     secret: String,
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -76,7 +78,10 @@ impl System {
         .await;
         assert!(ready.is_some(), "system became ready");
         let payment_addr = system.payment_addr;
+        let brokers = kafka.brokers().to_owned();
         Self {
+            topics,
+            brokers,
             base,
             client,
             booking_db,
