@@ -5,6 +5,7 @@
 mod contention;
 mod contract;
 mod flows;
+mod fuzz;
 mod idempotency;
 mod replay;
 mod support;
