@@ -90,6 +90,15 @@ pub struct PaymentDevSettings {
     /// Extra latency of every mock gateway call (ms), to rehearse slow gateways.
     #[arg(long, env = "MOCK_PG_LATENCY_MS", default_value_t = 0)]
     pub mock_pg_latency_ms: u64,
+    /// The mock gateway fails the first this-many refund attempts of each intent.
+    #[arg(long, env = "MOCK_PG_REFUND_FAILURES", default_value_t = 0)]
+    pub mock_pg_refund_failures: u32,
+    /// Failed refund attempts after which a refund is left for review.
+    #[arg(long, env = "REFUND_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub refund_max_attempts: u32,
+    /// How often the refund worker looks for due refunds (ms).
+    #[arg(long, env = "REFUND_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..))]
+    pub refund_interval_ms: u64,
 }
 
 /// `ticketing gateway`.
@@ -268,6 +277,9 @@ pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> a
         mock_pg_timeout_ms: args.payment.mock_pg_timeout_ms,
         intent_wait_ms: args.payment.intent_wait_ms,
         mock_pg_latency_ms: args.payment.mock_pg_latency_ms,
+        mock_pg_refund_failures: args.payment.mock_pg_refund_failures,
+        refund_max_attempts: args.payment.refund_max_attempts,
+        refund_interval_ms: args.payment.refund_interval_ms,
     };
     let payment = PaymentApp::build(&args.database, &args.kafka, brokers, payment_settings, args.policy).await?;
     let payment_addr = payment.grpc_addr();

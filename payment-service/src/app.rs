@@ -23,8 +23,27 @@ use crate::{
     payment_gateway::MockPaymentGateway, payments::Payments, store,
 };
 
+/// How the refund worker runs.
+struct RefundWorker {
+    max_attempts: i32,
+    interval: Duration,
+}
+
+/// Makes pending refunds until `shutdown`.
+async fn run_refunds(payments: Payments, worker: RefundWorker, shutdown: Shutdown) {
+    loop {
+        if let Err(error) = payments.refund_due(worker.max_attempts).await {
+            tracing::warn!(%error, "refund pass failed");
+        }
+        if !shared::shutdown::sleep_or_shutdown(worker.interval, &shutdown).await {
+            return;
+        }
+    }
+}
+
 /// A built, not yet running, payment-service.
 pub struct PaymentApp {
+    refunds: RefundWorker,
     pool: PgPool,
     payments: Payments,
     listener: tokio::net::TcpListener,
@@ -65,10 +84,11 @@ impl PaymentApp {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
             .connect_lazy();
-        let gateway = Arc::new(MockPaymentGateway {
-            timeout: Duration::from_millis(settings.mock_pg_timeout_ms),
-            latency: Duration::from_millis(settings.mock_pg_latency_ms),
-        });
+        let gateway = Arc::new(MockPaymentGateway::new(
+            Duration::from_millis(settings.mock_pg_timeout_ms),
+            Duration::from_millis(settings.mock_pg_latency_ms),
+            settings.mock_pg_refund_failures,
+        ));
         let payments = Payments::new(
             pool.clone(),
             gateway,
@@ -77,7 +97,12 @@ impl PaymentApp {
             Duration::from_millis(settings.intent_wait_ms),
         );
         let (listener, addr) = grpc::bind(settings.payment_grpc_addr).await?;
+        let refunds = RefundWorker {
+            max_attempts: i32::try_from(settings.refund_max_attempts).unwrap_or(i32::MAX),
+            interval: Duration::from_millis(settings.refund_interval_ms),
+        };
         Ok(Self {
+            refunds,
             pool,
             payments,
             listener,
@@ -122,6 +147,7 @@ impl PaymentApp {
         ));
 
         let purge = tokio::spawn(shared::idempotency::run_purge(self.pool.clone(), shutdown.clone()));
+        let refunds = tokio::spawn(run_refunds(self.payments.clone(), self.refunds, shutdown.clone()));
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<PaymentServiceServer<PaymentGrpc>>().await;
         tracing::info!(addr = %self.addr, "payment-service gRPC listening");
@@ -136,7 +162,7 @@ impl PaymentApp {
             })
             .await;
         shutdown.cancel();
-        for task in [relay, consume, purge] {
+        for task in [relay, consume, purge, refunds] {
             let _ = task.await;
         }
         self.pool.close().await;

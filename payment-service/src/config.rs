@@ -22,6 +22,15 @@ pub struct PaymentSettings {
     /// Extra latency of every mock gateway call (ms), to rehearse slow gateways.
     #[arg(long, env = "MOCK_PG_LATENCY_MS", default_value_t = 0)]
     pub mock_pg_latency_ms: u64,
+    /// The mock gateway fails the first this-many refund attempts of each intent.
+    #[arg(long, env = "MOCK_PG_REFUND_FAILURES", default_value_t = 0)]
+    pub mock_pg_refund_failures: u32,
+    /// Failed refund attempts after which a refund is left for review.
+    #[arg(long, env = "REFUND_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub refund_max_attempts: u32,
+    /// How often the refund worker looks for due refunds (ms).
+    #[arg(long, env = "REFUND_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..))]
+    pub refund_interval_ms: u64,
     /// How long an execute waits for an intent that is not created yet (ms).
     #[arg(long, env = "INTENT_WAIT_MS", default_value_t = 5000)]
     pub intent_wait_ms: u64,

@@ -97,7 +97,10 @@ impl IntegrationMapper for PaymentEventMapper {
                 }
                 .encode_to_vec(),
             ),
-            PaymentEvent::PaymentIntentClosed { .. } => return Ok(None),
+            PaymentEvent::PaymentIntentClosed { .. }
+            | PaymentEvent::PaymentRefundRequested { .. }
+            | PaymentEvent::RefundAttemptFailed { .. }
+            | PaymentEvent::RefundNeedsReview { .. } => return Ok(None),
         };
         Ok(Some(OutgoingRecord {
             topic: self.topic.clone(),

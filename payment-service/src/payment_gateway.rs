@@ -7,7 +7,7 @@ use std::{fmt, time::Duration};
 use async_trait::async_trait;
 use chrono::Utc;
 
-use crate::domain::intent::{FailureConcept, GatewayOutcome};
+use crate::domain::intent::{FailureConcept, GatewayOutcome, RefundOutcome};
 
 /// A card verification value: its `Debug` never shows it.
 #[derive(Clone)]
@@ -46,6 +46,20 @@ pub struct Charge {
     pub cvv: Cvv,
 }
 
+/// One refund request; the gateway dedupes on `idempotency_key`, so a retry
+/// after a lost answer never refunds twice.
+#[derive(Debug, Clone)]
+pub struct Refund {
+    /// `refund:{intent}`, the same on every retry.
+    pub idempotency_key: String,
+    /// The intent whose capture is refunded.
+    pub payment_intent_id: String,
+    /// Amount in won.
+    pub amount: i64,
+    /// Currency.
+    pub currency: String,
+}
+
 /// A payment gateway.
 #[async_trait]
 pub trait PaymentGateway: Send + Sync + 'static {
@@ -53,6 +67,8 @@ pub trait PaymentGateway: Send + Sync + 'static {
     fn recognizes(&self, token: &str) -> bool;
     /// Charges; always answers (timeouts are a failure outcome).
     async fn charge(&self, charge: &Charge) -> GatewayOutcome;
+    /// Refunds a capture; always answers.
+    async fn refund(&self, refund: &Refund) -> RefundOutcome;
 }
 
 /// The mock gateway of decisions.md.
@@ -61,6 +77,17 @@ pub struct MockPaymentGateway {
     pub timeout: Duration,
     /// Added to every call.
     pub latency: Duration,
+    /// The first this-many refund attempts of each intent fail (to rehearse an unwell gateway).
+    pub refund_failures: u32,
+    /// Refund attempts seen per idempotency key.
+    pub refund_attempts: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl MockPaymentGateway {
+    /// A mock with the given timeout, latency and refund failures.
+    pub fn new(timeout: Duration, latency: Duration, refund_failures: u32) -> Self {
+        Self { timeout, latency, refund_failures, refund_attempts: Default::default() }
+    }
 }
 
 fn mock_answer(token: &str) -> Option<Option<(&'static str, FailureConcept)>> {
@@ -101,6 +128,22 @@ impl PaymentGateway for MockPaymentGateway {
             },
         }
     }
+
+    async fn refund(&self, refund: &Refund) -> RefundOutcome {
+        let attempt = {
+            let Ok(mut attempts) = self.refund_attempts.lock() else {
+                return RefundOutcome::Failed { reason: "mock gateway state poisoned".into() };
+            };
+            let seen = attempts.entry(refund.idempotency_key.clone()).or_insert(0);
+            *seen += 1;
+            *seen
+        };
+        if attempt <= self.refund_failures {
+            RefundOutcome::Failed { reason: format!("PG_PROCESSING_ERROR (attempt {attempt})") }
+        } else {
+            RefundOutcome::Refunded { processed_at: Utc::now() }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -119,7 +162,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_token_gets_its_documented_answer() {
-        let gateway = MockPaymentGateway { timeout: Duration::from_millis(10), latency: Duration::ZERO };
+        let gateway = MockPaymentGateway::new(Duration::from_millis(10), Duration::ZERO, 0);
         for token in ["tok_visa_creditCard", "tok_visa", "tok_mastercard"] {
             assert!(matches!(gateway.charge(&charge(token)).await, GatewayOutcome::Success { .. }));
         }

@@ -22,7 +22,7 @@ use crate::{
         ledger,
     },
     error::PaymentError,
-    payment_gateway::{Charge, Cvv, PaymentGateway},
+    payment_gateway::{Charge, Cvv, PaymentGateway, Refund},
     store::{ledger as ledger_store, streams},
 };
 
@@ -268,6 +268,63 @@ impl Payments {
         }
     }
 
+    /// Makes every due refund once (the refund worker's pass); returns how many were tried.
+    pub async fn refund_due(&self, max_attempts: i32) -> Result<usize, PaymentError> {
+        let due: Vec<String> = sqlx::query_scalar(
+            "select payment_intent_id from pending_refunds where due_at <= now() order by due_at limit 50",
+        )
+        .fetch_all(&self.inner.pool)
+        .await?;
+        for payment_intent_id in &due {
+            if let Err(error) = self.refund_once(payment_intent_id, max_attempts).await {
+                tracing::warn!(payment_intent_id, %error, "refund attempt could not be recorded");
+            }
+        }
+        Ok(due.len())
+    }
+
+    async fn refund_once(&self, payment_intent_id: &str, max_attempts: i32) -> Result<(), PaymentError> {
+        // Serialised with charges of the same intent and with other workers.
+        let mut lock = self.inner.pool.acquire().await?;
+        let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(format!("charge:{payment_intent_id}"))
+            .fetch_one(&mut *lock)
+            .await?;
+        if !locked {
+            return Ok(());
+        }
+        let result = async {
+            let intent = {
+                let mut conn = self.inner.pool.acquire().await?;
+                streams::load(&mut conn, payment_intent_id).await?.state.ok_or(PaymentRejection::NotFound)?
+            };
+            if intent.status != crate::domain::intent::IntentStatus::RefundPending {
+                return Ok(());
+            }
+            let refund = Refund {
+                idempotency_key: format!("refund:{payment_intent_id}"),
+                payment_intent_id: payment_intent_id.to_owned(),
+                amount: intent.created.amount,
+                currency: intent.created.currency.clone(),
+            };
+            let outcome = self.inner.gateway.refund(&refund).await;
+            let metadata = EventMetadata { actor: Some("system:refund-worker".into()), ..Default::default() };
+            for _ in 0..MAX_RACE_RETRIES {
+                let mut tx = self.inner.pool.begin().await?;
+                let command = PaymentCommand::RecordRefund { outcome: outcome.clone(), max_attempts };
+                match execute_in(&mut tx, payment_intent_id, &metadata, command).await {
+                    Ok(_) => return Ok(tx.commit().await?),
+                    Err(PaymentError::Contention) => continue,
+                    Err(other) => return Err(other),
+                }
+            }
+            Err(PaymentError::Contention)
+        }
+        .await;
+        release(lock, payment_intent_id).await;
+        result
+    }
+
     /// The database pool.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
@@ -316,11 +373,48 @@ pub async fn execute_in(
     streams::append(conn, payment_intent_id, loaded.version, &events, metadata).await?;
     for event in &events {
         match event {
+            PaymentEvent::PaymentRefundRequested { .. } => {
+                sqlx::query(
+                    "insert into pending_refunds (payment_intent_id, due_at) values ($1, now()) on conflict do nothing",
+                )
+                .bind(payment_intent_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            PaymentEvent::RefundAttemptFailed { attempt, .. } => {
+                // Exponential backoff from 500 ms, capped at a minute.
+                let delay_ms = 500_i64.saturating_mul(1_i64 << (*attempt - 1).clamp(0, 7)).min(60_000);
+                sqlx::query(
+                    "update pending_refunds set attempts = $2, due_at = now() + make_interval(secs => $3) \
+                     where payment_intent_id = $1",
+                )
+                .bind(payment_intent_id)
+                .bind(attempt)
+                .bind(delay_ms as f64 / 1000.0)
+                .execute(&mut *conn)
+                .await?;
+            }
+            PaymentEvent::RefundNeedsReview { attempts, reason } => {
+                tracing::error!(
+                    payment_intent_id,
+                    attempts,
+                    reason = reason.as_str(),
+                    "refund needs review: the gateway kept refusing it"
+                );
+                sqlx::query("delete from pending_refunds where payment_intent_id = $1")
+                    .bind(payment_intent_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             PaymentEvent::PaymentSucceeded { amount, currency, .. } => {
                 ledger_store::post(conn, &ledger::capture(payment_intent_id, *amount, currency)).await?;
             }
             PaymentEvent::PaymentRefunded { amount, currency, .. } => {
                 ledger_store::post(conn, &ledger::refund(payment_intent_id, *amount, currency)).await?;
+                sqlx::query("delete from pending_refunds where payment_intent_id = $1")
+                    .bind(payment_intent_id)
+                    .execute(&mut *conn)
+                    .await?;
             }
             _ => {}
         }

@@ -117,18 +117,17 @@ async fn cancels_racing_payments_end_confirmed_cancelled_or_refunded_never_half_
     sys.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_that_outlives_its_admission_after_a_cancel_is_refunded() {
-    // The gateway takes 2.5 s but an admission protects the hold for 1 s:
-    // the owner's cancel gets through while the charge is still running.
-    let sys = System::start_with(&["--payment-admission-secs=1", "--mock-pg-latency-ms=2500"]).await;
-    let (booking, intent) = sys.book("late_payer", "perf_002", &["A3"]).await;
+/// The true race: the gateway takes 2.5 s but an admission protects the hold
+/// for 1 s, so the owner's cancel gets through while the charge is still
+/// running, and someone else takes the seat. Returns (bookingId, intentId).
+async fn pay_late_after_cancel(sys: &System, user: &str, seat: &str) -> (String, String) {
+    let (booking, intent) = sys.book(user, "perf_002", &[seat]).await;
     // Let SeatLocked reach the payment-service so the charge starts at once.
-    sys.wait_intent("late_payer", &intent).await;
+    sys.wait_intent(user, &intent).await;
     let pay = {
         let client = sys.client.clone();
         let url = format!("{}/payments/execute", sys.base);
-        let token = sys.token("late_payer");
+        let token = sys.token(user);
         let intent = intent.clone();
         tokio::spawn(async move {
             let body = json!({"paymentIntentId": intent, "paymentMethodToken": "tok_visa", "cvv": "123"});
@@ -136,44 +135,104 @@ async fn a_payment_that_outlives_its_admission_after_a_cancel_is_refunded() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let first = sys.delete(&format!("/bookings/{booking}"), "late_payer").await;
+    let first = sys.delete(&format!("/bookings/{booking}"), user).await;
     assert_eq!(
         (first.status, first.body["error"].as_str()),
         (StatusCode::CONFLICT, Some("A payment for this booking is in progress.")),
         "the admission protects the hold while the gateway works"
     );
     let cancelled = shared::testkit::eventually(Duration::from_secs(10), || async {
-        let reply = sys.delete(&format!("/bookings/{booking}"), "late_payer").await;
+        let reply = sys.delete(&format!("/bookings/{booking}"), user).await;
         (reply.status == StatusCode::OK).then_some(())
     })
     .await;
     assert!(cancelled.is_some(), "the cancel got through after the admission lapsed");
     // The seat is free at once and someone else takes it.
-    sys.book("next_buyer", "perf_002", &["A3"]).await;
+    sys.book("next_buyer", "perf_002", &[seat]).await;
     assert_eq!(pay.await.unwrap(), StatusCode::OK, "the gateway did charge");
+    (booking, intent)
+}
+
+async fn postings(sys: &System) -> Vec<(String, String, i64)> {
+    sqlx::query_as("select transaction_id, direction, amount from ledger_entries order by transaction_id, direction")
+        .fetch_all(&sys.payment_pool().await)
+        .await
+        .unwrap()
+}
+
+async fn intent_events(sys: &System, intent: &str) -> Vec<String> {
+    sqlx::query_scalar("select event_type from events where stream_id = $1 order by stream_version")
+        .bind(intent)
+        .fetch_all(&sys.payment_pool().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_that_outlives_its_admission_after_a_cancel_is_refunded() {
+    let sys = System::start_with(&["--payment-admission-secs=1", "--mock-pg-latency-ms=2500"]).await;
+    let (booking, intent) = pay_late_after_cancel(&sys, "late_payer", "A3").await;
     sys.wait_status("late_payer", &booking, "refunded").await;
-    let pool = shared::db::connect_service_db(
-        &shared::testkit::server_url(),
-        &sys.payment_db,
-        2,
-        &payment_service::store::MIGRATIONS,
-    )
-    .await
-    .unwrap();
-    let postings: Vec<(String, String, i64)> = sqlx::query_as(
-        "select transaction_id, direction, amount from ledger_entries order by transaction_id, direction",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
     let expected = [
         (format!("payment:{intent}:capture"), "credit".to_owned(), 50000),
         (format!("payment:{intent}:capture"), "debit".to_owned(), 50000),
         (format!("payment:{intent}:refund"), "credit".to_owned(), 50000),
         (format!("payment:{intent}:refund"), "debit".to_owned(), 50000),
     ];
-    assert_eq!(postings, expected);
+    assert_eq!(postings(&sys).await, expected);
     let doc = sys.get("/occupiedSeats/perf_002_A3", "next_buyer").await;
     assert_eq!(doc.body["userId"], "next_buyer", "the late payment never took the seat back");
     sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_that_fails_transiently_is_retried_with_the_same_key_until_it_succeeds() {
+    let sys =
+        System::start_with(&["--payment-admission-secs=1", "--mock-pg-latency-ms=2500", "--mock-pg-refund-failures=2"])
+            .await;
+    let (booking, intent) = pay_late_after_cancel(&sys, "unlucky", "A4").await;
+    sys.wait_status("unlucky", &booking, "refunded").await;
+    let events = intent_events(&sys, &intent).await;
+    let failed = events.iter().filter(|e| *e == "RefundAttemptFailed").count();
+    let refunded = events.iter().filter(|e| *e == "PaymentRefunded").count();
+    assert_eq!((failed, refunded), (2, 1), "{events:?}");
+    assert_eq!(postings(&sys).await.len(), 4, "one capture and one refund posting");
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_that_keeps_failing_ends_in_a_visible_needs_review_state() {
+    let sys = System::start_with(&[
+        "--payment-admission-secs=1",
+        "--mock-pg-latency-ms=2500",
+        "--mock-pg-refund-failures=100",
+        "--refund-max-attempts=3",
+    ])
+    .await;
+    let (booking, intent) = pay_late_after_cancel(&sys, "stuck", "A5").await;
+    let url = format!("http://127.0.0.1:{}", sys.payment_addr.port());
+    let client = proto::payment::payment_service_client::PaymentServiceClient::connect(url).await.unwrap();
+    let review = shared::testkit::eventually(Duration::from_secs(30), || {
+        let mut client = client.clone();
+        let request = proto::payment::GetPaymentIntentRequest {
+            caller: Some(proto::payment::Caller { user_id: "stuck".into(), admin: false }),
+            payment_intent_id: intent.clone(),
+        };
+        async move {
+            let intent = client.get_payment_intent(request).await.ok()?.into_inner();
+            (intent.status == "refund_needs_review").then_some(())
+        }
+    })
+    .await;
+    assert!(review.is_some(), "the intent shows refund_needs_review");
+    let events = intent_events(&sys, &intent).await;
+    assert_eq!(events.iter().filter(|e| *e == "RefundAttemptFailed").count(), 3, "{events:?}");
+    // The booking stays cancelled and the checker names the stuck money.
+    sys.wait_status("stuck", &booking, "cancelled").await;
+    let violations = sys.settled_violations().await;
+    assert!(
+        violations.iter().any(|v| v.to_string().contains(&format!("cancelled booking {booking} kept a payment"))),
+        "{violations:?}"
+    );
+    sys.stop_without_check().await;
 }

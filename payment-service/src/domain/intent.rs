@@ -100,6 +100,26 @@ pub enum PaymentEvent {
         /// When this service learned it.
         closed_at: DateTime<Utc>,
     },
+    /// The booking ended after its payment was captured: the money must go
+    /// back. (Internal; the refund worker acts on it.)
+    PaymentRefundRequested {
+        /// When it was decided.
+        requested_at: DateTime<Utc>,
+    },
+    /// The gateway did not refund this time; retried with the same key. (Internal.)
+    RefundAttemptFailed {
+        /// Which attempt.
+        attempt: i32,
+        /// The gateway's reason.
+        reason: String,
+    },
+    /// Refunding kept failing; a person must look. (Internal, alerted.)
+    RefundNeedsReview {
+        /// Attempts made.
+        attempts: i32,
+        /// The last reason.
+        reason: String,
+    },
     /// The captured money went back: the booking had ended.
     PaymentRefunded {
         /// The booking.
@@ -123,6 +143,9 @@ impl PaymentEvent {
             Self::PaymentSucceeded { .. } => "PaymentSucceeded",
             Self::PaymentFailed { .. } => "PaymentFailed",
             Self::PaymentIntentClosed { .. } => "PaymentIntentClosed",
+            Self::PaymentRefundRequested { .. } => "PaymentRefundRequested",
+            Self::RefundAttemptFailed { .. } => "RefundAttemptFailed",
+            Self::RefundNeedsReview { .. } => "RefundNeedsReview",
             Self::PaymentRefunded { .. } => "PaymentRefunded",
         }
     }
@@ -135,6 +158,10 @@ pub enum IntentStatus {
     RequiresPayment,
     /// Paid.
     Succeeded,
+    /// Paid, booking ended: the refund is being made.
+    RefundPending,
+    /// Paid, booking ended, refunding keeps failing: needs a person.
+    RefundNeedsReview,
     /// Paid, then refunded.
     Refunded,
 }
@@ -144,6 +171,8 @@ impl IntentStatus {
     pub fn as_str(self, closed: bool) -> &'static str {
         match (self, closed) {
             (Self::Succeeded, _) => "succeeded",
+            (Self::RefundPending, _) => "refund_pending",
+            (Self::RefundNeedsReview, _) => "refund_needs_review",
             (Self::Refunded, _) => "refunded",
             (Self::RequiresPayment, true) => "cancelled",
             (Self::RequiresPayment, false) => "requires_payment",
@@ -162,6 +191,23 @@ pub struct PaymentIntent {
     pub client_failures: i32,
     /// Set once the booking ended.
     pub booking_end: Option<BookingEnd>,
+    /// Failed refund attempts so far.
+    pub refund_attempts: i32,
+}
+
+/// What the gateway answered to a refund.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefundOutcome {
+    /// The money went back.
+    Refunded {
+        /// When the gateway processed it.
+        processed_at: DateTime<Utc>,
+    },
+    /// Not this time.
+    Failed {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What the mock (or a real) payment gateway answered.
@@ -206,6 +252,13 @@ pub enum PaymentCommand {
         outcome: GatewayOutcome,
         /// The token used.
         payment_method_token: String,
+    },
+    /// Record the gateway's answer to a refund.
+    RecordRefund {
+        /// The answer.
+        outcome: RefundOutcome,
+        /// Failed attempts after which the refund needs review.
+        max_attempts: i32,
     },
     /// The booking ended.
     BookingEnded {
@@ -280,7 +333,7 @@ pub fn decide(state: Option<&PaymentIntent>, command: PaymentCommand) -> Result<
                     }];
                     if intent.booking_end.is_some() {
                         // The booking ended while the gateway was charging.
-                        events.push(refund(intent, processed_at));
+                        events.push(E::PaymentRefundRequested { requested_at: processed_at });
                     }
                     Ok(events)
                 }
@@ -301,9 +354,25 @@ pub fn decide(state: Option<&PaymentIntent>, command: PaymentCommand) -> Result<
             let mut events = vec![E::PaymentIntentClosed { booking_end: end, closed_at: now }];
             if intent.status == IntentStatus::Succeeded {
                 // Paid, but the booking ended (late payment): give the money back.
-                events.push(refund(intent, now));
+                events.push(E::PaymentRefundRequested { requested_at: now });
             }
             Ok(events)
+        }
+        C::RecordRefund { outcome, max_attempts } => {
+            if intent.status != IntentStatus::RefundPending {
+                return Ok(vec![]);
+            }
+            match outcome {
+                RefundOutcome::Refunded { processed_at } => Ok(vec![refund(intent, processed_at)]),
+                RefundOutcome::Failed { reason } => {
+                    let attempt = intent.refund_attempts + 1;
+                    let mut events = vec![E::RefundAttemptFailed { attempt, reason: reason.clone() }];
+                    if attempt >= max_attempts {
+                        events.push(E::RefundNeedsReview { attempts: attempt, reason });
+                    }
+                    Ok(events)
+                }
+            }
         }
     }
 }
@@ -326,6 +395,7 @@ pub fn apply(state: Option<PaymentIntent>, event: &PaymentEvent) -> Option<Payme
             status: IntentStatus::RequiresPayment,
             client_failures: 0,
             booking_end: None,
+            refund_attempts: 0,
         }),
         (None, _) => None,
         (Some(mut intent), event) => {
@@ -334,6 +404,9 @@ pub fn apply(state: Option<PaymentIntent>, event: &PaymentEvent) -> Option<Payme
                 PaymentEvent::PaymentSucceeded { .. } => intent.status = IntentStatus::Succeeded,
                 PaymentEvent::PaymentFailed { client_failures, .. } => intent.client_failures = *client_failures,
                 PaymentEvent::PaymentIntentClosed { booking_end, .. } => intent.booking_end = Some(*booking_end),
+                PaymentEvent::PaymentRefundRequested { .. } => intent.status = IntentStatus::RefundPending,
+                PaymentEvent::RefundAttemptFailed { attempt, .. } => intent.refund_attempts = *attempt,
+                PaymentEvent::RefundNeedsReview { .. } => intent.status = IntentStatus::RefundNeedsReview,
                 PaymentEvent::PaymentRefunded { .. } => intent.status = IntentStatus::Refunded,
             }
             Some(intent)
@@ -460,7 +533,7 @@ mod tests {
         let events = given(&history, success(6)).unwrap_or_default();
         assert!(matches!(
             events.as_slice(),
-            [PaymentEvent::PaymentSucceeded { .. }, PaymentEvent::PaymentRefunded { amount: 30000, .. }]
+            [PaymentEvent::PaymentSucceeded { .. }, PaymentEvent::PaymentRefundRequested { .. }]
         ));
     }
 
@@ -471,11 +544,37 @@ mod tests {
         let events = given(&paid, ended.clone()).unwrap_or_default();
         assert!(matches!(
             events.as_slice(),
-            [PaymentEvent::PaymentIntentClosed { .. }, PaymentEvent::PaymentRefunded { .. }]
+            [PaymentEvent::PaymentIntentClosed { .. }, PaymentEvent::PaymentRefundRequested { .. }]
         ));
         let mut after = paid.clone();
         after.extend(events);
         assert_eq!(given(&after, ended), Ok(vec![]), "a duplicate end refunds nothing");
-        assert_eq!(replay(&after).map(|i| i.status), Some(IntentStatus::Refunded));
+        assert_eq!(replay(&after).map(|i| i.status), Some(IntentStatus::RefundPending));
+        let refunded = apply_all(
+            &after,
+            PaymentCommand::RecordRefund { outcome: RefundOutcome::Refunded { processed_at: t(31) }, max_attempts: 3 },
+        );
+        assert!(matches!(refunded.last(), Some(PaymentEvent::PaymentRefunded { amount: 30000, .. })));
+        assert_eq!(replay(&refunded).map(|i| i.status), Some(IntentStatus::Refunded));
+        let again =
+            PaymentCommand::RecordRefund { outcome: RefundOutcome::Refunded { processed_at: t(32) }, max_attempts: 3 };
+        assert_eq!(given(&refunded, again), Ok(vec![]), "a late duplicate answer refunds nothing twice");
+    }
+
+    #[test]
+    fn a_refund_that_keeps_failing_ends_in_review_after_the_last_attempt() {
+        let mut history = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], success(20));
+        history = apply_all(&history, PaymentCommand::BookingEnded { end: BookingEnd::Cancelled, now: t(21) });
+        let fail = PaymentCommand::RecordRefund {
+            outcome: RefundOutcome::Failed { reason: "PG down".into() },
+            max_attempts: 3,
+        };
+        history = apply_all(&history, fail.clone());
+        history = apply_all(&history, fail.clone());
+        assert_eq!(replay(&history).map(|i| (i.status, i.refund_attempts)), Some((IntentStatus::RefundPending, 2)));
+        history = apply_all(&history, fail.clone());
+        assert!(matches!(history.last(), Some(PaymentEvent::RefundNeedsReview { attempts: 3, .. })));
+        assert_eq!(replay(&history).map(|i| i.status), Some(IntentStatus::RefundNeedsReview));
+        assert_eq!(given(&history, fail), Ok(vec![]), "review is terminal for the worker");
     }
 }
