@@ -50,6 +50,8 @@ pub enum Command {
     RebuildProjections(MigrateArgs),
     /// Check both stores for broken invariants; exits 1 if any is found.
     Check(MigrateArgs),
+    /// Re-publish the dead letters of a topic to it (after fixing their cause).
+    RedriveDlq(RedriveArgs),
 }
 
 /// `ticketing dev`.
@@ -150,6 +152,20 @@ pub struct TokenArgs {
     pub jwt_secret: Option<String>,
 }
 
+/// `ticketing redrive-dlq`.
+#[derive(Debug, Args)]
+pub struct RedriveArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: String,
+    /// The source topic whose `.dlq` is re-driven, e.g. booking.events.v1.
+    #[arg(long)]
+    pub topic: String,
+    /// Stop after the DLQ has been idle this long.
+    #[arg(long, default_value = "5s", value_parser = shared::config::parse_duration)]
+    pub idle: std::time::Duration,
+}
+
 /// `ticketing migrate` and `ticketing rebuild-projections`.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
@@ -215,6 +231,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(())
         }
         Command::Check(_) => Ok(()),
+        Command::RedriveDlq(args) => {
+            let sent =
+                shared::dlq::redrive(&args.kafka_brokers, &args.topic, shared::dlq::REDRIVE_GROUP, args.idle).await?;
+            println!("re-drove {sent} dead letter(s) to {}", args.topic);
+            Ok(())
+        }
         Command::RebuildProjections(args) => {
             let pool = shared::db::connect_service_db(
                 &args.database.database_url,

@@ -8,6 +8,7 @@
 //! | [`outbox`] | the relay that publishes committed events to Kafka, at least once, in order per key |
 //! | [`kafka`] | producer/consumer settings, CloudEvents headers, topic creation, the embedded broker |
 //! | [`inbox`] | the Kafka consumer: inbox dedupe in the handler's transaction, retries, dead-letter topic |
+//! | [`dlq`] | re-driving dead letters to their source topic |
 //! | [`projection`] | read models kept in step with the global log, with blue/green rebuilds |
 //! | [`global_log`] | reading the log in commit order, checkpoints, wake-ups |
 //! | [`grpc`] | request context to event metadata, bind, reflection |
@@ -21,6 +22,7 @@
 
 pub mod config;
 pub mod db;
+pub mod dlq;
 pub mod event_store;
 pub mod inbox;
 pub mod kafka;

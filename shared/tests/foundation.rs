@@ -260,13 +260,17 @@ async fn a_slow_transaction_that_commits_after_a_later_one_is_not_skipped() {
 
 // ---------------------------------------------------------------- inbox consumer
 
-/// Records each event it handles; fails forever on `ce_type` ending in `Poison`.
+/// Records each event it handles; fails on `ce_type` ending in `Poison`
+/// unless the database says the bug is fixed.
 struct Recorder;
 
 #[async_trait]
 impl EventHandler for Recorder {
     async fn handle(&self, tx: &mut PgConnection, event: &IncomingEvent) -> Result<(), HandlerError> {
-        if event.headers.event_type.ends_with("Poison") {
+        let fixed: bool = sqlx::query_scalar("select exists (select 1 from handled_events where ce_type = 'fix')")
+            .fetch_one(&mut *tx)
+            .await?;
+        if event.headers.event_type.ends_with("Poison") && !fixed {
             return Err(HandlerError::Transient(anyhow::anyhow!("this handler always fails")));
         }
         sqlx::query("insert into handled_events (event_id, ce_type) values ($1, $2)")
@@ -352,6 +356,55 @@ async fn a_record_whose_handler_keeps_failing_goes_to_the_dlq_and_the_partition_
     let dead = read_dlq(&dlq).await;
     assert_eq!(dead.0, poison_id);
     assert!(dead.1.contains("failed 3 times"), "reason recorded: {}", dead.1);
+
+    // Fix the "bug", re-drive the DLQ: the record is handled; a second re-drive sends nothing.
+    sqlx::query("insert into handled_events (event_id, ce_type) values ($1, 'fix')")
+        .bind(uuid::Uuid::now_v7())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let group = unique_name("redrive");
+    let sent = shared::dlq::redrive(kafka.brokers(), &topic, &group, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(sent, 1);
+    let (stop, task) = start_consumer(&pool, &kafka, &topic);
+    let handled_now = eventually(Duration::from_secs(60), || async {
+        handled(&pool).await.contains(&"test.v1.Poison".to_owned()).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    assert!(handled_now.is_some(), "the re-driven record was handled");
+    assert_eq!(shared::dlq::redrive(kafka.brokers(), &topic, &group, Duration::from_secs(3)).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_until_purged() {
+    use shared::idempotency::{self, Begin, StoredOutcome};
+    let pool = fresh_db("idem_purge").await;
+    let lease = Duration::from_secs(60);
+    let Begin::Proceed(claim) = idempotency::begin(&pool, "u1", "op", "k", "body-a", lease).await.unwrap() else {
+        panic!("a new key proceeds");
+    };
+    assert_eq!(idempotency::begin(&pool, "u1", "op", "k", "body-a", lease).await.unwrap(), Begin::InProgress);
+    let outcome = StoredOutcome::Ok { value: serde_json::json!({"n": 1}) };
+    idempotency::complete(&mut pool.acquire().await.unwrap(), &claim, &outcome).await.unwrap();
+    assert_eq!(idempotency::begin(&pool, "u1", "op", "k", "body-a", lease).await.unwrap(), Begin::Replay(outcome));
+    assert_eq!(idempotency::begin(&pool, "u1", "op", "k", "body-b", lease).await.unwrap(), Begin::Mismatch);
+    assert!(matches!(idempotency::begin(&pool, "u2", "op", "k", "body-b", lease).await.unwrap(), Begin::Proceed(_)));
+    // After the retention the key is new again.
+    assert_eq!(idempotency::purge(&pool, Duration::ZERO).await.unwrap(), 2);
+    assert!(matches!(idempotency::begin(&pool, "u1", "op", "k", "body-b", lease).await.unwrap(), Begin::Proceed(_)));
+}
+
+#[tokio::test]
+async fn an_in_flight_key_whose_holder_died_is_taken_over_after_its_lease() {
+    use shared::idempotency::{self, Begin};
+    let pool = fresh_db("idem_lease").await;
+    let short = Duration::from_secs(1);
+    assert!(matches!(idempotency::begin(&pool, "u1", "op", "k", "b", short).await.unwrap(), Begin::Proceed(_)));
+    assert_eq!(idempotency::begin(&pool, "u1", "op", "k", "b", short).await.unwrap(), Begin::InProgress);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(matches!(idempotency::begin(&pool, "u1", "op", "k", "b", short).await.unwrap(), Begin::Proceed(_)));
 }
 
 async fn read_dlq(consumer: &rdkafka::consumer::StreamConsumer) -> (String, String) {
