@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use gateway::{GatewayApp, GatewaySettings};
 use payment_service::{PaymentApp, PaymentSettings};
 use shared::{
-    config::{DatabaseArgs, KafkaArgs, PaymentPolicy},
+    config::{DatabaseArgs, KafkaArgs, MetricsArgs, PaymentPolicy},
     kafka::EmbeddedKafka,
     shutdown::{self, Shutdown},
     telemetry::{self, LogFormat},
@@ -57,6 +57,8 @@ pub enum Command {
 /// `ticketing dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
@@ -114,6 +116,8 @@ pub struct GatewayArgs {
 #[derive(Debug, Args)]
 pub struct BookingArgs {
     #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -126,6 +130,8 @@ pub struct BookingArgs {
 /// `ticketing payment`.
 #[derive(Debug, Args)]
 pub struct PaymentArgs {
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
@@ -200,12 +206,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Booking(args) => {
             let shutdown = shutdown::on_signal();
             let brokers = args.kafka.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
+            shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
             let app = BookingApp::build(&args.database, &args.kafka, &brokers, args.booking, args.policy).await?;
             app.run(shutdown).await
         }
         Command::Payment(args) => {
             let shutdown = shutdown::on_signal();
             let brokers = args.kafka.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
+            shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
             let app = PaymentApp::build(&args.database, &args.kafka, &brokers, args.payment, args.policy).await?;
             app.run(shutdown).await
         }
@@ -282,6 +290,8 @@ pub struct DevSystem {
     pub booking_addr: std::net::SocketAddr,
     /// The payment-service's gRPC address.
     pub payment_addr: std::net::SocketAddr,
+    /// Where `/metrics` of all three components is served.
+    pub metrics_addr: std::net::SocketAddr,
     /// Stops everything.
     pub shutdown: Shutdown,
     /// The three servers.
@@ -290,6 +300,7 @@ pub struct DevSystem {
 
 /// Builds and starts the three components against `brokers`.
 pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> anyhow::Result<DevSystem> {
+    let metrics_addr = shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
     let booking = BookingApp::build(&args.database, &args.kafka, brokers, args.booking, args.policy.clone()).await?;
     let booking_addr = booking.grpc_addr();
     let payment_settings = PaymentSettings {
@@ -318,7 +329,7 @@ pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> a
         tokio::spawn(payment.run(shutdown.clone())),
         tokio::spawn(gateway.run(shutdown.clone())),
     ];
-    Ok(DevSystem { gateway_addr, booking_addr, payment_addr, shutdown, tasks })
+    Ok(DevSystem { gateway_addr, booking_addr, payment_addr, metrics_addr, shutdown, tasks })
 }
 
 fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
@@ -364,6 +375,7 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
         gateway = %system.gateway_addr,
         booking_grpc = %system.booking_addr,
         payment_grpc = %system.payment_addr,
+        metrics = %system.metrics_addr,
         kafka = %brokers,
         "ticketing dev is up: REST on the gateway, try `ticketing token user_123`"
     );

@@ -50,6 +50,7 @@ impl Deployment {
             ("BOOKING_GRPC_URL", format!("http://127.0.0.1:{booking_port}")),
             ("PAYMENT_GRPC_URL", format!("http://127.0.0.1:{payment_port}")),
             ("JWT_SECRET", secret.clone()),
+            ("METRICS_ADDR", "127.0.0.1:0".to_owned()),
             ("SWEEP_INTERVAL_MS", "200".to_owned()),
             // Log everything: the CVV must not show up even at debug level.
             ("RUST_LOG", "debug,h2=info,hyper=info,tower=info,rdkafka=info,sqlx=info".to_owned()),

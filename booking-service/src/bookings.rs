@@ -154,6 +154,7 @@ impl Bookings {
         )
         .await?;
         if let Err(seat) = locked {
+            metrics::counter!("seat_hold_conflicts_total").increment(1);
             return Err(BookingError::SeatUnavailable(seat));
         }
         let events = decide(None, BookingCommand::Create(created.clone()))?;
@@ -390,6 +391,18 @@ async fn record(
     }
     let mut state = state;
     for event in events {
+        let outcome = match event {
+            BookingEvent::SeatLocked(_) => Some("created"),
+            BookingEvent::BookingConfirmed { .. } => Some("confirmed"),
+            BookingEvent::BookingCancelled { .. } => Some("cancelled"),
+            BookingEvent::BookingExpired { .. } => Some("expired"),
+            BookingEvent::BookingFailed { .. } => Some("failed"),
+            BookingEvent::BookingRefunded { .. } => Some("refunded"),
+            BookingEvent::PaymentAdmitted { .. } | BookingEvent::PaymentDeclined { .. } => None,
+        };
+        if let Some(outcome) = outcome {
+            metrics::counter!("bookings_total", "outcome" => outcome).increment(1);
+        }
         state = crate::domain::booking::apply(state, event);
         if let Some(booking) = &state {
             holds::follow(conn, booking, event).await?;

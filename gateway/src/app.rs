@@ -73,6 +73,7 @@ fn channel(url: &str, name: &str) -> anyhow::Result<Channel> {
 impl GatewayApp {
     /// Binds the address and wires the clients.
     pub async fn build(settings: &GatewaySettings, shutdown: &Shutdown) -> anyhow::Result<Self> {
+        shared::metrics::install();
         let auth = JwtVerifier::new(settings.auth.jwt_secret.as_deref(), settings.auth.jwt_jwks.as_deref())?;
         let booking_channel = channel(&settings.booking_grpc_url, "BOOKING_GRPC_URL")?;
         let payment_channel = channel(&settings.payment_grpc_url, "PAYMENT_GRPC_URL")?;
@@ -106,6 +107,26 @@ impl GatewayApp {
     }
 }
 
+/// Counts and times every request by method, matched route and status.
+async fn record_http_metrics(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
 /// The REST router of the contract.
 pub fn router(state: Arc<AppState>) -> Router {
     let request_id = HeaderName::from_static(shared::grpc::REQUEST_ID);
@@ -123,11 +144,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/metrics", get(|| async { shared::metrics::render() }))
         .fallback(|| async { ApiError::not_found("Not found.") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(record_http_metrics))
         .with_state(state)
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::new(

@@ -373,6 +373,16 @@ pub async fn execute_in(
     streams::append(conn, payment_intent_id, loaded.version, &events, metadata).await?;
     for event in &events {
         match event {
+            PaymentEvent::PaymentSucceeded { .. } => {
+                metrics::counter!("payments_total", "outcome" => "success", "failure_code" => "").increment(1);
+            }
+            PaymentEvent::PaymentFailed { failure_code, .. } => {
+                metrics::counter!("payments_total", "outcome" => "failure", "failure_code" => failure_code.clone())
+                    .increment(1);
+            }
+            _ => {}
+        }
+        match event {
             PaymentEvent::PaymentRefundRequested { .. } => {
                 sqlx::query(
                     "insert into pending_refunds (payment_intent_id, due_at) values ($1, now()) on conflict do nothing",
@@ -382,6 +392,7 @@ pub async fn execute_in(
                 .await?;
             }
             PaymentEvent::RefundAttemptFailed { attempt, .. } => {
+                metrics::counter!("refunds_total", "outcome" => "attempt_failed").increment(1);
                 // Exponential backoff from 500 ms, capped at a minute.
                 let delay_ms = 500_i64.saturating_mul(1_i64 << (*attempt - 1).clamp(0, 7)).min(60_000);
                 sqlx::query(
@@ -395,6 +406,7 @@ pub async fn execute_in(
                 .await?;
             }
             PaymentEvent::RefundNeedsReview { attempts, reason } => {
+                metrics::counter!("refunds_total", "outcome" => "needs_review").increment(1);
                 tracing::error!(
                     payment_intent_id,
                     attempts,
@@ -411,6 +423,7 @@ pub async fn execute_in(
             }
             PaymentEvent::PaymentRefunded { amount, currency, .. } => {
                 ledger_store::post(conn, &ledger::refund(payment_intent_id, *amount, currency)).await?;
+                metrics::counter!("refunds_total", "outcome" => "refunded").increment(1);
                 sqlx::query("delete from pending_refunds where payment_intent_id = $1")
                     .bind(payment_intent_id)
                     .execute(&mut *conn)

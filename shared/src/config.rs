@@ -46,6 +46,14 @@ impl KafkaArgs {
     }
 }
 
+/// Where a service serves its Prometheus metrics.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// Listen address of `GET /metrics` (the gateway also serves it on its own port).
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9100")]
+    pub metrics_addr: std::net::SocketAddr,
+}
+
 /// Payment rules both services apply (they must agree, so they are set once).
 #[derive(Debug, Clone, Args)]
 pub struct PaymentPolicy {

@@ -165,6 +165,18 @@ pub async fn run_consumer(
         match process(&pool, &dlq_producer, &handler, &settings, &message, &shutdown).await {
             Some(outcome) => {
                 tracing::debug!(group = settings.group, ?outcome, offset = message.offset(), "record done");
+                let outcome_name = match outcome {
+                    Outcome::Applied => "applied",
+                    Outcome::Duplicate => "duplicate",
+                    Outcome::DeadLettered => "dead_lettered",
+                };
+                metrics::counter!("consumer_records_total", "group" => settings.group.clone(), "outcome" => outcome_name)
+                    .increment(1);
+                if let Some(age) = message.timestamp().to_millis().map(|ms| chrono::Utc::now().timestamp_millis() - ms)
+                {
+                    metrics::histogram!("consumer_lag_seconds", "group" => settings.group.clone())
+                        .record(age.max(0) as f64 / 1000.0);
+                }
                 if let Err(error) = consumer.store_offset_from_message(&message) {
                     tracing::warn!(%error, "storing the consumer offset");
                 }
@@ -294,7 +306,11 @@ async fn dead_letter(
             record = record.payload(payload);
         }
         match producer.send(record, Timeout::After(Duration::from_secs(10))).await {
-            Ok(_) => return Some(Outcome::DeadLettered),
+            Ok(_) => {
+                metrics::counter!("dlq_records_total", "group" => settings.group.clone(), "topic" => dlq.clone())
+                    .increment(1);
+                return Some(Outcome::DeadLettered);
+            }
             Err((error, _)) => {
                 tracing::warn!(%error, dlq, "dead-letter publish failed; retrying");
                 if !sleep_or_shutdown(Duration::from_secs(1), shutdown).await {

@@ -14,6 +14,7 @@
 //! | [`grpc`] | request context to event metadata, bind, reflection |
 //! | [`idempotency`] | Idempotency-Key claims, replays and purge |
 //! | [`db`] | connecting, creating the service database, running migrations |
+//! | [`metrics`] | Prometheus recorder, `/metrics` listener, gRPC metrics layer |
 //! | [`config`] | the command-line/env settings every service has |
 //! | [`telemetry`] | tracing setup |
 //! | [`shutdown`] | the signal that stops every task |
@@ -26,6 +27,7 @@ pub mod dlq;
 pub mod event_store;
 pub mod inbox;
 pub mod kafka;
+pub mod metrics;
 pub mod outbox;
 pub mod projection;
 pub mod shutdown;

@@ -186,6 +186,15 @@ async fn publish_while_leader(
         let mut conn = pool.acquire().await?;
         global_log::save_checkpoint(&mut conn, &settings.name, next).await?;
         checkpoint = next;
+        let now = chrono::Utc::now();
+        for event in &batch {
+            let age = (now - event.recorded_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!("outbox_publish_seconds", "relay" => settings.name.clone()).record(age);
+        }
+        let head: Option<i64> =
+            sqlx::query_scalar("select max(global_position) from events").fetch_one(&mut *conn).await?;
+        let backlog = head.unwrap_or(0).saturating_sub(checkpoint.position).max(0) as f64;
+        metrics::gauge!("outbox_backlog_events", "relay" => settings.name.clone()).set(backlog);
     }
     Ok(())
 }

@@ -157,6 +157,8 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection) -> Result<usize
     }
     global_log::save_checkpoint(&mut tx, projection.name(), next).await?;
     tx.commit().await?;
+    let lag = (chrono::Utc::now() - last.recorded_at).num_milliseconds().max(0) as f64 / 1000.0;
+    metrics::histogram!("projection_lag_seconds", "projection" => projection.name()).record(lag);
     Ok(batch.len())
 }
 

@@ -220,3 +220,27 @@ async fn admins_register_performances_and_everyone_reads_seat_maps() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_the_prometheus_text_format() {
+    let sys = System::start().await;
+    let (booking, intent) = sys.book("metered", "perf_002", &["B4"]).await;
+    sys.pay("metered", &intent, "tok_visa").await;
+    sys.wait_status("metered", &booking, "confirmed").await;
+    let text = sys.client.get(format!("{}/metrics", sys.base)).send().await.unwrap().text().await.unwrap();
+    for needle in [
+        "http_requests_total{method=\"POST\",route=\"/bookings\",status=\"201\"}",
+        "http_request_duration_seconds_bucket",
+        "grpc_requests_total{method=\"/ticketing.booking.v1.BookingService/CreateBooking\",code=\"0\"}",
+        "bookings_total{outcome=\"confirmed\"}",
+        "payments_total{outcome=\"success\"",
+        "outbox_publish_seconds_bucket",
+        "outbox_backlog_events",
+        "consumer_records_total",
+        "consumer_lag_seconds_bucket",
+        "projection_lag_seconds_bucket",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
+    }
+    sys.stop().await;
+}

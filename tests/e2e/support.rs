@@ -54,6 +54,7 @@ impl System {
         let mut args = vec![
             "harness".to_owned(),
             "--gateway-addr=127.0.0.1:0".into(),
+            "--metrics-addr=127.0.0.1:0".into(),
             "--booking-grpc-addr=127.0.0.1:0".into(),
             "--payment-grpc-addr=127.0.0.1:0".into(),
             format!("--booking-database={booking_db}"),

@@ -1,0 +1,128 @@
+//! Prometheus metrics: one recorder per process (so `ticketing dev` shows
+//! every component's metrics on each endpoint), a `/metrics` listener for
+//! the services, and a tower layer counting gRPC calls.
+//!
+//! Names: `http_requests_total`, `http_request_duration_seconds`,
+//! `grpc_requests_total`, `grpc_request_duration_seconds`, `bookings_total`,
+//! `seat_hold_conflicts_total`, `payments_total`, `refunds_total`,
+//! `outbox_backlog_events`, `outbox_publish_seconds`,
+//! `consumer_records_total`, `consumer_lag_seconds`, `dlq_records_total`,
+//! `projection_lag_seconds`.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::OnceLock,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::shutdown::Shutdown;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Installs the process-wide recorder once and returns its handle.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let built = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.install_recorder());
+            match built {
+                Ok(handle) => {
+                    let upkeep = handle.clone();
+                    // Histograms need periodic upkeep; a plain thread works in and out of a runtime.
+                    std::thread::spawn(move || loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    });
+                    Some(handle)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    install().map(|h| h.render()).unwrap_or_default()
+}
+
+/// Serves `GET /metrics` on `addr` until `shutdown`.
+pub async fn serve(addr: SocketAddr, shutdown: Shutdown) -> std::io::Result<SocketAddr> {
+    install();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = axum::Router::new().route("/metrics", axum::routing::get(|| async { render() }));
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        if let Err(error) = served {
+            tracing::warn!(%error, "metrics listener stopped");
+        }
+    });
+    tracing::info!(addr = %local, "metrics listening on /metrics");
+    Ok(local)
+}
+
+/// Counts and times every gRPC call by method and status code.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics { inner }
+    }
+}
+
+/// The service of [`GrpcMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await;
+            // Errors are trailers-only responses: the status is in the headers.
+            let code = match &response {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(|| "0".to_owned(), str::to_owned),
+                Err(_) => "transport".to_owned(),
+            };
+            metrics::counter!("grpc_requests_total", "method" => method.clone(), "code" => code).increment(1);
+            metrics::histogram!("grpc_request_duration_seconds", "method" => method)
+                .record(started.elapsed().as_secs_f64());
+            response
+        })
+    }
+}
