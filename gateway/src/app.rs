@@ -9,7 +9,7 @@ use axum::{
     extract::DefaultBodyLimit,
     http::{HeaderName, Request},
     routing::{get, post},
-    Json, Router,
+    Router,
 };
 use proto::{
     booking::booking_service_client::BookingServiceClient, payment::payment_service_client::PaymentServiceClient,
@@ -143,7 +143,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/performances/{id}/seats", get(catalog::seat_map))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .route("/metrics", get(|| async { shared::metrics::render() }))
         .fallback(|| async { ApiError::not_found("Not found.") })
         .method_not_allowed_fallback(|| async {

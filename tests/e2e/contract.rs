@@ -244,3 +244,16 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
     }
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swagger_ui_is_served_offline_at_docs() {
+    let sys = System::start().await;
+    let page = sys.client.get(format!("{}/docs/", sys.base)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("swagger-ui"));
+    let bundle = sys.client.get(format!("{}/docs/swagger-ui-bundle.js", sys.base)).send().await.unwrap();
+    assert_eq!(bundle.status(), StatusCode::OK, "assets are vendored into the binary");
+    let openapi = sys.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(openapi.body["info"]["title"], "Ticketing REST API");
+    sys.stop().await;
+}
