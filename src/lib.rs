@@ -190,6 +190,32 @@ pub fn dev_secret_path() -> PathBuf {
     std::env::temp_dir().join("ticketing-dev-jwt-secret")
 }
 
+/// Runs a parsed command on a fresh runtime and turns the result into an exit code.
+pub fn main_with(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `ticketing <subcommand> <args…>` for the per-component binaries.
+pub fn main_with_subcommand(subcommand: &str) -> ExitCode {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    args.insert(1.min(args.len()), subcommand.into());
+    main_with(Cli::parse_from(args))
+}
+
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     telemetry::init(cli.log_format);

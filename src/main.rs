@@ -4,20 +4,5 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = ticketing::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the async runtime: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(ticketing::run(cli)) {
-        Ok(code) => code,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ticketing::main_with(ticketing::Cli::parse())
 }

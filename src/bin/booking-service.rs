@@ -1,0 +1,5 @@
+//! The `booking-service` binary of decisions.md: the same as `ticketing booking`.
+
+fn main() -> std::process::ExitCode {
+    ticketing::main_with_subcommand("booking")
+}

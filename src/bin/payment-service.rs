@@ -1,0 +1,5 @@
+//! The `payment-service` binary of decisions.md: the same as `ticketing payment`.
+
+fn main() -> std::process::ExitCode {
+    ticketing::main_with_subcommand("payment")
+}
