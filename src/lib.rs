@@ -218,7 +218,14 @@ pub fn main_with_subcommand(subcommand: &str) -> ExitCode {
 
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    telemetry::init(cli.log_format);
+    let service = match &cli.command {
+        Command::Dev(_) => "ticketing",
+        Command::Gateway(_) => "gateway",
+        Command::Booking(_) => "booking-service",
+        Command::Payment(_) => "payment-service",
+        _ => "ticketing-cli",
+    };
+    let _telemetry = telemetry::init(cli.log_format, service);
     if let Command::Check(args) = &cli.command {
         return run_check(args).await;
     }

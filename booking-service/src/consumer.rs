@@ -27,7 +27,7 @@ fn metadata(event: &IncomingEvent) -> EventMetadata {
     EventMetadata {
         correlation_id: event.headers.correlation_id.clone(),
         causation_id: Some(event.headers.id.clone()),
-        traceparent: event.headers.traceparent.clone(),
+        traceparent: shared::trace_context::current_traceparent().or_else(|| event.headers.traceparent.clone()),
         actor: Some("system:payment-events".into()),
     }
 }

@@ -164,7 +164,17 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .make_span_with(|request: &Request<_>| {
                     let id =
                         request.headers().get(shared::grpc::REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                    let span = tracing::info_span!(
+                        "http",
+                        otel.name = %format!("{} {}", request.method(), request.uri().path()),
+                        otel.kind = "server",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        request_id = %id,
+                        trace_id = tracing::field::Empty,
+                    );
+                    shared::trace_context::adopt(&span, shared::trace_context::from_headers(request.headers()));
+                    span
                 })
                 // One access-log line per request: status and latency.
                 .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),

@@ -153,6 +153,7 @@ impl PaymentApp {
         tracing::info!(addr = %self.addr, "payment-service gRPC listening");
         let stopping = shutdown.clone();
         let served = tonic::transport::Server::builder()
+            .trace_fn(shared::trace_context::grpc_server_span)
             .layer(shared::metrics::GrpcMetricsLayer)
             .add_service(health)
             .add_service(grpc::reflection(proto::FILE_DESCRIPTOR_SET)?)

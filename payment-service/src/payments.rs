@@ -118,17 +118,20 @@ impl Payments {
     ) -> Result<Executed, PaymentError> {
         let this = self.clone();
         let user_id = user_id.to_owned();
-        let task = tokio::spawn(async move {
-            this.execute_to_completion(
-                &user_id,
-                payment.payment_intent_id,
-                payment.payment_method_token,
-                payment.cvv,
-                &metadata,
-                claim.as_ref(),
-            )
-            .await
-        });
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                this.execute_to_completion(
+                    &user_id,
+                    payment.payment_intent_id,
+                    payment.payment_method_token,
+                    payment.cvv,
+                    &metadata,
+                    claim.as_ref(),
+                )
+                .await
+            },
+            tracing::Span::current(),
+        ));
         task.await.map_err(|e| PaymentError::Internal(format!("payment task failed: {e}")))?
     }
 
@@ -202,13 +205,10 @@ impl Payments {
             user_id: intent.created.user_id.clone(),
             admission_secs: 0,
         });
-        for (key, value) in
-            [(shared::grpc::REQUEST_ID, &metadata.correlation_id), (shared::grpc::TRACEPARENT, &metadata.traceparent)]
-        {
-            if let Some(value) = value.as_deref().and_then(|v| v.parse().ok()) {
-                request.metadata_mut().insert(key, value);
-            }
+        if let Some(value) = metadata.correlation_id.as_deref().and_then(|v| v.parse().ok()) {
+            request.metadata_mut().insert(shared::grpc::REQUEST_ID, value);
         }
+        shared::trace_context::inject_grpc(request.metadata_mut());
         match self.inner.booking.clone().admit_payment(request).await {
             Ok(_) => Ok(()),
             Err(status) => match status.code() {

@@ -20,7 +20,7 @@ pub fn event_metadata(metadata: &MetadataMap, actor: &str) -> EventMetadata {
     EventMetadata {
         correlation_id: request_id.clone(),
         causation_id: request_id,
-        traceparent: text(TRACEPARENT),
+        traceparent: crate::trace_context::current_traceparent().or_else(|| text(TRACEPARENT)),
         actor: Some(actor.to_owned()),
     }
 }

@@ -162,7 +162,13 @@ pub async fn run_consumer(
                 continue;
             }
         };
-        match process(&pool, &dlq_producer, &handler, &settings, &message, &shutdown).await {
+        let span = consume_span(&settings.group, &message);
+        let processed = tracing::Instrument::instrument(
+            process(&pool, &dlq_producer, &handler, &settings, &message, &shutdown),
+            span,
+        )
+        .await;
+        match processed {
             Some(outcome) => {
                 tracing::debug!(group = settings.group, ?outcome, offset = message.offset(), "record done");
                 let outcome_name = match outcome {
@@ -190,6 +196,23 @@ pub async fn run_consumer(
     }
     purge.abort();
     tracing::info!(group = settings.group, "consumer stopped");
+}
+
+/// The consumer span of one record, child of the producer's trace context.
+fn consume_span(group: &str, message: &BorrowedMessage<'_>) -> tracing::Span {
+    let headers = CloudEventHeaders::from_kafka(message.headers()).unwrap_or_default();
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = %format!("{group} consume {}", headers.event_type),
+        otel.kind = "consumer",
+        messaging.consumer.group = group,
+        messaging.destination = message.topic(),
+        ce_type = %headers.event_type,
+        ce_id = %headers.id,
+        trace_id = tracing::field::Empty,
+    );
+    crate::trace_context::adopt(&span, crate::trace_context::from_traceparent(headers.traceparent.as_deref()));
+    span
 }
 
 /// Handles one record to a final outcome; `None` only if shutdown interrupted it.

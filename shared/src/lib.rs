@@ -19,6 +19,7 @@
 //! | [`telemetry`] | tracing setup |
 //! | [`shutdown`] | the signal that stops every task |
 //! | [`topics`] | topic names, CloudEvents types, timestamp conversion |
+//! | [`trace_context`] | W3C trace context across HTTP, gRPC and Kafka |
 //! | [`testkit`] | fresh databases and a broker for integration tests |
 
 pub mod config;
@@ -34,6 +35,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod testkit;
 pub mod topics;
+pub mod trace_context;
 
 pub mod global_log;
 pub mod grpc;

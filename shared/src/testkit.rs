@@ -73,6 +73,21 @@ impl TestKafka {
     }
 }
 
+/// True if `text` holds `secret` as a token of its own: not inside a
+/// longer number, a UUID or other hex, and not a latency figure. Used to
+/// prove a CVV appears nowhere without tripping on ids and timings.
+pub fn contains_token(text: &str, secret: &str) -> bool {
+    let is_word = |c: char| c.is_ascii_hexdigit() || c == '-';
+    text.match_indices(secret).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let rest = &text[at + secret.len()..];
+        !before.is_some_and(is_word)
+            && !rest.chars().next().is_some_and(is_word)
+            && !rest.starts_with(" \u{3bc}s")
+            && !rest.starts_with(" ms")
+    })
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
@@ -88,5 +103,22 @@ where
             return None;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_token;
+
+    #[test]
+    fn the_token_scan_finds_leaks_but_not_numbers_or_ids() {
+        let cvv = "8642";
+        assert!(
+            contains_token(r#"{"cvv":"8642"}"#, cvv)
+                && contains_token("cvv: 8642,", cvv)
+                && contains_token("8642", cvv)
+        );
+        assert!(!contains_token("latency=864283 \u{3bc}s", cvv) && !contains_token("latency=8642 \u{3bc}s", cvv));
+        assert!(!contains_token("01a217b2-8642-7c8e-b9a1-0000f8642", cvv) && !contains_token("x18642", cvv));
     }
 }

@@ -45,7 +45,8 @@ impl System {
 
     /// Starts a system with extra `ticketing dev` flags.
     pub async fn start_with(extra: &[&str]) -> Self {
-        shared::telemetry::init(shared::telemetry::LogFormat::Text);
+        // Kept for the whole test process: dropping it would stop span export.
+        std::mem::forget(shared::telemetry::init(shared::telemetry::LogFormat::Text, "ticketing-tests"));
         let kafka = TestKafka::start().unwrap();
         let prefix = format!("{}.", unique_name("e2e"));
         let booking_db = unique_name("t_e2e_booking");

@@ -10,11 +10,13 @@ use axum::http::HeaderMap;
 /// Wraps a gRPC message with the request id and trace context of the HTTP request.
 pub fn grpc_request<T>(message: T, headers: &HeaderMap) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    for key in [shared::grpc::REQUEST_ID, shared::grpc::TRACEPARENT] {
-        if let Some(value) = headers.get(key).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
-            request.metadata_mut().insert(key, value);
-        }
+    if let Some(value) =
+        headers.get(shared::grpc::REQUEST_ID).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    {
+        request.metadata_mut().insert(shared::grpc::REQUEST_ID, value);
     }
+    // The handler runs inside the request's span: its context goes along.
+    shared::trace_context::inject_grpc(request.metadata_mut());
     request
 }
 
