@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use gateway::{GatewayApp, GatewaySettings};
 use payment_service::{PaymentApp, PaymentSettings};
 use shared::{
-    config::{DatabaseArgs, KafkaArgs, MetricsArgs, PaymentPolicy},
+    config::{DatabaseArgs, KafkaArgs, MetricsArgs, PaymentPolicy, ShutdownArgs},
     kafka::EmbeddedKafka,
     shutdown::{self, Shutdown},
     telemetry::{self, LogFormat},
@@ -57,6 +57,8 @@ pub enum Command {
 /// `ticketing dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
+    #[command(flatten)]
+    pub lifecycle: ShutdownArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
     #[command(flatten)]
@@ -109,12 +111,16 @@ pub struct PaymentDevSettings {
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
     #[command(flatten)]
+    pub lifecycle: ShutdownArgs,
+    #[command(flatten)]
     pub gateway: GatewaySettings,
 }
 
 /// `ticketing booking`.
 #[derive(Debug, Args)]
 pub struct BookingArgs {
+    #[command(flatten)]
+    pub lifecycle: ShutdownArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
     #[command(flatten)]
@@ -130,6 +136,8 @@ pub struct BookingArgs {
 /// `ticketing payment`.
 #[derive(Debug, Args)]
 pub struct PaymentArgs {
+    #[command(flatten)]
+    pub lifecycle: ShutdownArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
     #[command(flatten)]
@@ -232,23 +240,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Dev(args) => dev(*args).await,
         Command::Gateway(args) => {
-            let shutdown = shutdown::on_signal();
+            let shutdown = shutdown::on_signal(bound(&args.lifecycle));
             let app = GatewayApp::build(&args.gateway, &shutdown).await?;
-            app.run(shutdown).await
+            app.run(shutdown, args.lifecycle.drain()).await
         }
         Command::Booking(args) => {
-            let shutdown = shutdown::on_signal();
+            let shutdown = shutdown::on_signal(bound(&args.lifecycle));
             let brokers = args.kafka.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
             shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
             let app = BookingApp::build(&args.database, &args.kafka, &brokers, args.booking, args.policy).await?;
-            app.run(shutdown).await
+            app.run(shutdown, args.lifecycle.drain()).await
         }
         Command::Payment(args) => {
-            let shutdown = shutdown::on_signal();
+            let shutdown = shutdown::on_signal(bound(&args.lifecycle));
             let brokers = args.kafka.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
             shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
             let app = PaymentApp::build(&args.database, &args.kafka, &brokers, args.payment, args.policy).await?;
-            app.run(shutdown).await
+            app.run(shutdown, args.lifecycle.drain()).await
         }
         Command::Token(args) => {
             let secret = match args.jwt_secret {
@@ -357,12 +365,18 @@ pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> a
     };
     let gateway = GatewayApp::build(&gateway_settings, &shutdown).await?;
     let gateway_addr = gateway.addr();
+    let drain = args.lifecycle.drain();
     let tasks = vec![
-        tokio::spawn(booking.run(shutdown.clone())),
-        tokio::spawn(payment.run(shutdown.clone())),
-        tokio::spawn(gateway.run(shutdown.clone())),
+        tokio::spawn(booking.run(shutdown.clone(), drain)),
+        tokio::spawn(payment.run(shutdown.clone(), drain)),
+        tokio::spawn(gateway.run(shutdown.clone(), drain)),
     ];
     Ok(DevSystem { gateway_addr, booking_addr, payment_addr, metrics_addr, shutdown, tasks })
+}
+
+/// Drain plus timeout: the longest a shutdown may take.
+fn bound(lifecycle: &ShutdownArgs) -> std::time::Duration {
+    std::time::Duration::from_secs(lifecycle.shutdown_drain_secs + lifecycle.shutdown_timeout_secs)
 }
 
 fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
@@ -374,7 +388,7 @@ fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 }
 
 async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
-    let shutdown = shutdown::on_signal();
+    let shutdown = shutdown::on_signal(bound(&args.lifecycle));
     // The embedded broker is not Send; it lives on this task for the whole run.
     let requested = args.kafka.kafka_brokers.clone().filter(|b| !b.trim().is_empty());
     let embedded = match requested {

@@ -51,6 +51,7 @@ impl Deployment {
             ("PAYMENT_GRPC_URL", format!("http://127.0.0.1:{payment_port}")),
             ("JWT_SECRET", secret.clone()),
             ("METRICS_ADDR", "127.0.0.1:0".to_owned()),
+            ("SHUTDOWN_DRAIN_SECS", "0".to_owned()),
             ("SWEEP_INTERVAL_MS", "200".to_owned()),
             // Log everything: the CVV must not show up even at debug level.
             ("RUST_LOG", "debug,h2=info,hyper=info,tower=info,rdkafka=info,sqlx=info".to_owned()),
@@ -319,6 +320,34 @@ async fn killing_the_services_mid_stream_loses_no_purchase() {
     assert_check_passes(&d);
     d.stop_all();
     assert_no_cvv(&d, &kafka).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_first_then_drains_then_exits_in_time() {
+    let kafka = TestKafka::start().unwrap();
+    let mut d = Deployment::new(&kafka).await;
+    d.env.retain(|(k, _)| k != "SHUTDOWN_DRAIN_SECS");
+    d.env.push(("SHUTDOWN_DRAIN_SECS".to_owned(), "3".to_owned()));
+    d.start_all().await;
+    let gateway = d.procs.remove("gateway").unwrap();
+    let pid = gateway.id().to_string();
+    let started = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready = d.client.get(format!("{}/readyz", d.gateway)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE, "readiness fails first");
+    let alive = d.client.get(format!("{}/healthz", d.gateway)).send().await.unwrap();
+    assert_eq!(alive.status(), StatusCode::OK, "still serving while draining");
+    let status = tokio::task::spawn_blocking(move || {
+        let mut gateway = gateway;
+        gateway.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "clean exit: {status}");
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(15), "drained, then exited: {took:?}");
+    d.stop_all();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,7 +88,8 @@ impl BookingApp {
     }
 
     /// Serves until `shutdown`, then drains the background tasks.
-    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+    /// `drain` is how long gRPC keeps serving after readiness failed.
+    pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
         let producer = kafka::producer(&self.brokers)?;
         let relay = tokio::spawn(outbox::run_relay(
             self.pool.clone(),
@@ -124,7 +125,14 @@ impl BookingApp {
         ));
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<BookingServiceServer<BookingGrpc>>().await;
+        let readiness = tokio::spawn(shared::health::watch(
+            health_reporter,
+            vec![<BookingServiceServer<BookingGrpc> as tonic::server::NamedService>::NAME.to_owned()],
+            self.pool.clone(),
+            self.brokers.clone(),
+            Duration::from_secs(5),
+            shutdown.clone(),
+        ));
         tracing::info!(addr = %self.addr, "booking-service gRPC listening");
         let stopping = shutdown.clone();
         let served = tonic::transport::Server::builder()
@@ -134,12 +142,13 @@ impl BookingApp {
             .add_service(grpc::reflection(proto::FILE_DESCRIPTOR_SET)?)
             .add_service(BookingServiceServer::new(BookingGrpc::new(self.bookings.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+                // Readiness already fails (the watcher saw the token); keep serving while callers move away.
                 stopping.cancelled().await;
-                health_reporter.set_not_serving::<BookingServiceServer<BookingGrpc>>().await;
+                tokio::time::sleep(drain).await;
             })
             .await;
         shutdown.cancel();
-        for task in [relay, consume, views, sweeper, purge] {
+        for task in [readiness, relay, consume, views, sweeper, purge] {
             let _ = task.await;
         }
         self.pool.close().await;

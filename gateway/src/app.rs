@@ -98,10 +98,14 @@ impl GatewayApp {
     }
 
     /// Serves until `shutdown`; in-flight requests finish first.
-    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+    /// `drain` is how long the listener stays open after `/readyz` started failing.
+    pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "gateway listening (REST; docs at /openapi.json)");
         axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(drain).await;
+            })
             .await
             .context("gateway HTTP server")
     }

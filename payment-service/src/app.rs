@@ -124,7 +124,8 @@ impl PaymentApp {
     }
 
     /// Serves until `shutdown`, then drains the background tasks.
-    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+    /// `drain` is how long gRPC keeps serving after readiness failed.
+    pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
         let producer = kafka::producer(&self.brokers)?;
         let relay = tokio::spawn(outbox::run_relay(
             self.pool.clone(),
@@ -149,7 +150,14 @@ impl PaymentApp {
         let purge = tokio::spawn(shared::idempotency::run_purge(self.pool.clone(), shutdown.clone()));
         let refunds = tokio::spawn(run_refunds(self.payments.clone(), self.refunds, shutdown.clone()));
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<PaymentServiceServer<PaymentGrpc>>().await;
+        let readiness = tokio::spawn(shared::health::watch(
+            health_reporter,
+            vec![<PaymentServiceServer<PaymentGrpc> as tonic::server::NamedService>::NAME.to_owned()],
+            self.pool.clone(),
+            self.brokers.clone(),
+            Duration::from_secs(5),
+            shutdown.clone(),
+        ));
         tracing::info!(addr = %self.addr, "payment-service gRPC listening");
         let stopping = shutdown.clone();
         let served = tonic::transport::Server::builder()
@@ -159,12 +167,13 @@ impl PaymentApp {
             .add_service(grpc::reflection(proto::FILE_DESCRIPTOR_SET)?)
             .add_service(PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+                // Readiness already fails (the watcher saw the token); keep serving while callers move away.
                 stopping.cancelled().await;
-                health_reporter.set_not_serving::<PaymentServiceServer<PaymentGrpc>>().await;
+                tokio::time::sleep(drain).await;
             })
             .await;
         shutdown.cancel();
-        for task in [relay, consume, purge, refunds] {
+        for task in [readiness, relay, consume, purge, refunds] {
             let _ = task.await;
         }
         self.pool.close().await;

@@ -46,6 +46,26 @@ impl KafkaArgs {
     }
 }
 
+/// How a process stops on SIGTERM: readiness fails at once, in-flight work
+/// drains for `shutdown_drain_secs`, and the process exits within
+/// `shutdown_timeout_secs` whatever is still running.
+#[derive(Debug, Clone, Args)]
+pub struct ShutdownArgs {
+    /// Seconds between failing readiness and closing listeners (load balancers catch up).
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 5)]
+    pub shutdown_drain_secs: u64,
+    /// Hard bound (seconds) on a shutdown after the drain.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl ShutdownArgs {
+    /// The drain as a duration.
+    pub fn drain(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shutdown_drain_secs)
+    }
+}
+
 /// Where a service serves its Prometheus metrics.
 #[derive(Debug, Clone, Args)]
 pub struct MetricsArgs {

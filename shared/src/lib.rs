@@ -12,6 +12,7 @@
 //! | [`projection`] | read models kept in step with the global log, with blue/green rebuilds |
 //! | [`global_log`] | reading the log in commit order, checkpoints, wake-ups |
 //! | [`grpc`] | request context to event metadata, bind, reflection |
+//! | [`health`] | readiness (database, broker) as gRPC health |
 //! | [`idempotency`] | Idempotency-Key claims, replays and purge |
 //! | [`db`] | connecting, creating the service database, running migrations |
 //! | [`metrics`] | Prometheus recorder, `/metrics` listener, gRPC metrics layer |
@@ -39,6 +40,7 @@ pub mod trace_context;
 
 pub mod global_log;
 pub mod grpc;
+pub mod health;
 pub mod idempotency;
 
 pub use global_log::{LogPosition, WakeUp};

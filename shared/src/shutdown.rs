@@ -6,14 +6,21 @@ use tokio_util::sync::CancellationToken;
 
 pub use tokio_util::sync::CancellationToken as Shutdown;
 
-/// Returns a token that is cancelled when the process receives SIGTERM or SIGINT.
-pub fn on_signal() -> CancellationToken {
+/// Returns a token that is cancelled when the process receives SIGTERM or
+/// SIGINT. From then on the process exits within `bound` even if some task
+/// does not stop.
+pub fn on_signal(bound: std::time::Duration) -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown signal received, draining");
+        tracing::info!("shutdown signal received: readiness fails now, then draining");
         trigger.cancel();
+        std::thread::spawn(move || {
+            std::thread::sleep(bound);
+            eprintln!("shutdown did not finish within {bound:?}; exiting");
+            std::process::exit(1);
+        });
     });
     token
 }

@@ -56,6 +56,7 @@ impl System {
             "harness".to_owned(),
             "--gateway-addr=127.0.0.1:0".into(),
             "--metrics-addr=127.0.0.1:0".into(),
+            "--shutdown-drain-secs=0".into(),
             "--booking-grpc-addr=127.0.0.1:0".into(),
             "--payment-grpc-addr=127.0.0.1:0".into(),
             format!("--booking-database={booking_db}"),
