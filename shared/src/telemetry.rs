@@ -74,10 +74,15 @@ where
     T::Span: Send + Sync,
 {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry().with(filter()).with(otel);
+    // Traces do not depend on the log level: the OTel layer has its own filter.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(EnvFilter::new("info,h2=off,hyper=off,tower=off,sqlx=off,rdkafka=off,opentelemetry=off"));
+    let registry = tracing_subscriber::registry().with(otel);
     let _ = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(true)).try_init(),
-        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true).with_current_span(true)).try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_target(true).with_filter(filter())).try_init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_filter(filter()))
+            .try_init(),
     };
 }
