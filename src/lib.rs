@@ -3,6 +3,7 @@
 //! projections. Each component is started through its own `*App::build`, so
 //! tests start exactly what production starts.
 
+pub mod bench;
 pub mod check;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -52,6 +53,8 @@ pub enum Command {
     Check(MigrateArgs),
     /// Re-publish the dead letters of a topic to it (after fixing their cause).
     RedriveDlq(RedriveArgs),
+    /// Load-test the whole system (started in-process on fresh databases) beside a pgbench baseline.
+    Bench(Box<BenchArgs>),
 }
 
 /// `ticketing dev`.
@@ -164,6 +167,31 @@ pub struct TokenArgs {
     /// HS256 secret; defaults to the one `ticketing dev` generated.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+}
+
+/// `ticketing bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Kafka bootstrap servers; an embedded broker when unset.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Concurrent clients of `distinct`, `flow`, the HTTP ceiling and pgbench.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Length of each timed scenario.
+    #[arg(long, default_value = "10s", value_parser = shared::config::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Clients racing in `onsale`.
+    #[arg(long, default_value_t = 2000)]
+    pub onsale_clients: usize,
+    /// Seats they race for (1-500).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=500))]
+    pub onsale_seats: u64,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "bench.json")]
+    pub output: PathBuf,
 }
 
 /// `ticketing redrive-dlq`.
@@ -280,6 +308,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(())
         }
         Command::Check(_) => Ok(()),
+        Command::Bench(args) => run_bench(*args).await,
         Command::RedriveDlq(args) => {
             let sent =
                 shared::dlq::redrive(&args.kafka_brokers, &args.topic, shared::dlq::REDRIVE_GROUP, args.idle).await?;
@@ -321,6 +350,184 @@ async fn run_check(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
         println!("{} violation(s)", violations.len());
         Ok(ExitCode::FAILURE)
     }
+}
+
+#[derive(Parser)]
+struct BenchSystem {
+    #[command(flatten)]
+    dev: DevArgs,
+}
+
+async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let (booking_db, payment_db) = (format!("bench_booking_{id}"), format!("bench_payment_{id}"));
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let dev = BenchSystem::try_parse_from([
+        "bench".to_owned(),
+        "--gateway-addr=127.0.0.1:0".into(),
+        "--metrics-addr=127.0.0.1:0".into(),
+        "--booking-grpc-addr=127.0.0.1:0".into(),
+        "--payment-grpc-addr=127.0.0.1:0".into(),
+        "--shutdown-drain-secs=0".into(),
+        format!("--database-url={}", args.database.database_url),
+        format!("--database-max-connections={}", args.database.database_max_connections),
+        format!("--booking-database={booking_db}"),
+        format!("--payment-database={payment_db}"),
+        format!("--kafka-topic-prefix=bench_{id}."),
+        format!("--jwt-secret={secret}"),
+    ])?
+    .dev;
+    let embedded = match &args.kafka_brokers {
+        Some(_) => None,
+        None => Some(EmbeddedKafka::start()?),
+    };
+    let brokers = match (&embedded, &args.kafka_brokers) {
+        (Some(broker), _) => broker.bootstrap_servers().to_owned(),
+        (None, Some(brokers)) => brokers.clone(),
+        (None, None) => anyhow::bail!("no Kafka broker"),
+    };
+    if let Some(broker) = &embedded {
+        broker.create_topics(&dev.kafka.topics().all(), dev.kafka.kafka_topic_partitions)?;
+    }
+    let shutdown = Shutdown::new();
+    let system = start_system(dev, &brokers, shutdown.clone()).await?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
+    let target = Arc::new(bench::Target { base: format!("http://{}", system.gateway_addr), secret, client });
+    for _ in 0..100 {
+        let ready = target.client.get(format!("{}/readyz", target.base)).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("bench: system up at {}; registering performances", target.base);
+    let seats = Arc::new(bench::register_performance(&target, "perf_bench", 200).await?);
+    let onsale_seats: Arc<Vec<String>> = Arc::new(
+        bench::register_performance(&target, "perf_onsale", 1)
+            .await?
+            .into_iter()
+            .take(args.onsale_seats as usize)
+            .collect(),
+    );
+
+    // flow first: distinct leaves the consumers a backlog that flow would measure.
+    let mut scenarios = Vec::new();
+    println!("bench: flow ({} clients, {:?})", args.clients, args.duration);
+    scenarios.push(bench::flow(target.clone(), "perf_bench", seats.clone(), args.clients, args.duration).await);
+    println!("bench: distinct ({} clients, {:?})", args.clients, args.duration);
+    scenarios.push(bench::distinct(target.clone(), "perf_bench", seats.clone(), args.clients, args.duration).await);
+    println!("bench: onsale ({} clients for {} seats)", args.onsale_clients, onsale_seats.len());
+    scenarios.push(bench::onsale(target.clone(), "perf_onsale", onsale_seats, args.onsale_clients).await);
+    println!("bench: HTTP ceiling (GET /healthz)");
+    let http_ceiling_per_sec =
+        bench::http_ceiling(target.clone(), args.clients, std::time::Duration::from_secs(5)).await;
+
+    let booking = shared::db::connect_service_db(
+        &args.database.database_url,
+        &booking_db,
+        4,
+        &booking_service::store::MIGRATIONS,
+    )
+    .await?;
+    let payment = shared::db::connect_service_db(
+        &args.database.database_url,
+        &payment_db,
+        4,
+        &payment_service::store::MIGRATIONS,
+    )
+    .await?;
+    let oversold: i64 = sqlx::query_scalar(
+        "select count(*) from (select 1 from occupied_seats where status = 'booked' group by performance_id, seat_id having count(*) > 1) s",
+    )
+    .fetch_one(&booking)
+    .await?;
+    let violations: Vec<String> = check::check(&booking, &payment).await?.into_iter().map(|v| v.0).collect();
+    let rss_mib = bench::rss_mib();
+    let pipeline_means_ms = bench::pipeline_means();
+    shutdown.cancel();
+    for task in system.tasks {
+        let _ = task.await;
+    }
+
+    println!("bench: pgbench baseline ({} clients, {:?})", args.clients, args.duration);
+    sqlx::raw_sql(
+        "insert into performances (performance_id, title, seat_count) values ('perf_pgbench', 'pgbench', 50000);
+         insert into seats (performance_id, seat_id, row_label, seat_number, price)
+           select 'perf_pgbench', 'S' || g, 'S', g, 10000 from generate_series(1, 50000) g;",
+    )
+    .execute(&booking)
+    .await?;
+    let url = format!("{}/{booking_db}", args.database.database_url.rsplit_once('/').map_or("", |(base, _)| base));
+    let pgbench_tps = match bench::pgbench(&url, args.clients, args.duration).await {
+        Ok(tps) => Some(tps),
+        Err(error) => {
+            eprintln!("bench: pgbench baseline skipped: {error:#}");
+            None
+        }
+    };
+    let distinct_rate = scenarios.iter().find(|s| s.name == "distinct").map_or(0.0, |s| s.throughput_per_sec);
+    let report = bench::BenchReport {
+        ratio_to_pgbench: pgbench_tps.map(|tps| distinct_rate / tps),
+        scenarios,
+        pgbench_tps,
+        http_ceiling_per_sec,
+        oversold_seats: oversold,
+        violations,
+        rss_mib,
+        pipeline_means_ms,
+    };
+    std::fs::write(&args.output, serde_json::to_string_pretty(&report)?)?;
+    println!();
+    println!(
+        "{:<9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9}  statuses",
+        "scenario", "clients", "per sec", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
+    for s in &report.scenarios {
+        println!(
+            "{:<9} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {:?}",
+            s.name,
+            s.clients,
+            s.throughput_per_sec,
+            s.latency.p50_ms,
+            s.latency.p95_ms,
+            s.latency.p99_ms,
+            s.latency.max_ms,
+            s.statuses
+        );
+    }
+    if let Some(lag) = report.scenarios.iter().find(|s| s.name == "flow").map(|s| &s.extra["projection_lag"]) {
+        println!("flow projection lag (pay answered -> confirmed visible): {lag}");
+    }
+    if let Some(extra) = report.scenarios.iter().find(|s| s.name == "onsale").map(|s| &s.extra) {
+        println!("onsale: {extra}");
+    }
+    println!("HTTP ceiling (GET /healthz): {:.0} req/s", report.http_ceiling_per_sec);
+    match (report.pgbench_tps, report.ratio_to_pgbench) {
+        (Some(tps), Some(ratio)) => {
+            println!("pgbench (same SQL as one booking): {tps:.0} tps; ours/raw = {:.0}%", ratio * 100.0)
+        }
+        _ => println!("pgbench baseline: not run"),
+    }
+    println!(
+        "oversold seats: {}; invariant violations: {}; RSS (all components): {:.1} MiB",
+        report.oversold_seats,
+        report.violations.len(),
+        report.rss_mib
+    );
+    println!("pipeline means (ms):");
+    for (name, ms) in
+        report.pipeline_means_ms.iter().filter(|(n, _)| !n.starts_with("http_") && !n.starts_with("grpc_"))
+    {
+        println!("  {name}: {ms:.1}");
+    }
+    println!("report written to {}", args.output.display());
+    anyhow::ensure!(
+        report.oversold_seats == 0 && report.violations.is_empty(),
+        "correctness check failed: {:?}",
+        report.violations
+    );
+    Ok(())
 }
 
 /// Everything `ticketing dev` started, for tests that drive it in-process.

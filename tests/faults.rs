@@ -366,3 +366,28 @@ async fn a_broker_outage_of_30_seconds_loses_no_purchase() {
     assert_check_passes(&d);
     d.stop_all();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_runs_every_scenario_and_its_baseline_and_reports_no_oversell() {
+    let output = std::env::temp_dir().join(format!("{}.json", unique_name("bench")));
+    let kafka = TestKafka::start().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_ticketing"))
+        .args(["bench", "--clients", "4", "--duration", "1s", "--onsale-clients", "40", "--onsale-seats", "5"])
+        .arg("--output")
+        .arg(&output)
+        .env("DATABASE_URL", server_url())
+        .env("KAFKA_BROKERS", kafka.brokers())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
+    let names: Vec<&str> =
+        report["scenarios"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["flow", "distinct", "onsale"]);
+    assert_eq!(report["scenarios"][2]["extra"]["winners"], 5, "exactly one winner per seat");
+    assert_eq!(report["oversold_seats"], 0);
+    assert!(report["pgbench_tps"].as_f64().is_some_and(|tps| tps > 0.0), "{stdout}");
+    assert!(report["scenarios"][1]["latency"]["p99_ms"].as_f64().is_some());
+}

@@ -112,12 +112,8 @@ impl BookingApp {
             shutdown.clone(),
         ));
         let purge = tokio::spawn(shared::idempotency::run_purge(self.pool.clone(), shutdown.clone()));
-        let views = tokio::spawn(projection::run(
-            self.pool.clone(),
-            BookingViews,
-            Duration::from_millis(200),
-            shutdown.clone(),
-        ));
+        let views =
+            tokio::spawn(projection::run(self.pool.clone(), BookingViews, Duration::from_millis(25), shutdown.clone()));
         let sweeper = tokio::spawn(sweep(
             self.bookings.clone(),
             Duration::from_millis(self.settings.sweep_interval_ms),

@@ -45,6 +45,10 @@ fn outcome(result: Result<impl Sized, BookingError>) -> Result<(), HandlerError>
 
 #[async_trait]
 impl EventHandler for PaymentEventHandler {
+    fn wants(&self, ce_type: &str) -> bool {
+        ["PaymentSucceeded", "PaymentFailed", "PaymentRefunded"].iter().any(|t| ce_type == payment_type(t))
+    }
+
     async fn handle(&self, tx: &mut PgConnection, event: &IncomingEvent) -> Result<(), HandlerError> {
         let meta = metadata(event);
         let ce_type = event.headers.event_type.as_str();

@@ -64,6 +64,10 @@ async fn end(
 
 #[async_trait]
 impl EventHandler for BookingEventHandler {
+    fn wants(&self, ce_type: &str) -> bool {
+        ["SeatLocked", "BookingCancelled", "BookingExpired", "BookingFailed"].iter().any(|t| ce_type == booking_type(t))
+    }
+
     async fn handle(&self, tx: &mut PgConnection, event: &IncomingEvent) -> Result<(), HandlerError> {
         let ce_type = event.headers.event_type.as_str();
         if ce_type == booking_type("SeatLocked") {

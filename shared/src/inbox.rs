@@ -68,6 +68,12 @@ impl From<sqlx::Error> for HandlerError {
 /// Applies one event's effects inside the transaction that records it in the inbox.
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
+    /// Whether records of this `ce_type` matter here; others are acknowledged
+    /// without touching the database.
+    fn wants(&self, _ce_type: &str) -> bool {
+        true
+    }
+
     /// Handles `event`; every write must go through `tx`.
     async fn handle(&self, tx: &mut PgConnection, event: &IncomingEvent) -> Result<(), HandlerError>;
 }
@@ -112,6 +118,8 @@ pub enum Outcome {
     Duplicate,
     /// The record went to the dead-letter topic.
     DeadLettered,
+    /// A type this consumer does not handle; nothing was written.
+    Ignored,
 }
 
 /// Creates the group's consumer: offsets are stored by hand after commit
@@ -128,6 +136,8 @@ pub fn consumer(brokers: &str, settings: &ConsumerSettings) -> Result<StreamCons
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
+        // Answer as soon as a record arrives rather than after the default 500 ms.
+        .set("fetch.wait.max.ms", "20")
         .set("topic.metadata.refresh.interval.ms", "5000")
         .create()
         .map_err(|source| KafkaError::Client { context: "creating the Kafka consumer", source })?;
@@ -175,6 +185,7 @@ pub async fn run_consumer(
                     Outcome::Applied => "applied",
                     Outcome::Duplicate => "duplicate",
                     Outcome::DeadLettered => "dead_lettered",
+                    Outcome::Ignored => "ignored",
                 };
                 metrics::counter!("consumer_records_total", "group" => settings.group.clone(), "outcome" => outcome_name)
                     .increment(1);
@@ -230,6 +241,9 @@ pub async fn process(
             return dead_letter(dlq_producer, settings, message, &reason, shutdown).await;
         }
     };
+    if !handler.wants(&event.headers.event_type) {
+        return Some(Outcome::Ignored);
+    }
     let mut backoff = settings.retry_backoff;
     for attempt in 1..=settings.max_attempts {
         match handle_once(pool, handler, &settings.group, &event).await {

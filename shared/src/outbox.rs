@@ -79,7 +79,7 @@ impl RelaySettings {
             name: name.to_owned(),
             source: source.to_owned(),
             batch_size: 500,
-            poll_interval: Duration::from_millis(250),
+            poll_interval: Duration::from_millis(25),
             retry_backoff: Duration::from_millis(500),
         }
     }

@@ -1,0 +1,450 @@
+//! `ticketing bench`: a load generator that drives the REST gateway with
+//! real JWTs, side by side with the raw PostgreSQL limit of the same work.
+//!
+//! Scenarios: `distinct` (no contention), `flow` (book → pay → poll until
+//! confirmed; reports the projection lag), `onsale` (N clients race for M
+//! seats: exactly M winners). Baselines: pgbench running one booking
+//! command's SQL at the same concurrency, and the gateway's trivial route.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// Latency distribution in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    let ms = |us: u64| us as f64 / 1000.0;
+    Latency {
+        count: h.len(),
+        p50_ms: ms(h.value_at_quantile(0.50)),
+        p95_ms: ms(h.value_at_quantile(0.95)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        max_ms: ms(h.max()),
+    }
+}
+
+#[allow(clippy::expect_used)]
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 120 s, 3 significant digits: constant bounds hdrhistogram accepts.
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid constant histogram bounds")
+}
+
+/// One scenario's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    /// Scenario name.
+    pub name: String,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Wall time.
+    pub seconds: f64,
+    /// Requests (or purchases, for `flow`) per second.
+    pub throughput_per_sec: f64,
+    /// Latency of the measured operation.
+    pub latency: Latency,
+    /// Answers by HTTP status ("error" for transport errors).
+    pub statuses: BTreeMap<String, u64>,
+    /// Scenario-specific figures.
+    pub extra: Value,
+}
+
+/// Everything one `ticketing bench` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// The scenarios.
+    pub scenarios: Vec<ScenarioReport>,
+    /// pgbench TPS of one booking command's SQL at the same concurrency.
+    pub pgbench_tps: Option<f64>,
+    /// `distinct` throughput / pgbench TPS.
+    pub ratio_to_pgbench: Option<f64>,
+    /// Requests per second of `GET /healthz` (the HTTP ceiling).
+    pub http_ceiling_per_sec: f64,
+    /// Seats held or sold by more than one booking (must be 0).
+    pub oversold_seats: i64,
+    /// `ticketing check` findings (must be empty).
+    pub violations: Vec<String>,
+    /// Resident memory of the process at the end (all three components), in MiB.
+    pub rss_mib: f64,
+    /// Mean milliseconds per pipeline histogram (see [`pipeline_means`]).
+    pub pipeline_means_ms: BTreeMap<String, f64>,
+}
+
+/// How to reach the system under test.
+pub struct Target {
+    /// `http://host:port` of the gateway.
+    pub base: String,
+    /// HS256 secret to sign tokens.
+    pub secret: String,
+    /// HTTP client.
+    pub client: reqwest::Client,
+}
+
+impl Target {
+    fn token(&self, user: &str) -> String {
+        gateway::auth::issue_token(&self.secret, user, user.starts_with("admin"), 3600).unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    statuses: BTreeMap<String, u64>,
+    latencies: Option<Histogram<u64>>,
+}
+
+impl Tally {
+    fn record(&mut self, status: Option<u16>, took: Duration) {
+        let key = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        *self.statuses.entry(key).or_default() += 1;
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self.latencies.get_or_insert_with(histogram).record(us);
+    }
+
+    fn merge(&mut self, other: Tally) {
+        for (k, v) in other.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+        if let Some(h) = other.latencies {
+            let _ = self.latencies.get_or_insert_with(histogram).add(h);
+        }
+    }
+}
+
+/// Registers a performance with `rows` rows of 500 seats.
+pub async fn register_performance(target: &Target, id: &str, rows: usize) -> anyhow::Result<Vec<String>> {
+    let labels: Vec<String> =
+        (0..rows).map(|i| format!("{}{}", (b'A' + (i / 26) as u8) as char, (b'A' + (i % 26) as u8) as char)).collect();
+    let body = json!({
+        "performanceId": id,
+        "title": "bench",
+        "rows": labels.iter().map(|r| json!({"row": r, "seats": 500, "price": 10000})).collect::<Vec<_>>(),
+    });
+    let response = target
+        .client
+        .post(format!("{}/performances", target.base))
+        .bearer_auth(target.token("admin_bench"))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().as_u16() == 201, "registering {id}: {}", response.text().await?);
+    Ok(labels.iter().flat_map(|r| (1..=500).map(move |n| format!("{r}{n}"))).collect())
+}
+
+async fn book(target: &Target, user: &str, performance: &str, seat: &str) -> (Option<u16>, Duration, Value) {
+    let started = Instant::now();
+    let sent = target
+        .client
+        .post(format!("{}/bookings", target.base))
+        .bearer_auth(target.token(user))
+        .json(&json!({"performanceId": performance, "seatIds": [seat], "userId": user}))
+        .send()
+        .await;
+    match sent {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let body = r.json().await.unwrap_or(Value::Null);
+            (Some(status), started.elapsed(), body)
+        }
+        Err(_) => (None, started.elapsed(), Value::Null),
+    }
+}
+
+/// `distinct`: `clients` clients book distinct seats for `duration`.
+pub async fn distinct(
+    target: Arc<Target>,
+    performance: &str,
+    seats: Arc<Vec<String>>,
+    clients: usize,
+    duration: Duration,
+) -> ScenarioReport {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (target, seats, next, performance) =
+                (target.clone(), seats.clone(), next.clone(), performance.to_owned());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while started.elapsed() < duration {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(seat) = seats.get(n) else { break };
+                    let (status, took, _) = book(&target, &format!("d{c}_{n}"), &performance, seat).await;
+                    tally.record(status, took);
+                }
+                tally
+            })
+        })
+        .collect();
+    finish("distinct", clients, started, tasks, json!({})).await
+}
+
+/// `flow`: book → pay → poll `GET /bookings/my` until confirmed.
+pub async fn flow(
+    target: Arc<Target>,
+    performance: &str,
+    seats: Arc<Vec<String>>,
+    clients: usize,
+    duration: Duration,
+) -> ScenarioReport {
+    let next = Arc::new(AtomicUsize::new(seats.len() / 2));
+    let started = Instant::now();
+    let lags = Arc::new(std::sync::Mutex::new(histogram()));
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (target, seats, next, performance, lags) =
+                (target.clone(), seats.clone(), next.clone(), performance.to_owned(), lags.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while started.elapsed() < duration {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(seat) = seats.get(n) else { break };
+                    let user = format!("f{c}_{n}");
+                    let purchase = Instant::now();
+                    let (status, _, body) = book(&target, &user, &performance, seat).await;
+                    if status != Some(201) {
+                        tally.record(status, purchase.elapsed());
+                        continue;
+                    }
+                    let intent = body["paymentIntentId"].as_str().unwrap_or_default().to_owned();
+                    let booking = body["bookingId"].as_str().unwrap_or_default().to_owned();
+                    let token = target.token(&user);
+                    let mut paid = None;
+                    for _ in 0..100 {
+                        let r = target
+                            .client
+                            .post(format!("{}/payments/execute", target.base))
+                            .bearer_auth(&token)
+                            .json(&json!({"paymentIntentId": intent, "paymentMethodToken": "tok_visa", "cvv": "123"}))
+                            .send()
+                            .await;
+                        match r.map(|r| r.status().as_u16()) {
+                            Ok(200) => {
+                                paid = Some(Instant::now());
+                                break;
+                            }
+                            Ok(404) | Ok(503) | Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                            Ok(other) => {
+                                tally.record(Some(other), purchase.elapsed());
+                                break;
+                            }
+                        }
+                    }
+                    let Some(paid) = paid else { continue };
+                    loop {
+                        let list: Value = match target
+                            .client
+                            .get(format!("{}/bookings/my", target.base))
+                            .bearer_auth(&token)
+                            .send()
+                            .await
+                        {
+                            Ok(r) => r.json().await.unwrap_or(Value::Null),
+                            Err(_) => Value::Null,
+                        };
+                        let confirmed = list.as_array().is_some_and(|l| {
+                            l.iter().any(|b| b["bookingId"] == booking.as_str() && b["status"] == "confirmed")
+                        });
+                        if confirmed {
+                            if let Ok(mut lags) = lags.lock() {
+                                let _ =
+                                    lags.record(u64::try_from(paid.elapsed().as_micros()).unwrap_or(u64::MAX).max(1));
+                            }
+                            tally.record(Some(200), purchase.elapsed());
+                            break;
+                        }
+                        if paid.elapsed() > Duration::from_secs(30) {
+                            tally.record(None, purchase.elapsed());
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut report = finish("flow", clients, started, tasks, json!({})).await;
+    let lag = lags.lock().map(|h| latency(&h)).ok();
+    report.extra = json!({ "projection_lag": lag, "note": "latency is the whole purchase; projection_lag is PaymentSucceeded (pay answered) to visible confirmed" });
+    report
+}
+
+/// `onsale`: `clients` clients race for `seats.len()` seats at once.
+pub async fn onsale(target: Arc<Target>, performance: &str, seats: Arc<Vec<String>>, clients: usize) -> ScenarioReport {
+    let started = Instant::now();
+    let gate = Arc::new(tokio::sync::Barrier::new(clients));
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (target, seats, performance, gate) =
+                (target.clone(), seats.clone(), performance.to_owned(), gate.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let seat = &seats[c % seats.len()];
+                gate.wait().await;
+                let (status, took, _) = book(&target, &format!("o{c}"), &performance, seat).await;
+                tally.record(status, took);
+                tally
+            })
+        })
+        .collect();
+    let mut report = finish("onsale", clients, started, tasks, json!({})).await;
+    let winners = report.statuses.get("201").copied().unwrap_or(0);
+    report.extra = json!({ "seats": seats.len(), "winners": winners, "exactly_one_winner_per_seat": winners as usize == seats.len() });
+    report
+}
+
+async fn finish(
+    name: &str,
+    clients: usize,
+    started: Instant,
+    tasks: Vec<tokio::task::JoinHandle<Tally>>,
+    extra: Value,
+) -> ScenarioReport {
+    let mut tally = Tally::default();
+    for task in tasks {
+        if let Ok(t) = task.await {
+            tally.merge(t);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let h = tally.latencies.unwrap_or_else(histogram);
+    ScenarioReport {
+        name: name.to_owned(),
+        clients,
+        seconds,
+        throughput_per_sec: h.len() as f64 / seconds.max(1e-9),
+        latency: latency(&h),
+        statuses: tally.statuses,
+        extra,
+    }
+}
+
+/// Requests per second of `GET /healthz` with `clients` clients for `duration`.
+pub async fn http_ceiling(target: Arc<Target>, clients: usize, duration: Duration) -> f64 {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut n = 0_u64;
+                while started.elapsed() < duration {
+                    if target.client.get(format!("{}/healthz", target.base)).send().await.is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The SQL of one booking command (quota lock and count, seat hold, event
+/// append with its NOTIFY trigger), for pgbench against the booking database.
+pub const PGBENCH_SCRIPT: &str = r"\set seat random(1, 50000)
+BEGIN;
+SELECT performance_id FROM performances WHERE performance_id = 'perf_pgbench';
+SELECT seat_id, price FROM seats WHERE performance_id = 'perf_pgbench' AND seat_id = any(array['S' || CAST(:seat AS text)]);
+SELECT pg_advisory_xact_lock(hashtextextended('quota-perf_pgbench-u' || CAST(:client_id AS text) || '_' || CAST(:seat AS text), 0));
+SELECT count(*) FROM seat_holds WHERE performance_id = 'perf_pgbench' AND user_id = 'u' || CAST(:client_id AS text) || '_' || CAST(:seat AS text) AND (status = 'booked' OR locked_until > now());
+SELECT now();
+INSERT INTO seat_holds (performance_id, seat_id, booking_id, user_id, status, locked_until) VALUES ('perf_pgbench', 'S' || CAST(:seat AS text), gen_random_uuid()::text, 'u' || CAST(:client_id AS text), 'locked', now() + interval '10 minutes') ON CONFLICT (performance_id, seat_id) DO UPDATE SET booking_id = excluded.booking_id, locked_until = excluded.locked_until WHERE seat_holds.locked_until <= now() RETURNING seat_id;
+SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_type = 'booking' AND stream_id = 'pgbench-' || CAST(:client_id AS text) || '-' || CAST(:seat AS text);
+INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata) VALUES (gen_random_uuid(), 'pgbench', gen_random_uuid()::text, 1, 'SeatLocked', 1, '{}'::jsonb, '{}'::jsonb) RETURNING global_position, tx_id::text::bigint, recorded_at;
+INSERT INTO booking_deadlines (booking_id, due_at) VALUES (gen_random_uuid()::text, now() + interval '10 minutes');
+END;
+";
+
+/// Runs pgbench with [`PGBENCH_SCRIPT`] on `database_url`; returns its TPS.
+pub async fn pgbench(database_url: &str, clients: usize, duration: Duration) -> anyhow::Result<f64> {
+    let script = std::env::temp_dir().join(format!("ticketing-bench-{}.sql", std::process::id()));
+    std::fs::write(&script, PGBENCH_SCRIPT)?;
+    let output = tokio::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &duration.as_secs().to_string(),
+            "-f",
+        ])
+        .arg(&script)
+        .arg(database_url)
+        .output()
+        .await
+        .context("running pgbench (install postgresql-client)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(output.status.success(), "pgbench failed: {}{}", text, String::from_utf8_lossy(&output.stderr));
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()))
+        .context("pgbench printed no tps")
+}
+
+/// Mean of each pipeline histogram (relay publish, consumer lag, projection
+/// lag, gRPC calls) from this process's metrics, in milliseconds: where the
+/// time between a commit and a visible read model goes.
+pub fn pipeline_means() -> BTreeMap<String, f64> {
+    let text = shared::metrics::render();
+    let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        for (suffix, index) in [("_sum", 0), ("_count", 1)] {
+            if let Some((metric, labels)) = name.split_once('{').map_or(Some((name, "")), Some) {
+                if let Some(base) = metric.strip_suffix(suffix) {
+                    if base.ends_with("_seconds") {
+                        let key = format!("{base}{{{}", labels.trim_end_matches('}')).trim_end_matches('{').to_owned()
+                            + if labels.is_empty() { "" } else { "}" };
+                        let entry = sums.entry(key).or_default();
+                        if index == 0 {
+                            entry.0 += value
+                        } else {
+                            entry.1 += value
+                        }
+                    }
+                }
+            }
+        }
+    }
+    sums.into_iter().filter(|(_, (_, n))| *n > 0.0).map(|(k, (s, n))| (k, 1000.0 * s / n)).collect()
+}
+
+/// Resident set size of this process in MiB (Linux).
+pub fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
