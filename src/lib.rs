@@ -192,6 +192,14 @@ pub struct BenchArgs {
     /// Where the JSON report goes.
     #[arg(long, default_value = "bench.json")]
     pub output: PathBuf,
+    /// Drive an already running gateway instead (e.g. separate processes, to
+    /// measure each one's memory); tokens are signed with JWT_SECRET, and the
+    /// pgbench baseline and store checks are skipped.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// HS256 secret of the external gateway.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
 }
 
 /// `ticketing redrive-dlq`.
@@ -360,6 +368,42 @@ struct BenchSystem {
 
 async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
+    if let Some(gateway) = args.gateway.clone() {
+        let secret = args.jwt_secret.clone().context("--gateway needs JWT_SECRET")?;
+        let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
+        let target = Arc::new(bench::Target { base: gateway.trim_end_matches('/').to_owned(), secret, client });
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let (main, sale) = (format!("pb{}", &id[20..]), format!("po{}", &id[20..]));
+        let seats = Arc::new(bench::register_performance(&target, &main, 200).await?);
+        let onsale_seats: Arc<Vec<String>> = Arc::new(
+            bench::register_performance(&target, &sale, 1)
+                .await?
+                .into_iter()
+                .take(args.onsale_seats as usize)
+                .collect(),
+        );
+        let scenarios = vec![
+            bench::flow(target.clone(), &main, seats.clone(), args.clients, args.duration).await,
+            bench::distinct(target.clone(), &main, seats, args.clients, args.duration).await,
+            bench::onsale(target.clone(), &sale, onsale_seats, args.onsale_clients).await,
+        ];
+        for s in &scenarios {
+            println!(
+                "{:<9} {:>7} {:>10.1}/s p50 {:.2} p95 {:.2} p99 {:.2} max {:.2} ms {:?} {}",
+                s.name,
+                s.clients,
+                s.throughput_per_sec,
+                s.latency.p50_ms,
+                s.latency.p95_ms,
+                s.latency.p99_ms,
+                s.latency.max_ms,
+                s.statuses,
+                s.extra
+            );
+        }
+        std::fs::write(&args.output, serde_json::to_string_pretty(&scenarios)?)?;
+        return Ok(());
+    }
     let id = uuid::Uuid::now_v7().simple().to_string();
     let (booking_db, payment_db) = (format!("bench_booking_{id}"), format!("bench_payment_{id}"));
     let secret = uuid::Uuid::new_v4().simple().to_string();
