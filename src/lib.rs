@@ -73,41 +73,12 @@ pub struct DevArgs {
     #[command(flatten)]
     pub booking: BookingSettings,
     #[command(flatten)]
-    pub payment: PaymentDevSettings,
+    pub payment: PaymentSettings,
     /// HTTP listen address of the gateway.
     #[arg(long, env = "GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
     pub gateway_addr: std::net::SocketAddr,
     #[command(flatten)]
     pub auth: gateway::config::AuthSettings,
-}
-
-/// The payment settings `dev` exposes (the booking URL is the in-process one).
-#[derive(Debug, Clone, Args)]
-pub struct PaymentDevSettings {
-    /// gRPC listen address of the payment-service.
-    #[arg(long, env = "PAYMENT_GRPC_ADDR", default_value = "0.0.0.0:50052")]
-    pub payment_grpc_addr: std::net::SocketAddr,
-    /// Database the payment-service creates and owns on the server.
-    #[arg(long, env = "PAYMENT_DATABASE", default_value = "ticketing_payment")]
-    pub payment_database: String,
-    /// How long the mock gateway takes to time out `tok_pgTimeout` (ms).
-    #[arg(long, env = "MOCK_PG_TIMEOUT_MS", default_value_t = 3000)]
-    pub mock_pg_timeout_ms: u64,
-    /// How long an execute waits for an intent that is not created yet (ms).
-    #[arg(long, env = "INTENT_WAIT_MS", default_value_t = 5000)]
-    pub intent_wait_ms: u64,
-    /// Extra latency of every mock gateway call (ms), to rehearse slow gateways.
-    #[arg(long, env = "MOCK_PG_LATENCY_MS", default_value_t = 0)]
-    pub mock_pg_latency_ms: u64,
-    /// The mock gateway fails the first this-many refund attempts of each intent.
-    #[arg(long, env = "MOCK_PG_REFUND_FAILURES", default_value_t = 0)]
-    pub mock_pg_refund_failures: u32,
-    /// Failed refund attempts after which a refund is left for review.
-    #[arg(long, env = "REFUND_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    pub refund_max_attempts: u32,
-    /// How often the refund worker looks for due refunds (ms).
-    #[arg(long, env = "REFUND_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..))]
-    pub refund_interval_ms: u64,
 }
 
 /// `ticketing gateway`.
@@ -151,6 +122,9 @@ pub struct PaymentArgs {
     pub policy: PaymentPolicy,
     #[command(flatten)]
     pub payment: PaymentSettings,
+    /// URL of the booking-service gRPC endpoint (admits payments).
+    #[arg(long, env = "BOOKING_GRPC_URL", default_value = "http://127.0.0.1:50051")]
+    pub booking_grpc_url: String,
 }
 
 /// `ticketing token`.
@@ -291,7 +265,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let shutdown = shutdown::on_signal(bound(&args.lifecycle));
             let brokers = args.kafka.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
             shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
-            let app = PaymentApp::build(&args.database, &args.kafka, &brokers, args.payment, args.policy).await?;
+            let app = PaymentApp::build(
+                &args.database,
+                &args.kafka,
+                &brokers,
+                args.payment,
+                args.policy,
+                &args.booking_grpc_url,
+            )
+            .await?;
             app.run(shutdown, args.lifecycle.drain()).await
         }
         Command::Token(args) => {
@@ -595,18 +577,9 @@ pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> a
     let metrics_addr = shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
     let booking = BookingApp::build(&args.database, &args.kafka, brokers, args.booking, args.policy.clone()).await?;
     let booking_addr = booking.grpc_addr();
-    let payment_settings = PaymentSettings {
-        payment_grpc_addr: args.payment.payment_grpc_addr,
-        payment_database: args.payment.payment_database,
-        booking_grpc_url: format!("http://{}", loopback(booking_addr)),
-        mock_pg_timeout_ms: args.payment.mock_pg_timeout_ms,
-        intent_wait_ms: args.payment.intent_wait_ms,
-        mock_pg_latency_ms: args.payment.mock_pg_latency_ms,
-        mock_pg_refund_failures: args.payment.mock_pg_refund_failures,
-        refund_max_attempts: args.payment.refund_max_attempts,
-        refund_interval_ms: args.payment.refund_interval_ms,
-    };
-    let payment = PaymentApp::build(&args.database, &args.kafka, brokers, payment_settings, args.policy).await?;
+    let booking_url = format!("http://{}", loopback(booking_addr));
+    let payment =
+        PaymentApp::build(&args.database, &args.kafka, brokers, args.payment, args.policy, &booking_url).await?;
     let payment_addr = payment.grpc_addr();
     let gateway_settings = GatewaySettings {
         gateway_addr: args.gateway_addr,

@@ -55,13 +55,15 @@ pub struct PaymentApp {
 
 impl PaymentApp {
     /// Connects (creating and migrating the database), creates the topics
-    /// and binds the gRPC address. The booking-service is reached lazily.
+    /// and binds the gRPC address. The booking-service (at
+    /// `booking_grpc_url`) is reached lazily.
     pub async fn build(
         database: &DatabaseArgs,
         kafka_args: &KafkaArgs,
         brokers: &str,
         settings: PaymentSettings,
         policy: PaymentPolicy,
+        booking_grpc_url: &str,
     ) -> anyhow::Result<Self> {
         let pool = db::connect_service_db(
             &database.database_url,
@@ -79,8 +81,8 @@ impl PaymentApp {
         )
         .await
         .context("creating Kafka topics")?;
-        let channel = Endpoint::from_shared(settings.booking_grpc_url.clone())
-            .with_context(|| format!("BOOKING_GRPC_URL `{}` is not a URL", settings.booking_grpc_url))?
+        let channel = Endpoint::from_shared(booking_grpc_url.to_owned())
+            .with_context(|| format!("BOOKING_GRPC_URL `{booking_grpc_url}` is not a URL"))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
             .connect_lazy();

@@ -13,9 +13,6 @@ pub struct PaymentSettings {
     /// Database the payment-service creates and owns on the server.
     #[arg(long, env = "PAYMENT_DATABASE", default_value = "ticketing_payment")]
     pub payment_database: String,
-    /// URL of the booking-service gRPC endpoint (admits payments).
-    #[arg(long, env = "BOOKING_GRPC_URL", default_value = "http://127.0.0.1:50051")]
-    pub booking_grpc_url: String,
     /// How long the mock gateway takes to time out `tok_pgTimeout` (ms).
     #[arg(long, env = "MOCK_PG_TIMEOUT_MS", default_value_t = 3000)]
     pub mock_pg_timeout_ms: u64,

@@ -229,3 +229,60 @@ pub(crate) fn stored_event_from_row(row: &sqlx::postgres::PgRow) -> Result<Store
         recorded_at: row.try_get("recorded_at")?,
     })
 }
+
+/// A domain event stored as JSON under its type name.
+pub trait DomainEvent: Serialize + serde::de::DeserializeOwned {
+    /// The stored event-type name.
+    fn event_type(&self) -> &'static str;
+}
+
+/// Errors of the typed helpers: the store's, or an event that does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum TypedStreamError {
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] EventStoreError),
+    /// A stored event does not decode into the domain type, or one does not encode.
+    #[error("stream {stream_id}: {reason}")]
+    Codec {
+        /// The stream.
+        stream_id: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Loads a stream's events decoded as `E`, with the version of the last one (0 if none).
+pub async fn load_typed<E: DomainEvent>(
+    conn: &mut PgConnection,
+    stream_type: &str,
+    stream_id: &str,
+) -> Result<(Vec<E>, i64), TypedStreamError> {
+    let stored = load_stream(conn, stream_type, stream_id).await?;
+    let version = stored.last().map_or(0, |e| e.stream_version);
+    let events = stored
+        .iter()
+        .map(StoredEvent::decode::<E>)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TypedStreamError::Codec { stream_id: stream_id.to_owned(), reason: e.to_string() })?;
+    Ok((events, version))
+}
+
+/// Appends domain events after `version` (0: the stream must not exist yet).
+pub async fn append_typed<E: DomainEvent>(
+    conn: &mut PgConnection,
+    stream_type: &str,
+    stream_id: &str,
+    version: i64,
+    events: &[E],
+    metadata: &EventMetadata,
+) -> Result<(), TypedStreamError> {
+    let new_events = events
+        .iter()
+        .map(|e| NewEvent::from_serde(e.event_type(), e))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TypedStreamError::Codec { stream_id: stream_id.to_owned(), reason: e.to_string() })?;
+    let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
+    append(conn, stream_type, stream_id, expected, &new_events, metadata).await?;
+    Ok(())
+}

@@ -176,7 +176,7 @@ pub enum BookingEvent {
 }
 
 impl BookingEvent {
-    /// The event-type name stored with the event.
+    /// The stored event-type name.
     pub fn event_type(&self) -> &'static str {
         match self {
             Self::SeatLocked(_) => "SeatLocked",

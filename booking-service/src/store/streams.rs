@@ -1,6 +1,7 @@
-//! Loading and appending booking streams.
+//! Loading and appending booking streams (the typed event-store helpers of
+//! `shared` with this aggregate's fold).
 
-use shared::event_store::{self, EventMetadata, ExpectedVersion, NewEvent};
+use shared::event_store::{self, EventMetadata, TypedStreamError};
 use sqlx::PgConnection;
 
 use crate::{
@@ -11,7 +12,7 @@ use crate::{
 /// The stream type of bookings in the event store.
 pub const STREAM_TYPE: &str = "booking";
 
-/// A booking's state and the version it was loaded at.
+/// The state and the version it was loaded at.
 pub struct Loaded {
     /// `None` if the stream does not exist.
     pub state: Option<Booking>,
@@ -19,19 +20,28 @@ pub struct Loaded {
     pub version: i64,
 }
 
-/// Loads and folds a booking stream.
+impl shared::event_store::DomainEvent for BookingEvent {
+    fn event_type(&self) -> &'static str {
+        BookingEvent::event_type(self)
+    }
+}
+
+impl From<TypedStreamError> for BookingError {
+    fn from(error: TypedStreamError) -> Self {
+        match error {
+            TypedStreamError::Store(e) => e.into(),
+            TypedStreamError::Codec { .. } => Self::Internal(error.to_string()),
+        }
+    }
+}
+
+/// Loads and folds a stream.
 pub async fn load(conn: &mut PgConnection, booking_id: &str) -> Result<Loaded, BookingError> {
-    let stored = event_store::load_stream(conn, STREAM_TYPE, booking_id).await?;
-    let version = stored.last().map_or(0, |e| e.stream_version);
-    let events = stored
-        .iter()
-        .map(|e| e.decode::<BookingEvent>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| BookingError::Internal(format!("booking {booking_id} has an undecodable event: {e}")))?;
+    let (events, version) = event_store::load_typed::<BookingEvent>(conn, STREAM_TYPE, booking_id).await?;
     Ok(Loaded { state: replay(&events), version })
 }
 
-/// Appends `events` at `expected` version.
+/// Appends `events` after `expected` (0: the stream must not exist).
 pub async fn append(
     conn: &mut PgConnection,
     booking_id: &str,
@@ -39,12 +49,5 @@ pub async fn append(
     events: &[BookingEvent],
     metadata: &EventMetadata,
 ) -> Result<(), BookingError> {
-    let new_events = events
-        .iter()
-        .map(|e| NewEvent::from_serde(e.event_type(), e))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| BookingError::Internal(format!("serialising a booking event: {e}")))?;
-    let expected = if expected == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(expected) };
-    event_store::append(conn, STREAM_TYPE, booking_id, expected, &new_events, metadata).await?;
-    Ok(())
+    Ok(event_store::append_typed(conn, STREAM_TYPE, booking_id, expected, events, metadata).await?)
 }
