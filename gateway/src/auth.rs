@@ -166,6 +166,39 @@ mod tests {
         assert!(verifier.verify("").is_none());
     }
 
+    /// A throwaway P-256 key pair made for this test only.
+    const EC_PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgiwM9O5yf8utS6+HH
+zWPbyGIFh6qVikdbbtmHF5OnO6KhRANCAAQwPFUkWK3slVadGYlxwoSBH1SOMjgm
+lPEgq3YDVcG6jOn3SyIaAHs8Zmtoj7/2lGWtb1YF9XaiKcGssvaa5oIG
+-----END PRIVATE KEY-----";
+    const EC_JWKS: &str = r#"{"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256",
+        "x": "MDxVJFit7JVWnRmJccKEgR9UjjI4JpTxIKt2A1XBuow", "y": "6fdLIhoAezxma2iPv_aUZa1vVgX1dqIpwayy9prmggY"}]}"#;
+
+    fn es256_token(kid: Option<&str>, exp_offset: i64) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = kid.map(str::to_owned);
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims { sub: "user_es".into(), exp: now + exp_offset, iat: Some(now), role: None };
+        encode(&header, &claims, &EncodingKey::from_ec_pem(EC_PRIVATE_PEM.as_bytes()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn es256_tokens_verify_against_the_jwks_inline_or_from_a_file() {
+        let inline = JwtVerifier::new(None, Some(EC_JWKS)).unwrap();
+        assert_eq!(inline.verify(&es256_token(Some("k1"), 60)).map(|u| u.user_id), Some("user_es".to_owned()));
+        assert!(inline.verify(&es256_token(None, 60)).is_some(), "a token without kid uses any matching key");
+        assert!(inline.verify(&es256_token(Some("other"), 60)).is_none(), "unknown kid");
+        assert!(inline.verify(&es256_token(Some("k1"), -120)).is_none(), "expired");
+        assert!(inline.verify(&issue_token("s3cret", "u", false, 60).unwrap()).is_none(), "no HS256 without a secret");
+
+        let path = std::env::temp_dir().join(format!("jwks-{}.json", std::process::id()));
+        std::fs::write(&path, EC_JWKS).unwrap();
+        let from_file = JwtVerifier::new(None, path.to_str()).unwrap();
+        assert!(from_file.verify(&es256_token(Some("k1"), 60)).is_some());
+        let _ = std::fs::remove_file(path);
+    }
+
     #[test]
     fn a_verifier_needs_a_secret_or_keys() {
         assert!(JwtVerifier::new(None, None).is_err());
