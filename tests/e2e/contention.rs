@@ -118,8 +118,8 @@ async fn cancels_racing_payments_end_confirmed_cancelled_or_refunded_never_half_
     sys.stop().await;
 }
 
-/// The true race: the gateway takes 2.5 s but an admission protects the hold
-/// for 1 s, so the owner's cancel gets through while the charge is still
+/// The true race: the gateway takes 4 s but an admission protects the hold
+/// for 2 s, so the owner's cancel gets through while the charge is still
 /// running, and someone else takes the seat. Returns (bookingId, intentId).
 async fn pay_late_after_cancel(sys: &System, user: &str, seat: &str) -> (String, String) {
     let (booking, intent) = sys.book(user, "perf_002", &[seat]).await;
@@ -135,7 +135,19 @@ async fn pay_late_after_cancel(sys: &System, user: &str, seat: &str) -> (String,
             client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status()
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Cancel as soon as the charge has been admitted (deterministic under load).
+    let booking_db = sys.booking_pool().await;
+    let admitted = shared::testkit::eventually(Duration::from_secs(10), || async {
+        let n: i64 =
+            sqlx::query_scalar("select count(*) from events where stream_id = $1 and event_type = 'PaymentAdmitted'")
+                .bind(&booking)
+                .fetch_one(&booking_db)
+                .await
+                .unwrap();
+        (n > 0).then_some(())
+    })
+    .await;
+    assert!(admitted.is_some(), "the charge was admitted");
     let first = sys.delete(&format!("/bookings/{booking}"), user).await;
     assert_eq!(
         (first.status, first.body["error"].as_str()),
@@ -171,7 +183,7 @@ async fn intent_events(sys: &System, intent: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_that_outlives_its_admission_after_a_cancel_is_refunded() {
-    let sys = System::start_with(&["--payment-admission-secs=1", "--mock-pg-latency-ms=2500"]).await;
+    let sys = System::start_with(&["--payment-admission-secs=2", "--mock-pg-latency-ms=4000"]).await;
     let (booking, intent) = pay_late_after_cancel(&sys, "late_payer", "A3").await;
     sys.wait_status("late_payer", &booking, "refunded").await;
     let expected = [
@@ -189,7 +201,7 @@ async fn a_payment_that_outlives_its_admission_after_a_cancel_is_refunded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_that_fails_transiently_is_retried_with_the_same_key_until_it_succeeds() {
     let sys =
-        System::start_with(&["--payment-admission-secs=1", "--mock-pg-latency-ms=2500", "--mock-pg-refund-failures=2"])
+        System::start_with(&["--payment-admission-secs=2", "--mock-pg-latency-ms=4000", "--mock-pg-refund-failures=2"])
             .await;
     let (booking, intent) = pay_late_after_cancel(&sys, "unlucky", "A4").await;
     sys.wait_status("unlucky", &booking, "refunded").await;
@@ -204,8 +216,8 @@ async fn a_refund_that_fails_transiently_is_retried_with_the_same_key_until_it_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_that_keeps_failing_ends_in_a_visible_needs_review_state() {
     let sys = System::start_with(&[
-        "--payment-admission-secs=1",
-        "--mock-pg-latency-ms=2500",
+        "--payment-admission-secs=2",
+        "--mock-pg-latency-ms=4000",
         "--mock-pg-refund-failures=100",
         "--refund-max-attempts=3",
     ])
