@@ -9,7 +9,7 @@ use anyhow::Context;
 use proto::booking::booking_service_server::BookingServiceServer;
 use shared::{
     config::{DatabaseArgs, KafkaArgs, PaymentPolicy},
-    db, grpc, inbox, kafka, outbox, projection,
+    db, grpc, inbox, kafka, outbox, projection, service,
     shutdown::{sleep_or_shutdown, Shutdown},
     topics,
 };
@@ -90,61 +90,45 @@ impl BookingApp {
     /// Serves until `shutdown`, then drains the background tasks.
     /// `drain` is how long gRPC keeps serving after readiness failed.
     pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
-        let producer = kafka::producer(&self.brokers)?;
-        let relay = tokio::spawn(outbox::run_relay(
+        let mut consumer = inbox::ConsumerSettings::new(&self.topics.group("booking-service"), &[&self.topics.payment]);
+        consumer.instance_id = self.group_instance_id.clone();
+        let (health, mut tasks) = service::start(
+            service::Plumbing {
+                pool: self.pool.clone(),
+                brokers: self.brokers.clone(),
+                mapper: BookingEventMapper { topic: self.topics.booking.clone() },
+                relay: outbox::RelaySettings::new("booking-outbox", topics::BOOKING_SOURCE),
+                handler: PaymentEventHandler { max_payment_attempts: self.bookings.max_payment_attempts() },
+                consumer,
+                health_service: <BookingServiceServer<BookingGrpc> as tonic::server::NamedService>::NAME.to_owned(),
+            },
+            &shutdown,
+        )?;
+        tasks.push(tokio::spawn(projection::run(
             self.pool.clone(),
-            producer.clone(),
-            BookingEventMapper { topic: self.topics.booking.clone() },
-            outbox::RelaySettings::new("booking-outbox", topics::BOOKING_SOURCE),
+            BookingViews,
+            Duration::from_millis(25),
             shutdown.clone(),
-        ));
-        let mut consumer_settings =
-            inbox::ConsumerSettings::new(&self.topics.group("booking-service"), &[&self.topics.payment]);
-        consumer_settings.instance_id = self.group_instance_id.clone();
-        let consumer = inbox::consumer(&self.brokers, &consumer_settings)?;
-        let handler = PaymentEventHandler { max_payment_attempts: self.bookings.max_payment_attempts() };
-        let consume = tokio::spawn(inbox::run_consumer(
-            self.pool.clone(),
-            consumer,
-            producer,
-            handler,
-            consumer_settings,
-            shutdown.clone(),
-        ));
-        let purge = tokio::spawn(shared::idempotency::run_purge(self.pool.clone(), shutdown.clone()));
-        let views =
-            tokio::spawn(projection::run(self.pool.clone(), BookingViews, Duration::from_millis(25), shutdown.clone()));
-        let sweeper = tokio::spawn(sweep(
+        )));
+        tasks.push(tokio::spawn(sweep(
             self.bookings.clone(),
             Duration::from_millis(self.settings.sweep_interval_ms),
             shutdown.clone(),
-        ));
-
-        let (health_reporter, health) = tonic_health::server::health_reporter();
-        let readiness = tokio::spawn(shared::health::watch(
-            health_reporter,
-            vec![<BookingServiceServer<BookingGrpc> as tonic::server::NamedService>::NAME.to_owned()],
-            self.pool.clone(),
-            self.brokers.clone(),
-            Duration::from_secs(5),
-            shutdown.clone(),
-        ));
+        )));
         tracing::info!(addr = %self.addr, "booking-service gRPC listening");
-        let stopping = shutdown.clone();
         let served = tonic::transport::Server::builder()
             .trace_fn(shared::trace_context::grpc_server_span)
             .layer(shared::metrics::GrpcMetricsLayer)
             .add_service(health)
             .add_service(grpc::reflection(proto::FILE_DESCRIPTOR_SET)?)
             .add_service(BookingServiceServer::new(BookingGrpc::new(self.bookings.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
-                // Readiness already fails (the watcher saw the token); keep serving while callers move away.
-                stopping.cancelled().await;
-                tokio::time::sleep(drain).await;
-            })
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.listener),
+                service::drained(shutdown.clone(), drain),
+            )
             .await;
         shutdown.cancel();
-        for task in [readiness, relay, consume, views, sweeper, purge] {
+        for task in tasks {
             let _ = task.await;
         }
         self.pool.close().await;

@@ -10,7 +10,7 @@ use proto::{
 };
 use shared::{
     config::{DatabaseArgs, KafkaArgs, PaymentPolicy},
-    db, grpc, inbox, kafka, outbox,
+    db, grpc, inbox, kafka, outbox, service,
     shutdown::Shutdown,
     topics,
 };
@@ -128,54 +128,35 @@ impl PaymentApp {
     /// Serves until `shutdown`, then drains the background tasks.
     /// `drain` is how long gRPC keeps serving after readiness failed.
     pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
-        let producer = kafka::producer(&self.brokers)?;
-        let relay = tokio::spawn(outbox::run_relay(
-            self.pool.clone(),
-            producer.clone(),
-            PaymentEventMapper { topic: self.topics.payment.clone() },
-            outbox::RelaySettings::new("payment-outbox", topics::PAYMENT_SOURCE),
-            shutdown.clone(),
-        ));
-        let mut consumer_settings =
-            inbox::ConsumerSettings::new(&self.topics.group("payment-service"), &[&self.topics.booking]);
-        consumer_settings.instance_id = self.group_instance_id.clone();
-        let consumer = inbox::consumer(&self.brokers, &consumer_settings)?;
-        let consume = tokio::spawn(inbox::run_consumer(
-            self.pool.clone(),
-            consumer,
-            producer,
-            BookingEventHandler,
-            consumer_settings,
-            shutdown.clone(),
-        ));
-
-        let purge = tokio::spawn(shared::idempotency::run_purge(self.pool.clone(), shutdown.clone()));
-        let refunds = tokio::spawn(run_refunds(self.payments.clone(), self.refunds, shutdown.clone()));
-        let (health_reporter, health) = tonic_health::server::health_reporter();
-        let readiness = tokio::spawn(shared::health::watch(
-            health_reporter,
-            vec![<PaymentServiceServer<PaymentGrpc> as tonic::server::NamedService>::NAME.to_owned()],
-            self.pool.clone(),
-            self.brokers.clone(),
-            Duration::from_secs(5),
-            shutdown.clone(),
-        ));
+        let mut consumer = inbox::ConsumerSettings::new(&self.topics.group("payment-service"), &[&self.topics.booking]);
+        consumer.instance_id = self.group_instance_id.clone();
+        let (health, mut tasks) = service::start(
+            service::Plumbing {
+                pool: self.pool.clone(),
+                brokers: self.brokers.clone(),
+                mapper: PaymentEventMapper { topic: self.topics.payment.clone() },
+                relay: outbox::RelaySettings::new("payment-outbox", topics::PAYMENT_SOURCE),
+                handler: BookingEventHandler,
+                consumer,
+                health_service: <PaymentServiceServer<PaymentGrpc> as tonic::server::NamedService>::NAME.to_owned(),
+            },
+            &shutdown,
+        )?;
+        tasks.push(tokio::spawn(run_refunds(self.payments.clone(), self.refunds, shutdown.clone())));
         tracing::info!(addr = %self.addr, "payment-service gRPC listening");
-        let stopping = shutdown.clone();
         let served = tonic::transport::Server::builder()
             .trace_fn(shared::trace_context::grpc_server_span)
             .layer(shared::metrics::GrpcMetricsLayer)
             .add_service(health)
             .add_service(grpc::reflection(proto::FILE_DESCRIPTOR_SET)?)
             .add_service(PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
-                // Readiness already fails (the watcher saw the token); keep serving while callers move away.
-                stopping.cancelled().await;
-                tokio::time::sleep(drain).await;
-            })
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.listener),
+                service::drained(shutdown.clone(), drain),
+            )
             .await;
         shutdown.cancel();
-        for task in [readiness, relay, consume, purge, refunds] {
+        for task in tasks {
             let _ = task.await;
         }
         self.pool.close().await;

@@ -18,6 +18,7 @@
 //! | [`metrics`] | Prometheus recorder, `/metrics` listener, gRPC metrics layer |
 //! | [`config`] | the command-line/env settings every service has |
 //! | [`telemetry`] | tracing setup |
+//! | [`service`] | the relay, consumer, purge and readiness tasks every service runs |
 //! | [`shutdown`] | the signal that stops every task |
 //! | [`topics`] | topic names, CloudEvents types, timestamp conversion |
 //! | [`trace_context`] | W3C trace context across HTTP, gRPC and Kafka |
@@ -32,6 +33,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod outbox;
 pub mod projection;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testkit;

@@ -1,0 +1,80 @@
+//! The event plumbing every service runs beside its gRPC server: the outbox
+//! relay, the inbox consumer, the idempotency-key purge and the readiness
+//! watch behind gRPC health. One wiring, so both services start and stop
+//! the same way.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tonic_health::pb::health_server::{Health, HealthServer};
+
+use crate::{
+    inbox::{self, ConsumerSettings, EventHandler},
+    kafka,
+    outbox::{self, IntegrationMapper, RelaySettings},
+    shutdown::Shutdown,
+};
+
+/// What a service publishes, consumes and reports health under.
+pub struct Plumbing<M, H> {
+    /// The service database.
+    pub pool: sqlx::PgPool,
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Maps stored events to the public topic.
+    pub mapper: M,
+    /// The relay's name and CloudEvents source.
+    pub relay: RelaySettings,
+    /// Handles the other service's events.
+    pub handler: H,
+    /// Consumer group, topics and static membership.
+    pub consumer: ConsumerSettings,
+    /// The gRPC service name whose health follows readiness.
+    pub health_service: String,
+}
+
+/// Spawns the relay, consumer, purge and readiness tasks; returns the gRPC
+/// health service to register and the tasks to await after shutdown.
+pub fn start<M: IntegrationMapper, H: EventHandler>(
+    plumbing: Plumbing<M, H>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(HealthServer<impl Health>, Vec<JoinHandle<()>>)> {
+    let producer = kafka::producer(&plumbing.brokers)?;
+    let consumer = inbox::consumer(&plumbing.brokers, &plumbing.consumer)?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let pool = plumbing.pool;
+    let tasks = vec![
+        tokio::spawn(outbox::run_relay(
+            pool.clone(),
+            producer.clone(),
+            plumbing.mapper,
+            plumbing.relay,
+            shutdown.clone(),
+        )),
+        tokio::spawn(inbox::run_consumer(
+            pool.clone(),
+            consumer,
+            producer,
+            plumbing.handler,
+            plumbing.consumer,
+            shutdown.clone(),
+        )),
+        tokio::spawn(crate::idempotency::run_purge(pool.clone(), shutdown.clone())),
+        tokio::spawn(crate::health::watch(
+            reporter,
+            vec![plumbing.health_service],
+            pool,
+            plumbing.brokers,
+            Duration::from_secs(5),
+            shutdown.clone(),
+        )),
+    ];
+    Ok((health, tasks))
+}
+
+/// Resolves `drain` after `shutdown`: readiness already fails, and the
+/// server keeps answering while callers move away.
+pub async fn drained(shutdown: Shutdown, drain: Duration) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(drain).await;
+}
