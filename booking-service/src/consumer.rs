@@ -32,12 +32,25 @@ fn metadata(event: &IncomingEvent) -> EventMetadata {
     }
 }
 
-fn outcome(result: Result<impl Sized, BookingError>) -> Result<(), HandlerError> {
+fn outcome(event: &IncomingEvent, result: Result<impl Sized, BookingError>) -> Result<(), HandlerError> {
     match result {
         Ok(_) => Ok(()),
-        // A payment for a booking this service never had: nothing to apply.
-        Err(BookingError::Rejected(BookingRejection::NotFound)) => {
-            Err(HandlerError::Poison("payment event for an unknown booking".into()))
+        // Forged or misrouted: the booking trusts only its own intent. Ignored
+        // (the inbox remembers it), counted and logged for a person to look at.
+        Err(BookingError::Rejected(BookingRejection::ForeignPayment)) => {
+            metrics::counter!("payment_events_ignored_total", "reason" => "foreign_intent").increment(1);
+            tracing::warn!(
+                ce_id = event.headers.id,
+                ce_type = event.headers.event_type,
+                booking_id = event.key.as_deref().unwrap_or_default(),
+                "ignored a payment event for another payment intent than the booking's"
+            );
+            Ok(())
+        }
+        // Any other refusal (an unknown booking, a refund of a sale) is
+        // deterministic: retrying cannot change it, so it is dead-lettered.
+        Err(BookingError::Rejected(rejection)) => {
+            Err(HandlerError::Poison(format!("payment event refused by the booking: {rejection}")))
         }
         Err(error) => Err(HandlerError::Transient(anyhow::anyhow!(error.to_string()))),
     }
@@ -59,14 +72,20 @@ impl EventHandler for PaymentEventHandler {
                 .as_ref()
                 .and_then(from_timestamp)
                 .ok_or_else(|| HandlerError::Poison("PaymentSucceeded without processed_at".into()))?;
-            outcome(record_payment_succeeded(tx, &paid.booking_id, &paid.payment_intent_id, processed_at, &meta).await)
+            outcome(
+                event,
+                record_payment_succeeded(tx, &paid.booking_id, &paid.payment_intent_id, processed_at, &meta).await,
+            )
         } else if ce_type == payment_type("PaymentFailed") {
             let failed: pb::PaymentFailed = event.decode()?;
             let client_error = failed.failure_concept() == pb::FailureConcept::ClientError;
             let max_attempts = self.max_payment_attempts;
             let code = failed.failure_code.clone();
+            let intent = failed.payment_intent_id.clone();
             outcome(
+                event,
                 execute_in(tx, &failed.booking_id, &meta, move |_, now| BookingCommand::RecordPaymentFailed {
+                    payment_intent_id: intent.clone(),
                     failure_code: code.clone(),
                     client_error,
                     max_attempts,
@@ -76,7 +95,15 @@ impl EventHandler for PaymentEventHandler {
             )
         } else if ce_type == payment_type("PaymentRefunded") {
             let refunded: pb::PaymentRefunded = event.decode()?;
-            outcome(execute_in(tx, &refunded.booking_id, &meta, |_, now| BookingCommand::RecordRefund { now }).await)
+            let intent = refunded.payment_intent_id.clone();
+            outcome(
+                event,
+                execute_in(tx, &refunded.booking_id, &meta, move |_, now| BookingCommand::RecordRefund {
+                    payment_intent_id: intent.clone(),
+                    now,
+                })
+                .await,
+            )
         } else {
             // PaymentIntentCreated and future types need nothing here.
             Ok(())

@@ -87,7 +87,9 @@ impl From<BookingError> for Status {
             | BookingError::BookForAnotherUser
             | BookingError::NotYourBooking
             | BookingError::Rejected(R::NotOwner | R::NotPayer) => Code::PermissionDenied,
-            BookingError::Rejected(R::NotPending | R::PaymentInProgress | R::NotPayable) => Code::FailedPrecondition,
+            BookingError::Rejected(
+                R::NotPending | R::PaymentInProgress | R::NotPayable | R::ForeignPayment | R::NotRefundable,
+            ) => Code::FailedPrecondition,
             BookingError::Contention => Code::Aborted,
             BookingError::Internal(_) | BookingError::Database(_) => Code::Internal,
         };

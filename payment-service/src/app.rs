@@ -20,7 +20,9 @@ use tonic::transport::Endpoint;
 
 use crate::{
     config::PaymentSettings, consumer::BookingEventHandler, events::PaymentEventMapper, grpc::PaymentGrpc,
-    payment_gateway::MockPaymentGateway, payments::Payments, store,
+    payments::{Payments, Reconciliation},
+    psp::SimulatedPsp,
+    store,
 };
 
 /// How the refund worker runs.
@@ -36,6 +38,21 @@ async fn run_refunds(payments: Payments, worker: RefundWorker, shutdown: Shutdow
             tracing::warn!(%error, "refund pass failed");
         }
         if !shared::shutdown::sleep_or_shutdown(worker.interval, &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Settles charge attempts left without an outcome (a crash, a lost PSP
+/// answer) at start and then every second, until `shutdown`.
+async fn run_reconciler(payments: Payments, shutdown: Shutdown) {
+    loop {
+        match payments.reconcile().await {
+            Ok(0) => {}
+            Ok(settled) => tracing::info!(settled, "reconciler settled charge attempts with the PSP"),
+            Err(error) => tracing::warn!(%error, "reconciler pass failed"),
+        }
+        if !shared::shutdown::sleep_or_shutdown(Duration::from_secs(1), &shutdown).await {
             return;
         }
     }
@@ -86,17 +103,19 @@ impl PaymentApp {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
             .connect_lazy();
-        let gateway = Arc::new(MockPaymentGateway::new(
+        let psp = Arc::new(SimulatedPsp::new(
+            pool.clone(),
             Duration::from_millis(settings.mock_pg_timeout_ms),
             Duration::from_millis(settings.mock_pg_latency_ms),
             settings.mock_pg_refund_failures,
         ));
         let payments = Payments::new(
             pool.clone(),
-            gateway,
+            psp,
             BookingServiceClient::new(channel),
             policy,
             Duration::from_millis(settings.intent_wait_ms),
+            Reconciliation { grace: Duration::from_secs(settings.payment_reconcile_after_secs) },
         );
         let (listener, addr) = grpc::bind(settings.payment_grpc_addr).await?;
         let refunds = RefundWorker {
@@ -143,6 +162,7 @@ impl PaymentApp {
             &shutdown,
         )?;
         tasks.push(tokio::spawn(run_refunds(self.payments.clone(), self.refunds, shutdown.clone())));
+        tasks.push(tokio::spawn(run_reconciler(self.payments.clone(), shutdown.clone())));
         tracing::info!(addr = %self.addr, "payment-service gRPC listening");
         let served = tonic::transport::Server::builder()
             .trace_fn(shared::trace_context::grpc_server_span)

@@ -13,13 +13,13 @@ pub struct PaymentSettings {
     /// Database the payment-service creates and owns on the server.
     #[arg(long, env = "PAYMENT_DATABASE", default_value = "ticketing_payment")]
     pub payment_database: String,
-    /// How long the mock gateway takes to time out `tok_pgTimeout` (ms).
+    /// How long the simulated PSP takes to time out `tok_pgTimeout` (ms).
     #[arg(long, env = "MOCK_PG_TIMEOUT_MS", default_value_t = 3000)]
     pub mock_pg_timeout_ms: u64,
-    /// Extra latency of every mock gateway call (ms), to rehearse slow gateways.
+    /// Extra latency of every simulated PSP call (ms), to rehearse a slow PSP.
     #[arg(long, env = "MOCK_PG_LATENCY_MS", default_value_t = 0)]
     pub mock_pg_latency_ms: u64,
-    /// The mock gateway fails the first this-many refund attempts of each intent.
+    /// The simulated PSP fails the first this-many refund attempts of each intent.
     #[arg(long, env = "MOCK_PG_REFUND_FAILURES", default_value_t = 0)]
     pub mock_pg_refund_failures: u32,
     /// Failed refund attempts after which a refund is left for review.
@@ -31,4 +31,8 @@ pub struct PaymentSettings {
     /// How long an execute waits for an intent that is not created yet (ms).
     #[arg(long, env = "INTENT_WAIT_MS", default_value_t = 5000)]
     pub intent_wait_ms: u64,
+    /// A charge attempt this old without a recorded outcome is settled with
+    /// the PSP by the reconciler (s). Longer than an execute can take.
+    #[arg(long, env = "PAYMENT_RECONCILE_AFTER_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub payment_reconcile_after_secs: u64,
 }

@@ -34,9 +34,11 @@ fn outcome(result: Result<impl Sized, PaymentError>) -> Result<(), HandlerError>
     match result {
         // Re-created or re-closed: already applied.
         Ok(_) | Err(PaymentError::Rejected(PaymentRejection::AlreadyExists)) => Ok(()),
-        Err(PaymentError::Rejected(PaymentRejection::NotFound)) => {
-            Err(HandlerError::Poison("booking event for an unknown payment intent".into()))
+        // Any other refusal is deterministic: retrying cannot change it.
+        Err(PaymentError::Rejected(rejection)) => {
+            Err(HandlerError::Poison(format!("booking event refused by the intent: {rejection}")))
         }
+        Err(PaymentError::Invalid(reason)) => Err(HandlerError::Poison(reason)),
         Err(error) => Err(HandlerError::Transient(anyhow::anyhow!(error.to_string()))),
     }
 }
@@ -48,13 +50,7 @@ async fn end(
     end: BookingEnd,
 ) -> Result<(), HandlerError> {
     // The booking-service's SeatLocked names the intent; find it by booking.
-    let intent: Option<String> = sqlx::query_scalar(
-        "select stream_id from events where stream_type = 'payment_intent' and stream_version = 1 \
-           and payload->>'booking_id' = $1 limit 1",
-    )
-    .bind(booking_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let intent = crate::store::work::intent_of_booking(tx, booking_id).await?;
     let Some(intent) = intent else {
         return Err(HandlerError::Poison(format!("no payment intent for booking {booking_id}")));
     };

@@ -19,6 +19,13 @@ pub enum PaymentError {
     /// The booking-service could not be asked.
     #[error("The booking service is unavailable; please retry.")]
     BookingUnavailable(String),
+    /// The PSP could not be asked (or its answer was lost).
+    #[error("The payment provider is unavailable; please retry.")]
+    PspUnavailable(String),
+    /// A charge may have happened and its answer is not recorded yet; the
+    /// reconciler settles it. The Idempotency-Key stays claimed.
+    #[error("The payment is being confirmed; retry with the same Idempotency-Key.")]
+    OutcomePending,
     /// Concurrent writers kept winning.
     #[error("The payment intent was changed concurrently; please retry.")]
     Contention,
@@ -40,6 +47,20 @@ impl From<shared::event_store::EventStoreError> for PaymentError {
     }
 }
 
+impl PaymentError {
+    /// True when money may have moved without a recorded outcome: the
+    /// client's Idempotency-Key must not be released.
+    pub fn charge_may_have_happened(&self) -> bool {
+        matches!(self, Self::OutcomePending)
+    }
+}
+
+impl From<crate::psp::PspUnavailable> for PaymentError {
+    fn from(error: crate::psp::PspUnavailable) -> Self {
+        Self::PspUnavailable(error.0)
+    }
+}
+
 impl From<PaymentError> for Status {
     fn from(error: PaymentError) -> Self {
         use PaymentRejection as R;
@@ -49,8 +70,10 @@ impl From<PaymentError> for Status {
             PaymentError::Rejected(R::NotOwner) => Code::PermissionDenied,
             PaymentError::Rejected(R::AlreadyExists | R::AlreadyProcessed) => Code::AlreadyExists,
             PaymentError::Rejected(R::NotPayable) => Code::FailedPrecondition,
-            PaymentError::Contention => Code::Aborted,
-            PaymentError::BookingUnavailable(_) => Code::Unavailable,
+            PaymentError::Contention | PaymentError::Rejected(R::ChargeInProgress) => Code::Aborted,
+            PaymentError::BookingUnavailable(_) | PaymentError::PspUnavailable(_) | PaymentError::OutcomePending => {
+                Code::Unavailable
+            }
             PaymentError::Internal(_) | PaymentError::Database(_) => Code::Internal,
         };
         match code {

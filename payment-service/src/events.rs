@@ -1,6 +1,6 @@
 //! Payment domain events → the public `payment.events.v1` integration
 //! events (protobuf), keyed by booking id so a booking's payment events
-//! stay in order. `PaymentIntentClosed` is internal.
+//! stay in order. `PaymentIntentClosed`, the charge attempts and the refund bookkeeping are internal.
 
 use prost::Message;
 use proto::events as pb;
@@ -43,6 +43,7 @@ impl IntegrationMapper for PaymentEventMapper {
                 .encode_to_vec(),
             ),
             PaymentEvent::PaymentSucceeded {
+                attempt: _,
                 booking_id,
                 user_id,
                 amount,
@@ -62,6 +63,7 @@ impl IntegrationMapper for PaymentEventMapper {
                 .encode_to_vec(),
             ),
             PaymentEvent::PaymentFailed {
+                attempt: _,
                 booking_id,
                 user_id,
                 failure_code,
@@ -97,7 +99,9 @@ impl IntegrationMapper for PaymentEventMapper {
                 }
                 .encode_to_vec(),
             ),
-            PaymentEvent::PaymentIntentClosed { .. }
+            PaymentEvent::ChargeRequested { .. }
+            | PaymentEvent::ChargeAbandoned { .. }
+            | PaymentEvent::PaymentIntentClosed { .. }
             | PaymentEvent::PaymentRefundRequested { .. }
             | PaymentEvent::RefundAttemptFailed { .. }
             | PaymentEvent::RefundNeedsReview { .. } => return Ok(None),

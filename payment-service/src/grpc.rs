@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::intent::GatewayOutcome,
-    payments::{ExecutePayment, Executed, Payments},
+    payments::{ExecutePayment, Executed, Payments, EXECUTE_OPERATION},
 };
 
 /// gRPC front of the payment use cases.
@@ -50,7 +50,7 @@ impl PaymentService for PaymentGrpc {
         let fingerprint = format!("{}|{}", payment.payment_intent_id, payment.payment_method_token);
         let pool = self.payments.pool();
         let claim =
-            match idempotent::start(pool, &metadata, &caller.user_id, "execute_payment", &fingerprint, executed_to_pb)
+            match idempotent::start(pool, &metadata, &caller.user_id, EXECUTE_OPERATION, &fingerprint, executed_to_pb)
                 .await?
             {
                 Step::Run(claim) => claim,
@@ -60,8 +60,13 @@ impl PaymentService for PaymentGrpc {
         match self.payments.execute(&caller.user_id, payment, metadata, claim.clone()).await {
             Ok(executed) => Ok(Response::new(executed_to_pb(executed))),
             Err(error) => {
+                // Once a charge may have happened the key stays claimed: the
+                // reconciler stores the outcome a retry then replays.
+                let keep_claim = error.charge_may_have_happened();
                 let status = Status::from(error);
-                idempotent::settle_failure(pool, claim.as_ref(), &status).await;
+                if !keep_claim {
+                    idempotent::settle_failure(pool, claim.as_ref(), &status).await;
+                }
                 Err(status)
             }
         }

@@ -3,9 +3,9 @@
 //! | path | what it holds |
 //! |---|---|
 //! | `domain/` | the PaymentIntent aggregate (`decide`/`apply`) and ledger postings: pure, no I/O |
-//! | `payments.rs` | use cases: execute (check → admit → charge → record), get |
-//! | `payment_gateway.rs` | the gateway port and the mock gateway of decisions.md |
-//! | `store/` | intent streams and the append-only ledger |
+//! | `payments.rs` | use cases: execute (request → admit → charge → record), reconcile, refund, get |
+//! | `psp.rs` | the payment service provider port and the durable simulated PSP |
+//! | `store/` | intent streams, the append-only ledger, the reconciler's and refund worker's queues |
 //! | `events.rs` | domain events → public protobuf events on `payment.events.v1` |
 //! | `consumer.rs` | reactions to `booking.events.v1` (create, close, refund) |
 //! | `grpc.rs` | the `PaymentService` gRPC adapter |
@@ -18,8 +18,8 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod grpc;
-pub mod payment_gateway;
 pub mod payments;
+pub mod psp;
 pub mod store;
 
 pub use app::PaymentApp;

@@ -1,8 +1,20 @@
-//! The payment-service's use cases. `execute` decides payability from the
-//! intent's own history, then asks the booking-service to admit the charge
-//! (the booking's state is fresh there, and the admission keeps a cancel or
-//! the sweeper from releasing the seats mid-charge), then calls the gateway
-//! and records the outcome with its ledger posting in one transaction.
+//! The payment-service's use cases.
+//!
+//! `execute` follows the model of payment processors that never lose money
+//! in flight:
+//!
+//! 1. record `ChargeRequested` (attempt `n`, PSP key `{intent}:{n}`): the
+//!    stream allows one pending attempt, so a concurrent execute is refused
+//!    at once, without waiting on any lock or second connection;
+//! 2. ask the booking-service to admit the charge (fresh booking state; the
+//!    admission keeps a cancel or the sweeper from releasing the seats);
+//! 3. charge the PSP under the attempt key;
+//! 4. record the answer with its ledger posting and the Idempotency-Key's
+//!    outcome in one transaction, retried until it commits.
+//!
+//! Whatever stops this between 1 and 4 (a crash, a lost answer, a database
+//! outage) leaves a pending attempt; the reconciler asks the PSP by key and
+//! records what happened, or voids the key if the PSP never saw it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,26 +22,32 @@ use proto::booking::{booking_service_client::BookingServiceClient, AdmitPaymentR
 use shared::{
     config::PaymentPolicy,
     event_store::EventMetadata,
+    failpoint,
     grpc::idempotent::ok_outcome,
     idempotency::{self, Claim},
 };
-use sqlx::{pool::PoolConnection, PgConnection, PgPool, Postgres};
+use sqlx::{PgConnection, PgPool};
 use tonic::{transport::Channel, Code};
 
 use crate::{
     domain::{
-        intent::{decide, GatewayOutcome, PaymentCommand, PaymentEvent, PaymentIntent, PaymentRejection},
+        intent::{decide, GatewayOutcome, IntentStatus, PaymentCommand, PaymentEvent, PaymentIntent, PaymentRejection},
         ledger,
     },
     error::PaymentError,
-    payment_gateway::{Charge, Cvv, PaymentGateway, Refund},
-    store::{ledger as ledger_store, streams},
+    psp::{Charge, Cvv, Psp, Refund},
+    store::{ledger as ledger_store, streams, work},
 };
 
+/// Attempts at an append that keeps losing optimistic-concurrency races.
 const MAX_RACE_RETRIES: usize = 5;
 const REQUIRED_FIELDS: &str = "paymentIntentId, paymentMethodToken and cvv are required.";
+/// The idempotency operation name of `POST /payments/execute`.
+pub const EXECUTE_OPERATION: &str = "execute_payment";
+/// Asks of the PSP per attempt before its answer is left to the reconciler.
+const PSP_ASKS: u32 = 3;
 
-/// A `POST /payments/execute` request. The CVV lives only here and in the gateway call.
+/// A `POST /payments/execute` request. The CVV lives only here and in the PSP call.
 pub struct ExecutePayment {
     /// The intent.
     pub payment_intent_id: String,
@@ -43,7 +61,7 @@ pub struct ExecutePayment {
 pub struct ValidPayment {
     /// The intent.
     pub payment_intent_id: String,
-    /// A token the gateway recognises.
+    /// A token the PSP recognises.
     pub payment_method_token: String,
     /// The CVV.
     pub cvv: Cvv,
@@ -54,8 +72,16 @@ pub struct ValidPayment {
 pub struct Executed {
     /// The intent.
     pub payment_intent_id: String,
-    /// The gateway's answer.
+    /// The PSP's answer.
     pub outcome: GatewayOutcome,
+}
+
+/// Timing of the reconciler and the refund worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Reconciliation {
+    /// An attempt this old without an outcome is settled with the PSP.
+    /// Longer than an execute can take (admission and PSP timeouts).
+    pub grace: Duration,
 }
 
 /// The payment-service's use cases.
@@ -66,22 +92,24 @@ pub struct Payments {
 
 struct Inner {
     pool: PgPool,
-    gateway: Arc<dyn PaymentGateway>,
+    psp: Arc<dyn Psp>,
     booking: BookingServiceClient<Channel>,
     policy: PaymentPolicy,
     intent_wait: Duration,
+    reconciliation: Reconciliation,
 }
 
 impl Payments {
-    /// Use cases over `pool`, charging through `gateway`, admitting through `booking`.
+    /// Use cases over `pool`, charging through `psp`, admitting through `booking`.
     pub fn new(
         pool: PgPool,
-        gateway: Arc<dyn PaymentGateway>,
+        psp: Arc<dyn Psp>,
         booking: BookingServiceClient<Channel>,
         policy: PaymentPolicy,
         intent_wait: Duration,
+        reconciliation: Reconciliation,
     ) -> Self {
-        Self { inner: Arc::new(Inner { pool, gateway, booking, policy, intent_wait }) }
+        Self { inner: Arc::new(Inner { pool, psp, booking, policy, intent_wait, reconciliation }) }
     }
 
     /// Checks the request's shape; nothing is recorded for a malformed one.
@@ -93,7 +121,7 @@ impl Payments {
             return Err(PaymentError::Invalid(REQUIRED_FIELDS.into()));
         }
         let cvv = Cvv::parse(&request.cvv).ok_or_else(|| PaymentError::Invalid("cvv must be 3 or 4 digits.".into()))?;
-        if !self.inner.gateway.recognizes(&request.payment_method_token) {
+        if !self.inner.psp.recognizes(&request.payment_method_token) {
             return Err(PaymentError::UnknownToken);
         }
         if request.payment_intent_id.len() > 128 {
@@ -119,17 +147,7 @@ impl Payments {
         let this = self.clone();
         let user_id = user_id.to_owned();
         let task = tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                this.execute_to_completion(
-                    &user_id,
-                    payment.payment_intent_id,
-                    payment.payment_method_token,
-                    payment.cvv,
-                    &metadata,
-                    claim.as_ref(),
-                )
-                .await
-            },
+            async move { this.execute_to_completion(&user_id, payment, &metadata, claim.as_ref()).await },
             tracing::Span::current(),
         ));
         task.await.map_err(|e| PaymentError::Internal(format!("payment task failed: {e}")))?
@@ -138,63 +156,95 @@ impl Payments {
     async fn execute_to_completion(
         &self,
         user_id: &str,
-        payment_intent_id: String,
-        token: String,
-        cvv: Cvv,
+        payment: ValidPayment,
         metadata: &EventMetadata,
         claim: Option<&Claim>,
     ) -> Result<Executed, PaymentError> {
+        let payment_intent_id = payment.payment_intent_id;
         let intent = self.wait_for_intent(&payment_intent_id).await?;
         if intent.created.user_id != user_id {
             return Err(PaymentRejection::NotOwner.into());
         }
-        // One charge at a time per intent; a session advisory lock holds no
-        // transaction open while the gateway works.
-        let mut lock = self.inner.pool.acquire().await?;
-        sqlx::query("select pg_advisory_lock(hashtextextended($1, 0))")
-            .bind(format!("charge:{payment_intent_id}"))
-            .execute(&mut *lock)
-            .await?;
-        let result = self.charge_locked(user_id, &payment_intent_id, token, cvv, metadata, claim).await;
-        release(lock, &payment_intent_id).await;
-        result
-    }
-
-    async fn charge_locked(
-        &self,
-        user_id: &str,
-        payment_intent_id: &str,
-        token: String,
-        cvv: Cvv,
-        metadata: &EventMetadata,
-        claim: Option<&Claim>,
-    ) -> Result<Executed, PaymentError> {
-        let intent = {
-            let mut conn = self.inner.pool.acquire().await?;
-            streams::load(&mut conn, payment_intent_id).await?.state.ok_or(PaymentRejection::NotFound)?
+        let request = PaymentCommand::RequestCharge {
+            user_id: user_id.to_owned(),
+            now: chrono::Utc::now(),
+            safety_margin: self.inner.policy.safety_margin(),
+            max_attempts: self.inner.policy.max_attempts(),
+            payment_method_token: payment.payment_method_token.clone(),
+            idempotency_key: claim.map(|c| c.key().to_owned()),
         };
-        decide(
-            Some(&intent),
-            PaymentCommand::CheckPayable {
-                user_id: user_id.to_owned(),
-                now: chrono::Utc::now(),
-                safety_margin: self.inner.policy.safety_margin(),
-                max_attempts: self.inner.policy.max_attempts(),
-            },
-        )?;
-        self.admit(&intent, metadata).await?;
+        let (attempt, attempt_key) = match self.decide_and_append(&payment_intent_id, metadata, request).await?.first()
+        {
+            Some(PaymentEvent::ChargeRequested { attempt, attempt_key, .. }) => (*attempt, attempt_key.clone()),
+            _ => return Err(PaymentError::Internal("no attempt was recorded".into())),
+        };
+        if let Err(refused) = self.admit(&intent, metadata).await {
+            self.abandon(&payment_intent_id, attempt, &refused.to_string(), metadata).await;
+            return Err(refused);
+        }
         let charge = Charge {
-            payment_intent_id: payment_intent_id.to_owned(),
+            idempotency_key: attempt_key,
+            payment_intent_id: payment_intent_id.clone(),
             amount: intent.created.amount,
             currency: intent.created.currency.clone(),
-            token: token.clone(),
-            cvv,
+            token: payment.payment_method_token,
+            cvv: payment.cvv,
         };
-        let outcome = self.inner.gateway.charge(&charge).await;
+        let outcome = self.ask_psp(&charge).await?;
         drop(charge);
-        let executed = Executed { payment_intent_id: payment_intent_id.to_owned(), outcome };
-        self.record_outcome(&executed, token, metadata, claim).await?;
+        failpoint::crash_if_armed("payment.after_psp_charge");
+        let executed = Executed { payment_intent_id, outcome };
+        self.record_outcome(&executed, attempt, metadata, claim).await?;
         Ok(executed)
+    }
+
+    /// Loads, decides and appends `command` in one transaction, re-deciding
+    /// on a lost race; returns the appended events.
+    async fn decide_and_append(
+        &self,
+        payment_intent_id: &str,
+        metadata: &EventMetadata,
+        command: PaymentCommand,
+    ) -> Result<Vec<PaymentEvent>, PaymentError> {
+        for _ in 0..MAX_RACE_RETRIES {
+            let mut tx = self.inner.pool.begin().await?;
+            match execute_in(&mut tx, payment_intent_id, metadata, command.clone()).await {
+                Ok(events) => {
+                    tx.commit().await?;
+                    return Ok(events);
+                }
+                Err(PaymentError::Contention) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        Err(PaymentError::Contention)
+    }
+
+    /// Charges under the attempt key, asking again (same key, so never a
+    /// second charge) while the PSP's answer is lost.
+    async fn ask_psp(&self, charge: &Charge) -> Result<GatewayOutcome, PaymentError> {
+        let mut backoff = Duration::from_millis(200);
+        for ask in 1..=PSP_ASKS {
+            match self.inner.psp.charge(charge).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(error) => {
+                    tracing::warn!(attempt_key = charge.idempotency_key, ask, %error, "PSP answer lost; asking again");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        }
+        // The reconciler settles it with the PSP; the client retries with its key.
+        Err(PaymentError::OutcomePending)
+    }
+
+    /// Closes an attempt that never reached the PSP (best effort: the
+    /// reconciler voids the key if this does not commit).
+    async fn abandon(&self, payment_intent_id: &str, attempt: i32, reason: &str, metadata: &EventMetadata) {
+        let command = PaymentCommand::AbandonCharge { attempt, reason: reason.to_owned() };
+        if let Err(error) = self.decide_and_append(payment_intent_id, metadata, command).await {
+            tracing::warn!(payment_intent_id, attempt, %error, "abandoned attempt not recorded; the reconciler will settle it");
+        }
     }
 
     /// Asks the booking-service to admit the charge (fresh booking state).
@@ -219,35 +269,44 @@ impl Payments {
         }
     }
 
-    /// Records the gateway's answer; retried on lost races because the
-    /// money has moved and must be recorded.
+    /// Records the PSP's answer to `attempt` (and the key's outcome). The
+    /// money may have moved, so this retries until it commits.
     async fn record_outcome(
         &self,
         executed: &Executed,
-        token: String,
+        attempt: i32,
         metadata: &EventMetadata,
         claim: Option<&Claim>,
     ) -> Result<(), PaymentError> {
         let stored = ok_outcome(executed).map_err(|e| PaymentError::Internal(e.to_string()))?;
-        for _ in 0..MAX_RACE_RETRIES {
-            let mut tx = self.inner.pool.begin().await?;
-            let command = PaymentCommand::RecordOutcome {
-                outcome: executed.outcome.clone(),
-                payment_method_token: token.clone(),
-            };
-            match execute_in(&mut tx, &executed.payment_intent_id, metadata, command).await {
-                Ok(_) => {
-                    if let Some(claim) = claim {
-                        idempotency::complete(&mut tx, claim, &stored).await?;
-                    }
-                    tx.commit().await?;
-                    return Ok(());
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let recorded = async {
+                let mut tx = self.inner.pool.begin().await?;
+                let command = PaymentCommand::RecordOutcome { attempt, outcome: executed.outcome.clone() };
+                execute_in(&mut tx, &executed.payment_intent_id, metadata, command).await?;
+                if let Some(claim) = claim {
+                    idempotency::complete(&mut tx, claim, &stored).await?;
                 }
-                Err(PaymentError::Contention) => continue,
-                Err(other) => return Err(other),
+                tx.commit().await?;
+                Ok::<_, PaymentError>(())
+            }
+            .await;
+            match recorded {
+                Ok(()) => return Ok(()),
+                Err(PaymentError::Rejected(rejection)) => return Err(rejection.into()),
+                Err(error) => {
+                    tracing::warn!(
+                        payment_intent_id = executed.payment_intent_id,
+                        attempt,
+                        %error,
+                        "recording a PSP answer failed; retrying"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
             }
         }
-        Err(PaymentError::Contention)
     }
 
     /// Waits up to the configured time for an intent created from `SeatLocked`.
@@ -268,13 +327,68 @@ impl Payments {
         }
     }
 
+    /// Settles every attempt older than the grace with the PSP (the
+    /// reconciler's pass); returns how many it settled.
+    pub async fn reconcile(&self) -> Result<usize, PaymentError> {
+        let grace = self.inner.reconciliation.grace;
+        let due = work::take_due_charges(&self.inner.pool, 50, grace, grace).await?;
+        let mut settled = 0;
+        for charge in &due {
+            match self.settle_attempt(charge).await {
+                Ok(()) => settled += 1,
+                Err(error) => tracing::warn!(
+                    payment_intent_id = charge.payment_intent_id,
+                    attempt = charge.attempt,
+                    %error,
+                    "reconciling a charge attempt failed; retrying later"
+                ),
+            }
+        }
+        Ok(settled)
+    }
+
+    async fn settle_attempt(&self, due: &work::DueCharge) -> Result<(), PaymentError> {
+        let intent = {
+            let mut conn = self.inner.pool.acquire().await?;
+            streams::load(&mut conn, &due.payment_intent_id).await?.state.ok_or(PaymentRejection::NotFound)?
+        };
+        let metadata = EventMetadata { actor: Some("system:reconciler".into()), ..Default::default() };
+        let claim = intent
+            .pending_charge
+            .as_ref()
+            .filter(|p| p.attempt == due.attempt)
+            .and_then(|p| p.idempotency_key.as_deref())
+            .map(|key| Claim::resume(&intent.created.user_id, EXECUTE_OPERATION, key));
+        let answer = self
+            .inner
+            .psp
+            .settle_key(&due.payment_intent_id, &due.attempt_key)
+            .await?;
+        match answer {
+            Some(outcome) => {
+                let executed = Executed { payment_intent_id: due.payment_intent_id.clone(), outcome };
+                tracing::warn!(
+                    payment_intent_id = due.payment_intent_id,
+                    attempt = due.attempt,
+                    "reconciler recorded a PSP answer the execute did not"
+                );
+                self.record_outcome(&executed, due.attempt, &metadata, claim.as_ref()).await
+            }
+            None => {
+                let command =
+                    PaymentCommand::AbandonCharge { attempt: due.attempt, reason: "the PSP never received it".into() };
+                self.decide_and_append(&due.payment_intent_id, &metadata, command).await?;
+                if let Some(claim) = &claim {
+                    idempotency::release(&self.inner.pool, claim).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Makes every due refund once (the refund worker's pass); returns how many were tried.
     pub async fn refund_due(&self, max_attempts: i32) -> Result<usize, PaymentError> {
-        let due: Vec<String> = sqlx::query_scalar(
-            "select payment_intent_id from pending_refunds where due_at <= now() order by due_at limit 50",
-        )
-        .fetch_all(&self.inner.pool)
-        .await?;
+        let due = work::take_due_refunds(&self.inner.pool, 50, Duration::from_secs(30)).await?;
         for payment_intent_id in &due {
             if let Err(error) = self.refund_once(payment_intent_id, max_attempts).await {
                 tracing::warn!(payment_intent_id, %error, "refund attempt could not be recorded");
@@ -284,45 +398,25 @@ impl Payments {
     }
 
     async fn refund_once(&self, payment_intent_id: &str, max_attempts: i32) -> Result<(), PaymentError> {
-        // Serialised with charges of the same intent and with other workers.
-        let mut lock = self.inner.pool.acquire().await?;
-        let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(format!("charge:{payment_intent_id}"))
-            .fetch_one(&mut *lock)
-            .await?;
-        if !locked {
+        let intent = {
+            let mut conn = self.inner.pool.acquire().await?;
+            streams::load(&mut conn, payment_intent_id).await?.state.ok_or(PaymentRejection::NotFound)?
+        };
+        if intent.status != IntentStatus::RefundPending {
             return Ok(());
         }
-        let result = async {
-            let intent = {
-                let mut conn = self.inner.pool.acquire().await?;
-                streams::load(&mut conn, payment_intent_id).await?.state.ok_or(PaymentRejection::NotFound)?
-            };
-            if intent.status != crate::domain::intent::IntentStatus::RefundPending {
-                return Ok(());
-            }
-            let refund = Refund {
-                idempotency_key: format!("refund:{payment_intent_id}"),
-                payment_intent_id: payment_intent_id.to_owned(),
-                amount: intent.created.amount,
-                currency: intent.created.currency.clone(),
-            };
-            let outcome = self.inner.gateway.refund(&refund).await;
-            let metadata = EventMetadata { actor: Some("system:refund-worker".into()), ..Default::default() };
-            for _ in 0..MAX_RACE_RETRIES {
-                let mut tx = self.inner.pool.begin().await?;
-                let command = PaymentCommand::RecordRefund { outcome: outcome.clone(), max_attempts };
-                match execute_in(&mut tx, payment_intent_id, &metadata, command).await {
-                    Ok(_) => return Ok(tx.commit().await?),
-                    Err(PaymentError::Contention) => continue,
-                    Err(other) => return Err(other),
-                }
-            }
-            Err(PaymentError::Contention)
-        }
-        .await;
-        release(lock, payment_intent_id).await;
-        result
+        let refund = Refund {
+            idempotency_key: format!("refund:{payment_intent_id}"),
+            payment_intent_id: payment_intent_id.to_owned(),
+            amount: intent.created.amount,
+            currency: intent.created.currency.clone(),
+        };
+        // A lost answer is asked again when the lease lapses, under the same key.
+        let outcome = self.inner.psp.refund(&refund).await?;
+        let metadata = EventMetadata { actor: Some("system:refund-worker".into()), ..Default::default() };
+        self.decide_and_append(payment_intent_id, &metadata, PaymentCommand::RecordRefund { outcome, max_attempts })
+            .await?;
+        Ok(())
     }
 
     /// The database pool.
@@ -346,19 +440,9 @@ impl Payments {
     }
 }
 
-async fn release(mut lock: PoolConnection<Postgres>, payment_intent_id: &str) {
-    let unlocked = sqlx::query("select pg_advisory_unlock(hashtextextended($1, 0))")
-        .bind(format!("charge:{payment_intent_id}"))
-        .execute(&mut *lock)
-        .await;
-    if unlocked.is_err() {
-        // Closing the session is the other way to release the lock.
-        drop(lock.detach());
-    }
-}
-
-/// Loads the intent, decides `command`, appends the events and posts their
-/// ledger entries on `conn` (the caller's transaction).
+/// Loads the intent, decides `command`, appends the events and keeps the
+/// ledger and the work queues in step with them, all on `conn` (the
+/// caller's transaction).
 pub async fn execute_in(
     conn: &mut PgConnection,
     payment_intent_id: &str,
@@ -373,37 +457,28 @@ pub async fn execute_in(
     streams::append(conn, payment_intent_id, loaded.version, &events, metadata).await?;
     for event in &events {
         match event {
-            PaymentEvent::PaymentSucceeded { .. } => {
-                metrics::counter!("payments_total", "outcome" => "success", "failure_code" => "").increment(1);
+            PaymentEvent::ChargeRequested { attempt, attempt_key, .. } => {
+                work::open_charge(conn, payment_intent_id, *attempt, attempt_key).await?;
             }
-            PaymentEvent::PaymentFailed { failure_code, .. } => {
+            PaymentEvent::ChargeAbandoned { attempt, .. } => {
+                work::close_charge(conn, payment_intent_id, *attempt).await?;
+            }
+            PaymentEvent::PaymentSucceeded { attempt, amount, currency, .. } => {
+                metrics::counter!("payments_total", "outcome" => "success", "failure_code" => "").increment(1);
+                work::close_charge(conn, payment_intent_id, *attempt).await?;
+                ledger_store::post(conn, &ledger::capture(payment_intent_id, *amount, currency)).await?;
+            }
+            PaymentEvent::PaymentFailed { attempt, failure_code, .. } => {
                 metrics::counter!("payments_total", "outcome" => "failure", "failure_code" => failure_code.clone())
                     .increment(1);
+                work::close_charge(conn, payment_intent_id, *attempt).await?;
             }
-            _ => {}
-        }
-        match event {
-            PaymentEvent::PaymentRefundRequested { .. } => {
-                sqlx::query(
-                    "insert into pending_refunds (payment_intent_id, due_at) values ($1, now()) on conflict do nothing",
-                )
-                .bind(payment_intent_id)
-                .execute(&mut *conn)
-                .await?;
-            }
+            PaymentEvent::PaymentRefundRequested { .. } => work::open_refund(conn, payment_intent_id).await?,
             PaymentEvent::RefundAttemptFailed { attempt, .. } => {
                 metrics::counter!("refunds_total", "outcome" => "attempt_failed").increment(1);
                 // Exponential backoff from 500 ms, capped at a minute.
-                let delay_ms = 500_i64.saturating_mul(1_i64 << (*attempt - 1).clamp(0, 7)).min(60_000);
-                sqlx::query(
-                    "update pending_refunds set attempts = $2, due_at = now() + make_interval(secs => $3) \
-                     where payment_intent_id = $1",
-                )
-                .bind(payment_intent_id)
-                .bind(attempt)
-                .bind(delay_ms as f64 / 1000.0)
-                .execute(&mut *conn)
-                .await?;
+                let delay_ms = 500_u64.saturating_mul(1_u64 << (*attempt - 1).clamp(0, 7)).min(60_000);
+                work::retry_refund_after(conn, payment_intent_id, *attempt, Duration::from_millis(delay_ms)).await?;
             }
             PaymentEvent::RefundNeedsReview { attempts, reason } => {
                 metrics::counter!("refunds_total", "outcome" => "needs_review").increment(1);
@@ -411,25 +486,16 @@ pub async fn execute_in(
                     payment_intent_id,
                     attempts,
                     reason = reason.as_str(),
-                    "refund needs review: the gateway kept refusing it"
+                    "refund needs review: the PSP kept refusing it"
                 );
-                sqlx::query("delete from pending_refunds where payment_intent_id = $1")
-                    .bind(payment_intent_id)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            PaymentEvent::PaymentSucceeded { amount, currency, .. } => {
-                ledger_store::post(conn, &ledger::capture(payment_intent_id, *amount, currency)).await?;
+                work::close_refund(conn, payment_intent_id).await?;
             }
             PaymentEvent::PaymentRefunded { amount, currency, .. } => {
                 ledger_store::post(conn, &ledger::refund(payment_intent_id, *amount, currency)).await?;
                 metrics::counter!("refunds_total", "outcome" => "refunded").increment(1);
-                sqlx::query("delete from pending_refunds where payment_intent_id = $1")
-                    .bind(payment_intent_id)
-                    .execute(&mut *conn)
-                    .await?;
+                work::close_refund(conn, payment_intent_id).await?;
             }
-            _ => {}
+            PaymentEvent::PaymentIntentCreated(_) | PaymentEvent::PaymentIntentClosed { .. } => {}
         }
     }
     Ok(events)

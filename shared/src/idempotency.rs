@@ -46,6 +46,19 @@ pub struct Claim {
     key: String,
 }
 
+impl Claim {
+    /// The claim of `key` by `scope` for `operation`, for a process that
+    /// settles it on another's behalf (e.g. a reconciler after a crash).
+    pub fn resume(scope: &str, operation: &'static str, key: &str) -> Self {
+        Self { scope: scope.to_owned(), operation, key: key.to_owned() }
+    }
+
+    /// The client's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
 /// What `begin` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Begin {

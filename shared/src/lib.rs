@@ -23,11 +23,13 @@
 //! | [`topics`] | topic names, CloudEvents types, timestamp conversion |
 //! | [`trace_context`] | W3C trace context across HTTP, gRPC and Kafka |
 //! | [`testkit`] | fresh databases and a broker for integration tests |
+//! | [`failpoint`] | named crash points for fault tests (`TICKETING_FAILPOINTS`) |
 
 pub mod config;
 pub mod db;
 pub mod dlq;
 pub mod event_store;
+pub mod failpoint;
 pub mod inbox;
 pub mod kafka;
 pub mod metrics;

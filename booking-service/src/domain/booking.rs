@@ -275,6 +275,8 @@ pub enum BookingCommand {
     },
     /// The gateway declined an attempt.
     RecordPaymentFailed {
+        /// The intent whose attempt was declined.
+        payment_intent_id: String,
         /// The gateway's code.
         failure_code: String,
         /// Counts against the buyer's attempts.
@@ -286,6 +288,8 @@ pub enum BookingCommand {
     },
     /// The payment-service refunded a late payment.
     RecordRefund {
+        /// The intent that was refunded.
+        payment_intent_id: String,
         /// The clock.
         now: DateTime<Utc>,
     },
@@ -320,6 +324,12 @@ pub enum BookingRejection {
     /// The booking can no longer be paid (ended, or its hold lapses too soon).
     #[error("Payment intent is no longer payable.")]
     NotPayable,
+    /// A payment fact about an intent that is not this booking's (forged or misrouted).
+    #[error("The payment belongs to another payment intent.")]
+    ForeignPayment,
+    /// Only a booking that ended without a sale can be refunded.
+    #[error("This booking cannot be refunded.")]
+    NotRefundable,
 }
 
 /// Decides what happens when `command` meets `state`.
@@ -362,6 +372,13 @@ pub fn decide(state: Option<&Booking>, command: BookingCommand) -> Result<Vec<Bo
                 Ok(vec![E::PaymentAdmitted { payment_intent_id, admitted_until: now + admission }])
             }
         }
+        C::RecordPaymentSucceeded { payment_intent_id, .. }
+        | C::RecordPaymentFailed { payment_intent_id, .. }
+        | C::RecordRefund { payment_intent_id, .. }
+            if payment_intent_id != booking.created.payment_intent_id =>
+        {
+            Err(BookingRejection::ForeignPayment)
+        }
         C::RecordPaymentSucceeded { payment_intent_id, processed_at, seats_held } => {
             // Paid in time if the gateway processed it before the hold ended,
             // or while an admission kept the seats.
@@ -377,7 +394,7 @@ pub fn decide(state: Option<&Booking>, command: BookingCommand) -> Result<Vec<Bo
                 Ok(vec![])
             }
         }
-        C::RecordPaymentFailed { failure_code, client_error, max_attempts, now } => {
+        C::RecordPaymentFailed { failure_code, client_error, max_attempts, now, .. } => {
             if !pending {
                 return Ok(vec![]);
             }
@@ -388,9 +405,14 @@ pub fn decide(state: Option<&Booking>, command: BookingCommand) -> Result<Vec<Bo
             }
             Ok(events)
         }
-        C::RecordRefund { now } => match booking.status {
+        C::RecordRefund { now, .. } => match booking.status {
             BookingStatus::Refunded => Ok(vec![]),
-            _ => Ok(vec![E::BookingRefunded { refunded_at: now }]),
+            // A payment that came after the booking ended is given back.
+            BookingStatus::Cancelled | BookingStatus::Expired | BookingStatus::Failed => {
+                Ok(vec![E::BookingRefunded { refunded_at: now }])
+            }
+            // Nothing to give back for an unpaid booking, and a sale is final.
+            BookingStatus::Pending | BookingStatus::Confirmed => Err(BookingRejection::NotRefundable),
         },
         C::Expire { now } => {
             if pending && !booking.hold_is_live(now) && !booking.payment_in_progress(now) {
@@ -491,6 +513,7 @@ mod tests {
 
     fn declined() -> BookingCommand {
         BookingCommand::RecordPaymentFailed {
+            payment_intent_id: "pi1".into(),
             failure_code: "CARD_DECLINED".into(),
             client_error: true,
             max_attempts: 3,
@@ -660,6 +683,7 @@ mod tests {
     #[test]
     fn gateway_trouble_does_not_use_up_attempts() {
         let trouble = BookingCommand::RecordPaymentFailed {
+            payment_intent_id: "pi1".into(),
             failure_code: "PG_TIMEOUT".into(),
             client_error: false,
             max_attempts: 1,
@@ -686,6 +710,43 @@ mod tests {
             BookingEvent::PaymentAdmitted { payment_intent_id: "pi1".into(), admitted_until: t(610) },
         ];
         assert_eq!(given(&admitted, BookingCommand::Expire { now: t(605) }), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_payment_fact_about_another_intent_changes_nothing() {
+        let pending = [BookingEvent::SeatLocked(created())];
+        let forged = BookingCommand::RecordPaymentSucceeded {
+            payment_intent_id: "pi_someone_else".into(),
+            processed_at: t(5),
+            seats_held: true,
+        };
+        assert_eq!(given(&pending, forged), Err(BookingRejection::ForeignPayment));
+        let forged_decline = BookingCommand::RecordPaymentFailed {
+            payment_intent_id: "pi_someone_else".into(),
+            failure_code: "CARD_DECLINED".into(),
+            client_error: true,
+            max_attempts: 1,
+            now: t(5),
+        };
+        assert_eq!(given(&pending, forged_decline), Err(BookingRejection::ForeignPayment));
+        let forged_refund = BookingCommand::RecordRefund { payment_intent_id: "pi_x".into(), now: t(5) };
+        let expired = [BookingEvent::SeatLocked(created()), BookingEvent::BookingExpired { of: of(), expired_at: t(3) }];
+        assert_eq!(given(&expired, forged_refund), Err(BookingRejection::ForeignPayment));
+    }
+
+    #[test]
+    fn only_a_booking_that_ended_without_a_sale_is_refunded() {
+        let refund = || BookingCommand::RecordRefund { payment_intent_id: "pi1".into(), now: t(700) };
+        let pending = vec![BookingEvent::SeatLocked(created())];
+        assert_eq!(given(&pending, refund()), Err(BookingRejection::NotRefundable));
+        let mut confirmed = pending.clone();
+        confirmed.push(BookingEvent::BookingConfirmed { of: of(), payment_intent_id: "pi1".into(), confirmed_at: t(5) });
+        assert_eq!(given(&confirmed, refund()), Err(BookingRejection::NotRefundable));
+        let mut expired = pending.clone();
+        expired.push(BookingEvent::BookingExpired { of: of(), expired_at: t(600) });
+        assert_eq!(given(&expired, refund()), Ok(vec![BookingEvent::BookingRefunded { refunded_at: t(700) }]));
+        expired.push(BookingEvent::BookingRefunded { refunded_at: t(700) });
+        assert_eq!(given(&expired, refund()), Ok(vec![]), "a duplicate refund changes nothing");
     }
 
     #[test]

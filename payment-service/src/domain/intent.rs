@@ -2,6 +2,12 @@
 //! (amount from the server), can be attempted until it succeeds, the buyer
 //! runs out of attempts, or the booking ends; a success on an ended booking
 //! is refunded.
+//!
+//! Every attempt is recorded as `ChargeRequested` *before* the payment
+//! service provider (PSP) is called, under an attempt key the PSP dedupes
+//! on. At most one attempt is pending at a time: the stream itself is the
+//! per-intent lock, so a concurrent execute is refused at once
+//! (`ChargeInProgress`) and money never moves without a record.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -63,8 +69,34 @@ pub struct IntentCreated {
 pub enum PaymentEvent {
     /// Created from SeatLocked.
     PaymentIntentCreated(IntentCreated),
+    /// A charge attempt is about to go to the PSP under `attempt_key`.
+    /// (Internal: the reconciler's to-do list until its outcome is recorded.)
+    ChargeRequested {
+        /// 1 for the first attempt.
+        attempt: i32,
+        /// The PSP's idempotency key, `{intent}:{attempt}`.
+        attempt_key: String,
+        /// The token used (a reference, not card data).
+        payment_method_token: String,
+        /// The client's Idempotency-Key, so the reconciler can settle it.
+        #[serde(default)]
+        idempotency_key: Option<String>,
+        /// When.
+        requested_at: DateTime<Utc>,
+    },
+    /// An attempt that never reached the PSP (not admitted, or voided by
+    /// the reconciler). No money moved. (Internal.)
+    ChargeAbandoned {
+        /// Which attempt.
+        attempt: i32,
+        /// Why.
+        reason: String,
+    },
     /// The gateway captured the money.
     PaymentSucceeded {
+        /// The attempt that captured (0 in events older than attempts).
+        #[serde(default)]
+        attempt: i32,
         /// The booking.
         booking_id: String,
         /// The payer.
@@ -80,6 +112,9 @@ pub enum PaymentEvent {
     },
     /// An attempt was declined.
     PaymentFailed {
+        /// The attempt that was declined (0 in events older than attempts).
+        #[serde(default)]
+        attempt: i32,
         /// The booking.
         booking_id: String,
         /// The payer.
@@ -140,6 +175,8 @@ impl PaymentEvent {
     pub fn event_type(&self) -> &'static str {
         match self {
             Self::PaymentIntentCreated(_) => "PaymentIntentCreated",
+            Self::ChargeRequested { .. } => "ChargeRequested",
+            Self::ChargeAbandoned { .. } => "ChargeAbandoned",
             Self::PaymentSucceeded { .. } => "PaymentSucceeded",
             Self::PaymentFailed { .. } => "PaymentFailed",
             Self::PaymentIntentClosed { .. } => "PaymentIntentClosed",
@@ -193,6 +230,30 @@ pub struct PaymentIntent {
     pub booking_end: Option<BookingEnd>,
     /// Failed refund attempts so far.
     pub refund_attempts: i32,
+    /// Charge attempts requested so far.
+    pub charge_attempts: i32,
+    /// The attempt sent (or about to be sent) to the PSP whose outcome is not recorded yet.
+    pub pending_charge: Option<PendingCharge>,
+}
+
+/// A charge attempt whose outcome is not recorded yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCharge {
+    /// Which attempt.
+    pub attempt: i32,
+    /// The PSP's idempotency key.
+    pub attempt_key: String,
+    /// The token used.
+    pub payment_method_token: String,
+    /// The client's Idempotency-Key, if it sent one.
+    pub idempotency_key: Option<String>,
+    /// When it was requested.
+    pub requested_at: DateTime<Utc>,
+}
+
+/// The PSP idempotency key of an intent's `attempt`.
+pub fn attempt_key(payment_intent_id: &str, attempt: i32) -> String {
+    format!("{payment_intent_id}:{attempt}")
 }
 
 /// What the gateway answered to a refund.
@@ -235,8 +296,8 @@ pub enum GatewayOutcome {
 pub enum PaymentCommand {
     /// Create it from SeatLocked.
     Create(IntentCreated),
-    /// May `user_id` charge it now? (decides, emits nothing)
-    CheckPayable {
+    /// `user_id` starts a charge attempt now.
+    RequestCharge {
         /// The caller.
         user_id: String,
         /// The clock.
@@ -245,13 +306,24 @@ pub enum PaymentCommand {
         safety_margin: Duration,
         /// Client-error declines allowed.
         max_attempts: i32,
+        /// The token to charge.
+        payment_method_token: String,
+        /// The client's Idempotency-Key, if any.
+        idempotency_key: Option<String>,
     },
-    /// Record the gateway's answer.
+    /// Record the PSP's answer to `attempt`.
     RecordOutcome {
+        /// The attempt answered.
+        attempt: i32,
         /// The answer.
         outcome: GatewayOutcome,
-        /// The token used.
-        payment_method_token: String,
+    },
+    /// `attempt` never reached the PSP.
+    AbandonCharge {
+        /// The attempt.
+        attempt: i32,
+        /// Why.
+        reason: String,
     },
     /// Record the gateway's answer to a refund.
     RecordRefund {
@@ -287,6 +359,9 @@ pub enum PaymentRejection {
     /// The booking ended or the hold is about to lapse.
     #[error("Payment intent is no longer payable.")]
     NotPayable,
+    /// Another attempt of this intent is with the PSP right now.
+    #[error("A payment for this intent is in progress.")]
+    ChargeInProgress,
 }
 
 /// Decides what happens when `command` meets `state`.
@@ -302,28 +377,48 @@ pub fn decide(state: Option<&PaymentIntent>, command: PaymentCommand) -> Result<
     let c = &intent.created;
     match command {
         C::Create(_) => Err(PaymentRejection::AlreadyExists),
-        C::CheckPayable { user_id, now, safety_margin, max_attempts } => {
+        C::RequestCharge { user_id, now, safety_margin, max_attempts, payment_method_token, idempotency_key } => {
             if user_id != c.user_id {
                 Err(PaymentRejection::NotOwner)
             } else if intent.status != IntentStatus::RequiresPayment {
                 Err(PaymentRejection::AlreadyProcessed)
+            } else if intent.pending_charge.is_some() {
+                Err(PaymentRejection::ChargeInProgress)
             } else if intent.booking_end.is_some()
                 || intent.client_failures >= max_attempts
                 || now + safety_margin >= c.payable_until
             {
                 Err(PaymentRejection::NotPayable)
             } else {
-                Ok(vec![])
+                let attempt = intent.charge_attempts + 1;
+                Ok(vec![E::ChargeRequested {
+                    attempt,
+                    attempt_key: attempt_key(&c.payment_intent_id, attempt),
+                    payment_method_token,
+                    idempotency_key,
+                    requested_at: now,
+                }])
             }
         }
-        C::RecordOutcome { outcome, payment_method_token } => {
+        C::AbandonCharge { attempt, reason } => match &intent.pending_charge {
+            Some(pending) if pending.attempt == attempt => Ok(vec![E::ChargeAbandoned { attempt, reason }]),
+            _ => Ok(vec![]),
+        },
+        C::RecordOutcome { attempt, outcome } => {
+            let Some(pending) = intent.pending_charge.as_ref().filter(|p| p.attempt == attempt) else {
+                // Recorded already (a retry after a lost commit, or the
+                // reconciler got there first): nothing to add.
+                return Ok(vec![]);
+            };
             if intent.status != IntentStatus::RequiresPayment {
-                // Never a second capture; a late duplicate answer records nothing.
+                // Never a second capture.
                 return Err(PaymentRejection::AlreadyProcessed);
             }
+            let payment_method_token = pending.payment_method_token.clone();
             match outcome {
                 GatewayOutcome::Success { processed_at } => {
                     let mut events = vec![E::PaymentSucceeded {
+                        attempt,
                         booking_id: c.booking_id.clone(),
                         user_id: c.user_id.clone(),
                         amount: c.amount,
@@ -338,6 +433,7 @@ pub fn decide(state: Option<&PaymentIntent>, command: PaymentCommand) -> Result<
                     Ok(events)
                 }
                 GatewayOutcome::Failure { failure_code, failure_concept, processed_at } => Ok(vec![E::PaymentFailed {
+                    attempt,
                     booking_id: c.booking_id.clone(),
                     user_id: c.user_id.clone(),
                     failure_code,
@@ -396,13 +492,38 @@ pub fn apply(state: Option<PaymentIntent>, event: &PaymentEvent) -> Option<Payme
             client_failures: 0,
             booking_end: None,
             refund_attempts: 0,
+            charge_attempts: 0,
+            pending_charge: None,
         }),
         (None, _) => None,
         (Some(mut intent), event) => {
             match event {
                 PaymentEvent::PaymentIntentCreated(_) => {}
-                PaymentEvent::PaymentSucceeded { .. } => intent.status = IntentStatus::Succeeded,
-                PaymentEvent::PaymentFailed { client_failures, .. } => intent.client_failures = *client_failures,
+                PaymentEvent::ChargeRequested {
+                    attempt,
+                    attempt_key,
+                    payment_method_token,
+                    idempotency_key,
+                    requested_at,
+                } => {
+                    intent.charge_attempts = *attempt;
+                    intent.pending_charge = Some(PendingCharge {
+                        attempt: *attempt,
+                        attempt_key: attempt_key.clone(),
+                        payment_method_token: payment_method_token.clone(),
+                        idempotency_key: idempotency_key.clone(),
+                        requested_at: *requested_at,
+                    });
+                }
+                PaymentEvent::ChargeAbandoned { .. } => intent.pending_charge = None,
+                PaymentEvent::PaymentSucceeded { .. } => {
+                    intent.status = IntentStatus::Succeeded;
+                    intent.pending_charge = None;
+                }
+                PaymentEvent::PaymentFailed { client_failures, .. } => {
+                    intent.client_failures = *client_failures;
+                    intent.pending_charge = None;
+                }
                 PaymentEvent::PaymentIntentClosed { booking_end, .. } => intent.booking_end = Some(*booking_end),
                 PaymentEvent::PaymentRefundRequested { .. } => intent.status = IntentStatus::RefundPending,
                 PaymentEvent::RefundAttemptFailed { attempt, .. } => intent.refund_attempts = *attempt,
@@ -445,32 +566,35 @@ mod tests {
     }
 
     fn check(user: &str, now: i64) -> PaymentCommand {
-        PaymentCommand::CheckPayable {
+        PaymentCommand::RequestCharge {
             user_id: user.into(),
             now: t(now),
             safety_margin: Duration::seconds(5),
             max_attempts: 3,
-        }
-    }
-
-    fn success(at: i64) -> PaymentCommand {
-        PaymentCommand::RecordOutcome {
-            outcome: GatewayOutcome::Success { processed_at: t(at) },
             payment_method_token: "tok_visa".into(),
+            idempotency_key: None,
         }
     }
 
-    fn decline(concept: FailureConcept) -> PaymentCommand {
-        PaymentCommand::RecordOutcome {
-            outcome: GatewayOutcome::Failure { failure_code: "X".into(), failure_concept: concept, processed_at: t(9) },
-            payment_method_token: "tok_chargeDeclined".into(),
-        }
+    fn ok(at: i64) -> GatewayOutcome {
+        GatewayOutcome::Success { processed_at: t(at) }
+    }
+
+    fn declined(concept: FailureConcept) -> GatewayOutcome {
+        GatewayOutcome::Failure { failure_code: "X".into(), failure_concept: concept, processed_at: t(9) }
     }
 
     fn apply_all(history: &[PaymentEvent], command: PaymentCommand) -> Vec<PaymentEvent> {
         let mut all = history.to_vec();
         all.extend(given(history, command).unwrap_or_default());
         all
+    }
+
+    /// One whole attempt: requested, then answered by the PSP.
+    fn pay(history: &[PaymentEvent], outcome: GatewayOutcome) -> Vec<PaymentEvent> {
+        let requested = apply_all(history, check("user_123", 8));
+        let attempt = replay(&requested).and_then(|i| i.pending_charge).map_or(0, |p| p.attempt);
+        apply_all(&requested, PaymentCommand::RecordOutcome { attempt, outcome })
     }
 
     #[test]
@@ -483,36 +607,41 @@ mod tests {
     #[test]
     fn only_the_owner_may_pay_and_only_while_payable() {
         let history = [PaymentEvent::PaymentIntentCreated(created())];
-        assert_eq!(given(&history, check("user_123", 10)), Ok(vec![]));
+        assert!(matches!(
+            given(&history, check("user_123", 10)).as_deref(),
+            Ok([PaymentEvent::ChargeRequested { attempt: 1, attempt_key, .. }]) if attempt_key == "pi1:1"
+        ));
         assert_eq!(given(&history, check("user_999", 10)), Err(PaymentRejection::NotOwner));
         assert_eq!(given(&history, check("user_123", 595)), Err(PaymentRejection::NotPayable), "safety margin");
     }
 
     #[test]
     fn a_success_captures_once_and_a_second_payment_is_already_processed() {
-        let history = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], success(20));
-        assert!(matches!(history.last(), Some(PaymentEvent::PaymentSucceeded { amount: 30000, .. })));
+        let history = pay(&[PaymentEvent::PaymentIntentCreated(created())], ok(20));
+        assert!(matches!(history.last(), Some(PaymentEvent::PaymentSucceeded { amount: 30000, attempt: 1, .. })));
         assert_eq!(given(&history, check("user_123", 30)), Err(PaymentRejection::AlreadyProcessed));
-        assert_eq!(given(&history, success(31)), Err(PaymentRejection::AlreadyProcessed));
+        let again = PaymentCommand::RecordOutcome { attempt: 1, outcome: ok(31) };
+        assert_eq!(given(&history, again), Ok(vec![]), "a duplicate answer records nothing");
     }
 
     #[test]
     fn client_declines_count_and_exhaust_the_attempts_but_gateway_trouble_does_not() {
         let mut history = vec![PaymentEvent::PaymentIntentCreated(created())];
-        history = apply_all(&history, decline(FailureConcept::ServerError));
+        history = pay(&history, declined(FailureConcept::ServerError));
         assert_eq!(replay(&history).map(|i| i.client_failures), Some(0));
         for _ in 0..3 {
-            history = apply_all(&history, decline(FailureConcept::ClientError));
+            history = pay(&history, declined(FailureConcept::ClientError));
         }
+        assert_eq!(replay(&history).map(|i| i.charge_attempts), Some(4));
         assert_eq!(replay(&history).map(|i| i.client_failures), Some(3));
         assert_eq!(given(&history, check("user_123", 10)), Err(PaymentRejection::NotPayable));
     }
 
     #[test]
     fn a_decline_leaves_the_intent_payable_again() {
-        let history = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], decline(FailureConcept::ClientError));
-        assert_eq!(given(&history, check("user_123", 10)), Ok(vec![]));
-        assert!(matches!(given(&history, success(11)).as_deref(), Ok([PaymentEvent::PaymentSucceeded { .. }])));
+        let history = pay(&[PaymentEvent::PaymentIntentCreated(created())], declined(FailureConcept::ClientError));
+        assert!(given(&history, check("user_123", 10)).is_ok());
+        assert!(matches!(pay(&history, ok(11)).last(), Some(PaymentEvent::PaymentSucceeded { attempt: 2, .. })));
     }
 
     #[test]
@@ -530,16 +659,20 @@ mod tests {
             &[PaymentEvent::PaymentIntentCreated(created())],
             PaymentCommand::BookingEnded { end: BookingEnd::Expired, now: t(5) },
         );
-        let events = given(&history, success(6)).unwrap_or_default();
+        // The attempt was requested before the booking ended.
+        let requested = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], check("user_123", 4));
+        let ended = apply_all(&requested, PaymentCommand::BookingEnded { end: BookingEnd::Expired, now: t(5) });
+        let events = given(&ended, PaymentCommand::RecordOutcome { attempt: 1, outcome: ok(6) }).unwrap_or_default();
         assert!(matches!(
             events.as_slice(),
             [PaymentEvent::PaymentSucceeded { .. }, PaymentEvent::PaymentRefundRequested { .. }]
         ));
+        assert_eq!(given(&history, check("user_123", 6)), Err(PaymentRejection::NotPayable));
     }
 
     #[test]
     fn a_booking_that_ends_after_it_was_paid_refunds_once() {
-        let paid = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], success(20));
+        let paid = pay(&[PaymentEvent::PaymentIntentCreated(created())], ok(20));
         let ended = PaymentCommand::BookingEnded { end: BookingEnd::Expired, now: t(30) };
         let events = given(&paid, ended.clone()).unwrap_or_default();
         assert!(matches!(
@@ -563,7 +696,7 @@ mod tests {
 
     #[test]
     fn a_refund_that_keeps_failing_ends_in_review_after_the_last_attempt() {
-        let mut history = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], success(20));
+        let mut history = pay(&[PaymentEvent::PaymentIntentCreated(created())], ok(20));
         history = apply_all(&history, PaymentCommand::BookingEnded { end: BookingEnd::Cancelled, now: t(21) });
         let fail = PaymentCommand::RecordRefund {
             outcome: RefundOutcome::Failed { reason: "PG down".into() },
@@ -576,5 +709,34 @@ mod tests {
         assert!(matches!(history.last(), Some(PaymentEvent::RefundNeedsReview { attempts: 3, .. })));
         assert_eq!(replay(&history).map(|i| i.status), Some(IntentStatus::RefundNeedsReview));
         assert_eq!(given(&history, fail), Ok(vec![]), "review is terminal for the worker");
+    }
+
+    #[test]
+    fn one_attempt_at_a_time_and_a_second_execute_is_refused_at_once() {
+        let requested = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], check("user_123", 8));
+        assert_eq!(given(&requested, check("user_123", 9)), Err(PaymentRejection::ChargeInProgress));
+        let answered = apply_all(&requested, PaymentCommand::RecordOutcome { attempt: 1, outcome: declined(FailureConcept::ServerError) });
+        assert!(matches!(
+            given(&answered, check("user_123", 10)).as_deref(),
+            Ok([PaymentEvent::ChargeRequested { attempt: 2, .. }])
+        ));
+    }
+
+    #[test]
+    fn an_abandoned_attempt_frees_the_intent_and_a_stale_answer_records_nothing() {
+        let requested = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], check("user_123", 8));
+        let abandon = PaymentCommand::AbandonCharge { attempt: 1, reason: "not admitted".into() };
+        let abandoned = apply_all(&requested, abandon.clone());
+        assert!(matches!(abandoned.last(), Some(PaymentEvent::ChargeAbandoned { attempt: 1, .. })));
+        assert_eq!(replay(&abandoned).and_then(|i| i.pending_charge), None);
+        assert_eq!(given(&abandoned, abandon), Ok(vec![]));
+        assert_eq!(given(&abandoned, PaymentCommand::RecordOutcome { attempt: 1, outcome: ok(9) }), Ok(vec![]));
+        assert_eq!(replay(&abandoned).map(|i| i.status), Some(IntentStatus::RequiresPayment));
+    }
+
+    #[test]
+    fn an_answer_for_another_attempt_than_the_pending_one_records_nothing() {
+        let requested = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], check("user_123", 8));
+        assert_eq!(given(&requested, PaymentCommand::RecordOutcome { attempt: 7, outcome: ok(9) }), Ok(vec![]));
     }
 }
