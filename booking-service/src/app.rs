@@ -30,6 +30,7 @@ pub struct BookingApp {
     brokers: String,
     topics: topics::Topics,
     group_instance_id: Option<String>,
+    outbox_stall: Duration,
     settings: BookingSettings,
 }
 
@@ -73,6 +74,7 @@ impl BookingApp {
             brokers: brokers.to_owned(),
             topics: kafka_args.topics(),
             group_instance_id: kafka_args.kafka_group_instance_id.clone(),
+            outbox_stall: Duration::from_secs(kafka_args.outbox_stall_secs),
             settings,
         })
     }
@@ -100,6 +102,7 @@ impl BookingApp {
                 relay: outbox::RelaySettings::new("booking-outbox", topics::BOOKING_SOURCE),
                 handler: PaymentEventHandler { max_payment_attempts: self.bookings.max_payment_attempts() },
                 consumer,
+                outbox_stall: self.outbox_stall,
                 health_service: <BookingServiceServer<BookingGrpc> as tonic::server::NamedService>::NAME.to_owned(),
             },
             &shutdown,

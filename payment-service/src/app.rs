@@ -68,6 +68,7 @@ pub struct PaymentApp {
     brokers: String,
     topics: topics::Topics,
     group_instance_id: Option<String>,
+    outbox_stall: Duration,
 }
 
 impl PaymentApp {
@@ -131,6 +132,7 @@ impl PaymentApp {
             brokers: brokers.to_owned(),
             topics: kafka_args.topics(),
             group_instance_id: kafka_args.kafka_group_instance_id.clone(),
+            outbox_stall: Duration::from_secs(kafka_args.outbox_stall_secs),
         })
     }
 
@@ -157,6 +159,7 @@ impl PaymentApp {
                 relay: outbox::RelaySettings::new("payment-outbox", topics::PAYMENT_SOURCE),
                 handler: BookingEventHandler,
                 consumer,
+                outbox_stall: self.outbox_stall,
                 health_service: <PaymentServiceServer<PaymentGrpc> as tonic::server::NamedService>::NAME.to_owned(),
             },
             &shutdown,

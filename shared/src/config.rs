@@ -29,11 +29,16 @@ pub struct KafkaArgs {
     /// Replication factor of each topic this service creates.
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
     pub kafka_replication_factor: i32,
-    /// Static consumer-group membership id of this instance (e.g. the pod
-    /// name): a restarted instance takes its partitions back at once instead
-    /// of waiting for the group to expire its previous self.
+    /// Optional static consumer-group membership id of this instance (e.g.
+    /// the pod name; it must be stable across restarts of one replica and
+    /// distinct between replicas). Unset, membership is dynamic: a restarted
+    /// instance joins as a new member and gets partitions within about two
+    /// session timeouts.
     #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
     pub kafka_group_instance_id: Option<String>,
+    /// Readiness fails while a committed event has waited this long (s) to be published.
+    #[arg(long, env = "OUTBOX_STALL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub outbox_stall_secs: u64,
     /// Prefix for every topic and consumer group (to share a cluster between environments).
     #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "")]
     pub kafka_topic_prefix: String,

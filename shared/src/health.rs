@@ -1,14 +1,70 @@
 //! Readiness of a service, as its gRPC health status: serving while its
-//! database answers and its Kafka cluster returns metadata, not serving
+//! database answers, its Kafka cluster returns metadata, its outbox has no
+//! committed event waiting longer than the stall threshold, and every
+//! background component reports itself well ([`Signals`]); not serving
 //! otherwise and from the moment shutdown begins.
 
-use std::time::Duration;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use rdkafka::{consumer::BaseConsumer, consumer::Consumer};
 use sqlx::PgPool;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
-use crate::{kafka::client_config, shutdown::Shutdown};
+use crate::{global_log, kafka::client_config, shutdown::Shutdown};
+
+/// Conditions background components report (e.g. "a consumer holds no
+/// partitions while its group has work"); readiness fails while any is bad.
+#[derive(Debug, Clone, Default)]
+pub struct Signals {
+    problems: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl Signals {
+    /// Reports `component` well.
+    pub fn ok(&self, component: &str) {
+        if let Ok(mut problems) = self.problems.lock() {
+            problems.remove(component);
+        }
+    }
+
+    /// Reports `component` unwell, with why.
+    pub fn problem(&self, component: &str, why: impl Into<String>) {
+        if let Ok(mut problems) = self.problems.lock() {
+            problems.insert(component.to_owned(), why.into());
+        }
+    }
+
+    /// The current problems, by component.
+    pub fn problems(&self) -> BTreeMap<String, String> {
+        self.problems.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// What readiness watches besides the database and the broker.
+#[derive(Debug, Clone)]
+pub struct ReadinessChecks {
+    /// The outbox relay's checkpoint name.
+    pub relay: String,
+    /// Readiness fails while a committed event waits longer than this.
+    pub outbox_stall: Duration,
+    /// Problems reported by background components.
+    pub signals: Signals,
+}
+
+/// Age in seconds of the oldest committed event the relay has not published
+/// (0 when it is caught up).
+pub async fn oldest_unpublished_secs(pool: &PgPool, relay: &str) -> Result<f64, crate::event_store::EventStoreError> {
+    let mut conn = pool.acquire().await?;
+    let checkpoint = global_log::load_checkpoint(&mut conn, relay).await?;
+    let next = global_log::read_after(&mut conn, checkpoint, 1).await?;
+    Ok(next.first().map_or(0.0, |event| {
+        (chrono::Utc::now() - event.recorded_at).num_milliseconds().max(0) as f64 / 1000.0
+    }))
+}
 
 /// Re-checks readiness every `interval` and reports it under `services`
 /// (and the overall `""` service) until `shutdown`, then reports not serving.
@@ -17,11 +73,12 @@ pub async fn watch(
     services: Vec<String>,
     pool: PgPool,
     brokers: String,
+    checks: ReadinessChecks,
     interval: Duration,
     shutdown: Shutdown,
 ) {
-    let probe: Option<std::sync::Arc<BaseConsumer>> = client_config(&brokers).create().ok().map(std::sync::Arc::new);
-    let mut last = None;
+    let probe: Option<Arc<BaseConsumer>> = client_config(&brokers).create().ok().map(Arc::new);
+    let mut last: Option<(ServingStatus, Vec<String>)> = None;
     loop {
         let database = sqlx::query("select 1").execute(&pool).await.is_ok();
         let broker = match probe.clone() {
@@ -33,10 +90,35 @@ pub async fn watch(
             }
             None => false,
         };
-        let status = if database && broker { ServingStatus::Serving } else { ServingStatus::NotServing };
-        if last != Some(status) {
-            tracing::info!(?status, database, broker, "readiness changed");
-            last = Some(status);
+        let mut problems: Vec<String> =
+            checks.signals.problems().into_iter().map(|(component, why)| format!("{component}: {why}")).collect();
+        if !database {
+            problems.push("database unreachable".into());
+        }
+        if !broker {
+            problems.push("Kafka unreachable".into());
+        }
+        match oldest_unpublished_secs(&pool, &checks.relay).await {
+            Ok(age) => {
+                metrics::gauge!("outbox_oldest_unpublished_seconds", "relay" => checks.relay.clone()).set(age);
+                if age > checks.outbox_stall.as_secs_f64() {
+                    problems.push(format!("outbox: an event has waited {age:.0} s to be published"));
+                }
+            }
+            Err(error) if database => problems.push(format!("outbox: {error}")),
+            Err(_) => {}
+        }
+        let status = if problems.is_empty() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let now = Some((status, problems));
+        if last != now {
+            if let Some((status, problems)) = &now {
+                if problems.is_empty() {
+                    tracing::info!(?status, "readiness changed");
+                } else {
+                    tracing::warn!(?status, problems = problems.join("; "), "readiness changed");
+                }
+            }
+            last = now;
         }
         set(&reporter, &services, status).await;
         tokio::select! {

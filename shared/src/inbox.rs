@@ -1,22 +1,39 @@
 //! The Kafka consumer side: every record is handled in one database
 //! transaction together with its inbox row `(consumer, ce_id)`, so a
 //! redelivered event is a no-op; the offset is stored only after that
-//! transaction commits. A record whose handler keeps failing goes to
-//! `<topic>.dlq` with the reason, and the partition moves on.
+//! transaction commits.
+//!
+//! Only poison is dead-lettered: a record that cannot be decoded or that
+//! the handler rejects as invalid goes to `<topic>.dlq` with the reason,
+//! and the partition moves on. A transient failure (database down, pool
+//! timeout, serialization failure) pauses only its partition and is retried
+//! with backoff for as long as it lasts: a Postgres restart must never cost
+//! a paid customer their seat.
+//!
+//! Membership is dynamic by default: a restarted service joins as a new
+//! member, and the survivors take over a dead member's partitions once its
+//! session times out. A watchdog rebuilds a consumer that holds no
+//! partition while its group has work, and reports it to readiness.
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
-    message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders},
+    message::{Header, Headers, Message, OwnedHeaders, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
     util::Timeout,
+    Offset, TopicPartitionList,
 };
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
+    health::Signals,
     kafka::{client_config, dlq_topic, CloudEventHeaders, KafkaError},
     shutdown::{sleep_or_shutdown, Shutdown},
 };
@@ -85,26 +102,34 @@ pub struct ConsumerSettings {
     pub group: String,
     /// Topics to subscribe to.
     pub topics: Vec<String>,
-    /// Attempts for a transiently failing record before it is dead-lettered.
-    pub max_attempts: u32,
-    /// Backoff before the first retry; doubles per attempt.
+    /// Backoff before the first retry of a transiently failing record; doubles per attempt.
     pub retry_backoff: Duration,
+    /// The longest backoff between retries (they go on for as long as the failure lasts).
+    pub max_backoff: Duration,
     /// How long handled ce_ids are remembered.
     pub inbox_retention: Duration,
     /// Static membership id (`group.instance.id`), if any.
     pub instance_id: Option<String>,
+    /// Kafka session timeout: a member silent this long is out of the group.
+    pub session_timeout: Duration,
+    /// A consumer that holds no partition this long while its group has
+    /// work rebuilds itself (and readiness fails meanwhile).
+    pub unassigned_limit: Duration,
 }
 
 impl ConsumerSettings {
-    /// Defaults: 5 attempts from 100 ms backoff, 7 days of inbox.
+    /// Defaults: retries from 100 ms up to 5 s apart, 7 days of inbox,
+    /// 10 s sessions, rebuild after two sessions without partitions.
     pub fn new(group: &str, topics: &[&str]) -> Self {
         Self {
             group: group.to_owned(),
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
-            max_attempts: 5,
             retry_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
             instance_id: None,
+            session_timeout: Duration::from_secs(10),
+            unassigned_limit: Duration::from_secs(20),
         }
     }
 }
@@ -122,8 +147,20 @@ pub enum Outcome {
     Ignored,
 }
 
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+            Self::DeadLettered => "dead_lettered",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
 /// Creates the group's consumer: offsets are stored by hand after commit
-/// and auto-committed in the background from what was stored.
+/// and auto-committed in the background from what was stored. Membership
+/// is dynamic unless `instance_id` is set.
 pub fn consumer(brokers: &str, settings: &ConsumerSettings) -> Result<StreamConsumer, KafkaError> {
     let mut config = client_config(brokers);
     if let Some(instance) = settings.instance_id.as_deref().filter(|i| !i.is_empty()) {
@@ -135,7 +172,8 @@ pub fn consumer(brokers: &str, settings: &ConsumerSettings) -> Result<StreamCons
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
+        .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
+        .set("heartbeat.interval.ms", (settings.session_timeout.as_millis() / 4).max(100).to_string())
         // Answer as soon as a record arrives rather than after the default 500 ms.
         .set("fetch.wait.max.ms", "20")
         .set("topic.metadata.refresh.interval.ms", "5000")
@@ -146,78 +184,275 @@ pub fn consumer(brokers: &str, settings: &ConsumerSettings) -> Result<StreamCons
     Ok(consumer)
 }
 
+/// Why a consumer loop ended.
+enum Ended {
+    Shutdown,
+    /// Left without partitions while the group had work: rebuild.
+    Stalled,
+}
+
+/// A record whose handler failed transiently; its partition is paused
+/// until it is handled.
+struct Held {
+    message: OwnedMessage,
+    event: IncomingEvent,
+    attempts: u32,
+    backoff: Duration,
+    next_try: tokio::time::Instant,
+}
+
 /// Consumes until `shutdown`: each record is handled, deduplicated or
-/// dead-lettered before its offset is stored. Commits offsets on the way out.
+/// dead-lettered before its offset is stored. A transient failure pauses
+/// only its partition and is retried with backoff for as long as it lasts.
+/// A consumer left without partitions while its group has work is rebuilt.
+/// Commits offsets on the way out.
 pub async fn run_consumer(
     pool: PgPool,
-    consumer: StreamConsumer,
-    dlq_producer: FutureProducer,
+    brokers: String,
     handler: impl EventHandler,
     settings: ConsumerSettings,
+    signals: Signals,
     shutdown: Shutdown,
 ) {
     let purge = tokio::spawn(purge_inbox(pool.clone(), settings.clone(), shutdown.clone()));
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => break,
-            received = consumer.recv() => received,
-        };
-        let message = match message {
-            Ok(message) => message,
+    let component = format!("consumer {}", settings.group);
+    while !shutdown.is_cancelled() {
+        let built = consumer(&brokers, &settings).and_then(|c| Ok((c, crate::kafka::producer(&brokers)?)));
+        let (kafka_consumer, dlq_producer) = match built {
+            Ok(built) => built,
             Err(error) => {
-                tracing::warn!(group = settings.group, %error, "Kafka receive failed");
-                if !sleep_or_shutdown(Duration::from_millis(500), &shutdown).await {
+                tracing::warn!(group = settings.group, %error, "cannot build the Kafka consumer; retrying");
+                signals.problem(&component, error.to_string());
+                if !sleep_or_shutdown(Duration::from_secs(1), &shutdown).await {
                     break;
                 }
                 continue;
             }
         };
-        let span = consume_span(&settings.group, &message);
-        let processed = tracing::Instrument::instrument(
-            process(&pool, &dlq_producer, &handler, &settings, &message, &shutdown),
-            span,
-        )
-        .await;
-        match processed {
-            Some(outcome) => {
-                tracing::debug!(group = settings.group, ?outcome, offset = message.offset(), "record done");
-                let outcome_name = match outcome {
-                    Outcome::Applied => "applied",
-                    Outcome::Duplicate => "duplicate",
-                    Outcome::DeadLettered => "dead_lettered",
-                    Outcome::Ignored => "ignored",
-                };
-                metrics::counter!("consumer_records_total", "group" => settings.group.clone(), "outcome" => outcome_name)
-                    .increment(1);
-                if let Some(age) = message.timestamp().to_millis().map(|ms| chrono::Utc::now().timestamp_millis() - ms)
-                {
-                    metrics::histogram!("consumer_lag_seconds", "group" => settings.group.clone())
-                        .record(age.max(0) as f64 / 1000.0);
-                }
-                if let Err(error) = consumer.store_offset_from_message(&message) {
-                    tracing::warn!(%error, "storing the consumer offset");
-                }
+        let kafka_consumer = Arc::new(kafka_consumer);
+        let ended =
+            consume(&pool, &kafka_consumer, &dlq_producer, &handler, &settings, &signals, &component, &shutdown).await;
+        if let Err(error) = kafka_consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(%error, "committing offsets");
+        }
+        match ended {
+            Ended::Shutdown => break,
+            Ended::Stalled => {
+                metrics::counter!("consumer_rebuilds_total", "group" => settings.group.clone()).increment(1);
+                tracing::warn!(group = settings.group, "consumer rebuilt: it held no partition while its group had work");
+                // Dropping it closes it: it leaves the group, then a new member joins.
+                drop(kafka_consumer);
             }
-            // Shutdown mid-retry: leave the offset so the record is redelivered.
-            None => break,
         }
     }
-    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(%error, "committing offsets on shutdown");
-    }
     purge.abort();
+    signals.ok(&component);
     tracing::info!(group = settings.group, "consumer stopped");
 }
 
+#[allow(clippy::too_many_arguments)]
+async fn consume(
+    pool: &PgPool,
+    consumer: &Arc<StreamConsumer>,
+    dlq_producer: &FutureProducer,
+    handler: &impl EventHandler,
+    settings: &ConsumerSettings,
+    signals: &Signals,
+    component: &str,
+    shutdown: &Shutdown,
+) -> Ended {
+    let mut held: HashMap<(String, i32), Held> = HashMap::new();
+    let mut unassigned_since = Some(tokio::time::Instant::now());
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let next_retry = held.values().map(|h| h.next_try).min();
+        tokio::select! {
+            () = shutdown.cancelled() => return Ended::Shutdown,
+            _ = watchdog.tick() => {
+                let assigned = assigned_partitions(consumer);
+                held.retain(|tp, _| assigned.contains(tp));
+                metrics::gauge!("consumer_assigned_partitions", "group" => settings.group.clone()).set(assigned.len() as f64);
+                metrics::gauge!("consumer_paused_partitions", "group" => settings.group.clone()).set(held.len() as f64);
+                if !assigned.is_empty() {
+                    unassigned_since = None;
+                    signals.ok(component);
+                    continue;
+                }
+                let since = *unassigned_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= settings.unassigned_limit && group_has_work(consumer, settings).await {
+                    signals.problem(component, "no partitions assigned while the group has work");
+                    return Ended::Stalled;
+                }
+            }
+            () = sleep_until_opt(next_retry), if next_retry.is_some() => {
+                let now = tokio::time::Instant::now();
+                let due: Vec<(String, i32)> = held.iter().filter(|(_, h)| h.next_try <= now).map(|(tp, _)| tp.clone()).collect();
+                for tp in due {
+                    let Some(mut record) = held.remove(&tp) else { continue };
+                    match try_record(pool, dlq_producer, handler, settings, &record.message, &record.event, shutdown).await {
+                        Step::Done(outcome) => {
+                            finish(consumer, settings, &record.message, outcome);
+                            resume_after(consumer, &record.message);
+                        }
+                        Step::Retry(error) => {
+                            record.attempts += 1;
+                            record.backoff = (record.backoff * 2).min(settings.max_backoff);
+                            record.next_try = tokio::time::Instant::now() + record.backoff;
+                            log_retry(settings, &record.event, record.attempts, &error);
+                            held.insert(tp, record);
+                        }
+                        Step::Interrupted => return Ended::Shutdown,
+                    }
+                }
+            }
+            received = consumer.recv() => {
+                let message = match received {
+                    Ok(message) => message.detach(),
+                    Err(error) => {
+                        tracing::warn!(group = settings.group, %error, "Kafka receive failed");
+                        if !sleep_or_shutdown(Duration::from_millis(500), shutdown).await {
+                            return Ended::Shutdown;
+                        }
+                        continue;
+                    }
+                };
+                let tp = (message.topic().to_owned(), message.partition());
+                if held.contains_key(&tp) {
+                    // Fetched before the pause took effect: read again after the held record.
+                    continue;
+                }
+                let event = match to_incoming(&message) {
+                    Ok(event) => event,
+                    Err(reason) => {
+                        match dead_letter(dlq_producer, settings, &message, &reason, shutdown).await {
+                            Some(outcome) => finish(consumer, settings, &message, outcome),
+                            None => return Ended::Shutdown,
+                        }
+                        continue;
+                    }
+                };
+                let span = consume_span(&settings.group, &event, message.topic());
+                let step = tracing::Instrument::instrument(
+                    try_record(pool, dlq_producer, handler, settings, &message, &event, shutdown),
+                    span,
+                )
+                .await;
+                match step {
+                    Step::Done(outcome) => finish(consumer, settings, &message, outcome),
+                    Step::Retry(error) => {
+                        log_retry(settings, &event, 1, &error);
+                        pause(consumer, &message);
+                        let backoff = settings.retry_backoff;
+                        held.insert(tp, Held { message, event, attempts: 1, backoff, next_try: tokio::time::Instant::now() + backoff });
+                    }
+                    Step::Interrupted => return Ended::Shutdown,
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_retry(settings: &ConsumerSettings, event: &IncomingEvent, attempts: u32, error: &anyhow::Error) {
+    metrics::counter!("consumer_retries_total", "group" => settings.group.clone()).increment(1);
+    tracing::warn!(
+        group = settings.group,
+        ce_id = event.headers.id,
+        attempts,
+        error = %format!("{error:#}"),
+        "handler failed transiently; its partition is paused and the record retried"
+    );
+}
+
+/// The partitions this member holds now.
+fn assigned_partitions(consumer: &StreamConsumer) -> HashSet<(String, i32)> {
+    consumer
+        .assignment()
+        .map(|list| list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect())
+        .unwrap_or_default()
+}
+
+/// True if some partition of the subscribed topics has records the group
+/// has not committed past (so a member without partitions is missing work).
+async fn group_has_work(consumer: &Arc<StreamConsumer>, settings: &ConsumerSettings) -> bool {
+    let consumer = Arc::clone(consumer);
+    let topics = settings.topics.clone();
+    let timeout = Duration::from_secs(3);
+    tokio::task::spawn_blocking(move || {
+        let mut list = TopicPartitionList::new();
+        for topic in &topics {
+            let Ok(metadata) = consumer.fetch_metadata(Some(topic), timeout) else { return true };
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    list.add_partition(t.name(), p.id());
+                }
+            }
+        }
+        let Ok(committed) = consumer.committed_offsets(list, timeout) else { return true };
+        committed.elements().iter().any(|e| {
+            let Ok((low, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout) else { return true };
+            let at = match e.offset() {
+                Offset::Offset(at) => at,
+                _ => low,
+            };
+            at < high
+        })
+    })
+    .await
+    .unwrap_or(true)
+}
+
+fn pause(consumer: &StreamConsumer, message: &OwnedMessage) {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(message.topic(), message.partition());
+    if let Err(error) = consumer.pause(&list) {
+        tracing::warn!(%error, topic = message.topic(), partition = message.partition(), "pausing a partition");
+    }
+}
+
+/// Resumes a paused partition just after `message` (records fetched while
+/// it was paused were skipped and are read again).
+fn resume_after(consumer: &StreamConsumer, message: &OwnedMessage) {
+    let (topic, partition) = (message.topic(), message.partition());
+    if let Err(error) = consumer.seek(topic, partition, Offset::Offset(message.offset() + 1), Timeout::After(Duration::ZERO)) {
+        tracing::warn!(%error, topic, partition, "seeking past a retried record");
+    }
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    if let Err(error) = consumer.resume(&list) {
+        tracing::warn!(%error, topic, partition, "resuming a partition");
+    }
+}
+
+/// Counts the outcome and stores the record's offset (its effects committed).
+fn finish(consumer: &StreamConsumer, settings: &ConsumerSettings, message: &OwnedMessage, outcome: Outcome) {
+    tracing::debug!(group = settings.group, ?outcome, offset = message.offset(), "record done");
+    metrics::counter!("consumer_records_total", "group" => settings.group.clone(), "outcome" => outcome.as_str())
+        .increment(1);
+    if let Some(age) = message.timestamp().to_millis().map(|ms| chrono::Utc::now().timestamp_millis() - ms) {
+        metrics::histogram!("consumer_lag_seconds", "group" => settings.group.clone())
+            .record(age.max(0) as f64 / 1000.0);
+    }
+    if let Err(error) = consumer.store_offset(message.topic(), message.partition(), message.offset()) {
+        tracing::warn!(%error, "storing the consumer offset");
+    }
+}
+
 /// The consumer span of one record, child of the producer's trace context.
-fn consume_span(group: &str, message: &BorrowedMessage<'_>) -> tracing::Span {
-    let headers = CloudEventHeaders::from_kafka(message.headers()).unwrap_or_default();
+fn consume_span(group: &str, event: &IncomingEvent, topic: &str) -> tracing::Span {
+    let headers = &event.headers;
     let span = tracing::info_span!(
         "consume",
         otel.name = %format!("{group} consume {}", headers.event_type),
         otel.kind = "consumer",
         messaging.consumer.group = group,
-        messaging.destination = message.topic(),
+        messaging.destination = topic,
         ce_type = %headers.event_type,
         ce_id = %headers.id,
         trace_id = tracing::field::Empty,
@@ -226,48 +461,41 @@ fn consume_span(group: &str, message: &BorrowedMessage<'_>) -> tracing::Span {
     span
 }
 
-/// Handles one record to a final outcome; `None` only if shutdown interrupted it.
-pub async fn process(
+/// What one try at a record came to.
+enum Step {
+    /// A final outcome; store the offset.
+    Done(Outcome),
+    /// A transient failure; try again later.
+    Retry(anyhow::Error),
+    /// Shutdown came first.
+    Interrupted,
+}
+
+/// Tries `event` once: applied, duplicate, ignored, dead-lettered (poison)
+/// or to be retried (transient).
+async fn try_record(
     pool: &PgPool,
     dlq_producer: &FutureProducer,
     handler: &impl EventHandler,
     settings: &ConsumerSettings,
-    message: &BorrowedMessage<'_>,
+    message: &OwnedMessage,
+    event: &IncomingEvent,
     shutdown: &Shutdown,
-) -> Option<Outcome> {
-    let event = match to_incoming(message) {
-        Ok(event) => event,
-        Err(reason) => {
-            return dead_letter(dlq_producer, settings, message, &reason, shutdown).await;
-        }
-    };
+) -> Step {
     if !handler.wants(&event.headers.event_type) {
-        return Some(Outcome::Ignored);
+        return Step::Done(Outcome::Ignored);
     }
-    let mut backoff = settings.retry_backoff;
-    for attempt in 1..=settings.max_attempts {
-        match handle_once(pool, handler, &settings.group, &event).await {
-            Ok(outcome) => return Some(outcome),
-            Err(HandlerError::Poison(reason)) => {
-                return dead_letter(dlq_producer, settings, message, &reason, shutdown).await;
-            }
-            Err(HandlerError::Transient(error)) if attempt == settings.max_attempts => {
-                let reason = format!("failed {attempt} times, last: {error:#}");
-                return dead_letter(dlq_producer, settings, message, &reason, shutdown).await;
-            }
-            Err(HandlerError::Transient(error)) => {
-                tracing::warn!(group = settings.group, ce_id = event.headers.id, attempt, error = %format!("{error:#}"), "handler failed; retrying");
-                if !sleep_or_shutdown(backoff, shutdown).await {
-                    return None;
-                }
-                backoff = backoff.saturating_mul(2);
-            }
-        }
+    match handle_once(pool, handler, &settings.group, event).await {
+        Ok(outcome) => Step::Done(outcome),
+        Err(HandlerError::Poison(reason)) => match dead_letter(dlq_producer, settings, message, &reason, shutdown).await {
+            Some(outcome) => Step::Done(outcome),
+            None => Step::Interrupted,
+        },
+        Err(HandlerError::Transient(error)) => Step::Retry(error),
     }
-    None
 }
 
-fn to_incoming(message: &BorrowedMessage<'_>) -> Result<IncomingEvent, String> {
+fn to_incoming(message: &OwnedMessage) -> Result<IncomingEvent, String> {
     let headers = CloudEventHeaders::from_kafka(message.headers())
         .ok_or_else(|| "record lacks the CloudEvents headers ce_id and ce_type".to_owned())?;
     Ok(IncomingEvent {
@@ -308,7 +536,7 @@ async fn handle_once(
 async fn dead_letter(
     producer: &FutureProducer,
     settings: &ConsumerSettings,
-    message: &BorrowedMessage<'_>,
+    message: &OwnedMessage,
     reason: &str,
     shutdown: &Shutdown,
 ) -> Option<Outcome> {

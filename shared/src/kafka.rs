@@ -45,13 +45,16 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 }
 
 /// An idempotent, ordered producer: acks from all replicas, retries without
-/// duplicates or reordering within a partition.
+/// duplicates or reordering within a partition. A message waits up to two
+/// minutes for its ack, so a broker that hangs for a while is waited out
+/// instead of timing messages out (which forces an epoch bump and, on some
+/// brokers, a fenced producer).
 pub fn producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
     client_config(brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "2")
-        .set("message.timeout.ms", "15000")
+        .set("message.timeout.ms", "120000")
         .set("compression.type", "none")
         .create()
         .map_err(|source| KafkaError::Client { context: "creating the Kafka producer", source })

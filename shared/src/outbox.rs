@@ -8,6 +8,12 @@
 //! "lost". Only one relay per database is active: leadership is a
 //! PostgreSQL session advisory lock, released by the server if the holder
 //! dies.
+//!
+//! The relay never stalls on a broken producer: librdkafka's idempotent
+//! producer turns some failures into a permanent state (fenced, epoch or
+//! sequence errors) in which every later send fails. On such a fatal error,
+//! or after a few failed batches in a row, the relay drops its producer,
+//! builds a new one and sends again from its checkpoint.
 
 use std::{hash::Hasher, time::Duration};
 
@@ -70,6 +76,9 @@ pub struct RelaySettings {
     pub poll_interval: Duration,
     /// Pause before retrying a batch whose delivery failed.
     pub retry_backoff: Duration,
+    /// Failed batches in a row after which the producer is rebuilt even
+    /// without a fatal error.
+    pub rebuild_after_failures: u32,
 }
 
 impl RelaySettings {
@@ -81,6 +90,42 @@ impl RelaySettings {
             batch_size: 500,
             poll_interval: Duration::from_millis(25),
             retry_backoff: Duration::from_millis(500),
+            rebuild_after_failures: 3,
+        }
+    }
+}
+
+/// The relay's Kafka producer, built on first use and rebuilt after a fatal error.
+pub struct RelayProducer {
+    brokers: String,
+    current: Option<FutureProducer>,
+}
+
+impl RelayProducer {
+    /// A producer for `brokers`, built lazily.
+    pub fn new(brokers: &str) -> Self {
+        Self { brokers: brokers.to_owned(), current: None }
+    }
+
+    fn get(&mut self) -> Result<&FutureProducer, crate::kafka::KafkaError> {
+        let producer = match self.current.take() {
+            Some(producer) => producer,
+            None => crate::kafka::producer(&self.brokers)?,
+        };
+        Ok(self.current.insert(producer))
+    }
+
+    fn rebuild(&mut self, relay: &str, why: &str) {
+        tracing::warn!(relay, why, "rebuilding the outbox relay's Kafka producer");
+        metrics::counter!("outbox_producer_rebuilds_total", "relay" => relay.to_owned()).increment(1);
+        self.current = None;
+    }
+
+    fn flush(&self) {
+        if let Some(producer) = &self.current {
+            if let Err(error) = producer.flush(Timeout::After(Duration::from_secs(10))) {
+                tracing::warn!(%error, "flushing the producer on shutdown");
+            }
         }
     }
 }
@@ -88,7 +133,7 @@ impl RelaySettings {
 /// Publishes the event store to Kafka until `shutdown`, then flushes.
 pub async fn run_relay(
     pool: PgPool,
-    producer: FutureProducer,
+    mut producer: RelayProducer,
     mapper: impl IntegrationMapper,
     settings: RelaySettings,
     shutdown: Shutdown,
@@ -101,7 +146,7 @@ pub async fn run_relay(
         };
         tracing::info!(relay = settings.name, "outbox relay is the active publisher");
         if let Err(error) =
-            publish_while_leader(&pool, &producer, &mapper, &settings, &mut wake, leader, &shutdown).await
+            publish_while_leader(&pool, &mut producer, &mapper, &settings, &mut wake, leader, &shutdown).await
         {
             tracing::error!(relay = settings.name, %error, "outbox relay interrupted; resuming from its checkpoint");
             if !sleep_or_shutdown(settings.retry_backoff, &shutdown).await {
@@ -109,9 +154,7 @@ pub async fn run_relay(
             }
         }
     }
-    if let Err(error) = producer.flush(Timeout::After(Duration::from_secs(10))) {
-        tracing::warn!(%error, "flushing the producer on shutdown");
-    }
+    producer.flush();
     tracing::info!(relay = settings.name, "outbox relay stopped");
 }
 
@@ -150,7 +193,7 @@ enum RelayError {
 
 async fn publish_while_leader(
     pool: &PgPool,
-    producer: &FutureProducer,
+    producer: &mut RelayProducer,
     mapper: &impl IntegrationMapper,
     settings: &RelaySettings,
     wake: &mut WakeUp,
@@ -178,7 +221,29 @@ async fn publish_while_leader(
         let next = LogPosition::of(last);
         // Send until every record of the batch is acknowledged. Never skip:
         // a record that cannot be mapped stalls the relay loudly instead.
-        while !publish_batch(producer, mapper, settings, &batch).await {
+        let mut failures = 0;
+        loop {
+            let delivery = match producer.get() {
+                Ok(current) => publish_batch(current, mapper, settings, &batch).await,
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay cannot build a Kafka producer");
+                    Delivery::Failed { fatal: false }
+                }
+            };
+            match delivery {
+                Delivery::All => break,
+                Delivery::Failed { fatal } => {
+                    failures += 1;
+                    if fatal {
+                        producer.rebuild(&settings.name, "fatal producer error");
+                        failures = 0;
+                    } else if failures >= settings.rebuild_after_failures {
+                        producer.rebuild(&settings.name, "batches keep failing");
+                        failures = 0;
+                    }
+                }
+                Delivery::Unmappable => {}
+            }
             if !sleep_or_shutdown(settings.retry_backoff, shutdown).await {
                 return Ok(());
             }
@@ -199,14 +264,42 @@ async fn publish_while_leader(
     Ok(())
 }
 
-/// Sends every record of `batch` and waits for all delivery reports; false
-/// if any failed (the whole batch is then sent again, duplicates allowed).
+/// How a batch went.
+enum Delivery {
+    /// Every record was acknowledged.
+    All,
+    /// Some record was not; `fatal` if the producer can never send again.
+    Failed { fatal: bool },
+    /// An event cannot be turned into a record (a bug: the relay stalls loudly).
+    Unmappable,
+}
+
+/// Errors after which librdkafka's idempotent producer never sends again.
+fn is_fatal(producer: &FutureProducer, error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    producer.client().fatal_error().is_some()
+        || matches!(
+            error.rdkafka_error_code(),
+            Some(
+                C::Fatal
+                    | C::ProducerFenced
+                    | C::InvalidProducerEpoch
+                    | C::InvalidProducerIdMapping
+                    | C::OutOfOrderSequenceNumber
+                    | C::UnknownProducerId
+                    | C::DuplicateSequenceNumber
+            )
+        )
+}
+
+/// Sends every record of `batch` and waits for all delivery reports; on any
+/// failure the whole batch is sent again (duplicates allowed).
 async fn publish_batch(
     producer: &FutureProducer,
     mapper: &impl IntegrationMapper,
     settings: &RelaySettings,
     batch: &[StoredEvent],
-) -> bool {
+) -> Delivery {
     let mut records = Vec::with_capacity(batch.len());
     for event in batch {
         match mapper.to_record(event) {
@@ -214,11 +307,12 @@ async fn publish_batch(
             Ok(None) => {}
             Err(error) => {
                 tracing::error!(%error, "outbox relay stalled on an unmappable event");
-                return false;
+                return Delivery::Unmappable;
             }
         }
     }
     let mut all_delivered = true;
+    let mut fatal = false;
     let mut deliveries = Vec::with_capacity(records.len());
     for (event, record) in &records {
         let headers = CloudEventHeaders {
@@ -238,6 +332,7 @@ async fn publish_batch(
             Ok(delivery) => deliveries.push(delivery),
             Err((error, _)) => {
                 tracing::warn!(%error, "outbox relay could not enqueue a record; retrying the batch");
+                fatal |= is_fatal(producer, &error);
                 all_delivered = false;
                 break;
             }
@@ -248,12 +343,17 @@ async fn publish_batch(
             Ok(Ok(_)) => {}
             Ok(Err((error, _))) => {
                 tracing::warn!(%error, "Kafka delivery failed; the batch will be sent again");
+                fatal |= is_fatal(producer, &error);
                 all_delivered = false;
             }
             Err(_) => all_delivered = false,
         }
     }
-    all_delivered
+    if all_delivered {
+        Delivery::All
+    } else {
+        Delivery::Failed { fatal }
+    }
 }
 
 /// A stable 64-bit advisory-lock key for a name.

@@ -10,7 +10,6 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::{
     inbox::{self, ConsumerSettings, EventHandler},
-    kafka,
     outbox::{self, IntegrationMapper, RelaySettings},
     shutdown::Shutdown,
 };
@@ -31,6 +30,8 @@ pub struct Plumbing<M, H> {
     pub consumer: ConsumerSettings,
     /// The gRPC service name whose health follows readiness.
     pub health_service: String,
+    /// Readiness fails while a committed event waits longer than this to be published.
+    pub outbox_stall: Duration,
 }
 
 /// Spawns the relay, consumer, purge and readiness tasks; returns the gRPC
@@ -39,24 +40,28 @@ pub fn start<M: IntegrationMapper, H: EventHandler>(
     plumbing: Plumbing<M, H>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<(HealthServer<impl Health>, Vec<JoinHandle<()>>)> {
-    let producer = kafka::producer(&plumbing.brokers)?;
-    let consumer = inbox::consumer(&plumbing.brokers, &plumbing.consumer)?;
     let (reporter, health) = tonic_health::server::health_reporter();
     let pool = plumbing.pool;
+    let signals = crate::health::Signals::default();
+    let checks = crate::health::ReadinessChecks {
+        relay: plumbing.relay.name.clone(),
+        outbox_stall: plumbing.outbox_stall,
+        signals: signals.clone(),
+    };
     let tasks = vec![
         tokio::spawn(outbox::run_relay(
             pool.clone(),
-            producer.clone(),
+            outbox::RelayProducer::new(&plumbing.brokers),
             plumbing.mapper,
             plumbing.relay,
             shutdown.clone(),
         )),
         tokio::spawn(inbox::run_consumer(
             pool.clone(),
-            consumer,
-            producer,
+            plumbing.brokers.clone(),
             plumbing.handler,
             plumbing.consumer,
+            signals,
             shutdown.clone(),
         )),
         tokio::spawn(crate::idempotency::run_purge(pool.clone(), shutdown.clone())),
@@ -65,7 +70,8 @@ pub fn start<M: IntegrationMapper, H: EventHandler>(
             vec![plumbing.health_service],
             pool,
             plumbing.brokers,
-            Duration::from_secs(5),
+            checks,
+            Duration::from_secs(2),
             shutdown.clone(),
         )),
     ];

@@ -88,10 +88,9 @@ fn start_relay(pool: &PgPool, brokers: &str, topic: &str, batch_size: i64) -> Ru
     settings.batch_size = batch_size;
     settings.poll_interval = Duration::from_millis(50);
     settings.retry_backoff = Duration::from_millis(100);
-    let producer = kafka::producer(brokers).unwrap();
     let task = tokio::spawn(outbox::run_relay(
         pool.clone(),
-        producer,
+        outbox::RelayProducer::new(brokers),
         JsonMapper { topic: topic.to_owned() },
         settings,
         stop.clone(),
@@ -260,8 +259,9 @@ async fn a_slow_transaction_that_commits_after_a_later_one_is_not_skipped() {
 
 // ---------------------------------------------------------------- inbox consumer
 
-/// Records each event it handles; fails on `ce_type` ending in `Poison`
-/// unless the database says the bug is fixed.
+/// Records each event it handles. Rejects `ce_type`s ending in `Poison`
+/// (deterministically) unless the database says the bug is fixed; fails
+/// those ending in `Flaky` transiently until the database says it healed.
 struct Recorder;
 
 #[async_trait]
@@ -271,7 +271,13 @@ impl EventHandler for Recorder {
             .fetch_one(&mut *tx)
             .await?;
         if event.headers.event_type.ends_with("Poison") && !fixed {
-            return Err(HandlerError::Transient(anyhow::anyhow!("this handler always fails")));
+            return Err(HandlerError::Poison("this handler rejects it".into()));
+        }
+        let healed: bool = sqlx::query_scalar("select exists (select 1 from handled_events where ce_type = 'heal')")
+            .fetch_one(&mut *tx)
+            .await?;
+        if event.headers.event_type.ends_with("Flaky") && !healed {
+            return Err(HandlerError::Transient(anyhow::anyhow!("the database is restarting")));
         }
         sqlx::query("insert into handled_events (event_id, ce_type) values ($1, $2)")
             .bind(event.event_id()?)
@@ -283,6 +289,10 @@ impl EventHandler for Recorder {
 }
 
 async fn produce(kafka: &TestKafka, topic: &str, key: &str, ce_id: &str, ce_type: &str) {
+    produce_to(kafka, topic, None, key, ce_id, ce_type).await;
+}
+
+async fn produce_to(kafka: &TestKafka, topic: &str, partition: Option<i32>, key: &str, ce_id: &str, ce_type: &str) {
     let producer = kafka::producer(kafka.brokers()).unwrap();
     let headers = CloudEventHeaders {
         id: ce_id.to_owned(),
@@ -292,23 +302,26 @@ async fn produce(kafka: &TestKafka, topic: &str, key: &str, ce_id: &str, ce_type
         subject: key.to_owned(),
         ..Default::default()
     };
-    producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(b"{}".as_slice()).headers(headers.to_kafka()),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let mut record = FutureRecord::to(topic).key(key).payload(b"{}".as_slice()).headers(headers.to_kafka());
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    producer.send(record, Duration::from_secs(10)).await.unwrap();
 }
 
 fn start_consumer(pool: &PgPool, kafka: &TestKafka, topic: &str) -> (Shutdown, tokio::task::JoinHandle<()>) {
     let mut settings = ConsumerSettings::new(&unique_name("group"), &[topic]);
-    settings.max_attempts = 3;
     settings.retry_backoff = Duration::from_millis(20);
-    let consumer = inbox::consumer(kafka.brokers(), &settings).unwrap();
-    let dlq = kafka::producer(kafka.brokers()).unwrap();
+    settings.max_backoff = Duration::from_millis(200);
     let stop = Shutdown::new();
-    let task = tokio::spawn(inbox::run_consumer(pool.clone(), consumer, dlq, Recorder, settings, stop.clone()));
+    let task = tokio::spawn(inbox::run_consumer(
+        pool.clone(),
+        kafka.brokers().to_owned(),
+        Recorder,
+        settings,
+        shared::health::Signals::default(),
+        stop.clone(),
+    ));
     (stop, task)
 }
 
@@ -337,7 +350,7 @@ async fn a_consumer_fed_the_same_ce_id_twice_applies_it_once() {
 }
 
 #[tokio::test]
-async fn a_record_whose_handler_keeps_failing_goes_to_the_dlq_and_the_partition_moves_on() {
+async fn a_poison_record_goes_to_the_dlq_and_the_partition_moves_on() {
     let kafka = TestKafka::start().unwrap();
     let topic = topic_for(&kafka, "inbox_dlq").await;
     let pool = fresh_db("inbox_dlq").await;
@@ -355,7 +368,7 @@ async fn a_record_whose_handler_keeps_failing_goes_to_the_dlq_and_the_partition_
     let dlq = reader(kafka.brokers(), &kafka::dlq_topic(&topic));
     let dead = read_dlq(&dlq).await;
     assert_eq!(dead.0, poison_id);
-    assert!(dead.1.contains("failed 3 times"), "reason recorded: {}", dead.1);
+    assert!(dead.1.contains("rejects it"), "reason recorded: {}", dead.1);
 
     // Fix the "bug", re-drive the DLQ: the record is handled; a second re-drive sends nothing.
     sqlx::query("insert into handled_events (event_id, ce_type) values ($1, 'fix')")
@@ -405,6 +418,47 @@ async fn an_in_flight_key_whose_holder_died_is_taken_over_after_its_lease() {
     assert_eq!(idempotency::begin(&pool, "u1", "op", "k", "b", short).await.unwrap(), Begin::InProgress);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(matches!(idempotency::begin(&pool, "u1", "op", "k", "b", short).await.unwrap(), Begin::Proceed(_)));
+}
+
+#[tokio::test]
+async fn a_transient_failure_pauses_only_its_partition_and_is_retried_until_it_heals_never_dead_lettered() {
+    let kafka = TestKafka::start().unwrap();
+    let topic = topic_for(&kafka, "inbox_transient").await;
+    let pool = fresh_db("inbox_transient").await;
+    let id = || uuid::Uuid::now_v7().to_string();
+    produce_to(&kafka, &topic, Some(0), "k0", &id(), "test.v1.Flaky").await;
+    produce_to(&kafka, &topic, Some(0), "k0", &id(), "test.v1.Behind").await;
+    produce_to(&kafka, &topic, Some(1), "k1", &id(), "test.v1.Elsewhere").await;
+    let (stop, task) = start_consumer(&pool, &kafka, &topic);
+
+    // The other partition moves on while partition 0 waits, in order.
+    let elsewhere = eventually(Duration::from_secs(60), || async {
+        handled(&pool).await.contains(&"test.v1.Elsewhere".to_owned()).then_some(())
+    })
+    .await;
+    assert!(elsewhere.is_some(), "the healthy partition was consumed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(handled(&pool).await, ["test.v1.Elsewhere"], "nothing behind the failing record ran");
+
+    // The failure ends: the record and the one behind it apply, in order.
+    sqlx::query("insert into handled_events (event_id, ce_type) values ($1, 'heal')")
+        .bind(uuid::Uuid::now_v7())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let healed = eventually(Duration::from_secs(30), || async {
+        handled(&pool).await.contains(&"test.v1.Behind".to_owned()).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    assert!(healed.is_some(), "the retried record and the one behind it were applied");
+    let order: Vec<String> =
+        handled(&pool).await.into_iter().filter(|t| t == "test.v1.Flaky" || t == "test.v1.Behind").collect();
+    assert_eq!(order, ["test.v1.Flaky", "test.v1.Behind"]);
+    let dlq = reader(kafka.brokers(), &kafka::dlq_topic(&topic));
+    let dead = tokio::time::timeout(Duration::from_secs(5), dlq.recv()).await;
+    assert!(dead.is_err(), "nothing was dead-lettered");
 }
 
 async fn read_dlq(consumer: &rdkafka::consumer::StreamConsumer) -> (String, String) {
