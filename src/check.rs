@@ -164,5 +164,53 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> Result<Vec<Violation>,
     if captures.len() != captured {
         flag(format!("{} capture postings for {captured} successful payments", captures.len()));
     }
+
+    // 8. Money and records agree: every PSP charge is a recorded capture and
+    //    every capture a PSP charge (attempt keys `{intent}:{attempt}`).
+    let recorded: Vec<(String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "select stream_id, coalesce((payload->>'attempt')::int, 0), recorded_at from events \
+         where stream_type = 'payment_intent' and event_type = 'PaymentSucceeded'",
+    )
+    .fetch_all(payment)
+    .await?;
+    let charged: Vec<(String, String)> =
+        sqlx::query_as("select idempotency_key, payment_intent_id from psp.charges where status = 'succeeded'")
+            .fetch_all(payment)
+            .await?;
+    let recorded_keys: HashMap<String, &str> = recorded
+        .iter()
+        .filter(|(_, attempt, _)| *attempt > 0)
+        .map(|(intent, attempt, _)| (format!("{intent}:{attempt}"), intent.as_str()))
+        .collect();
+    let charged_keys: HashMap<&str, &str> = charged.iter().map(|(k, i)| (k.as_str(), i.as_str())).collect();
+    for (key, intent) in &charged {
+        if !recorded_keys.contains_key(key) {
+            flag(format!("the PSP charged {key} (intent {intent}) but no capture is recorded"));
+        }
+    }
+    for (key, intent) in &recorded_keys {
+        if !charged_keys.contains_key(key.as_str()) {
+            flag(format!("intent {intent} records a capture ({key}) the PSP never charged"));
+        }
+    }
+
+    // 9. A paid booking ends confirmed or refunded (after a grace for the
+    //    events still on their way).
+    let settled_before = chrono::Utc::now() - PAID_GRACE;
+    for (intent, _, at) in recorded.iter().filter(|(_, _, at)| *at < settled_before) {
+        let Some(facts) = intent_by_id.get(intent.as_str()) else { continue };
+        let status = by_id.get(facts.booking_id.as_str()).map(|b| b.status.as_str());
+        if !matches!(status, Some("confirmed" | "refunded")) {
+            flag(format!(
+                "booking {} was paid at {at} (intent {intent}) but is {} rather than confirmed or refunded",
+                facts.booking_id,
+                status.unwrap_or("unknown")
+            ));
+        }
+    }
     Ok(violations)
 }
+
+/// How long a payment may take to confirm or refund its booking before
+/// `check` calls it stuck.
+const PAID_GRACE: chrono::Duration = chrono::Duration::seconds(30);
