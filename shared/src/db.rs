@@ -100,7 +100,9 @@ pub async fn create_database_if_missing(server_url: &str, database: &str) -> Res
         let created = sqlx::query(&format!("create database {database}")).execute(&mut conn).await;
         match created {
             Ok(_) => tracing::info!(database, "created database"),
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            // duplicate_database, or the catalog's unique index when two
+            // replicas create it at the same instant.
+            Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(e) => return Err(sql("creating the service database")(e)),
         }
     }

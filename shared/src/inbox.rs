@@ -115,11 +115,15 @@ pub struct ConsumerSettings {
     /// A consumer that holds no partition this long while its group has
     /// work rebuilds itself (and readiness fails meanwhile).
     pub unassigned_limit: Duration,
+    /// Partitions held by no live member this long make the consumer leave
+    /// and rejoin its group, which re-forms it.
+    pub orphaned_limit: Duration,
 }
 
 impl ConsumerSettings {
     /// Defaults: retries from 100 ms up to 5 s apart, 7 days of inbox,
-    /// 10 s sessions, rebuild after two sessions without partitions.
+    /// 10 s sessions, rebuild after two sessions without partitions or 5 s
+    /// with orphaned partitions.
     pub fn new(group: &str, topics: &[&str]) -> Self {
         Self {
             group: group.to_owned(),
@@ -130,6 +134,7 @@ impl ConsumerSettings {
             instance_id: None,
             session_timeout: Duration::from_secs(10),
             unassigned_limit: Duration::from_secs(20),
+            orphaned_limit: Duration::from_secs(5),
         }
     }
 }
@@ -235,13 +240,13 @@ pub async fn run_consumer(
         if let Err(error) = kafka_consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "committing offsets");
         }
+        // Dropping it closes it (it leaves the group), polling until done: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || drop(kafka_consumer)).await;
         match ended {
             Ended::Shutdown => break,
             Ended::Stalled => {
                 metrics::counter!("consumer_rebuilds_total", "group" => settings.group.clone()).increment(1);
-                tracing::warn!(group = settings.group, "consumer rebuilt: it held no partition while its group had work");
-                // Dropping it closes it: it leaves the group, then a new member joins.
-                drop(kafka_consumer);
+                tracing::warn!(group = settings.group, "consumer left and rejoins its group: work was held by no live member");
             }
         }
     }
@@ -263,25 +268,52 @@ async fn consume(
 ) -> Ended {
     let mut held: HashMap<(String, i32), Held> = HashMap::new();
     let mut unassigned_since = Some(tokio::time::Instant::now());
+    let mut orphaned_since: Option<tokio::time::Instant> = None;
+    let mut progress = ProgressWatch::default();
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
     loop {
         let next_retry = held.values().map(|h| h.next_try).min();
         tokio::select! {
             () = shutdown.cancelled() => return Ended::Shutdown,
             _ = watchdog.tick() => {
+                ticks += 1;
                 let assigned = assigned_partitions(consumer);
                 held.retain(|tp, _| assigned.contains(tp));
                 metrics::gauge!("consumer_assigned_partitions", "group" => settings.group.clone()).set(assigned.len() as f64);
                 metrics::gauge!("consumer_paused_partitions", "group" => settings.group.clone()).set(held.len() as f64);
-                if !assigned.is_empty() {
+                let mut stalled = None;
+                if assigned.is_empty() {
+                    let since = *unassigned_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= settings.unassigned_limit && group_has_work(consumer, settings).await {
+                        stalled = Some("no partitions assigned while the group has work");
+                    }
+                } else {
                     unassigned_since = None;
-                    signals.ok(component);
-                    continue;
                 }
-                let since = *unassigned_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= settings.unassigned_limit && group_has_work(consumer, settings).await {
-                    signals.problem(component, "no partitions assigned while the group has work");
-                    return Ended::Stalled;
+                // Partitions no live member holds: some brokers (tansu) drop a
+                // dead member without re-forming the group, so the survivors
+                // never get its partitions. Leaving and rejoining re-forms it.
+                if ticks % 5 == 0 {
+                    let (orphans, watched) = orphaned_partitions(consumer, settings, &assigned, progress).await;
+                    progress = watched;
+                    match orphans {
+                        Some(orphans) if !orphans.is_empty() => {
+                            let since = *orphaned_since.get_or_insert_with(tokio::time::Instant::now);
+                            if since.elapsed() >= settings.orphaned_limit {
+                                stalled = Some("partitions held by no live member of the group");
+                            }
+                        }
+                        _ => orphaned_since = None,
+                    }
+                }
+                match stalled {
+                    Some(why) => {
+                        signals.problem(component, why);
+                        return Ended::Stalled;
+                    }
+                    None if unassigned_since.is_none() && orphaned_since.is_none() => signals.ok(component),
+                    None => {}
                 }
             }
             () = sleep_until_opt(next_retry), if next_retry.is_some() => {
@@ -378,6 +410,136 @@ fn assigned_partitions(consumer: &StreamConsumer) -> HashSet<(String, i32)> {
         .unwrap_or_default()
 }
 
+/// Every partition of the subscribed topics.
+fn all_partitions(consumer: &StreamConsumer, topics: &[String], timeout: Duration) -> Option<TopicPartitionList> {
+    let mut list = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout).ok()?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                list.add_partition(t.name(), p.id());
+            }
+        }
+    }
+    Some(list)
+}
+
+/// Committed offsets of partitions other members hold, with when each last
+/// moved: a partition that lags and never moves is held by no live member.
+#[derive(Debug, Default)]
+struct ProgressWatch {
+    last: HashMap<(String, i32), (i64, std::time::Instant)>,
+}
+
+/// The subscribed partitions that no live member of the group works on.
+/// Where the broker describes member assignments (Kafka), they are exact;
+/// where it only counts members (tansu), a lone member that lacks some
+/// partitions knows they are orphaned; otherwise a partition someone else
+/// holds whose committed offset lags and has not moved for a session
+/// timeout counts as orphaned. `None` when the group cannot be described.
+async fn orphaned_partitions(
+    consumer: &Arc<StreamConsumer>,
+    settings: &ConsumerSettings,
+    assigned: &HashSet<(String, i32)>,
+    watch: ProgressWatch,
+) -> (Option<HashSet<(String, i32)>>, ProgressWatch) {
+    let consumer = Arc::clone(consumer);
+    let (group, topics, assigned) = (settings.group.clone(), settings.topics.clone(), assigned.clone());
+    let stall_after = settings.session_timeout;
+    let timeout = Duration::from_secs(3);
+    let fallback = ProgressWatch::default();
+    tokio::task::spawn_blocking(move || {
+        let mut watch = watch;
+        let orphans = (|| {
+            let groups = consumer
+                .fetch_group_list(Some(&group), timeout)
+                .inspect_err(|error| tracing::debug!(group, %error, "describing the group"))
+                .ok()?;
+            let described = groups.groups().iter().find(|g| g.name() == group)?;
+            let all: HashSet<(String, i32)> = all_partitions(&consumer, &topics, timeout)?
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            let held: HashSet<(String, i32)> = described
+                .members()
+                .iter()
+                .filter_map(|m| m.assignment().and_then(decode_assignment))
+                .flatten()
+                .collect();
+            tracing::debug!(group, members = described.members().len(), ?held, ?assigned, "the group as the broker describes it");
+            if !held.is_empty() && assigned.is_subset(&held) {
+                return Some(all.difference(&held).cloned().collect());
+            }
+            if described.members().len() == 1 && !assigned.is_empty() {
+                return Some(all.difference(&assigned).cloned().collect());
+            }
+            // Progress of the partitions others hold.
+            let mut others = TopicPartitionList::new();
+            for (topic, partition) in all.difference(&assigned) {
+                others.add_partition(topic, *partition);
+            }
+            let committed = consumer.committed_offsets(others, timeout).ok()?;
+            let now = std::time::Instant::now();
+            let mut stuck = HashSet::new();
+            for e in committed.elements() {
+                let tp = (e.topic().to_owned(), e.partition());
+                let Ok((low, high)) = consumer.fetch_watermarks(&tp.0, tp.1, timeout) else { continue };
+                let at = match e.offset() {
+                    Offset::Offset(at) => at,
+                    _ => low,
+                };
+                if at >= high {
+                    watch.last.remove(&tp);
+                    continue;
+                }
+                let since = match watch.last.get(&tp) {
+                    Some((seen, since)) if *seen == at => *since,
+                    _ => now,
+                };
+                watch.last.insert(tp.clone(), (at, since));
+                if now.duration_since(since) >= stall_after {
+                    stuck.insert(tp);
+                }
+            }
+            Some(stuck)
+        })();
+        (orphans, watch)
+    })
+    .await
+    .unwrap_or((None, fallback))
+}
+
+/// Decodes a member's assignment in the Kafka consumer protocol
+/// (version, then topics with their partitions, then user data).
+fn decode_assignment(bytes: &[u8]) -> Option<Vec<(String, i32)>> {
+    struct Reader<'a>(&'a [u8]);
+    impl Reader<'_> {
+        fn take(&mut self, n: usize) -> Option<&[u8]> {
+            let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+            self.0 = rest;
+            Some(head)
+        }
+        fn i16(&mut self) -> Option<i16> {
+            Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
+        }
+        fn i32(&mut self) -> Option<i32> {
+            Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+        }
+    }
+    let mut reader = Reader(bytes);
+    let _version = reader.i16()?;
+    let mut partitions = Vec::new();
+    for _ in 0..reader.i32()?.max(0) {
+        let len = usize::try_from(reader.i16()?).ok()?;
+        let topic = String::from_utf8(reader.take(len)?.to_vec()).ok()?;
+        for _ in 0..reader.i32()?.max(0) {
+            partitions.push((topic.clone(), reader.i32()?));
+        }
+    }
+    Some(partitions)
+}
+
 /// True if some partition of the subscribed topics has records the group
 /// has not committed past (so a member without partitions is missing work).
 async fn group_has_work(consumer: &Arc<StreamConsumer>, settings: &ConsumerSettings) -> bool {
@@ -385,15 +547,7 @@ async fn group_has_work(consumer: &Arc<StreamConsumer>, settings: &ConsumerSetti
     let topics = settings.topics.clone();
     let timeout = Duration::from_secs(3);
     tokio::task::spawn_blocking(move || {
-        let mut list = TopicPartitionList::new();
-        for topic in &topics {
-            let Ok(metadata) = consumer.fetch_metadata(Some(topic), timeout) else { return true };
-            for t in metadata.topics() {
-                for p in t.partitions() {
-                    list.add_partition(t.name(), p.id());
-                }
-            }
-        }
+        let Some(list) = all_partitions(&consumer, &topics, timeout) else { return true };
         let Ok(committed) = consumer.committed_offsets(list, timeout) else { return true };
         committed.elements().iter().any(|e| {
             let Ok((low, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout) else { return true };
@@ -604,5 +758,27 @@ async fn purge_inbox(pool: PgPool, settings: ConsumerSettings, shutdown: Shutdow
         if !sleep_or_shutdown(Duration::from_secs(3600), &shutdown).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_assignment;
+
+    #[test]
+    fn a_consumer_protocol_assignment_decodes_to_its_partitions() {
+        let mut bytes = vec![0, 1]; // version 1
+        bytes.extend(2_i32.to_be_bytes()); // two topics
+        for (topic, partitions) in [("a.v1", vec![0, 2]), ("b", vec![1])] {
+            bytes.extend((topic.len() as i16).to_be_bytes());
+            bytes.extend(topic.as_bytes());
+            bytes.extend((partitions.len() as i32).to_be_bytes());
+            for p in partitions {
+                bytes.extend((p as i32).to_be_bytes());
+            }
+        }
+        bytes.extend((-1_i32).to_be_bytes()); // no user data
+        assert_eq!(decode_assignment(&bytes), Some(vec![("a.v1".into(), 0), ("a.v1".into(), 2), ("b".into(), 1)]));
+        assert_eq!(decode_assignment(&bytes[..7]), None, "truncated");
     }
 }

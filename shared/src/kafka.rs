@@ -37,10 +37,31 @@ pub enum KafkaError {
     },
 }
 
-/// Settings common to every client of `brokers`.
+/// The prefix of environment variables passed to librdkafka as properties:
+/// `KAFKA_PROPERTY_SECURITY_PROTOCOL=SASL_SSL` sets `security.protocol`.
+pub const PROPERTY_ENV_PREFIX: &str = "KAFKA_PROPERTY_";
+
+/// The librdkafka properties set through `KAFKA_PROPERTY_*` variables
+/// (name lowercased, `_` turned into `.`).
+pub fn properties_from_env() -> Vec<(String, String)> {
+    let mut properties: Vec<(String, String)> = std::env::vars()
+        .filter_map(|(name, value)| {
+            let property = name.strip_prefix(PROPERTY_ENV_PREFIX)?;
+            (!property.is_empty()).then(|| (property.to_ascii_lowercase().replace('_', "."), value))
+        })
+        .collect();
+    properties.sort();
+    properties
+}
+
+/// Settings common to every client of `brokers`, then any `KAFKA_PROPERTY_*`
+/// overrides (security settings, debugging).
 pub fn client_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers).set("client.id", "ticketing").set("socket.keepalive.enable", "true");
+    for (property, value) in properties_from_env() {
+        config.set(property, value);
+    }
     config
 }
 
