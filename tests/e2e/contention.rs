@@ -249,3 +249,101 @@ async fn a_refund_that_keeps_failing_ends_in_a_visible_needs_review_state() {
     );
     sys.stop_without_check().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_times_the_pool_in_concurrent_executes_of_one_intent_get_one_200_and_409s_quickly() {
+    // The harness gives each service 12 connections; 36 executes of one intent.
+    let sys = System::start().await;
+    let user = "pool_user";
+    let (booking, intent) = sys.book(user, "perf_001", &["F7"]).await;
+    sys.wait_intent(user, &intent).await;
+    let tasks = (0..36).map(|_| {
+        let client = sys.client.clone();
+        let url = format!("{}/payments/execute", sys.base);
+        let token = sys.token(user);
+        let body = json!({"paymentIntentId": intent, "paymentMethodToken": "tok_visa", "cvv": "123"});
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let response = client.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, body, started.elapsed())
+        })
+    });
+    let replies: Vec<_> = futures::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    let ok = replies.iter().filter(|(s, _, _)| *s == StatusCode::OK).count();
+    assert_eq!(ok, 1, "exactly one charge: {replies:?}");
+    for (status, body, took) in &replies {
+        assert!(
+            *status == StatusCode::OK || *status == StatusCode::CONFLICT,
+            "only 200 or 409, got {status}: {body}"
+        );
+        if *status == StatusCode::CONFLICT {
+            let message = body["error"].as_str().unwrap();
+            assert!(
+                ["A payment for this intent is in progress.", "Payment already processed."].contains(&message),
+                "{message}"
+            );
+        }
+        assert!(*took < Duration::from_secs(5), "every answer within a few seconds: {took:?}");
+    }
+    let ready = sys.client.get(format!("{}/readyz", sys.base)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK, "readiness stays green");
+    sys.wait_status(user, &booking, "confirmed").await;
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_payment_succeeded_for_another_intent_leaves_the_booking_pending() {
+    use prost::Message as _;
+    use rdkafka::producer::FutureRecord;
+    let sys = System::start().await;
+    let victim = "forgery_victim";
+    let (booking, intent) = sys.book(victim, "perf_001", &["F9"]).await;
+    let forged = proto::events::PaymentSucceeded {
+        payment_intent_id: "pi_forged_elsewhere".into(),
+        booking_id: booking.clone(),
+        user_id: victim.into(),
+        amount: Some(proto::events::Money { amount: 30000, currency: "KRW".into() }),
+        payment_method_token: "tok_visa".into(),
+        processed_at: Some(shared::topics::timestamp(chrono::Utc::now())),
+    };
+    let ce_id = uuid::Uuid::now_v7();
+    let headers = shared::kafka::CloudEventHeaders {
+        id: ce_id.to_string(),
+        source: "/payment-service".into(),
+        event_type: shared::topics::payment_type("PaymentSucceeded"),
+        time: shared::kafka::CloudEventHeaders::format_time(chrono::Utc::now()),
+        subject: booking.clone(),
+        ..Default::default()
+    };
+    let producer = shared::kafka::producer(&sys.brokers).unwrap();
+    let value = forged.encode_to_vec();
+    producer
+        .send(
+            FutureRecord::to(&sys.topics.payment).key(&booking).payload(&value).headers(headers.to_kafka()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    // The booking-service handled it (its inbox remembers the ce_id) ...
+    let pool = sys.booking_pool().await;
+    let handled = shared::testkit::eventually(Duration::from_secs(30), || async {
+        let seen: bool = sqlx::query_scalar("select exists (select 1 from inbox where event_id = $1)")
+            .bind(ce_id)
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        seen.then_some(())
+    })
+    .await;
+    assert!(handled.is_some(), "the forged event was consumed");
+    // ... and changed nothing.
+    let reply = sys.get(&format!("/bookings/{booking}"), victim).await;
+    assert_eq!(reply.body["status"], "pending", "{}", reply.body);
+    // The real payment still confirms it.
+    let paid = sys.pay(victim, &intent, "tok_visa").await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    sys.wait_status(victim, &booking, "confirmed").await;
+    sys.stop().await;
+}
