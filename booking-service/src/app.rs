@@ -9,7 +9,7 @@ use anyhow::Context;
 use proto::booking::booking_service_server::BookingServiceServer;
 use shared::{
     config::{DatabaseArgs, KafkaArgs, PaymentPolicy},
-    db, grpc, inbox, kafka, outbox, projection, service,
+    db, grpc, kafka, outbox, projection, service,
     shutdown::{sleep_or_shutdown, Shutdown},
     topics,
 };
@@ -29,7 +29,7 @@ pub struct BookingApp {
     addr: SocketAddr,
     brokers: String,
     topics: topics::Topics,
-    group_instance_id: Option<String>,
+    kafka: KafkaArgs,
     outbox_stall: Duration,
     settings: BookingSettings,
 }
@@ -73,7 +73,7 @@ impl BookingApp {
             addr,
             brokers: brokers.to_owned(),
             topics: kafka_args.topics(),
-            group_instance_id: kafka_args.kafka_group_instance_id.clone(),
+            kafka: kafka_args.clone(),
             outbox_stall: Duration::from_secs(kafka_args.outbox_stall_secs),
             settings,
         })
@@ -92,8 +92,7 @@ impl BookingApp {
     /// Serves until `shutdown`, then drains the background tasks.
     /// `drain` is how long gRPC keeps serving after readiness failed.
     pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
-        let mut consumer = inbox::ConsumerSettings::new(&self.topics.group("booking-service"), &[&self.topics.payment]);
-        consumer.instance_id = self.group_instance_id.clone();
+        let consumer = self.kafka.consumer(&self.topics.group("booking-service"), &[&self.topics.payment]);
         let (health, mut tasks) = service::start(
             service::Plumbing {
                 pool: self.pool.clone(),

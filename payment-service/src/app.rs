@@ -10,7 +10,7 @@ use proto::{
 };
 use shared::{
     config::{DatabaseArgs, KafkaArgs, PaymentPolicy},
-    db, grpc, inbox, kafka, outbox, service,
+    db, grpc, kafka, outbox, service,
     shutdown::Shutdown,
     topics,
 };
@@ -67,7 +67,7 @@ pub struct PaymentApp {
     addr: SocketAddr,
     brokers: String,
     topics: topics::Topics,
-    group_instance_id: Option<String>,
+    kafka: KafkaArgs,
     outbox_stall: Duration,
 }
 
@@ -131,7 +131,7 @@ impl PaymentApp {
             addr,
             brokers: brokers.to_owned(),
             topics: kafka_args.topics(),
-            group_instance_id: kafka_args.kafka_group_instance_id.clone(),
+            kafka: kafka_args.clone(),
             outbox_stall: Duration::from_secs(kafka_args.outbox_stall_secs),
         })
     }
@@ -149,8 +149,7 @@ impl PaymentApp {
     /// Serves until `shutdown`, then drains the background tasks.
     /// `drain` is how long gRPC keeps serving after readiness failed.
     pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
-        let mut consumer = inbox::ConsumerSettings::new(&self.topics.group("payment-service"), &[&self.topics.booking]);
-        consumer.instance_id = self.group_instance_id.clone();
+        let consumer = self.kafka.consumer(&self.topics.group("payment-service"), &[&self.topics.booking]);
         let (health, mut tasks) = service::start(
             service::Plumbing {
                 pool: self.pool.clone(),

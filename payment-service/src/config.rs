@@ -32,7 +32,8 @@ pub struct PaymentSettings {
     #[arg(long, env = "INTENT_WAIT_MS", default_value_t = 5000)]
     pub intent_wait_ms: u64,
     /// A charge attempt this old without a recorded outcome is settled with
-    /// the PSP by the reconciler (s). Longer than an execute can take.
-    #[arg(long, env = "PAYMENT_RECONCILE_AFTER_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    /// the PSP by the reconciler (s). Longer than an execute can take, and
+    /// shorter than an Idempotency-Key's 60 s lease.
+    #[arg(long, env = "PAYMENT_RECONCILE_AFTER_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=50))]
     pub payment_reconcile_after_secs: u64,
 }

@@ -36,6 +36,10 @@ pub struct KafkaArgs {
     /// session timeouts.
     #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
     pub kafka_group_instance_id: Option<String>,
+    /// Consumer group session timeout (ms): a member silent this long is
+    /// replaced. A broker that hangs for less keeps every member in place.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(6_000..=300_000))]
+    pub kafka_session_timeout_ms: u64,
     /// Readiness fails while a committed event has waited this long (s) to be published.
     #[arg(long, env = "OUTBOX_STALL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub outbox_stall_secs: u64,
@@ -48,6 +52,15 @@ impl KafkaArgs {
     /// The topic names under this configuration's prefix.
     pub fn topics(&self) -> crate::topics::Topics {
         crate::topics::Topics::new(&self.kafka_topic_prefix)
+    }
+
+    /// Settings of a consumer in `group` of `topics` under this configuration.
+    pub fn consumer(&self, group: &str, topics: &[&str]) -> crate::inbox::ConsumerSettings {
+        let mut settings = crate::inbox::ConsumerSettings::new(group, topics);
+        settings.instance_id = self.kafka_group_instance_id.clone().filter(|id| !id.is_empty());
+        settings.session_timeout = Duration::from_millis(self.kafka_session_timeout_ms);
+        settings.unassigned_limit = settings.session_timeout * 2;
+        settings
     }
 }
 

@@ -122,8 +122,9 @@ pub struct ConsumerSettings {
 
 impl ConsumerSettings {
     /// Defaults: retries from 100 ms up to 5 s apart, 7 days of inbox,
-    /// 10 s sessions, rebuild after two sessions without partitions or 5 s
-    /// with orphaned partitions.
+    /// 45 s sessions (librdkafka's default: a broker that hangs for less
+    /// keeps every member in its group), rebuild after two sessions without
+    /// partitions or 5 s with orphaned partitions.
     pub fn new(group: &str, topics: &[&str]) -> Self {
         Self {
             group: group.to_owned(),
@@ -132,8 +133,8 @@ impl ConsumerSettings {
             max_backoff: Duration::from_secs(5),
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
             instance_id: None,
-            session_timeout: Duration::from_secs(10),
-            unassigned_limit: Duration::from_secs(20),
+            session_timeout: Duration::from_secs(45),
+            unassigned_limit: Duration::from_secs(90),
             orphaned_limit: Duration::from_secs(5),
         }
     }
@@ -304,7 +305,14 @@ async fn consume(
                                 stalled = Some("partitions held by no live member of the group");
                             }
                         }
-                        _ => orphaned_since = None,
+                        Some(_) => orphaned_since = None,
+                        None => {
+                            // The broker does not answer: rejoining cannot help,
+                            // and librdkafka rejoins by itself once it is back.
+                            orphaned_since = None;
+                            unassigned_since = None;
+                            stalled = None;
+                        }
                     }
                 }
                 match stalled {
@@ -542,15 +550,16 @@ fn decode_assignment(bytes: &[u8]) -> Option<Vec<(String, i32)>> {
 
 /// True if some partition of the subscribed topics has records the group
 /// has not committed past (so a member without partitions is missing work).
+/// False when the broker does not answer: rejoining would not help then.
 async fn group_has_work(consumer: &Arc<StreamConsumer>, settings: &ConsumerSettings) -> bool {
     let consumer = Arc::clone(consumer);
     let topics = settings.topics.clone();
     let timeout = Duration::from_secs(3);
     tokio::task::spawn_blocking(move || {
-        let Some(list) = all_partitions(&consumer, &topics, timeout) else { return true };
-        let Ok(committed) = consumer.committed_offsets(list, timeout) else { return true };
+        let Some(list) = all_partitions(&consumer, &topics, timeout) else { return false };
+        let Ok(committed) = consumer.committed_offsets(list, timeout) else { return false };
         committed.elements().iter().any(|e| {
-            let Ok((low, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout) else { return true };
+            let Ok((low, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout) else { return false };
             let at = match e.offset() {
                 Offset::Offset(at) => at,
                 _ => low,
@@ -559,7 +568,7 @@ async fn group_has_work(consumer: &Arc<StreamConsumer>, settings: &ConsumerSetti
         })
     })
     .await
-    .unwrap_or(true)
+    .unwrap_or(false)
 }
 
 fn pause(consumer: &StreamConsumer, message: &OwnedMessage) {
