@@ -210,7 +210,8 @@ impl Deployment {
     fn start(&mut self, name: &str, extra_env: &[(&str, &str)]) {
         let (command, replica) = name.split_once('-').unwrap();
         let ports = self.ports(replica.chars().next().unwrap());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.log"))).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ticketing"))
             .arg(command)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -394,7 +395,8 @@ fn spawn_purchases(d: &Deployment, gateways: &[String], tag: &str, count: usize,
             let mut order = gateways.to_vec();
             order.rotate_left(n % gateways.len());
             let task = tokio::spawn({
-                let (client, token, user, seat) = (d.client.clone(), d.token(&user), user.clone(), seat(first_seat + n));
+                let (client, token, user, seat) =
+                    (d.client.clone(), d.token(&user), user.clone(), seat(first_seat + n));
                 async move {
                     tokio::time::sleep(Duration::from_millis(150 * n as u64)).await;
                     purchase(client, order, token, user, seat).await
@@ -648,21 +650,19 @@ async fn a_crash_right_after_the_psp_charged_is_recorded_once_after_restart() {
     .await;
     assert!(replayed.is_some(), "the retry with the same key was answered 200");
     let payment_db = sqlx::PgPool::connect(&d.db_url("PAYMENT_DATABASE")).await.unwrap();
-    let charges: i64 = sqlx::query_scalar(
-        "select count(*) from psp.charges where payment_intent_id = $1 and status = 'succeeded'",
-    )
-    .bind(&intent)
-    .fetch_one(&payment_db)
-    .await
-    .unwrap();
+    let charges: i64 =
+        sqlx::query_scalar("select count(*) from psp.charges where payment_intent_id = $1 and status = 'succeeded'")
+            .bind(&intent)
+            .fetch_one(&payment_db)
+            .await
+            .unwrap();
     assert_eq!(charges, 1, "the PSP shows one charge");
-    let recorded: i64 = sqlx::query_scalar(
-        "select count(*) from events where stream_id = $1 and event_type = 'PaymentSucceeded'",
-    )
-    .bind(&intent)
-    .fetch_one(&payment_db)
-    .await
-    .unwrap();
+    let recorded: i64 =
+        sqlx::query_scalar("select count(*) from events where stream_id = $1 and event_type = 'PaymentSucceeded'")
+            .bind(&intent)
+            .fetch_one(&payment_db)
+            .await
+            .unwrap();
     assert_eq!(recorded, 1, "the charge is recorded exactly once");
     assert_check_passes(&d);
     d.stop_all();

@@ -19,7 +19,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Endpoint;
 
 use crate::{
-    config::PaymentSettings, consumer::BookingEventHandler, events::PaymentEventMapper, grpc::PaymentGrpc,
+    config::PaymentSettings,
+    consumer::BookingEventHandler,
+    events::PaymentEventMapper,
+    grpc::PaymentGrpc,
     payments::{Payments, Reconciliation},
     psp::SimulatedPsp,
     store,

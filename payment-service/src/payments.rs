@@ -359,11 +359,7 @@ impl Payments {
             .filter(|p| p.attempt == due.attempt)
             .and_then(|p| p.idempotency_key.as_deref())
             .map(|key| Claim::resume(&intent.created.user_id, EXECUTE_OPERATION, key));
-        let answer = self
-            .inner
-            .psp
-            .settle_key(&due.payment_intent_id, &due.attempt_key)
-            .await?;
+        let answer = self.inner.psp.settle_key(&due.payment_intent_id, &due.attempt_key).await?;
         match answer {
             Some(outcome) => {
                 let executed = Executed { payment_intent_id: due.payment_intent_id.clone(), outcome };

@@ -61,9 +61,9 @@ pub async fn oldest_unpublished_secs(pool: &PgPool, relay: &str) -> Result<f64, 
     let mut conn = pool.acquire().await?;
     let checkpoint = global_log::load_checkpoint(&mut conn, relay).await?;
     let next = global_log::read_after(&mut conn, checkpoint, 1).await?;
-    Ok(next.first().map_or(0.0, |event| {
-        (chrono::Utc::now() - event.recorded_at).num_milliseconds().max(0) as f64 / 1000.0
-    }))
+    Ok(next
+        .first()
+        .map_or(0.0, |event| (chrono::Utc::now() - event.recorded_at).num_milliseconds().max(0) as f64 / 1000.0))
 }
 
 /// Re-checks readiness every `interval` and reports it under `services`

@@ -247,7 +247,10 @@ pub async fn run_consumer(
             Ended::Shutdown => break,
             Ended::Stalled => {
                 metrics::counter!("consumer_rebuilds_total", "group" => settings.group.clone()).increment(1);
-                tracing::warn!(group = settings.group, "consumer left and rejoins its group: work was held by no live member");
+                tracing::warn!(
+                    group = settings.group,
+                    "consumer left and rejoins its group: work was held by no live member"
+                );
             }
         }
     }
@@ -475,7 +478,13 @@ async fn orphaned_partitions(
                 .filter_map(|m| m.assignment().and_then(decode_assignment))
                 .flatten()
                 .collect();
-            tracing::debug!(group, members = described.members().len(), ?held, ?assigned, "the group as the broker describes it");
+            tracing::debug!(
+                group,
+                members = described.members().len(),
+                ?held,
+                ?assigned,
+                "the group as the broker describes it"
+            );
             if !held.is_empty() && assigned.is_subset(&held) {
                 return Some(all.difference(&held).cloned().collect());
             }
@@ -583,7 +592,9 @@ fn pause(consumer: &StreamConsumer, message: &OwnedMessage) {
 /// it was paused were skipped and are read again).
 fn resume_after(consumer: &StreamConsumer, message: &OwnedMessage) {
     let (topic, partition) = (message.topic(), message.partition());
-    if let Err(error) = consumer.seek(topic, partition, Offset::Offset(message.offset() + 1), Timeout::After(Duration::ZERO)) {
+    if let Err(error) =
+        consumer.seek(topic, partition, Offset::Offset(message.offset() + 1), Timeout::After(Duration::ZERO))
+    {
         tracing::warn!(%error, topic, partition, "seeking past a retried record");
     }
     let mut list = TopicPartitionList::new();
@@ -650,10 +661,12 @@ async fn try_record(
     }
     match handle_once(pool, handler, &settings.group, event).await {
         Ok(outcome) => Step::Done(outcome),
-        Err(HandlerError::Poison(reason)) => match dead_letter(dlq_producer, settings, message, &reason, shutdown).await {
-            Some(outcome) => Step::Done(outcome),
-            None => Step::Interrupted,
-        },
+        Err(HandlerError::Poison(reason)) => {
+            match dead_letter(dlq_producer, settings, message, &reason, shutdown).await {
+                Some(outcome) => Step::Done(outcome),
+                None => Step::Interrupted,
+            }
+        }
         Err(HandlerError::Transient(error)) => Step::Retry(error),
     }
 }

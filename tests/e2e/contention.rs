@@ -274,10 +274,7 @@ async fn three_times_the_pool_in_concurrent_executes_of_one_intent_get_one_200_a
     let ok = replies.iter().filter(|(s, _, _)| *s == StatusCode::OK).count();
     assert_eq!(ok, 1, "exactly one charge: {replies:?}");
     for (status, body, took) in &replies {
-        assert!(
-            *status == StatusCode::OK || *status == StatusCode::CONFLICT,
-            "only 200 or 409, got {status}: {body}"
-        );
+        assert!(*status == StatusCode::OK || *status == StatusCode::CONFLICT, "only 200 or 409, got {status}: {body}");
         if *status == StatusCode::CONFLICT {
             let message = body["error"].as_str().unwrap();
             assert!(

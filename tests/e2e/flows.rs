@@ -259,3 +259,50 @@ async fn the_invariant_checker_reports_an_unbalanced_ledger_and_a_leaked_hold() 
         .unwrap();
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invariant_checker_compares_the_psp_with_the_recorded_captures() {
+    let sys = System::start().await;
+    let (booking, intent) = sys.book("user_psp", "perf_001", &["E10"]).await;
+    sys.pay("user_psp", &intent, "tok_visa").await;
+    sys.wait_status("user_psp", &booking, "confirmed").await;
+    assert!(sys.settled_violations().await.is_empty());
+    let payment = sys.payment_pool().await;
+    let booking_db = sys.booking_pool().await;
+    // Money the PSP took that nobody recorded, and a capture the PSP never made.
+    sqlx::query(
+        "insert into psp.charges (idempotency_key, payment_intent_id, amount, currency, status) \
+         values ($1, $2, 30000, 'KRW', 'succeeded')",
+    )
+    .bind(format!("{intent}:7"))
+    .bind(&intent)
+    .execute(&payment)
+    .await
+    .unwrap();
+    sqlx::query("update psp.charges set idempotency_key = idempotency_key || ':lost' where idempotency_key = $1")
+        .bind(format!("{intent}:1"))
+        .execute(&payment)
+        .await
+        .unwrap();
+    let found = ticketing::check::check(&booking_db, &payment).await.unwrap();
+    let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert!(text.iter().any(|v| v.contains(&format!("the PSP charged {intent}:7"))), "{text:?}");
+    assert!(
+        text.iter().any(|v| v.contains(&format!("records a capture ({intent}:1) the PSP never charged"))),
+        "{text:?}"
+    );
+    // Repair so the harness's final check passes.
+    sqlx::query("delete from psp.charges where payment_intent_id = $1 and idempotency_key <> $2")
+        .bind(&intent)
+        .bind(format!("{intent}:1:lost"))
+        .execute(&payment)
+        .await
+        .unwrap();
+    sqlx::query("update psp.charges set idempotency_key = $2 where idempotency_key = $1")
+        .bind(format!("{intent}:1:lost"))
+        .bind(format!("{intent}:1"))
+        .execute(&payment)
+        .await
+        .unwrap();
+    sys.stop().await;
+}

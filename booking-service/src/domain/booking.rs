@@ -730,7 +730,8 @@ mod tests {
         };
         assert_eq!(given(&pending, forged_decline), Err(BookingRejection::ForeignPayment));
         let forged_refund = BookingCommand::RecordRefund { payment_intent_id: "pi_x".into(), now: t(5) };
-        let expired = [BookingEvent::SeatLocked(created()), BookingEvent::BookingExpired { of: of(), expired_at: t(3) }];
+        let expired =
+            [BookingEvent::SeatLocked(created()), BookingEvent::BookingExpired { of: of(), expired_at: t(3) }];
         assert_eq!(given(&expired, forged_refund), Err(BookingRejection::ForeignPayment));
     }
 
@@ -740,7 +741,11 @@ mod tests {
         let pending = vec![BookingEvent::SeatLocked(created())];
         assert_eq!(given(&pending, refund()), Err(BookingRejection::NotRefundable));
         let mut confirmed = pending.clone();
-        confirmed.push(BookingEvent::BookingConfirmed { of: of(), payment_intent_id: "pi1".into(), confirmed_at: t(5) });
+        confirmed.push(BookingEvent::BookingConfirmed {
+            of: of(),
+            payment_intent_id: "pi1".into(),
+            confirmed_at: t(5),
+        });
         assert_eq!(given(&confirmed, refund()), Err(BookingRejection::NotRefundable));
         let mut expired = pending.clone();
         expired.push(BookingEvent::BookingExpired { of: of(), expired_at: t(600) });

@@ -715,7 +715,10 @@ mod tests {
     fn one_attempt_at_a_time_and_a_second_execute_is_refused_at_once() {
         let requested = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], check("user_123", 8));
         assert_eq!(given(&requested, check("user_123", 9)), Err(PaymentRejection::ChargeInProgress));
-        let answered = apply_all(&requested, PaymentCommand::RecordOutcome { attempt: 1, outcome: declined(FailureConcept::ServerError) });
+        let answered = apply_all(
+            &requested,
+            PaymentCommand::RecordOutcome { attempt: 1, outcome: declined(FailureConcept::ServerError) },
+        );
         assert!(matches!(
             given(&answered, check("user_123", 10)).as_deref(),
             Ok([PaymentEvent::ChargeRequested { attempt: 2, .. }])
