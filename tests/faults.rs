@@ -508,7 +508,7 @@ async fn a_broker_hung_for_30_seconds_loses_nothing_and_new_purchases_complete()
     let mut d = Deployment::new(dir, &tansu.brokers, server_url());
     d.start_all().await;
     let gateway = d.gateway('a');
-    let purchases = spawn_purchases(&d, &[gateway.clone()], "hang", 16, 0);
+    let purchases = spawn_purchases(&d, std::slice::from_ref(&gateway), "hang", 16, 0);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // Longer than any producer timeout but the message timeout.
     tansu.hang();
@@ -530,7 +530,7 @@ async fn killing_dev_and_restarting_it_as_the_readme_runs_it_loses_nothing() {
     d.start("dev-a", &[]);
     d.wait_ready('a').await;
     let gateway = d.gateway('a');
-    let purchases = spawn_purchases(&d, &[gateway.clone()], "dev", 16, 20);
+    let purchases = spawn_purchases(&d, std::slice::from_ref(&gateway), "dev", 16, 20);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     d.kill("dev-a");
     d.start("dev-a", &[]);
@@ -555,7 +555,7 @@ async fn killing_each_service_process_mid_stream_and_restarting_it_loses_nothing
     d.env.push(("RUST_LOG".to_owned(), "debug,h2=info,hyper=info,tower=info,librdkafka=info,sqlx=info".to_owned()));
     d.start_all().await;
     let gateway = d.gateway('a');
-    let purchases = spawn_purchases(&d, &[gateway.clone()], "kill", 24, 40);
+    let purchases = spawn_purchases(&d, std::slice::from_ref(&gateway), "kill", 24, 40);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     d.kill("booking-a");
     d.start("booking-a", &[]);
@@ -580,7 +580,7 @@ async fn a_postgres_restart_mid_load_dead_letters_nothing_and_loses_nothing() {
     let mut d = Deployment::new(dir, &tansu.brokers, postgres.url());
     d.start_all().await;
     let gateway = d.gateway('a');
-    let purchases = spawn_purchases(&d, &[gateway.clone()], "pg", 16, 60);
+    let purchases = spawn_purchases(&d, std::slice::from_ref(&gateway), "pg", 16, 60);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     postgres.ctl("stop");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -704,7 +704,7 @@ async fn a_broker_refusing_connections_for_30_seconds_loses_nothing() {
     kafka.create_topics(&shared::topics::Topics::new("").all(), 3).await.unwrap();
     d.start_all().await;
     let gateway = d.gateway('a');
-    let purchases = spawn_purchases(&d, &[gateway.clone()], "refused", 16, 100);
+    let purchases = spawn_purchases(&d, std::slice::from_ref(&gateway), "refused", 16, 100);
     tokio::time::sleep(Duration::from_millis(800)).await;
     kafka.embedded_broker().unwrap().broker_down().unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await;

@@ -791,12 +791,12 @@ mod tests {
     fn a_consumer_protocol_assignment_decodes_to_its_partitions() {
         let mut bytes = vec![0, 1]; // version 1
         bytes.extend(2_i32.to_be_bytes()); // two topics
-        for (topic, partitions) in [("a.v1", vec![0, 2]), ("b", vec![1])] {
+        for (topic, partitions) in [("a.v1", vec![0_i32, 2]), ("b", vec![1])] {
             bytes.extend((topic.len() as i16).to_be_bytes());
             bytes.extend(topic.as_bytes());
             bytes.extend((partitions.len() as i32).to_be_bytes());
             for p in partitions {
-                bytes.extend((p as i32).to_be_bytes());
+                bytes.extend(p.to_be_bytes());
             }
         }
         bytes.extend((-1_i32).to_be_bytes()); // no user data
