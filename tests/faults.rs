@@ -709,7 +709,7 @@ async fn a_broker_refusing_connections_for_30_seconds_loses_nothing() {
     kafka.embedded_broker().unwrap().broker_down().unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await;
     kafka.embedded_broker().unwrap().broker_up().unwrap();
-    new_purchase_completes(&d, &gateway, "refused_after", "H7", Duration::from_secs(60)).await;
+    new_purchase_completes(&d, &gateway, "refused_after", "H7", Duration::from_secs(90)).await;
     settle(&d, &gateway, purchases).await;
     assert_check_passes(&d);
     d.stop_all();

@@ -276,6 +276,7 @@ async fn consume(
     let mut progress = ProgressWatch::default();
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
+    let mut receive_errors = ErrorSummary::default();
     loop {
         let next_retry = held.values().map(|h| h.next_try).min();
         tokio::select! {
@@ -352,10 +353,11 @@ async fn consume(
                 let message = match received {
                     Ok(message) => message.detach(),
                     Err(error) => {
-                        tracing::warn!(group = settings.group, %error, "Kafka receive failed");
-                        if !sleep_or_shutdown(Duration::from_millis(500), shutdown).await {
-                            return Ended::Shutdown;
-                        }
+                        // librdkafka queues an error event per failed attempt while
+                        // the broker is away; each is stale once read, so drain them
+                        // at once (waiting here would leave the consumer minutes
+                        // behind its queue after an outage) and log a summary.
+                        receive_errors.record(&settings.group, &error);
                         continue;
                     }
                 };
@@ -391,6 +393,25 @@ async fn consume(
                     Step::Interrupted => return Ended::Shutdown,
                 }
             }
+        }
+    }
+}
+
+/// Logs receive errors at most every few seconds, with how many there were.
+#[derive(Default)]
+struct ErrorSummary {
+    since_logged: u64,
+    last_logged: Option<tokio::time::Instant>,
+}
+
+impl ErrorSummary {
+    fn record(&mut self, group: &str, error: &rdkafka::error::KafkaError) {
+        self.since_logged += 1;
+        metrics::counter!("consumer_receive_errors_total", "group" => group.to_owned()).increment(1);
+        if self.last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+            tracing::warn!(group, %error, errors = self.since_logged, "Kafka receive failed");
+            self.since_logged = 0;
+            self.last_logged = Some(tokio::time::Instant::now());
         }
     }
 }
