@@ -74,7 +74,8 @@ impl GatewayApp {
     /// Binds the address and wires the clients.
     pub async fn build(settings: &GatewaySettings, shutdown: &Shutdown) -> anyhow::Result<Self> {
         shared::metrics::install();
-        let auth = JwtVerifier::new(settings.auth.jwt_secret.as_deref(), settings.auth.jwt_jwks.as_deref())?;
+        let auth = JwtVerifier::new(settings.auth.jwt_secret.as_deref(), settings.auth.jwt_jwks.as_deref())?
+            .with_rules(settings.auth.rules());
         let booking_channel = channel(&settings.booking_grpc_url, "BOOKING_GRPC_URL")?;
         let payment_channel = channel(&settings.payment_grpc_url, "PAYMENT_GRPC_URL")?;
         let state = Arc::new(AppState {

@@ -1,6 +1,9 @@
 //! Bearer-token authentication: HS256 with `JWT_SECRET`, or RS256/ES256
 //! with public keys from `JWT_JWKS`. The user is the `sub` claim, `exp` is
-//! required, `role: "admin"` marks an administrator.
+//! required, `nbf` is honoured, `role: "admin"` marks an administrator.
+//! `iss` and `aud` are checked when `JWT_ISSUER` / `JWT_AUDIENCE` are set and
+//! ignored otherwise, so identity providers' tokens (which carry them) work.
+//! With a JWKS configured, HS256 tokens are refused unless allowed.
 
 use std::sync::Arc;
 
@@ -47,18 +50,40 @@ pub enum AuthConfigError {
     /// JWT_JWKS is unreadable or not a JWKS.
     #[error("JWT_JWKS is not a readable JWKS: {0}")]
     BadJwks(String),
+    /// An HS256 secret that can be brute-forced.
+    #[error("JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")]
+    WeakSecret,
+}
+
+/// The shortest HS256 secret accepted (the hash's output size).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// What a verifier checks besides the signature, `exp` and `nbf`.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRules {
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of the token's audiences), when set.
+    pub audience: Option<String>,
+    /// Accept HS256 tokens even though a JWKS is configured.
+    pub allow_hs256_with_jwks: bool,
 }
 
 /// Verifies bearer tokens.
 pub struct JwtVerifier {
     secret: Option<DecodingKey>,
     keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    rules: TokenRules,
 }
 
 impl JwtVerifier {
     /// Builds from a secret and/or a JWKS (path or inline JSON).
     pub fn new(secret: Option<&str>, jwks: Option<&str>) -> Result<Self, AuthConfigError> {
-        let secret = secret.filter(|s| !s.is_empty()).map(|s| DecodingKey::from_secret(s.as_bytes()));
+        let secret = secret.filter(|s| !s.is_empty());
+        if secret.is_some_and(|s| s.len() < MIN_SECRET_BYTES) {
+            return Err(AuthConfigError::WeakSecret);
+        }
+        let secret = secret.map(|s| DecodingKey::from_secret(s.as_bytes()));
         let keys = match jwks.filter(|j| !j.trim().is_empty()) {
             None => Vec::new(),
             Some(text) => {
@@ -74,13 +99,20 @@ impl JwtVerifier {
         if secret.is_none() && keys.is_empty() {
             return Err(AuthConfigError::Missing);
         }
-        Ok(Self { secret, keys })
+        Ok(Self { secret, keys, rules: TokenRules::default() })
+    }
+
+    /// The same verifier, also checking `rules`.
+    pub fn with_rules(mut self, rules: TokenRules) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// The caller named by a valid, unexpired token.
     pub fn verify(&self, token: &str) -> Option<AuthUser> {
         let header = decode_header(token).ok()?;
         let key = match header.alg {
+            Algorithm::HS256 if !self.keys.is_empty() && !self.rules.allow_hs256_with_jwks => return None,
             Algorithm::HS256 => self.secret.as_ref()?,
             Algorithm::RS256 | Algorithm::ES256 => {
                 &self
@@ -93,7 +125,20 @@ impl JwtVerifier {
         };
         let mut validation = Validation::new(header.alg);
         validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &self.rules.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.rules.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         let claims = decode::<Claims>(token, key, &validation).ok()?.claims;
         if claims.sub.is_empty() || claims.sub.len() > 128 {
             return None;
@@ -148,20 +193,92 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
+
+    /// A token with arbitrary claims, signed with `SECRET`.
+    fn hs256(claims: serde_json::Value) -> String {
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    #[test]
+    fn identity_provider_tokens_with_iss_aud_nbf_and_jti_are_accepted_when_those_are_not_configured() {
+        let verifier = JwtVerifier::new(Some(SECRET), None).unwrap();
+        let token = hs256(serde_json::json!({
+            "sub": "user_idp", "exp": now() + 60, "nbf": now() - 5, "iat": now(),
+            "iss": "https://idp.example/realms/tickets", "aud": ["ticketing", "account"], "jti": "j-1"
+        }));
+        assert_eq!(verifier.verify(&token).map(|u| u.user_id), Some("user_idp".to_owned()));
+    }
+
+    #[test]
+    fn issuer_and_audience_are_enforced_when_configured() {
+        let rules = TokenRules {
+            issuer: Some("https://idp.example".into()),
+            audience: Some("ticketing".into()),
+            ..TokenRules::default()
+        };
+        let verifier = JwtVerifier::new(Some(SECRET), None).unwrap().with_rules(rules);
+        let token = |iss: Option<&str>, aud: Option<&str>| {
+            let mut claims = serde_json::json!({"sub": "u", "exp": now() + 60});
+            if let Some(iss) = iss {
+                claims["iss"] = iss.into();
+            }
+            if let Some(aud) = aud {
+                claims["aud"] = aud.into();
+            }
+            hs256(claims)
+        };
+        assert!(verifier.verify(&token(Some("https://idp.example"), Some("ticketing"))).is_some());
+        assert!(verifier.verify(&token(Some("https://other.example"), Some("ticketing"))).is_none(), "wrong iss");
+        assert!(verifier.verify(&token(Some("https://idp.example"), Some("billing"))).is_none(), "wrong aud");
+        assert!(verifier.verify(&token(None, Some("ticketing"))).is_none(), "missing iss");
+        assert!(verifier.verify(&token(Some("https://idp.example"), None)).is_none(), "missing aud");
+    }
+
+    #[test]
+    fn a_token_that_is_not_valid_yet_is_refused() {
+        let verifier = JwtVerifier::new(Some(SECRET), None).unwrap();
+        let early = hs256(serde_json::json!({"sub": "u", "exp": now() + 600, "nbf": now() + 300}));
+        assert!(verifier.verify(&early).is_none());
+    }
+
+    #[test]
+    fn a_secret_shorter_than_32_bytes_is_refused_at_start() {
+        assert!(matches!(JwtVerifier::new(Some("s3cret"), None), Err(AuthConfigError::WeakSecret)));
+        assert!(JwtVerifier::new(Some(&"k".repeat(MIN_SECRET_BYTES)), None).is_ok());
+    }
+
+    #[test]
+    fn with_a_jwks_hs256_is_refused_unless_allowed() {
+        let token = issue_token(SECRET, "u", false, 60).unwrap();
+        let strict = JwtVerifier::new(Some(SECRET), Some(EC_JWKS)).unwrap();
+        assert!(strict.verify(&token).is_none());
+        let allowing = JwtVerifier::new(Some(SECRET), Some(EC_JWKS))
+            .unwrap()
+            .with_rules(TokenRules { allow_hs256_with_jwks: true, ..TokenRules::default() });
+        assert!(allowing.verify(&token).is_some());
+    }
+
     #[test]
     fn hs256_tokens_verify_and_carry_the_admin_role() {
-        let verifier = JwtVerifier::new(Some("s3cret"), None).unwrap();
-        let token = issue_token("s3cret", "user_1", true, 60).unwrap();
+        let verifier = JwtVerifier::new(Some(SECRET), None).unwrap();
+        let token = issue_token(SECRET, "user_1", true, 60).unwrap();
         assert_eq!(verifier.verify(&token), Some(AuthUser { user_id: "user_1".into(), admin: true }));
-        let plain = issue_token("s3cret", "user_2", false, 60).unwrap();
+        let plain = issue_token(SECRET, "user_2", false, 60).unwrap();
         assert_eq!(verifier.verify(&plain).map(|u| u.admin), Some(false));
     }
 
     #[test]
     fn bad_signatures_expired_and_malformed_tokens_are_rejected() {
-        let verifier = JwtVerifier::new(Some("s3cret"), None).unwrap();
-        assert!(verifier.verify(&issue_token("other", "u", false, 60).unwrap()).is_none());
-        assert!(verifier.verify(&issue_token("s3cret", "u", false, -120).unwrap()).is_none());
+        let verifier = JwtVerifier::new(Some(SECRET), None).unwrap();
+        assert!(verifier
+            .verify(&issue_token("another-secret-of-at-least-32-bytes", "u", false, 60).unwrap())
+            .is_none());
+        assert!(verifier.verify(&issue_token(SECRET, "u", false, -120).unwrap()).is_none());
         assert!(verifier.verify("not.a.jwt").is_none());
         assert!(verifier.verify("").is_none());
     }
@@ -190,7 +307,7 @@ lPEgq3YDVcG6jOn3SyIaAHs8Zmtoj7/2lGWtb1YF9XaiKcGssvaa5oIG
         assert!(inline.verify(&es256_token(None, 60)).is_some(), "a token without kid uses any matching key");
         assert!(inline.verify(&es256_token(Some("other"), 60)).is_none(), "unknown kid");
         assert!(inline.verify(&es256_token(Some("k1"), -120)).is_none(), "expired");
-        assert!(inline.verify(&issue_token("s3cret", "u", false, 60).unwrap()).is_none(), "no HS256 without a secret");
+        assert!(inline.verify(&issue_token(SECRET, "u", false, 60).unwrap()).is_none(), "no HS256 without a secret");
 
         let path = std::env::temp_dir().join(format!("jwks-{}.json", std::process::id()));
         std::fs::write(&path, EC_JWKS).unwrap();

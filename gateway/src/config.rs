@@ -30,6 +30,26 @@ pub struct AuthSettings {
     /// RS256/ES256 public keys as a JWKS: a file path or inline JSON (production).
     #[arg(long, env = "JWT_JWKS", hide_env_values = true)]
     pub jwt_jwks: Option<String>,
+    /// Required `iss` of every token (unset: not checked).
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of every token (unset: not checked).
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Accept HS256 tokens (JWT_SECRET) even though JWT_JWKS is set.
+    #[arg(long, env = "JWT_ALLOW_HS256", default_value_t = false)]
+    pub jwt_allow_hs256: bool,
+}
+
+impl AuthSettings {
+    /// The token rules these settings ask for.
+    pub fn rules(&self) -> crate::auth::TokenRules {
+        crate::auth::TokenRules {
+            issuer: self.jwt_issuer.clone().filter(|i| !i.is_empty()),
+            audience: self.jwt_audience.clone().filter(|a| !a.is_empty()),
+            allow_hs256_with_jwks: self.jwt_allow_hs256,
+        }
+    }
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -37,6 +57,9 @@ impl std::fmt::Debug for AuthSettings {
         f.debug_struct("AuthSettings")
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
             .field("jwt_jwks", &self.jwt_jwks.as_ref().map(|_| "<set>"))
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_allow_hs256", &self.jwt_allow_hs256)
             .finish()
     }
 }

@@ -9,6 +9,7 @@
 //! | `routes/` | one module per resource of the contract |
 //! | `error.rs` | the JSON error shape; gRPC → HTTP status, once |
 //! | `json.rs` | a JSON extractor whose rejections are 400s naming the problem |
+//! | `path_id.rs` | ids from the URL path, checked (length, no control characters) before any call |
 //! | `openapi.rs` | the OpenAPI 3.1 document at `/openapi.json` |
 
 pub mod app;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod json;
 pub mod openapi;
+pub mod path_id;
 pub mod routes;
 
 pub use app::{AppState, GatewayApp};

@@ -257,3 +257,21 @@ async fn swagger_ui_is_served_offline_at_docs() {
     assert_eq!(openapi.body["info"]["title"], "Ticketing REST API");
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_with_control_characters_or_too_long_are_a_400_before_any_query() {
+    let sys = System::start().await;
+    let token = sys.token("user_ids");
+    let long = "x".repeat(129);
+    for (method, path) in [
+        (reqwest::Method::GET, "/bookings/%00%00%00".to_owned()),
+        (reqwest::Method::DELETE, "/bookings/a%01b".to_owned()),
+        (reqwest::Method::GET, "/occupiedSeats/perf_001_%00".to_owned()),
+        (reqwest::Method::GET, format!("/bookings/{long}")),
+    ] {
+        let reply = sys.call(method.clone(), &path, Some(&token), None).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{method} {path}: {}", reply.body);
+        assert!(reply.body["error"].as_str().is_some_and(|e| e.contains("Invalid id")), "{}", reply.body);
+    }
+    sys.stop().await;
+}

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Query, State},
     http::{HeaderMap, StatusCode},
     Json,
 };
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{grpc_request, idempotent_grpc_request, replay_headers, seed_time};
-use crate::{auth::AuthUser, error::ApiError, json::JsonBody, AppState};
+use crate::{auth::AuthUser, error::ApiError, json::JsonBody, path_id::PathId, AppState};
 
 /// `POST /bookings` body (every field optional here so a missing one gets the seed's message).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -180,13 +180,13 @@ pub async fn my_bookings(
 /// One booking (owner or admin).
 #[utoipa::path(get, path = "/bookings/{id}", tag = "Bookings", params(("id" = String, Path, description = "bookingId")),
     security(("bearer" = [])),
-    responses((status = 200, body = BookingView), (status = 401, body = crate::error::ErrorBody),
+    responses((status = 200, body = BookingView), (status = 400, body = crate::error::ErrorBody, description = "Invalid id"), (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_booking(
     State(state): State<Arc<AppState>>,
     user: AuthUser,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<BookingView>, ApiError> {
     let request = pb::GetBookingRequest { caller: caller(&user), booking_id: id };
     let booking = state.booking.clone().get_booking(grpc_request(request, &headers)).await?.into_inner();
@@ -196,14 +196,14 @@ pub async fn get_booking(
 /// Cancels a pending booking of the caller; its seats are free at once.
 #[utoipa::path(delete, path = "/bookings/{id}", tag = "Bookings", params(("id" = String, Path, description = "bookingId")),
     security(("bearer" = [])),
-    responses((status = 200, body = MessageBody), (status = 401, body = crate::error::ErrorBody),
+    responses((status = 200, body = MessageBody), (status = 400, body = crate::error::ErrorBody, description = "Invalid id"), (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody)))]
 pub async fn cancel_booking(
     State(state): State<Arc<AppState>>,
     user: AuthUser,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<MessageBody>, ApiError> {
     let request = pb::CancelBookingRequest { caller: caller(&user), booking_id: id };
     state.booking.clone().cancel_booking(grpc_request(request, &headers)).await?;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::{HeaderMap, StatusCode},
     Json,
 };
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{grpc_request, seed_time};
-use crate::{auth::AuthUser, error::ApiError, json::JsonBody, AppState};
+use crate::{auth::AuthUser, error::ApiError, json::JsonBody, path_id::PathId, AppState};
 
 /// A Firestore-style timestamp.
 #[derive(Debug, Serialize, ToSchema)]
@@ -42,13 +42,13 @@ pub struct OccupiedSeatDoc {
 #[utoipa::path(get, path = "/occupiedSeats/{docId}", tag = "Seats",
     params(("docId" = String, Path, description = "`{performanceId}_{seatId}`, e.g. perf_001_A2")),
     security(("bearer" = [])),
-    responses((status = 200, body = OccupiedSeatDoc), (status = 401, body = crate::error::ErrorBody),
+    responses((status = 200, body = OccupiedSeatDoc), (status = 400, body = crate::error::ErrorBody, description = "Invalid id"), (status = 401, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody, description = "The seat is free")))]
 pub async fn occupied_seat(
     State(state): State<Arc<AppState>>,
     user: AuthUser,
     headers: HeaderMap,
-    Path(doc_id): Path<String>,
+    PathId(doc_id): PathId,
 ) -> Result<Json<OccupiedSeatDoc>, ApiError> {
     let Some((performance_id, seat_id)) = doc_id.rsplit_once('_').filter(|(p, s)| !p.is_empty() && !s.is_empty())
     else {
@@ -172,13 +172,13 @@ pub struct SeatMapBody {
 /// Every seat of a performance with its price and state.
 #[utoipa::path(get, path = "/performances/{id}/seats", tag = "Performances",
     params(("id" = String, Path, description = "performanceId")), security(("bearer" = [])),
-    responses((status = 200, body = SeatMapBody), (status = 401, body = crate::error::ErrorBody),
+    responses((status = 200, body = SeatMapBody), (status = 400, body = crate::error::ErrorBody, description = "Invalid id"), (status = 401, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody)))]
 pub async fn seat_map(
     State(state): State<Arc<AppState>>,
     user: AuthUser,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<SeatMapBody>, ApiError> {
     let request = pb::GetSeatMapRequest {
         caller: Some(pb::Caller { user_id: user.user_id, admin: user.admin }),
