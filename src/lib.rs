@@ -79,6 +79,8 @@ pub struct DevArgs {
     pub gateway_addr: std::net::SocketAddr,
     #[command(flatten)]
     pub auth: gateway::config::AuthSettings,
+    #[command(flatten)]
+    pub edge: gateway::config::EdgeLimits,
 }
 
 /// `ticketing gateway`.
@@ -586,6 +588,7 @@ pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> a
         booking_grpc_url: format!("http://{}", loopback(booking_addr)),
         payment_grpc_url: format!("http://{}", loopback(payment_addr)),
         auth: args.auth,
+        edge: args.edge,
     };
     let gateway = GatewayApp::build(&gateway_settings, &shutdown).await?;
     let gateway_addr = gateway.addr();

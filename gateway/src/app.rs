@@ -52,6 +52,10 @@ pub struct AppState {
     pub auth: JwtVerifier,
     /// Cancelled when the process is stopping (readiness fails first).
     pub shutting_down: Shutdown,
+    /// Permits for requests in flight (load shedding beyond them).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
 }
 
 /// A built, not yet running, gateway.
@@ -85,6 +89,8 @@ impl GatewayApp {
             payment_channel,
             auth,
             shutting_down: shutdown.clone(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(settings.edge.gateway_max_in_flight as usize)),
+            request_timeout: Duration::from_millis(settings.edge.gateway_request_timeout_ms),
         });
         let listener = tokio::net::TcpListener::bind(settings.gateway_addr)
             .await
@@ -109,6 +115,35 @@ impl GatewayApp {
             })
             .await
             .context("gateway HTTP server")
+    }
+}
+
+/// Sheds load beyond the in-flight limit (503, `Retry-After: 1`) and
+/// answers 504 for a request that outlives the timeout. Health and metrics
+/// are exempt, so probes see the truth while the gateway sheds.
+async fn shed_and_time_out(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+        return next.run(request).await;
+    }
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        metrics::counter!("http_requests_shed_total").increment(1);
+        let mut response =
+            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "The service is busy; please retry shortly.")
+                .into_response();
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        return response;
+    };
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("http_requests_timed_out_total").increment(1);
+            ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, "The request timed out.").into_response()
+        }
     }
 }
 
@@ -155,6 +190,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), shed_and_time_out))
         .layer(axum::middleware::from_fn(record_http_metrics))
         .with_state(state)
         .layer(CatchPanicLayer::custom(|_| {

@@ -19,6 +19,20 @@ pub struct GatewaySettings {
     pub payment_grpc_url: String,
     #[command(flatten)]
     pub auth: AuthSettings,
+    #[command(flatten)]
+    pub edge: EdgeLimits,
+}
+
+/// What the edge sheds before it reaches the services.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct EdgeLimits {
+    /// Requests handled at once; beyond that they are shed with 503 and
+    /// `Retry-After` (health and metrics are exempt).
+    #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateway_max_in_flight: u32,
+    /// Longest a request may take (ms) before it is answered 504.
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub gateway_request_timeout_ms: u64,
 }
 
 /// How bearer tokens are verified.

@@ -275,3 +275,43 @@ async fn ids_with_control_characters_or_too_long_are_a_400_before_any_query() {
     }
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_in_flight_limit_requests_are_shed_with_503_and_retry_after() {
+    let sys = System::start_with(&["--gateway-max-in-flight=1", "--mock-pg-timeout-ms=3000"]).await;
+    let user = "edge_shed";
+    let (_booking, intent) = sys.book(user, "perf_001", &["G3"]).await;
+    sys.wait_intent(user, &intent).await;
+    // A slow charge holds the only slot ...
+    let slow = tokio::spawn({
+        let (client, url, token) = (sys.client.clone(), format!("{}/payments/execute", sys.base), sys.token(user));
+        let body = json!({"paymentIntentId": intent, "paymentMethodToken": "tok_pgTimeout", "cvv": "123"});
+        async move { client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    // ... so another request is shed at once, and probes still answer.
+    let shed = sys.get("/bookings/my", user).await;
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE, "{}", shed.body);
+    assert_eq!(shed.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert!(shed.body["error"].as_str().is_some_and(|e| e.contains("busy")), "{}", shed.body);
+    let health = sys.client.get(format!("{}/healthz", sys.base)).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    // The slow charge itself is answered: tok_pgTimeout is a decline (400).
+    assert_eq!(slow.await.unwrap(), StatusCode::BAD_REQUEST);
+    assert_eq!(sys.get("/bookings/my", user).await.status, StatusCode::OK, "served again once the slot is free");
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_outlives_the_timeout_is_a_504_json_error() {
+    let sys = System::start_with(&["--gateway-request-timeout-ms=1500", "--mock-pg-timeout-ms=4000"]).await;
+    let user = "edge_timeout";
+    let (_booking, intent) = sys.book(user, "perf_001", &["G4"]).await;
+    sys.wait_intent(user, &intent).await;
+    let started = std::time::Instant::now();
+    let reply = sys.pay(user, &intent, "tok_pgTimeout").await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.body);
+    assert_eq!(reply.body["error"], "The request timed out.");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "answered at the timeout");
+    sys.stop().await;
+}
