@@ -32,7 +32,14 @@ fn free_port() -> u16 {
 
 fn run(command: &mut Command) {
     let output = command.output().unwrap();
-    assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+    // What went wrong first: CI reports keep only the start of a failure.
+    assert!(
+        output.status.success(),
+        "{} {}{} -- from {command:?}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout),
+    );
 }
 
 fn signal(pid: u32, name: &str) {
@@ -99,7 +106,9 @@ impl Drop for Tansu {
 
 /// A private PostgreSQL cluster (initdb on a free port, run as the
 /// `postgres` user because initdb refuses root), so restarting it disturbs
-/// no other test.
+/// no other test. Its commands run from its own directory: PostgreSQL's
+/// tools fail when the working directory (a checkout under a private home,
+/// say) is unreadable to the `postgres` user.
 struct PrivatePostgres {
     bindir: PathBuf,
     data: PathBuf,
@@ -118,9 +127,11 @@ impl PrivatePostgres {
         let pg = Self { bindir, data, port: free_port() };
         run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir));
         run(Command::new("runuser")
+            .current_dir(&pg.data)
             .args(["-u", "postgres", "--"])
             .arg(pg.bindir.join("initdb"))
-            .args(["--auth=trust", "--username=postgres", "-D"])
+            // No dependence on the machine's locales (LANG may name one not installed).
+            .args(["--auth=trust", "--username=postgres", "--no-locale", "--encoding=UTF8", "-D"])
             .arg(&pg.data));
         pg.ctl("start");
         pg
@@ -129,6 +140,7 @@ impl PrivatePostgres {
     fn ctl(&self, action: &str) {
         let options = format!("-p {} -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200", self.port);
         run(Command::new("runuser")
+            .current_dir(&self.data)
             .args(["-u", "postgres", "--"])
             .arg(self.bindir.join("pg_ctl"))
             .arg("-D")
@@ -146,6 +158,7 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let _ = Command::new("runuser")
+            .current_dir(&self.data)
             .args(["-u", "postgres", "--"])
             .arg(self.bindir.join("pg_ctl"))
             .arg("-D")
