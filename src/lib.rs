@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use gateway::{GatewayApp, GatewaySettings};
 use payment_service::{PaymentApp, PaymentSettings};
 use shared::{
-    config::{DatabaseArgs, KafkaArgs, MetricsArgs, PaymentPolicy, ShutdownArgs},
+    config::{DatabaseArgs, KafkaArgs, MetricsArgs, PaymentPolicy, SecurityArgs, ShutdownArgs},
     kafka::EmbeddedKafka,
     shutdown::{self, Shutdown},
     telemetry::{self, LogFormat},
@@ -38,7 +38,7 @@ pub enum Command {
     /// (real gRPC on loopback, real Kafka: an embedded broker unless KAFKA_BROKERS is set).
     Dev(Box<DevArgs>),
     /// Run the REST gateway.
-    Gateway(GatewayArgs),
+    Gateway(Box<GatewayArgs>),
     /// Run the booking-service.
     Booking(Box<BookingArgs>),
     /// Run the payment-service.
@@ -78,7 +78,7 @@ pub struct DevArgs {
     #[arg(long, env = "GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
     pub gateway_addr: std::net::SocketAddr,
     #[command(flatten)]
-    pub auth: gateway::config::AuthSettings,
+    pub security: SecurityArgs,
     #[command(flatten)]
     pub edge: gateway::config::EdgeLimits,
 }
@@ -107,6 +107,8 @@ pub struct BookingArgs {
     pub policy: PaymentPolicy,
     #[command(flatten)]
     pub booking: BookingSettings,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// `ticketing payment`.
@@ -127,6 +129,8 @@ pub struct PaymentArgs {
     /// URL of the booking-service gRPC endpoint (admits payments).
     #[arg(long, env = "BOOKING_GRPC_URL", default_value = "http://127.0.0.1:50051")]
     pub booking_grpc_url: String,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// `ticketing token`.
@@ -260,7 +264,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let shutdown = shutdown::on_signal(bound(&args.lifecycle));
             let brokers = args.kafka.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
             shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
-            let app = BookingApp::build(&args.database, &args.kafka, &brokers, args.booking, args.policy).await?;
+            let app =
+                BookingApp::build(&args.database, &args.kafka, &brokers, args.booking, args.policy, &args.security)
+                    .await?;
             app.run(shutdown, args.lifecycle.drain()).await
         }
         Command::Payment(args) => {
@@ -274,6 +280,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.payment,
                 args.policy,
                 &args.booking_grpc_url,
+                &args.security,
             )
             .await?;
             app.run(shutdown, args.lifecycle.drain()).await
@@ -286,7 +293,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .context("JWT_SECRET is unset and `ticketing dev` has not generated one yet")?,
             };
             let ttl = i64::try_from(args.ttl.as_secs()).unwrap_or(i64::MAX);
-            println!("{}", gateway::auth::issue_token(&secret, &args.user_id, args.admin, ttl)?);
+            println!("{}", shared::auth::issue_token(&secret, &args.user_id, args.admin, ttl)?);
             Ok(())
         }
         Command::Migrate(args) => {
@@ -577,17 +584,28 @@ pub struct DevSystem {
 /// Builds and starts the three components against `brokers`.
 pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> anyhow::Result<DevSystem> {
     let metrics_addr = shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
-    let booking = BookingApp::build(&args.database, &args.kafka, brokers, args.booking, args.policy.clone()).await?;
+    let booking =
+        BookingApp::build(&args.database, &args.kafka, brokers, args.booking, args.policy.clone(), &args.security)
+            .await?;
     let booking_addr = booking.grpc_addr();
-    let booking_url = format!("http://{}", loopback(booking_addr));
-    let payment =
-        PaymentApp::build(&args.database, &args.kafka, brokers, args.payment, args.policy, &booking_url).await?;
+    let scheme = args.security.grpc_tls.scheme();
+    let booking_url = format!("{scheme}://{}", loopback(booking_addr));
+    let payment = PaymentApp::build(
+        &args.database,
+        &args.kafka,
+        brokers,
+        args.payment,
+        args.policy,
+        &booking_url,
+        &args.security,
+    )
+    .await?;
     let payment_addr = payment.grpc_addr();
     let gateway_settings = GatewaySettings {
         gateway_addr: args.gateway_addr,
-        booking_grpc_url: format!("http://{}", loopback(booking_addr)),
-        payment_grpc_url: format!("http://{}", loopback(payment_addr)),
-        auth: args.auth,
+        booking_grpc_url: booking_url,
+        payment_grpc_url: format!("{scheme}://{}", loopback(payment_addr)),
+        security: args.security,
         edge: args.edge,
     };
     let gateway = GatewayApp::build(&gateway_settings, &shutdown).await?;
@@ -635,14 +653,14 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
         (None, Some(brokers)) => brokers,
         (None, None) => anyhow::bail!("no Kafka broker"),
     };
-    if args.auth.jwt_secret.is_none() && args.auth.jwt_jwks.is_none() {
+    if !args.security.auth.has_keys() {
         let secret = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
         write_dev_secret(&secret)?;
         tracing::warn!(
             path = %dev_secret_path().display(),
             "JWT_SECRET is unset: generated a dev secret; `ticketing token <userId>` signs with it. Set JWT_SECRET in production."
         );
-        args.auth.jwt_secret = Some(secret);
+        args.security.auth.jwt_secret = Some(secret);
     }
     let system = start_system(args, &brokers, shutdown.clone()).await?;
     tracing::info!(

@@ -3,12 +3,13 @@
 //! serves until shutdown with the outbox relay, the payment-event consumer,
 //! the projection runner and the expiry sweeper beside it.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use proto::booking::booking_service_server::BookingServiceServer;
 use shared::{
-    config::{DatabaseArgs, KafkaArgs, PaymentPolicy},
+    auth::Verifier,
+    config::{DatabaseArgs, KafkaArgs, PaymentPolicy, SecurityArgs},
     db, grpc, kafka, outbox, projection, service,
     shutdown::{sleep_or_shutdown, Shutdown},
     topics,
@@ -32,18 +33,24 @@ pub struct BookingApp {
     kafka: KafkaArgs,
     outbox_stall: Duration,
     settings: BookingSettings,
+    verifier: Arc<Verifier>,
+    server: tonic::transport::Server,
 }
 
 impl BookingApp {
     /// Connects (creating and migrating the database), creates the topics,
-    /// loads the demo catalog if asked, and binds the gRPC address.
+    /// loads the demo catalog if asked, and binds the gRPC address. Token
+    /// and TLS settings are checked first: a bad one stops the start.
     pub async fn build(
         database: &DatabaseArgs,
         kafka_args: &KafkaArgs,
         brokers: &str,
         settings: BookingSettings,
         policy: PaymentPolicy,
+        security: &SecurityArgs,
     ) -> anyhow::Result<Self> {
+        let verifier = security.auth.verifier().await?;
+        let server = security.grpc_tls.server()?;
         let pool = db::connect_service_db(
             &database.database_url,
             &settings.booking_database,
@@ -76,6 +83,8 @@ impl BookingApp {
             kafka: kafka_args.clone(),
             outbox_stall: Duration::from_secs(kafka_args.outbox_stall_secs),
             settings,
+            verifier,
+            server,
         })
     }
 
@@ -118,12 +127,13 @@ impl BookingApp {
             shutdown.clone(),
         )));
         tracing::info!(addr = %self.addr, "booking-service gRPC listening");
-        let served = tonic::transport::Server::builder()
+        let served = self
+            .server
             .trace_fn(shared::trace_context::grpc_server_span)
             .layer(shared::metrics::GrpcMetricsLayer)
             .add_service(health)
             .add_service(grpc::reflection(proto::FILE_DESCRIPTOR_SET)?)
-            .add_service(BookingServiceServer::new(BookingGrpc::new(self.bookings.clone())))
+            .add_service(BookingServiceServer::new(BookingGrpc::new(self.bookings.clone(), self.verifier)))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.listener),
                 service::drained(shutdown.clone(), drain),

@@ -1,12 +1,17 @@
 //! The `ticketing.booking.v1.BookingService` gRPC adapter: translates
 //! protobuf requests into use-case calls and `BookingError` into `Status`
-//! (once, in `error.rs`). The caller identity comes from the gateway, which
-//! authenticated the user's JWT.
+//! (once, in `error.rs`). Every method takes the caller's identity from
+//! the bearer token in its `authorization` metadata, verified here with the
+//! same verifier the gateway uses; the deprecated `caller` field of the
+//! requests is ignored.
+
+use std::sync::Arc;
 
 use proto::booking::{self as pb, booking_service_server::BookingService};
 use shared::{
+    auth::Verifier,
     grpc::{
-        event_metadata,
+        authenticate, event_metadata,
         idempotent::{self, Step},
     },
     topics::timestamp,
@@ -23,19 +28,19 @@ use crate::{
 /// gRPC front of the booking use cases.
 pub struct BookingGrpc {
     bookings: Bookings,
+    verifier: Arc<Verifier>,
 }
 
 impl BookingGrpc {
-    /// Serves `bookings`.
-    pub fn new(bookings: Bookings) -> Self {
-        Self { bookings }
+    /// Serves `bookings` to callers whose tokens `verifier` accepts.
+    pub fn new(bookings: Bookings, verifier: Arc<Verifier>) -> Self {
+        Self { bookings, verifier }
     }
-}
 
-fn caller(caller: Option<pb::Caller>) -> Result<Caller, Status> {
-    match caller {
-        Some(c) if !c.user_id.is_empty() => Ok(Caller { user_id: c.user_id, admin: c.admin }),
-        _ => Err(Status::unauthenticated("Missing or invalid bearer token.")),
+    /// The caller, from the request's verified bearer token.
+    async fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
+        let user = authenticate(&self.verifier, metadata).await?.user;
+        Ok(Caller { user_id: user.user_id, admin: user.admin })
     }
 }
 
@@ -67,9 +72,9 @@ impl BookingService for BookingGrpc {
         &self,
         request: Request<pb::CreateBookingRequest>,
     ) -> Result<Response<pb::CreateBookingResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
         let metadata = request.metadata().clone();
         let body = request.into_inner();
-        let caller = caller(body.caller)?;
         let fingerprint =
             format!("{}|{}|{}|{}", body.performance_id, body.seat_ids.join(","), body.payment_method, body.user_id);
         let pool = self.bookings.pool();
@@ -102,16 +107,16 @@ impl BookingService for BookingGrpc {
         &self,
         request: Request<pb::CancelBookingRequest>,
     ) -> Result<Response<pb::CancelBookingResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
         let metadata = request.metadata().clone();
         let body = request.into_inner();
-        let caller = caller(body.caller)?;
         self.bookings.cancel(&caller, &body.booking_id, &event_metadata(&metadata, &caller.user_id)).await?;
         Ok(Response::new(pb::CancelBookingResponse {}))
     }
 
     async fn get_booking(&self, request: Request<pb::GetBookingRequest>) -> Result<Response<pb::Booking>, Status> {
+        let caller = self.caller(request.metadata()).await?;
         let body = request.into_inner();
-        let caller = caller(body.caller)?;
         let booking = self.bookings.get(&caller, &body.booking_id).await?;
         let created = booking.created;
         Ok(Response::new(pb::Booking {
@@ -130,8 +135,8 @@ impl BookingService for BookingGrpc {
         &self,
         request: Request<pb::ListUserBookingsRequest>,
     ) -> Result<Response<pb::ListUserBookingsResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
         let body = request.into_inner();
-        let caller = caller(body.caller)?;
         let before = Some(body.before.as_str()).filter(|b| !b.is_empty());
         let rows = self.bookings.list(&caller.user_id, body.limit, before).await?;
         Ok(Response::new(pb::ListUserBookingsResponse { bookings: rows.into_iter().map(row_to_pb).collect() }))
@@ -141,8 +146,8 @@ impl BookingService for BookingGrpc {
         &self,
         request: Request<pb::GetOccupiedSeatRequest>,
     ) -> Result<Response<pb::OccupiedSeat>, Status> {
+        self.caller(request.metadata()).await?;
         let body = request.into_inner();
-        caller(body.caller)?;
         let seat = self.bookings.occupied_seat(&body.performance_id, &body.seat_id).await?;
         Ok(Response::new(pb::OccupiedSeat {
             booking_id: seat.booking_id,
@@ -153,8 +158,8 @@ impl BookingService for BookingGrpc {
     }
 
     async fn get_seat_map(&self, request: Request<pb::GetSeatMapRequest>) -> Result<Response<pb::SeatMap>, Status> {
+        self.caller(request.metadata()).await?;
         let body = request.into_inner();
-        caller(body.caller)?;
         let (performance, seats) = self.bookings.seat_map(&body.performance_id).await?;
         Ok(Response::new(pb::SeatMap {
             performance_id: performance.performance_id,
@@ -168,8 +173,8 @@ impl BookingService for BookingGrpc {
         &self,
         request: Request<pb::RegisterPerformanceRequest>,
     ) -> Result<Response<pb::RegisterPerformanceResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
         let body = request.into_inner();
-        let caller = caller(body.caller)?;
         let starts_at = match body.starts_at {
             Some(ts) => Some(
                 shared::topics::from_timestamp(&ts)
@@ -201,6 +206,9 @@ impl BookingService for BookingGrpc {
         &self,
         request: Request<pb::AdmitPaymentRequest>,
     ) -> Result<Response<pb::AdmitPaymentResponse>, Status> {
+        // The payer's own token, forwarded by the payment-service: only the
+        // booking's owner can have its payment admitted.
+        let payer = self.caller(request.metadata()).await?;
         let metadata = request.metadata().clone();
         let body = request.into_inner();
         let locked_until = self
@@ -208,7 +216,7 @@ impl BookingService for BookingGrpc {
             .admit_payment(
                 &body.booking_id,
                 &body.payment_intent_id,
-                &body.user_id,
+                &payer.user_id,
                 body.admission_secs,
                 &event_metadata(&metadata, "system:payment-service"),
             )

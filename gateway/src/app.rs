@@ -15,7 +15,7 @@ use proto::{
     booking::booking_service_client::BookingServiceClient, payment::payment_service_client::PaymentServiceClient,
 };
 use shared::shutdown::Shutdown;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -26,7 +26,7 @@ use tracing::Level;
 use utoipa::OpenApi;
 
 use crate::{
-    auth::JwtVerifier,
+    auth::Verifier,
     config::GatewaySettings,
     error::ApiError,
     openapi::ApiDoc,
@@ -49,7 +49,7 @@ pub struct AppState {
     /// Channel to the payment-service (health checks).
     pub payment_channel: Channel,
     /// Token verification.
-    pub auth: JwtVerifier,
+    pub auth: Arc<Verifier>,
     /// Cancelled when the process is stopping (readiness fails first).
     pub shutting_down: Shutdown,
     /// Permits for requests in flight (load shedding beyond them).
@@ -65,9 +65,9 @@ pub struct GatewayApp {
     addr: SocketAddr,
 }
 
-fn channel(url: &str, name: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("{name} URL `{url}` is not a URL"))?
+fn channel(tls: &shared::grpc::tls::GrpcTlsSettings, url: &str, name: &str) -> anyhow::Result<Channel> {
+    Ok(tls
+        .endpoint(name, url)?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
@@ -78,10 +78,10 @@ impl GatewayApp {
     /// Binds the address and wires the clients.
     pub async fn build(settings: &GatewaySettings, shutdown: &Shutdown) -> anyhow::Result<Self> {
         shared::metrics::install();
-        let auth = JwtVerifier::new(settings.auth.jwt_secret.as_deref(), settings.auth.jwt_jwks.as_deref())?
-            .with_rules(settings.auth.rules());
-        let booking_channel = channel(&settings.booking_grpc_url, "BOOKING_GRPC_URL")?;
-        let payment_channel = channel(&settings.payment_grpc_url, "PAYMENT_GRPC_URL")?;
+        let auth = settings.security.auth.verifier().await?;
+        let tls = &settings.security.grpc_tls;
+        let booking_channel = channel(tls, &settings.booking_grpc_url, "BOOKING_GRPC_URL")?;
+        let payment_channel = channel(tls, &settings.payment_grpc_url, "PAYMENT_GRPC_URL")?;
         let state = Arc::new(AppState {
             booking: BookingServiceClient::new(booking_channel.clone()),
             payment: PaymentServiceClient::new(payment_channel.clone()),

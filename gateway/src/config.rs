@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::Args;
+use shared::config::SecurityArgs;
 
 /// Settings of the REST gateway.
 #[derive(Debug, Clone, Args)]
@@ -18,7 +19,7 @@ pub struct GatewaySettings {
     #[arg(long, env = "PAYMENT_GRPC_URL", default_value = "http://127.0.0.1:50052")]
     pub payment_grpc_url: String,
     #[command(flatten)]
-    pub auth: AuthSettings,
+    pub security: SecurityArgs,
     #[command(flatten)]
     pub edge: EdgeLimits,
 }
@@ -33,47 +34,4 @@ pub struct EdgeLimits {
     /// Longest a request may take (ms) before it is answered 504.
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub gateway_request_timeout_ms: u64,
-}
-
-/// How bearer tokens are verified.
-#[derive(Clone, Args)]
-pub struct AuthSettings {
-    /// HS256 secret for user tokens (dev/default). `ticketing dev` generates one if unset.
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    /// RS256/ES256 public keys as a JWKS: a file path or inline JSON (production).
-    #[arg(long, env = "JWT_JWKS", hide_env_values = true)]
-    pub jwt_jwks: Option<String>,
-    /// Required `iss` of every token (unset: not checked).
-    #[arg(long, env = "JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    /// Required `aud` of every token (unset: not checked).
-    #[arg(long, env = "JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-    /// Accept HS256 tokens (JWT_SECRET) even though JWT_JWKS is set.
-    #[arg(long, env = "JWT_ALLOW_HS256", default_value_t = false)]
-    pub jwt_allow_hs256: bool,
-}
-
-impl AuthSettings {
-    /// The token rules these settings ask for.
-    pub fn rules(&self) -> crate::auth::TokenRules {
-        crate::auth::TokenRules {
-            issuer: self.jwt_issuer.clone().filter(|i| !i.is_empty()),
-            audience: self.jwt_audience.clone().filter(|a| !a.is_empty()),
-            allow_hs256_with_jwks: self.jwt_allow_hs256,
-        }
-    }
-}
-
-impl std::fmt::Debug for AuthSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthSettings")
-            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
-            .field("jwt_jwks", &self.jwt_jwks.as_ref().map(|_| "<set>"))
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_audience", &self.jwt_audience)
-            .field("jwt_allow_hs256", &self.jwt_allow_hs256)
-            .finish()
-    }
 }

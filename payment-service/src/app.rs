@@ -9,14 +9,14 @@ use proto::{
     booking::booking_service_client::BookingServiceClient, payment::payment_service_server::PaymentServiceServer,
 };
 use shared::{
-    config::{DatabaseArgs, KafkaArgs, PaymentPolicy},
+    auth::Verifier,
+    config::{DatabaseArgs, KafkaArgs, PaymentPolicy, SecurityArgs},
     db, grpc, kafka, outbox, service,
     shutdown::Shutdown,
     topics,
 };
 use sqlx::PgPool;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Endpoint;
 
 use crate::{
     config::PaymentSettings,
@@ -72,12 +72,15 @@ pub struct PaymentApp {
     topics: topics::Topics,
     kafka: KafkaArgs,
     outbox_stall: Duration,
+    verifier: Arc<Verifier>,
+    server: tonic::transport::Server,
 }
 
 impl PaymentApp {
     /// Connects (creating and migrating the database), creates the topics
     /// and binds the gRPC address. The booking-service (at
-    /// `booking_grpc_url`) is reached lazily.
+    /// `booking_grpc_url`) is reached lazily. Token and TLS settings are
+    /// checked first: a bad one stops the start.
     pub async fn build(
         database: &DatabaseArgs,
         kafka_args: &KafkaArgs,
@@ -85,7 +88,11 @@ impl PaymentApp {
         settings: PaymentSettings,
         policy: PaymentPolicy,
         booking_grpc_url: &str,
+        security: &SecurityArgs,
     ) -> anyhow::Result<Self> {
+        let verifier = security.auth.verifier().await?;
+        let server = security.grpc_tls.server()?;
+        let booking_endpoint = security.grpc_tls.endpoint("BOOKING_GRPC_URL", booking_grpc_url)?;
         let pool = db::connect_service_db(
             &database.database_url,
             &settings.payment_database,
@@ -102,11 +109,8 @@ impl PaymentApp {
         )
         .await
         .context("creating Kafka topics")?;
-        let channel = Endpoint::from_shared(booking_grpc_url.to_owned())
-            .with_context(|| format!("BOOKING_GRPC_URL `{booking_grpc_url}` is not a URL"))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+        let channel =
+            booking_endpoint.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(10)).connect_lazy();
         let psp = Arc::new(SimulatedPsp::new(
             pool.clone(),
             Duration::from_millis(settings.mock_pg_timeout_ms),
@@ -136,6 +140,8 @@ impl PaymentApp {
             topics: kafka_args.topics(),
             kafka: kafka_args.clone(),
             outbox_stall: Duration::from_secs(kafka_args.outbox_stall_secs),
+            verifier,
+            server,
         })
     }
 
@@ -169,12 +175,13 @@ impl PaymentApp {
         tasks.push(tokio::spawn(run_refunds(self.payments.clone(), self.refunds, shutdown.clone())));
         tasks.push(tokio::spawn(run_reconciler(self.payments.clone(), shutdown.clone())));
         tracing::info!(addr = %self.addr, "payment-service gRPC listening");
-        let served = tonic::transport::Server::builder()
+        let served = self
+            .server
             .trace_fn(shared::trace_context::grpc_server_span)
             .layer(shared::metrics::GrpcMetricsLayer)
             .add_service(health)
             .add_service(grpc::reflection(proto::FILE_DESCRIPTOR_SET)?)
-            .add_service(PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone())))
+            .add_service(PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone(), self.verifier)))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.listener),
                 service::drained(shutdown.clone(), drain),

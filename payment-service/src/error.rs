@@ -16,6 +16,10 @@ pub enum PaymentError {
     /// The aggregate refused the command.
     #[error(transparent)]
     Rejected(#[from] PaymentRejection),
+    /// The booking-service refused the payer's forwarded token (it expired
+    /// on the way, or the services disagree on keys).
+    #[error("Missing or invalid bearer token.")]
+    PayerUnauthenticated,
     /// The booking-service could not be asked.
     #[error("The booking service is unavailable; please retry.")]
     BookingUnavailable(String),
@@ -66,6 +70,7 @@ impl From<PaymentError> for Status {
         use PaymentRejection as R;
         let code = match &error {
             PaymentError::Invalid(_) | PaymentError::UnknownToken => Code::InvalidArgument,
+            PaymentError::PayerUnauthenticated => Code::Unauthenticated,
             PaymentError::Rejected(R::NotFound) => Code::NotFound,
             PaymentError::Rejected(R::NotOwner) => Code::PermissionDenied,
             PaymentError::Rejected(R::AlreadyExists | R::AlreadyProcessed) => Code::AlreadyExists,

@@ -1,10 +1,16 @@
-//! The `ticketing.payment.v1.PaymentService` gRPC adapter. The caller
-//! identity comes from the gateway, which authenticated the JWT.
+//! The `ticketing.payment.v1.PaymentService` gRPC adapter. Every method
+//! takes the caller's identity from the bearer token in its `authorization`
+//! metadata, verified here with the same verifier the gateway uses; the
+//! deprecated `caller` field of the requests is ignored. The payer's token
+//! goes along when the booking-service is asked to admit the payment.
+
+use std::sync::Arc;
 
 use proto::payment::{self as pb, payment_service_server::PaymentService};
 use shared::{
+    auth::Verifier,
     grpc::{
-        event_metadata,
+        authenticate, event_metadata,
         idempotent::{self, Step},
     },
     topics::timestamp,
@@ -19,17 +25,14 @@ use crate::{
 /// gRPC front of the payment use cases.
 pub struct PaymentGrpc {
     payments: Payments,
+    verifier: Arc<Verifier>,
 }
 
 impl PaymentGrpc {
-    /// Serves `payments`.
-    pub fn new(payments: Payments) -> Self {
-        Self { payments }
+    /// Serves `payments` to callers whose tokens `verifier` accepts.
+    pub fn new(payments: Payments, verifier: Arc<Verifier>) -> Self {
+        Self { payments, verifier }
     }
-}
-
-fn caller(caller: Option<pb::Caller>) -> Result<pb::Caller, Status> {
-    caller.filter(|c| !c.user_id.is_empty()).ok_or_else(|| Status::unauthenticated("Missing or invalid bearer token."))
 }
 
 #[tonic::async_trait]
@@ -38,9 +41,10 @@ impl PaymentService for PaymentGrpc {
         &self,
         request: Request<pb::ExecutePaymentRequest>,
     ) -> Result<Response<pb::ExecutePaymentResponse>, Status> {
+        let credentials = authenticate(&self.verifier, request.metadata()).await?;
+        let caller = &credentials.user;
         let metadata = request.metadata().clone();
         let body = request.into_inner();
-        let caller = caller(body.caller)?;
         let payment = self.payments.validate(ExecutePayment {
             payment_intent_id: body.payment_intent_id,
             payment_method_token: body.payment_method_token,
@@ -57,7 +61,7 @@ impl PaymentService for PaymentGrpc {
                 Step::Answer(answer) => return answer,
             };
         let metadata = event_metadata(&metadata, &caller.user_id);
-        match self.payments.execute(&caller.user_id, payment, metadata, claim.clone()).await {
+        match self.payments.execute(&credentials, payment, metadata, claim.clone()).await {
             Ok(executed) => Ok(Response::new(executed_to_pb(executed))),
             Err(error) => {
                 // Once a charge may have happened the key stays claimed: the
@@ -76,8 +80,8 @@ impl PaymentService for PaymentGrpc {
         &self,
         request: Request<pb::GetPaymentIntentRequest>,
     ) -> Result<Response<pb::PaymentIntent>, Status> {
+        let caller = authenticate(&self.verifier, request.metadata()).await?.user;
         let body = request.into_inner();
-        let caller = caller(body.caller)?;
         let intent = self.payments.get(&caller.user_id, caller.admin, &body.payment_intent_id).await?;
         let created = intent.created;
         Ok(Response::new(pb::PaymentIntent {

@@ -24,6 +24,7 @@ use shared::{
     event_store::EventMetadata,
     failpoint,
     grpc::idempotent::ok_outcome,
+    grpc::Credentials,
     idempotency::{self, Claim},
 };
 use sqlx::{PgConnection, PgPool};
@@ -134,20 +135,21 @@ impl Payments {
         })
     }
 
-    /// Charges an intent for `user_id`. Runs to completion even if the
+    /// Charges an intent for the payer `credentials` name (their token goes
+    /// along to the booking-service's admission). Runs to completion even if the
     /// caller goes away: money that moved is always recorded, together with
     /// the idempotency outcome when a key was claimed.
     pub async fn execute(
         &self,
-        user_id: &str,
+        credentials: &Credentials,
         payment: ValidPayment,
         metadata: EventMetadata,
         claim: Option<Claim>,
     ) -> Result<Executed, PaymentError> {
         let this = self.clone();
-        let user_id = user_id.to_owned();
+        let payer = credentials.clone();
         let task = tokio::spawn(tracing::Instrument::instrument(
-            async move { this.execute_to_completion(&user_id, payment, &metadata, claim.as_ref()).await },
+            async move { this.execute_to_completion(&payer, payment, &metadata, claim.as_ref()).await },
             tracing::Span::current(),
         ));
         task.await.map_err(|e| PaymentError::Internal(format!("payment task failed: {e}")))?
@@ -155,12 +157,13 @@ impl Payments {
 
     async fn execute_to_completion(
         &self,
-        user_id: &str,
+        payer: &Credentials,
         payment: ValidPayment,
         metadata: &EventMetadata,
         claim: Option<&Claim>,
     ) -> Result<Executed, PaymentError> {
         let payment_intent_id = payment.payment_intent_id;
+        let user_id = payer.user.user_id.as_str();
         let intent = self.wait_for_intent(&payment_intent_id).await?;
         if intent.created.user_id != user_id {
             return Err(PaymentRejection::NotOwner.into());
@@ -178,7 +181,7 @@ impl Payments {
             Some(PaymentEvent::ChargeRequested { attempt, attempt_key, .. }) => (*attempt, attempt_key.clone()),
             _ => return Err(PaymentError::Internal("no attempt was recorded".into())),
         };
-        if let Err(refused) = self.admit(&intent, metadata).await {
+        if let Err(refused) = self.admit(&intent, metadata, &payer.token).await {
             self.abandon(&payment_intent_id, attempt, &refused.to_string(), metadata).await;
             return Err(refused);
         }
@@ -247,14 +250,15 @@ impl Payments {
         }
     }
 
-    /// Asks the booking-service to admit the charge (fresh booking state).
-    async fn admit(&self, intent: &PaymentIntent, metadata: &EventMetadata) -> Result<(), PaymentError> {
+    /// Asks the booking-service to admit the charge (fresh booking state),
+    /// as the payer: their `token` is the call's credential.
+    async fn admit(&self, intent: &PaymentIntent, metadata: &EventMetadata, token: &str) -> Result<(), PaymentError> {
         let mut request = tonic::Request::new(AdmitPaymentRequest {
             booking_id: intent.created.booking_id.clone(),
             payment_intent_id: intent.created.payment_intent_id.clone(),
-            user_id: intent.created.user_id.clone(),
-            admission_secs: 0,
+            ..AdmitPaymentRequest::default()
         });
+        shared::grpc::forward_bearer(&mut request, token);
         if let Some(value) = metadata.correlation_id.as_deref().and_then(|v| v.parse().ok()) {
             request.metadata_mut().insert(shared::grpc::REQUEST_ID, value);
         }
@@ -264,6 +268,7 @@ impl Payments {
             Err(status) => match status.code() {
                 Code::FailedPrecondition | Code::NotFound => Err(PaymentRejection::NotPayable.into()),
                 Code::PermissionDenied => Err(PaymentRejection::NotOwner.into()),
+                Code::Unauthenticated => Err(PaymentError::PayerUnauthenticated),
                 _ => Err(PaymentError::BookingUnavailable(status.message().to_owned())),
             },
         }

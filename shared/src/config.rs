@@ -145,3 +145,13 @@ mod tests {
         assert!(parse_duration("").is_err());
     }
 }
+
+/// Who may call, and over what: bearer-token verification (the gateway and
+/// both services verify with the same settings) and gRPC TLS.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    #[command(flatten)]
+    pub auth: crate::auth::AuthSettings,
+    #[command(flatten)]
+    pub grpc_tls: crate::grpc::tls::GrpcTlsSettings,
+}

@@ -11,7 +11,8 @@
 //! | [`dlq`] | re-driving dead letters to their source topic |
 //! | [`projection`] | read models kept in step with the global log, with blue/green rebuilds |
 //! | [`global_log`] | reading the log in commit order, checkpoints, wake-ups |
-//! | [`grpc`] | request context to event metadata, bind, reflection |
+//! | [`auth`] | bearer-token verification (HS256, JWKS file or URL), the one verifier of every boundary |
+//! | [`grpc`] | caller identity from forwarded tokens, TLS/mTLS, request context to event metadata, bind, reflection |
 //! | [`health`] | readiness (database, broker) as gRPC health |
 //! | [`idempotency`] | Idempotency-Key claims, replays and purge |
 //! | [`db`] | connecting, creating the service database, running migrations |
@@ -25,6 +26,7 @@
 //! | [`testkit`] | fresh databases and a broker for integration tests |
 //! | [`failpoint`] | named crash points for fault tests (`TICKETING_FAILPOINTS`) |
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod dlq;

@@ -223,14 +223,13 @@ async fn a_refund_that_keeps_failing_ends_in_a_visible_needs_review_state() {
     ])
     .await;
     let (booking, intent) = pay_late_after_cancel(&sys, "stuck", "A5").await;
-    let url = format!("http://127.0.0.1:{}", sys.payment_addr.port());
-    let client = proto::payment::payment_service_client::PaymentServiceClient::connect(url).await.unwrap();
+    let client = sys.payment_grpc().await;
     let review = shared::testkit::eventually(Duration::from_secs(30), || {
         let mut client = client.clone();
-        let request = proto::payment::GetPaymentIntentRequest {
-            caller: Some(proto::payment::Caller { user_id: "stuck".into(), admin: false }),
-            payment_intent_id: intent.clone(),
-        };
+        let request = sys.as_user(
+            "stuck",
+            proto::payment::GetPaymentIntentRequest { payment_intent_id: intent.clone(), ..Default::default() },
+        );
         async move {
             let intent = client.get_payment_intent(request).await.ok()?.into_inner();
             (intent.status == "refund_needs_review").then_some(())

@@ -6,6 +6,7 @@ mod contention;
 mod contract;
 mod flows;
 mod fuzz;
+mod grpc_auth;
 mod idempotency;
 mod replay;
 mod support;

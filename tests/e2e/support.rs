@@ -24,6 +24,7 @@ pub struct System {
     pub booking_db: String,
     pub payment_db: String,
     pub payment_addr: std::net::SocketAddr,
+    pub booking_addr: std::net::SocketAddr,
     pub topics: shared::topics::Topics,
     pub brokers: String,
     secret: String,
@@ -81,6 +82,7 @@ impl System {
         .await;
         assert!(ready.is_some(), "system became ready");
         let payment_addr = system.payment_addr;
+        let booking_addr = system.booking_addr;
         let brokers = kafka.brokers().to_owned();
         Self {
             topics,
@@ -90,6 +92,7 @@ impl System {
             booking_db,
             payment_db,
             payment_addr,
+            booking_addr,
             secret,
             shutdown,
             tasks: system.tasks,
@@ -209,15 +212,37 @@ impl System {
         reply
     }
 
+    /// A gRPC request carrying `user`'s bearer token, as the gateway sends it.
+    pub fn as_user<T>(&self, user: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        shared::grpc::forward_bearer(&mut request, &self.token(user));
+        request
+    }
+
+    /// A plaintext client of the payment-service's gRPC API.
+    pub async fn payment_grpc(
+        &self,
+    ) -> proto::payment::payment_service_client::PaymentServiceClient<tonic::transport::Channel> {
+        let url = format!("http://127.0.0.1:{}", self.payment_addr.port());
+        proto::payment::payment_service_client::PaymentServiceClient::connect(url).await.unwrap()
+    }
+
+    /// A plaintext client of the booking-service's gRPC API.
+    pub async fn booking_grpc(
+        &self,
+    ) -> proto::booking::booking_service_client::BookingServiceClient<tonic::transport::Channel> {
+        let url = format!("http://127.0.0.1:{}", self.booking_addr.port());
+        proto::booking::booking_service_client::BookingServiceClient::connect(url).await.unwrap()
+    }
+
     /// Waits until the payment-service has created `intent` from SeatLocked.
     pub async fn wait_intent(&self, user: &str, intent: &str) {
-        let url = format!("http://127.0.0.1:{}", self.payment_addr.port());
-        let client = proto::payment::payment_service_client::PaymentServiceClient::connect(url).await.unwrap();
+        let client = self.payment_grpc().await;
         let found = eventually(Duration::from_secs(30), || {
-            let request = proto::payment::GetPaymentIntentRequest {
-                caller: Some(proto::payment::Caller { user_id: user.to_owned(), admin: false }),
-                payment_intent_id: intent.to_owned(),
-            };
+            let request = self.as_user(
+                user,
+                proto::payment::GetPaymentIntentRequest { payment_intent_id: intent.to_owned(), ..Default::default() },
+            );
             let mut client = client.clone();
             async move { client.get_payment_intent(request).await.ok() }
         })

@@ -99,10 +99,6 @@ fn view(b: pb::Booking) -> BookingView {
     }
 }
 
-fn caller(user: &AuthUser) -> Option<pb::Caller> {
-    Some(pb::Caller { user_id: user.user_id.clone(), admin: user.admin })
-}
-
 /// Locks the seats and starts a booking.
 #[utoipa::path(post, path = "/bookings", tag = "Bookings", request_body = CreateBookingBody,
     security(("bearer" = [])), params(crate::openapi::IdempotencyKey),
@@ -131,11 +127,11 @@ pub async fn create_booking(
         return Err(ApiError::forbidden("Unauthorized to book for another user."));
     }
     let request = pb::CreateBookingRequest {
-        caller: caller(&user),
         performance_id,
         seat_ids,
         payment_method: body.payment_method.unwrap_or_default(),
         user_id,
+        ..Default::default()
     };
     let reply = state.booking.clone().create_booking(idempotent_grpc_request(request, &headers)?).await?;
     let replayed = replay_headers(reply.metadata());
@@ -158,7 +154,7 @@ pub async fn create_booking(
         (status = 401, body = crate::error::ErrorBody)))]
 pub async fn my_bookings(
     State(state): State<Arc<AppState>>,
-    user: AuthUser,
+    _user: AuthUser,
     headers: HeaderMap,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<BookingView>>, ApiError> {
@@ -172,7 +168,7 @@ pub async fn my_bookings(
             .ok_or_else(|| ApiError::bad_request("limit must be an integer from 1 to 500."))?,
     };
     let request =
-        pb::ListUserBookingsRequest { caller: caller(&user), limit, before: params.before.unwrap_or_default() };
+        pb::ListUserBookingsRequest { limit, before: params.before.unwrap_or_default(), ..Default::default() };
     let list = state.booking.clone().list_user_bookings(grpc_request(request, &headers)).await?.into_inner();
     Ok(Json(list.bookings.into_iter().map(view).collect()))
 }
@@ -184,11 +180,11 @@ pub async fn my_bookings(
         (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_booking(
     State(state): State<Arc<AppState>>,
-    user: AuthUser,
+    _user: AuthUser,
     headers: HeaderMap,
     PathId(id): PathId,
 ) -> Result<Json<BookingView>, ApiError> {
-    let request = pb::GetBookingRequest { caller: caller(&user), booking_id: id };
+    let request = pb::GetBookingRequest { booking_id: id, ..Default::default() };
     let booking = state.booking.clone().get_booking(grpc_request(request, &headers)).await?.into_inner();
     Ok(Json(view(booking)))
 }
@@ -201,11 +197,11 @@ pub async fn get_booking(
         (status = 409, body = crate::error::ErrorBody)))]
 pub async fn cancel_booking(
     State(state): State<Arc<AppState>>,
-    user: AuthUser,
+    _user: AuthUser,
     headers: HeaderMap,
     PathId(id): PathId,
 ) -> Result<Json<MessageBody>, ApiError> {
-    let request = pb::CancelBookingRequest { caller: caller(&user), booking_id: id };
+    let request = pb::CancelBookingRequest { booking_id: id, ..Default::default() };
     state.booking.clone().cancel_booking(grpc_request(request, &headers)).await?;
     Ok(Json(MessageBody { message: "Booking cancelled successfully." }))
 }

@@ -10,6 +10,13 @@ use axum::http::HeaderMap;
 /// Wraps a gRPC message with the request id and trace context of the HTTP request.
 pub fn grpc_request<T>(message: T, headers: &HeaderMap) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
+    // The caller's own token (verified by the `AuthUser` extractor): the
+    // services verify it again and take the caller from it, not from us.
+    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some(token) = shared::auth::bearer(value) {
+            shared::grpc::forward_bearer(&mut request, token);
+        }
+    }
     if let Some(value) =
         headers.get(shared::grpc::REQUEST_ID).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
     {

@@ -1,11 +1,56 @@
-//! gRPC plumbing both services share: request context into event metadata,
-//! and a server with health and reflection always registered.
+//! gRPC plumbing both services share: the caller's identity from its
+//! verified bearer token, TLS, request context into event metadata, and a
+//! server with health and reflection always registered.
+
+pub mod tls;
 
 use std::net::SocketAddr;
 
-use tonic::metadata::MetadataMap;
+use tonic::{metadata::MetadataMap, Status};
 
-use crate::event_store::EventMetadata;
+use crate::{
+    auth::{self, AuthUser, Verifier},
+    event_store::EventMetadata,
+};
+
+/// Metadata key of the caller's bearer token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// The answer to a call without valid credentials.
+pub const UNAUTHENTICATED: &str = "Missing or invalid bearer token.";
+
+/// A caller whose bearer token verified.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// Who the token names.
+    pub user: AuthUser,
+    /// The token itself, to forward on calls made for this caller.
+    pub token: String,
+}
+
+/// The caller named by the request's verified `authorization: Bearer`
+/// token; `UNAUTHENTICATED` without one. Nothing in the request body is
+/// trusted for identity.
+pub async fn authenticate(verifier: &Verifier, metadata: &MetadataMap) -> Result<Credentials, Status> {
+    let token = metadata.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::bearer);
+    let Some(token) = token else {
+        return Err(Status::unauthenticated(UNAUTHENTICATED));
+    };
+    match verifier.verify(token).await {
+        Ok(user) => Ok(Credentials { user, token: token.to_owned() }),
+        Err(error) => {
+            tracing::debug!(%error, "gRPC bearer token refused");
+            Err(Status::unauthenticated(UNAUTHENTICATED))
+        }
+    }
+}
+
+/// Sends `token` as the request's bearer credential.
+pub fn forward_bearer<T>(request: &mut tonic::Request<T>, token: &str) {
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert(AUTHORIZATION, value);
+    }
+}
 
 /// Metadata key of the request id the gateway assigns.
 pub const REQUEST_ID: &str = "x-request-id";

@@ -1,0 +1,199 @@
+//! The internal gRPC APIs trust no caller by what it says: each method,
+//! called over a real tonic client without credentials, with a forged
+//! token, with another user's token, or with a body that names someone
+//! else, is refused or answers only for the token's own user.
+
+use proto::{booking as bpb, payment as ppb};
+use reqwest::StatusCode;
+use tonic::{Code, Request};
+
+use crate::support::System;
+
+fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// A request with a bearer token signed by someone who does not hold the key.
+fn forged<T>(message: T) -> Request<T> {
+    let token = shared::auth::issue_token("not-the-deployment-secret-but-long-enough", "victim", true, 600).unwrap();
+    let mut request = Request::new(message);
+    shared::grpc::forward_bearer(&mut request, &token);
+    request
+}
+
+/// Without credentials, or with forged ones.
+fn unauthenticated<T>(forge: bool, message: T) -> Request<T> {
+    if forge {
+        forged(message)
+    } else {
+        Request::new(message)
+    }
+}
+
+/// A body naming `user` as an admin caller, in the deprecated field.
+fn claimed_admin(user: &str) -> Option<bpb::Caller> {
+    #[allow(deprecated)]
+    Some(bpb::Caller { user_id: user.to_owned(), admin: true })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_booking_method_refuses_calls_without_valid_credentials() {
+    let sys = System::start().await;
+    let (booking, intent) = sys.book("grpc_owner", "perf_001", &["C1"]).await;
+    let mut client = sys.booking_grpc().await;
+
+    #[allow(deprecated)]
+    let create = bpb::CreateBookingRequest {
+        caller: claimed_admin("grpc_owner"),
+        performance_id: "perf_001".into(),
+        seat_ids: vec!["C2".into()],
+        user_id: "grpc_owner".into(),
+        ..Default::default()
+    };
+    #[allow(deprecated)]
+    let get = bpb::GetBookingRequest { caller: claimed_admin("grpc_owner"), booking_id: booking.clone() };
+    #[allow(deprecated)]
+    let cancel = bpb::CancelBookingRequest { caller: claimed_admin("grpc_owner"), booking_id: booking.clone() };
+    #[allow(deprecated)]
+    let list = bpb::ListUserBookingsRequest { caller: claimed_admin("grpc_owner"), ..Default::default() };
+    let seat =
+        bpb::GetOccupiedSeatRequest { performance_id: "perf_001".into(), seat_id: "C1".into(), ..Default::default() };
+    let map = bpb::GetSeatMapRequest { performance_id: "perf_001".into(), ..Default::default() };
+    let register = bpb::RegisterPerformanceRequest {
+        performance_id: "perf_grpc_unauth".into(),
+        title: "x".into(),
+        rows: vec![bpb::SeatRow { row: "A".into(), seats: 2, price: 100 }],
+        ..Default::default()
+    };
+    #[allow(deprecated)]
+    let admit = bpb::AdmitPaymentRequest {
+        booking_id: booking.clone(),
+        payment_intent_id: intent.clone(),
+        user_id: "grpc_owner".into(),
+        admission_secs: 0,
+    };
+
+    for forge in [false, true] {
+        let codes = [
+            ("CreateBooking", code(client.create_booking(unauthenticated(forge, create.clone())).await)),
+            ("GetBooking", code(client.get_booking(unauthenticated(forge, get.clone())).await)),
+            ("CancelBooking", code(client.cancel_booking(unauthenticated(forge, cancel.clone())).await)),
+            ("ListUserBookings", code(client.list_user_bookings(unauthenticated(forge, list.clone())).await)),
+            ("GetOccupiedSeat", code(client.get_occupied_seat(unauthenticated(forge, seat.clone())).await)),
+            ("GetSeatMap", code(client.get_seat_map(unauthenticated(forge, map.clone())).await)),
+            ("RegisterPerformance", code(client.register_performance(unauthenticated(forge, register.clone())).await)),
+            ("AdmitPayment", code(client.admit_payment(unauthenticated(forge, admit.clone())).await)),
+        ];
+        for (method, code) in codes {
+            assert_eq!(code, Code::Unauthenticated, "{method} (forged token: {forge})");
+        }
+    }
+    // Nothing changed: the booking is still pending and the seat still held.
+    assert_eq!(sys.get(&format!("/bookings/{booking}"), "grpc_owner").await.body["status"], "pending");
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_token_cannot_read_cancel_list_or_admit_and_the_body_names_no_one() {
+    let sys = System::start().await;
+    let (booking, intent) = sys.book("grpc_victim", "perf_001", &["C3"]).await;
+    let mut client = sys.booking_grpc().await;
+
+    let get = bpb::GetBookingRequest { booking_id: booking.clone(), ..Default::default() };
+    assert_eq!(code(client.get_booking(sys.as_user("grpc_mallory", get.clone())).await), Code::PermissionDenied);
+    assert_eq!(code(client.get_booking(sys.as_user("grpc_victim", get)).await), Code::Ok);
+
+    #[allow(deprecated)]
+    let cancel = bpb::CancelBookingRequest { caller: claimed_admin("grpc_victim"), booking_id: booking.clone() };
+    assert_eq!(code(client.cancel_booking(sys.as_user("grpc_mallory", cancel)).await), Code::PermissionDenied);
+
+    // The body's caller and user are ignored: the list is the token's user's.
+    #[allow(deprecated)]
+    let list = bpb::ListUserBookingsRequest { caller: claimed_admin("grpc_victim"), ..Default::default() };
+    let listed = client.list_user_bookings(sys.as_user("grpc_mallory", list)).await.unwrap().into_inner();
+    assert!(listed.bookings.is_empty(), "mallory sees no one's bookings: {:?}", listed.bookings);
+
+    // Booking for someone else through the body is refused.
+    let create = bpb::CreateBookingRequest {
+        performance_id: "perf_001".into(),
+        seat_ids: vec!["C4".into()],
+        user_id: "grpc_victim".into(),
+        ..Default::default()
+    };
+    assert_eq!(code(client.create_booking(sys.as_user("grpc_mallory", create)).await), Code::PermissionDenied);
+
+    // Admission is for the booking's owner only, whatever user_id the body names.
+    #[allow(deprecated)]
+    let admit = bpb::AdmitPaymentRequest {
+        booking_id: booking.clone(),
+        payment_intent_id: intent.clone(),
+        user_id: "grpc_victim".into(),
+        admission_secs: 0,
+    };
+    assert_eq!(code(client.admit_payment(sys.as_user("grpc_mallory", admit)).await), Code::PermissionDenied);
+
+    // Admin-only: a plain user's token, even with an admin caller in the body.
+    #[allow(deprecated)]
+    let register = bpb::RegisterPerformanceRequest {
+        caller: claimed_admin("grpc_mallory"),
+        performance_id: "perf_grpc_admin".into(),
+        title: "x".into(),
+        rows: vec![bpb::SeatRow { row: "A".into(), seats: 2, price: 100 }],
+        ..Default::default()
+    };
+    assert_eq!(
+        code(client.register_performance(sys.as_user("grpc_mallory", register.clone())).await),
+        Code::PermissionDenied
+    );
+    let mut as_admin = Request::new(register);
+    shared::grpc::forward_bearer(&mut as_admin, &sys.admin_token());
+    assert_eq!(code(client.register_performance(as_admin).await), Code::Ok);
+
+    // The victim's booking is untouched and still theirs to pay.
+    assert_eq!(sys.get(&format!("/bookings/{booking}"), "grpc_victim").await.body["status"], "pending");
+    sys.wait_intent("grpc_victim", &intent).await;
+    let paid = sys.pay("grpc_victim", &intent, "tok_visa").await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    sys.wait_status("grpc_victim", &booking, "confirmed").await;
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_methods_take_the_caller_from_the_token_not_the_body() {
+    let sys = System::start().await;
+    let (booking, intent) = sys.book("grpc_payer", "perf_001", &["C5"]).await;
+    sys.wait_intent("grpc_payer", &intent).await;
+    let mut client = sys.payment_grpc().await;
+
+    #[allow(deprecated)]
+    let read = ppb::GetPaymentIntentRequest {
+        caller: Some(ppb::Caller { user_id: "grpc_payer".into(), admin: true }),
+        payment_intent_id: intent.clone(),
+    };
+    assert_eq!(code(client.get_payment_intent(Request::new(read.clone())).await), Code::Unauthenticated);
+    assert_eq!(code(client.get_payment_intent(forged(read.clone())).await), Code::Unauthenticated);
+    assert_eq!(code(client.get_payment_intent(sys.as_user("grpc_other", read.clone())).await), Code::PermissionDenied);
+    assert_eq!(code(client.get_payment_intent(sys.as_user("grpc_payer", read.clone())).await), Code::Ok);
+    let mut as_admin = Request::new(read);
+    shared::grpc::forward_bearer(&mut as_admin, &sys.admin_token());
+    assert_eq!(code(client.get_payment_intent(as_admin).await), Code::Ok, "an admin's token reads any intent");
+
+    #[allow(deprecated)]
+    let pay = ppb::ExecutePaymentRequest {
+        caller: Some(ppb::Caller { user_id: "grpc_payer".into(), admin: true }),
+        payment_intent_id: intent.clone(),
+        payment_method_token: "tok_visa".into(),
+        cvv: "123".into(),
+    };
+    assert_eq!(code(client.execute_payment(Request::new(pay.clone())).await), Code::Unauthenticated);
+    assert_eq!(code(client.execute_payment(forged(pay.clone())).await), Code::Unauthenticated);
+    assert_eq!(code(client.execute_payment(sys.as_user("grpc_other", pay.clone())).await), Code::PermissionDenied);
+    // The payer's own token pays (and is what the booking-service's admission checks).
+    let paid = client.execute_payment(sys.as_user("grpc_payer", pay)).await.unwrap().into_inner();
+    assert!(paid.is_success);
+    sys.wait_status("grpc_payer", &booking, "confirmed").await;
+    sys.stop().await;
+}
