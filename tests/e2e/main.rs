@@ -7,6 +7,7 @@ mod contract;
 mod flows;
 mod fuzz;
 mod grpc_auth;
+mod grpc_tls;
 mod idempotency;
 mod replay;
 mod support;
