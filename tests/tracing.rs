@@ -51,6 +51,15 @@ async fn one_purchase_is_one_trace_across_gateway_booking_kafka_and_payment() {
     .unwrap();
     assert_eq!(paid.status(), StatusCode::OK);
     sys.wait_status("traced", &booking, "confirmed").await;
+    let read = sys
+        .client
+        .get(format!("{}/bookings/{booking}", sys.base))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b9-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
 
     let mut names = Vec::new();
     let found = shared::testkit::eventually(std::time::Duration::from_secs(20), || {
@@ -67,11 +76,14 @@ async fn one_purchase_is_one_trace_across_gateway_booking_kafka_and_payment() {
             && has("POST /payments/execute")
             && has("/ticketing.payment.v1.PaymentService/ExecutePayment")
             && has("/ticketing.booking.v1.BookingService/AdmitPayment")
-            && has("booking-service consume ticketing.payment.v1.PaymentSucceeded");
+            && has("booking-service consume ticketing.payment.v1.PaymentSucceeded")
+            && names.iter().any(|n| n == "GET /bookings/{id}");
         std::future::ready(complete.then_some(()))
     })
     .await;
     assert!(found.is_some(), "spans of the trace: {names:#?}");
+    // Span names come from route templates, never raw paths with ids in them.
+    assert!(names.iter().all(|n| !n.contains(&booking) && !n.contains(&intent)), "{names:#?}");
     for span in exporter.get_finished_spans().unwrap() {
         for attribute in &span.attributes {
             let value = attribute.value.to_string();

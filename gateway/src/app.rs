@@ -35,6 +35,8 @@ use crate::{
 
 /// Request bodies above this are refused with 400 (decisions.md).
 const BODY_LIMIT: usize = 64 * 1024;
+/// The largest gRPC answer the gateway reads (a 100,000-seat map).
+const SEAT_MAP_MAX_BYTES: usize = 32 * 1024 * 1024;
 /// `POST /performances` accepts up to 1 MiB.
 const PERFORMANCE_BODY_LIMIT: usize = 1024 * 1024;
 
@@ -56,13 +58,19 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Longest a request may take.
     pub request_timeout: Duration,
+    /// Per-user limits on the writes.
+    pub rate_limit: crate::rate_limit::UserRateLimit,
+    /// Rendered seat maps.
+    pub seat_maps: crate::seat_maps::SeatMapCache,
 }
 
 /// A built, not yet running, gateway.
 pub struct GatewayApp {
+    state: Arc<AppState>,
     router: Router,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
+    header_read_timeout: Duration,
 }
 
 fn channel(tls: &shared::grpc::tls::GrpcTlsSettings, url: &str, name: &str) -> anyhow::Result<Channel> {
@@ -83,7 +91,8 @@ impl GatewayApp {
         let booking_channel = channel(tls, &settings.booking_grpc_url, "BOOKING_GRPC_URL")?;
         let payment_channel = channel(tls, &settings.payment_grpc_url, "PAYMENT_GRPC_URL")?;
         let state = Arc::new(AppState {
-            booking: BookingServiceClient::new(booking_channel.clone()),
+            // The largest seat map (100,000 seats) is a few MiB.
+            booking: BookingServiceClient::new(booking_channel.clone()).max_decoding_message_size(SEAT_MAP_MAX_BYTES),
             payment: PaymentServiceClient::new(payment_channel.clone()),
             booking_channel,
             payment_channel,
@@ -91,12 +100,21 @@ impl GatewayApp {
             shutting_down: shutdown.clone(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(settings.edge.gateway_max_in_flight as usize)),
             request_timeout: Duration::from_millis(settings.edge.gateway_request_timeout_ms),
+            rate_limit: crate::rate_limit::UserRateLimit::new(
+                settings.edge.gateway_user_rate_per_sec,
+                settings.edge.gateway_user_burst,
+            ),
+            seat_maps: crate::seat_maps::SeatMapCache::new(
+                Duration::from_millis(settings.edge.gateway_seat_map_cache_ms),
+                settings.edge.gateway_seat_map_cache_mib * 1024 * 1024,
+            ),
         });
         let listener = tokio::net::TcpListener::bind(settings.gateway_addr)
             .await
             .with_context(|| format!("binding GATEWAY_ADDR {}", settings.gateway_addr))?;
         let addr = listener.local_addr()?;
-        Ok(Self { router: router(state), listener, addr })
+        let header_read_timeout = Duration::from_millis(settings.edge.gateway_header_read_timeout_ms);
+        Ok(Self { router: router(state.clone()), state, listener, addr, header_read_timeout })
     }
 
     /// The bound address.
@@ -108,13 +126,19 @@ impl GatewayApp {
     /// `drain` is how long the listener stays open after `/readyz` started failing.
     pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "gateway listening (REST; docs at /openapi.json)");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                tokio::time::sleep(drain).await;
-            })
-            .await
-            .context("gateway HTTP server")
+        let state = self.state.clone();
+        let forgetting = shutdown.clone();
+        tokio::spawn(async move {
+            while shared::shutdown::sleep_or_shutdown(crate::rate_limit::FORGET_EVERY, &forgetting).await {
+                state.rate_limit.forget_idle();
+            }
+        });
+        crate::serve::serve(self.listener, self.router, self.header_read_timeout, async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain).await;
+        })
+        .await;
+        Ok(())
     }
 }
 
@@ -132,11 +156,12 @@ async fn shed_and_time_out(
     }
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         metrics::counter!("http_requests_shed_total").increment(1);
-        let mut response =
-            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "The service is busy; please retry shortly.")
-                .into_response();
-        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
-        return response;
+        return ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "The service is busy; please retry shortly.",
+        )
+        .retry_after(1)
+        .into_response();
     };
     match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
@@ -147,16 +172,30 @@ async fn shed_and_time_out(
     }
 }
 
+/// The method and route template of a routed request, for metric labels and
+/// span names: never a raw path (ids would make them unbounded) and never
+/// an unknown method.
+fn route_labels<B>(request: &Request<B>) -> (String, String) {
+    use axum::http::Method;
+    let method = match *request.method() {
+        Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::PATCH | Method::HEAD | Method::OPTIONS => {
+            request.method().as_str().to_owned()
+        }
+        _ => "other".to_owned(),
+    };
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    (method, route)
+}
+
 /// Counts and times every request by method, matched route and status.
 async fn record_http_metrics(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let (method, route) = route_labels(&request);
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
@@ -192,24 +231,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(state.clone(), shed_and_time_out))
         .layer(axum::middleware::from_fn(record_http_metrics))
-        .with_state(state)
-        .layer(CatchPanicLayer::custom(|_| {
-            axum::response::IntoResponse::into_response(ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal server error.",
-            ))
-        }))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<_>| {
                     let id =
                         request.headers().get(shared::grpc::REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    // Inside the router, so the route template is known: the
+                    // span is named after it, never after the raw path.
+                    let (method, route) = route_labels(request);
                     let span = tracing::info_span!(
                         "http",
-                        otel.name = %format!("{} {}", request.method(), request.uri().path()),
+                        otel.name = %format!("{method} {route}"),
                         otel.kind = "server",
                         method = %request.method(),
+                        route = %route,
                         path = %request.uri().path(),
                         request_id = %id,
                         trace_id = tracing::field::Empty,
@@ -220,5 +255,13 @@ pub fn router(state: Arc<AppState>) -> Router {
                 // One access-log line per request: status and latency.
                 .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),
         )
+        .with_state(state)
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal server error.",
+            ))
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }

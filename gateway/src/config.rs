@@ -34,4 +34,20 @@ pub struct EdgeLimits {
     /// Longest a request may take (ms) before it is answered 504.
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub gateway_request_timeout_ms: u64,
+    /// Longest a client may take to send a request's headers (ms); then the connection is closed.
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub gateway_header_read_timeout_ms: u64,
+    /// Sustained `POST /bookings` and `POST /payments/execute` per user and
+    /// route, per second; beyond it (and the burst) 429 with `Retry-After`. 0 turns it off.
+    #[arg(long, env = "GATEWAY_USER_RATE_PER_SEC", default_value_t = 10)]
+    pub gateway_user_rate_per_sec: u32,
+    /// Requests a user may send at once on each of those routes before the rate applies.
+    #[arg(long, env = "GATEWAY_USER_BURST", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateway_user_burst: u32,
+    /// How long a performance's seat map is served from the gateway's cache (ms); 0 turns it off.
+    #[arg(long, env = "GATEWAY_SEAT_MAP_CACHE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub gateway_seat_map_cache_ms: u64,
+    /// Most JSON the seat-map cache holds (MiB).
+    #[arg(long, env = "GATEWAY_SEAT_MAP_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub gateway_seat_map_cache_mib: u64,
 }

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub message: String,
     /// A replayed idempotent outcome (adds `Idempotent-Replayed: true`).
     pub replayed: bool,
+    /// Seconds the client should wait before retrying (adds `Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 /// The JSON body of every error.
@@ -30,7 +32,13 @@ pub struct ErrorBody {
 impl ApiError {
     /// An error with `status` and `message`.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), replayed: false }
+        Self { status, message: message.into(), replayed: false, retry_after: None }
+    }
+
+    /// The same error, telling the client to retry after `secs` seconds.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// 400.
@@ -91,6 +99,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(ErrorBody { error: self.message })).into_response();
         if self.replayed {
             response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+        }
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
         }
         response
     }

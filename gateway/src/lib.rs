@@ -9,6 +9,9 @@
 //! | `routes/` | one module per resource of the contract |
 //! | `error.rs` | the JSON error shape; gRPC → HTTP status, once |
 //! | `json.rs` | a JSON extractor whose rejections are 400s naming the problem |
+//! | `rate_limit.rs` | per-user token buckets on the writes (429 + `Retry-After`) |
+//! | `seat_maps.rs` | the seat-map cache: short TTL, one load for concurrent readers, size cap |
+//! | `serve.rs` | the HTTP/1.1 server loop: header read timeout, graceful shutdown |
 //! | `path_id.rs` | ids from the URL path, checked (length, no control characters) before any call |
 //! | `openapi.rs` | the OpenAPI 3.1 document at `/openapi.json` |
 
@@ -19,7 +22,10 @@ pub mod error;
 pub mod json;
 pub mod openapi;
 pub mod path_id;
+pub mod rate_limit;
 pub mod routes;
+pub mod seat_maps;
+pub mod serve;
 
 pub use app::{AppState, GatewayApp};
 pub use config::GatewaySettings;

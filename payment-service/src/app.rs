@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
+    arrivals::IntentArrivals,
     config::PaymentSettings,
     consumer::BookingEventHandler,
     events::PaymentEventMapper,
@@ -74,6 +75,7 @@ pub struct PaymentApp {
     outbox_stall: Duration,
     verifier: Arc<Verifier>,
     server: tonic::transport::Server,
+    arrivals: Arc<IntentArrivals>,
 }
 
 impl PaymentApp {
@@ -111,6 +113,7 @@ impl PaymentApp {
         .context("creating Kafka topics")?;
         let channel =
             booking_endpoint.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(10)).connect_lazy();
+        let arrivals = Arc::new(IntentArrivals::default());
         let psp = Arc::new(SimulatedPsp::new(
             pool.clone(),
             Duration::from_millis(settings.mock_pg_timeout_ms),
@@ -124,6 +127,7 @@ impl PaymentApp {
             policy,
             Duration::from_millis(settings.intent_wait_ms),
             Reconciliation { grace: Duration::from_secs(settings.payment_reconcile_after_secs) },
+            arrivals.clone(),
         );
         let (listener, addr) = grpc::bind(settings.payment_grpc_addr).await?;
         let refunds = RefundWorker {
@@ -142,6 +146,7 @@ impl PaymentApp {
             outbox_stall: Duration::from_secs(kafka_args.outbox_stall_secs),
             verifier,
             server,
+            arrivals,
         })
     }
 
@@ -165,7 +170,7 @@ impl PaymentApp {
                 brokers: self.brokers.clone(),
                 mapper: PaymentEventMapper { topic: self.topics.payment.clone() },
                 relay: outbox::RelaySettings::new("payment-outbox", topics::PAYMENT_SOURCE),
-                handler: BookingEventHandler,
+                handler: BookingEventHandler { arrivals: self.arrivals.clone() },
                 consumer,
                 outbox_stall: self.outbox_stall,
                 health_service: <PaymentServiceServer<PaymentGrpc> as tonic::server::NamedService>::NAME.to_owned(),
@@ -174,6 +179,7 @@ impl PaymentApp {
         )?;
         tasks.push(tokio::spawn(run_refunds(self.payments.clone(), self.refunds, shutdown.clone())));
         tasks.push(tokio::spawn(run_reconciler(self.payments.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(self.arrivals.clone().watch(self.pool.clone(), shutdown.clone())));
         tracing::info!(addr = %self.addr, "payment-service gRPC listening");
         let served = self
             .server

@@ -3,6 +3,8 @@
 //! client); a cancelled, expired or failed booking closes it, and refunds it
 //! if it was already paid.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use proto::events as pb;
 use shared::{
@@ -13,13 +15,18 @@ use shared::{
 use sqlx::PgConnection;
 
 use crate::{
+    arrivals::IntentArrivals,
     domain::intent::{BookingEnd, IntentCreated, PaymentCommand, PaymentRejection},
     error::PaymentError,
     payments::execute_in,
 };
 
-/// Handles booking events inside the inbox transaction.
-pub struct BookingEventHandler;
+/// Handles booking events inside the inbox transaction, and announces each
+/// intent it created to the requests waiting for it.
+pub struct BookingEventHandler {
+    /// Who waits for which intent.
+    pub arrivals: Arc<IntentArrivals>,
+}
 
 fn metadata(event: &IncomingEvent) -> EventMetadata {
     EventMetadata {
@@ -98,6 +105,14 @@ impl EventHandler for BookingEventHandler {
             end(tx, event, &e.booking_id, BookingEnd::Failed).await
         } else {
             Ok(())
+        }
+    }
+
+    async fn committed(&self, event: &IncomingEvent) {
+        if event.headers.event_type == booking_type("SeatLocked") {
+            if let Ok(locked) = event.decode::<pb::SeatLocked>() {
+                self.arrivals.announce(&locked.payment_intent_id);
+            }
         }
     }
 }

@@ -31,6 +31,7 @@ use sqlx::{PgConnection, PgPool};
 use tonic::{transport::Channel, Code};
 
 use crate::{
+    arrivals::IntentArrivals,
     domain::{
         intent::{decide, GatewayOutcome, IntentStatus, PaymentCommand, PaymentEvent, PaymentIntent, PaymentRejection},
         ledger,
@@ -98,6 +99,7 @@ struct Inner {
     policy: PaymentPolicy,
     intent_wait: Duration,
     reconciliation: Reconciliation,
+    arrivals: Arc<IntentArrivals>,
 }
 
 impl Payments {
@@ -109,8 +111,9 @@ impl Payments {
         policy: PaymentPolicy,
         intent_wait: Duration,
         reconciliation: Reconciliation,
+        arrivals: Arc<IntentArrivals>,
     ) -> Self {
-        Self { inner: Arc::new(Inner { pool, psp, booking, policy, intent_wait, reconciliation }) }
+        Self { inner: Arc::new(Inner { pool, psp, booking, policy, intent_wait, reconciliation, arrivals }) }
     }
 
     /// Checks the request's shape; nothing is recorded for a malformed one.
@@ -317,7 +320,12 @@ impl Payments {
     /// Waits up to the configured time for an intent created from `SeatLocked`.
     async fn wait_for_intent(&self, payment_intent_id: &str) -> Result<PaymentIntent, PaymentError> {
         let deadline = tokio::time::Instant::now() + self.inner.intent_wait;
+        // Registered before the first look, so an arrival in between wakes us.
+        let waiting = self.inner.arrivals.wait_for(payment_intent_id);
         loop {
+            let arrived = waiting.signal().notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
             let loaded = {
                 let mut conn = self.inner.pool.acquire().await?;
                 streams::load(&mut conn, payment_intent_id).await?.state
@@ -325,10 +333,10 @@ impl Payments {
             if let Some(intent) = loaded {
                 return Ok(intent);
             }
-            if tokio::time::Instant::now() >= deadline {
+            // Only its creation (here or in another replica) wakes this request.
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
                 return Err(PaymentRejection::NotFound.into());
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 

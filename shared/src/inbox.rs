@@ -93,6 +93,10 @@ pub trait EventHandler: Send + Sync + 'static {
 
     /// Handles `event`; every write must go through `tx`.
     async fn handle(&self, tx: &mut PgConnection, event: &IncomingEvent) -> Result<(), HandlerError>;
+
+    /// Runs after `handle`'s transaction committed (wake whoever waits for
+    /// its effects). Not run for duplicates or refused records.
+    async fn committed(&self, _event: &IncomingEvent) {}
 }
 
 /// Tuning of a consumer.
@@ -725,6 +729,7 @@ async fn handle_once(
     }
     handler.handle(&mut tx, event).await?;
     tx.commit().await?;
+    handler.committed(event).await;
     Ok(Outcome::Applied)
 }
 

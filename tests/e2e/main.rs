@@ -4,6 +4,7 @@
 
 mod contention;
 mod contract;
+mod edge;
 mod flows;
 mod fuzz;
 mod grpc_auth;

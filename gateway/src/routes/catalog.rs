@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use axum::{
     extract::State,
-    http::{HeaderMap, StatusCode},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
     Json,
 };
+use bytes::Bytes;
 use proto::booking as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -179,13 +181,25 @@ pub async fn seat_map(
     _user: AuthUser,
     headers: HeaderMap,
     PathId(id): PathId,
-) -> Result<Json<SeatMapBody>, ApiError> {
-    let request = pb::GetSeatMapRequest { performance_id: id, ..Default::default() };
-    let map = state.booking.clone().get_seat_map(grpc_request(request, &headers)).await?.into_inner();
-    Ok(Json(SeatMapBody {
-        starts_at: seed_time(map.starts_at.as_ref()),
-        performance_id: map.performance_id,
-        title: map.title,
-        seats: map.seats.into_iter().map(|s| SeatBody { seat_id: s.seat_id, price: s.price, state: s.state }).collect(),
-    }))
+) -> Result<Response, ApiError> {
+    let load = async {
+        let request = pb::GetSeatMapRequest { performance_id: id.clone(), ..Default::default() };
+        let map = state.booking.clone().get_seat_map(grpc_request(request, &headers)).await?.into_inner();
+        let body = SeatMapBody {
+            starts_at: seed_time(map.starts_at.as_ref()),
+            performance_id: map.performance_id,
+            title: map.title,
+            seats: map
+                .seats
+                .into_iter()
+                .map(|s| SeatBody { seat_id: s.seat_id, price: s.price, state: s.state })
+                .collect(),
+        };
+        serde_json::to_vec(&body).map(Bytes::from).map_err(|error| {
+            tracing::error!(%error, "rendering a seat map");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
+        })
+    };
+    let json = state.seat_maps.get_or_load(&id, load).await?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response())
 }

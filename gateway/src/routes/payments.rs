@@ -89,10 +89,12 @@ pub struct PaymentFailure {
         (status = 403, body = crate::error::ErrorBody, description = "Someone else's intent"),
         (status = 404, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody, description = "Already processed, no longer payable, or key in flight"),
-        (status = 422, body = crate::error::ErrorBody, description = "Idempotency-Key reused with another body")))]
+        (status = 422, body = crate::error::ErrorBody, description = "Idempotency-Key reused with another body"),
+        (status = 429, body = crate::error::ErrorBody, description = "This user's payment rate is exceeded",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn execute_payment(
     State(state): State<Arc<AppState>>,
-    _user: AuthUser,
+    user: AuthUser,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ExecutePaymentBody>,
 ) -> Result<Response, ApiError> {
@@ -105,6 +107,7 @@ pub async fn execute_payment(
     if payment_intent_id.trim().is_empty() || payment_method_token.trim().is_empty() || cvv.is_empty() {
         return Err(ApiError::bad_request(REQUIRED));
     }
+    state.rate_limit.check(&user.user_id, "POST /payments/execute")?;
     let request = pb::ExecutePaymentRequest { payment_intent_id, payment_method_token, cvv, ..Default::default() };
     let reply = state.payment.clone().execute_payment(idempotent_grpc_request(request, &headers)?).await?;
     let replayed = replay_headers(reply.metadata());

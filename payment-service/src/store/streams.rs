@@ -41,6 +41,17 @@ pub async fn load(conn: &mut PgConnection, payment_intent_id: &str) -> Result<Lo
     Ok(Loaded { state: replay(&events), version })
 }
 
+/// Which of `payment_intent_ids` exist (one indexed query for all of them).
+pub async fn existing(pool: &sqlx::PgPool, payment_intent_ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select stream_id from events where stream_type = $1 and stream_id = any($2) and stream_version = 1",
+    )
+    .bind(STREAM_TYPE)
+    .bind(payment_intent_ids)
+    .fetch_all(pool)
+    .await
+}
+
 /// Appends `events` after `expected` (0: the stream must not exist).
 pub async fn append(
     conn: &mut PgConnection,
