@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use shared::{
+    aggregate::{self, retry_on_contention},
     config::PaymentPolicy,
     event_store::EventMetadata,
     grpc::idempotent::ok_outcome,
@@ -20,11 +21,8 @@ use crate::{
         catalog::{expand_rows, validate_performance_id, validate_seat_request, RowSpec},
     },
     error::BookingError,
-    store::{catalog, holds, streams, views},
+    store::{catalog, holds, views},
 };
-
-/// Attempts of a command that keeps losing optimistic-concurrency races.
-const MAX_RACE_RETRIES: usize = 5;
 
 /// The booking-service's use cases over its database.
 #[derive(Clone)]
@@ -189,7 +187,8 @@ impl Bookings {
     /// Reads one booking from its stream (always current), for its owner or an admin.
     pub async fn get(&self, caller: &Caller, booking_id: &str) -> Result<Booking, BookingError> {
         let mut conn = self.pool.acquire().await?;
-        let booking = streams::load(&mut conn, booking_id).await?.state.ok_or(BookingRejection::NotFound)?;
+        let booking =
+            aggregate::load::<Booking>(&mut conn, booking_id).await?.state.ok_or(BookingRejection::NotFound)?;
         if booking.created.user_id != caller.user_id && !caller.admin {
             return Err(BookingError::NotYourBooking);
         }
@@ -315,20 +314,9 @@ impl Bookings {
         &self,
         booking_id: &str,
         metadata: &EventMetadata,
-        command: impl Fn(&Booking, DateTime<Utc>) -> BookingCommand,
+        command: impl Fn(&Booking, DateTime<Utc>) -> BookingCommand + Send + Sync,
     ) -> Result<Booking, BookingError> {
-        for _ in 0..MAX_RACE_RETRIES {
-            let mut tx = self.pool.begin().await?;
-            match execute_in(&mut tx, booking_id, metadata, &command).await {
-                Ok(booking) => {
-                    tx.commit().await?;
-                    return Ok(booking);
-                }
-                Err(BookingError::Contention) => continue,
-                Err(other) => return Err(other),
-            }
-        }
-        Err(BookingError::Contention)
+        retry_on_contention(&self.pool, |conn, _| Box::pin(execute_in(conn, booking_id, metadata, &command))).await
     }
 
     /// The maximum client-error declines before a booking fails.
@@ -345,7 +333,7 @@ pub async fn execute_in(
     metadata: &EventMetadata,
     command: impl Fn(&Booking, DateTime<Utc>) -> BookingCommand,
 ) -> Result<Booking, BookingError> {
-    let loaded = streams::load(conn, booking_id).await?;
+    let loaded = aggregate::load::<Booking>(conn, booking_id).await?;
     let booking = loaded.state.ok_or(BookingRejection::NotFound)?;
     let now = db_now(conn).await?;
     let events = decide(Some(&booking), command(&booking, now))?;
@@ -361,7 +349,7 @@ pub async fn record_payment_succeeded(
     processed_at: DateTime<Utc>,
     metadata: &EventMetadata,
 ) -> Result<Booking, BookingError> {
-    let loaded = streams::load(conn, booking_id).await?;
+    let loaded = aggregate::load::<Booking>(conn, booking_id).await?;
     let booking = loaded.state.ok_or(BookingRejection::NotFound)?;
     let seats_held = holds::still_holds_all(conn, &booking).await?;
     let command = BookingCommand::RecordPaymentSucceeded {
@@ -387,7 +375,7 @@ async fn record(
         (None, _) => return Err(BookingRejection::NotFound.into()),
     };
     if !events.is_empty() {
-        streams::append(conn, &booking_id, version, events, metadata).await?;
+        aggregate::append::<Booking>(conn, &booking_id, version, events, metadata).await?;
     }
     let mut state = state;
     for event in events {

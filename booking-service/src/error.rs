@@ -61,13 +61,23 @@ impl From<CatalogRejection> for BookingError {
     }
 }
 
-impl From<shared::event_store::EventStoreError> for BookingError {
-    fn from(error: shared::event_store::EventStoreError) -> Self {
-        match error {
-            shared::event_store::EventStoreError::Conflict { .. } => Self::Contention,
-            shared::event_store::EventStoreError::Database(e) => Self::Database(e),
-            other => Self::Internal(other.to_string()),
-        }
+impl shared::aggregate::StoreFailure for BookingError {
+    fn contention() -> Self {
+        Self::Contention
+    }
+
+    fn is_contention(&self) -> bool {
+        matches!(self, Self::Contention)
+    }
+
+    fn internal(reason: String) -> Self {
+        Self::Internal(reason)
+    }
+}
+
+impl From<shared::event_store::TypedStreamError> for BookingError {
+    fn from(error: shared::event_store::TypedStreamError) -> Self {
+        <Self as shared::aggregate::StoreFailure>::from_store(error)
     }
 }
 

@@ -20,7 +20,7 @@ pub struct BookingEventMapper {
 
 impl IntegrationMapper for BookingEventMapper {
     fn to_record(&self, stored: &StoredEvent) -> Result<Option<OutgoingRecord>, MappingError> {
-        if stored.stream_type != crate::store::streams::STREAM_TYPE {
+        if stored.stream_type != <crate::domain::booking::Booking as shared::aggregate::Aggregate>::STREAM_TYPE {
             return Ok(None);
         }
         let event: BookingEvent = stored.decode().map_err(|e| MappingError {

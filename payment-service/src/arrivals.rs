@@ -21,7 +21,7 @@ use std::{
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::store::streams;
+use crate::domain::intent::PaymentIntent;
 
 /// How often the watcher looks for intents created by other replicas.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(50);
@@ -91,7 +91,7 @@ impl IntentArrivals {
                     () = shutdown.cancelled() => return,
                 }
             }
-            match streams::existing(&pool, &awaited).await {
+            match shared::aggregate::existing::<PaymentIntent>(&pool, &awaited).await {
                 Ok(found) => found.iter().for_each(|intent| self.announce(intent)),
                 Err(error) => tracing::debug!(%error, "looking for awaited payment intents"),
             }

@@ -41,13 +41,23 @@ pub enum PaymentError {
     Database(#[from] sqlx::Error),
 }
 
-impl From<shared::event_store::EventStoreError> for PaymentError {
-    fn from(error: shared::event_store::EventStoreError) -> Self {
-        match error {
-            shared::event_store::EventStoreError::Conflict { .. } => Self::Contention,
-            shared::event_store::EventStoreError::Database(e) => Self::Database(e),
-            other => Self::Internal(other.to_string()),
-        }
+impl shared::aggregate::StoreFailure for PaymentError {
+    fn contention() -> Self {
+        Self::Contention
+    }
+
+    fn is_contention(&self) -> bool {
+        matches!(self, Self::Contention)
+    }
+
+    fn internal(reason: String) -> Self {
+        Self::Internal(reason)
+    }
+}
+
+impl From<shared::event_store::TypedStreamError> for PaymentError {
+    fn from(error: shared::event_store::TypedStreamError) -> Self {
+        <Self as shared::aggregate::StoreFailure>::from_store(error)
     }
 }
 

@@ -20,7 +20,7 @@ pub struct PaymentEventMapper {
 
 impl IntegrationMapper for PaymentEventMapper {
     fn to_record(&self, stored: &StoredEvent) -> Result<Option<OutgoingRecord>, MappingError> {
-        if stored.stream_type != crate::store::streams::STREAM_TYPE {
+        if stored.stream_type != <crate::domain::intent::PaymentIntent as shared::aggregate::Aggregate>::STREAM_TYPE {
             return Ok(None);
         }
         let event: PaymentEvent = stored.decode().map_err(|e| MappingError {

@@ -20,6 +20,7 @@ use std::{sync::Arc, time::Duration};
 
 use proto::booking::{booking_service_client::BookingServiceClient, AdmitPaymentRequest};
 use shared::{
+    aggregate::{self, retry_on_contention},
     config::PaymentPolicy,
     event_store::EventMetadata,
     failpoint,
@@ -38,11 +39,9 @@ use crate::{
     },
     error::PaymentError,
     psp::{Charge, Cvv, Psp, Refund},
-    store::{ledger as ledger_store, streams, work},
+    store::{ledger as ledger_store, work},
 };
 
-/// Attempts at an append that keeps losing optimistic-concurrency races.
-const MAX_RACE_RETRIES: usize = 5;
 const REQUIRED_FIELDS: &str = "paymentIntentId, paymentMethodToken and cvv are required.";
 /// The idempotency operation name of `POST /payments/execute`.
 pub const EXECUTE_OPERATION: &str = "execute_payment";
@@ -212,18 +211,10 @@ impl Payments {
         metadata: &EventMetadata,
         command: PaymentCommand,
     ) -> Result<Vec<PaymentEvent>, PaymentError> {
-        for _ in 0..MAX_RACE_RETRIES {
-            let mut tx = self.inner.pool.begin().await?;
-            match execute_in(&mut tx, payment_intent_id, metadata, command.clone()).await {
-                Ok(events) => {
-                    tx.commit().await?;
-                    return Ok(events);
-                }
-                Err(PaymentError::Contention) => continue,
-                Err(other) => return Err(other),
-            }
-        }
-        Err(PaymentError::Contention)
+        retry_on_contention(&self.inner.pool, |conn, _| {
+            Box::pin(execute_in(conn, payment_intent_id, metadata, command.clone()))
+        })
+        .await
     }
 
     /// Charges under the attempt key, asking again (same key, so never a
@@ -328,7 +319,7 @@ impl Payments {
             arrived.as_mut().enable();
             let loaded = {
                 let mut conn = self.inner.pool.acquire().await?;
-                streams::load(&mut conn, payment_intent_id).await?.state
+                aggregate::load::<PaymentIntent>(&mut conn, payment_intent_id).await?.state
             };
             if let Some(intent) = loaded {
                 return Ok(intent);
@@ -363,7 +354,10 @@ impl Payments {
     async fn settle_attempt(&self, due: &work::DueCharge) -> Result<(), PaymentError> {
         let intent = {
             let mut conn = self.inner.pool.acquire().await?;
-            streams::load(&mut conn, &due.payment_intent_id).await?.state.ok_or(PaymentRejection::NotFound)?
+            aggregate::load::<PaymentIntent>(&mut conn, &due.payment_intent_id)
+                .await?
+                .state
+                .ok_or(PaymentRejection::NotFound)?
         };
         let metadata = EventMetadata { actor: Some("system:reconciler".into()), ..Default::default() };
         let claim = intent
@@ -409,7 +403,10 @@ impl Payments {
     async fn refund_once(&self, payment_intent_id: &str, max_attempts: i32) -> Result<(), PaymentError> {
         let intent = {
             let mut conn = self.inner.pool.acquire().await?;
-            streams::load(&mut conn, payment_intent_id).await?.state.ok_or(PaymentRejection::NotFound)?
+            aggregate::load::<PaymentIntent>(&mut conn, payment_intent_id)
+                .await?
+                .state
+                .ok_or(PaymentRejection::NotFound)?
         };
         if intent.status != IntentStatus::RefundPending {
             return Ok(());
@@ -441,7 +438,10 @@ impl Payments {
         payment_intent_id: &str,
     ) -> Result<PaymentIntent, PaymentError> {
         let mut conn = self.inner.pool.acquire().await?;
-        let intent = streams::load(&mut conn, payment_intent_id).await?.state.ok_or(PaymentRejection::NotFound)?;
+        let intent = aggregate::load::<PaymentIntent>(&mut conn, payment_intent_id)
+            .await?
+            .state
+            .ok_or(PaymentRejection::NotFound)?;
         if intent.created.user_id != user_id && !admin {
             return Err(PaymentRejection::NotOwner.into());
         }
@@ -458,12 +458,12 @@ pub async fn execute_in(
     metadata: &EventMetadata,
     command: PaymentCommand,
 ) -> Result<Vec<PaymentEvent>, PaymentError> {
-    let loaded = streams::load(conn, payment_intent_id).await?;
+    let loaded = aggregate::load::<PaymentIntent>(conn, payment_intent_id).await?;
     let events = decide(loaded.state.as_ref(), command)?;
     if events.is_empty() {
         return Ok(events);
     }
-    streams::append(conn, payment_intent_id, loaded.version, &events, metadata).await?;
+    aggregate::append::<PaymentIntent>(conn, payment_intent_id, loaded.version, &events, metadata).await?;
     for event in &events {
         match event {
             PaymentEvent::ChargeRequested { attempt, attempt_key, .. } => {

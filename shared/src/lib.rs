@@ -4,6 +4,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`aggregate`] | the `Aggregate` trait (stream type, events, `decide`, `apply`, `replay`) and generic load, append and retry-on-race over the event store |
 //! | [`event_store`] | append with optimistic concurrency, load a stream, read the global log in commit order |
 //! | [`outbox`] | the relay that publishes committed events to Kafka, at least once, in order per key |
 //! | [`kafka`] | producer/consumer settings, CloudEvents headers, topic creation, the embedded broker |
@@ -26,6 +27,7 @@
 //! | [`testkit`] | fresh databases and a broker for integration tests |
 //! | [`failpoint`] | named crash points for fault tests (`TICKETING_FAILPOINTS`) |
 
+pub mod aggregate;
 pub mod auth;
 pub mod config;
 pub mod db;

@@ -459,15 +459,34 @@ pub fn apply(state: Option<Booking>, event: &BookingEvent) -> Option<Booking> {
     }
 }
 
-/// Folds a whole history.
-pub fn replay<'a>(events: impl IntoIterator<Item = &'a BookingEvent>) -> Option<Booking> {
-    events.into_iter().fold(None, apply)
+/// Bookings are event-sourced aggregates: the stream type, the types, and
+/// the pure `decide` / `apply` above.
+impl shared::aggregate::Aggregate for Booking {
+    const STREAM_TYPE: &'static str = "booking";
+    type Event = BookingEvent;
+    type Command = BookingCommand;
+    type Rejection = BookingRejection;
+
+    fn decide(state: Option<&Self>, command: BookingCommand) -> Result<Vec<BookingEvent>, BookingRejection> {
+        decide(state, command)
+    }
+
+    fn apply(state: Option<Self>, event: &BookingEvent) -> Option<Self> {
+        apply(state, event)
+    }
+}
+
+impl shared::event_store::DomainEvent for BookingEvent {
+    fn event_type(&self) -> &'static str {
+        BookingEvent::event_type(self)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use shared::aggregate::Aggregate;
 
     fn t(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_800_000_000 + secs, 0).single().unwrap_or_default()
@@ -498,7 +517,7 @@ mod tests {
 
     /// Given `history`, when `command`, then the result.
     fn given(history: &[BookingEvent], command: BookingCommand) -> Result<Vec<BookingEvent>, BookingRejection> {
-        decide(replay(history).as_ref(), command)
+        decide(Booking::replay(history).as_ref(), command)
     }
 
     fn admit(now: i64) -> BookingCommand {

@@ -85,7 +85,7 @@ impl Projection for BookingViews {
     }
 
     async fn apply(&self, conn: &mut PgConnection, stored: &StoredEvent) -> Result<(), ProjectionError> {
-        if stored.stream_type != crate::store::streams::STREAM_TYPE {
+        if stored.stream_type != <crate::domain::booking::Booking as shared::aggregate::Aggregate>::STREAM_TYPE {
             return Ok(());
         }
         let event: BookingEvent = stored.decode().map_err(|e| ProjectionError::decode(stored, e))?;

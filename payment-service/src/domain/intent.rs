@@ -535,15 +535,34 @@ pub fn apply(state: Option<PaymentIntent>, event: &PaymentEvent) -> Option<Payme
     }
 }
 
-/// Folds a whole history.
-pub fn replay<'a>(events: impl IntoIterator<Item = &'a PaymentEvent>) -> Option<PaymentIntent> {
-    events.into_iter().fold(None, apply)
+/// Payment intents are event-sourced aggregates: the stream type, the
+/// types, and the pure `decide` / `apply` above.
+impl shared::aggregate::Aggregate for PaymentIntent {
+    const STREAM_TYPE: &'static str = "payment_intent";
+    type Event = PaymentEvent;
+    type Command = PaymentCommand;
+    type Rejection = PaymentRejection;
+
+    fn decide(state: Option<&Self>, command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentRejection> {
+        decide(state, command)
+    }
+
+    fn apply(state: Option<Self>, event: &PaymentEvent) -> Option<Self> {
+        apply(state, event)
+    }
+}
+
+impl shared::event_store::DomainEvent for PaymentEvent {
+    fn event_type(&self) -> &'static str {
+        PaymentEvent::event_type(self)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use shared::aggregate::Aggregate;
 
     fn t(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_800_000_000 + secs, 0).single().unwrap_or_default()
@@ -562,7 +581,7 @@ mod tests {
     }
 
     fn given(history: &[PaymentEvent], command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentRejection> {
-        decide(replay(history).as_ref(), command)
+        decide(PaymentIntent::replay(history).as_ref(), command)
     }
 
     fn check(user: &str, now: i64) -> PaymentCommand {
@@ -593,7 +612,7 @@ mod tests {
     /// One whole attempt: requested, then answered by the PSP.
     fn pay(history: &[PaymentEvent], outcome: GatewayOutcome) -> Vec<PaymentEvent> {
         let requested = apply_all(history, check("user_123", 8));
-        let attempt = replay(&requested).and_then(|i| i.pending_charge).map_or(0, |p| p.attempt);
+        let attempt = PaymentIntent::replay(&requested).and_then(|i| i.pending_charge).map_or(0, |p| p.attempt);
         apply_all(&requested, PaymentCommand::RecordOutcome { attempt, outcome })
     }
 
@@ -628,12 +647,12 @@ mod tests {
     fn client_declines_count_and_exhaust_the_attempts_but_gateway_trouble_does_not() {
         let mut history = vec![PaymentEvent::PaymentIntentCreated(created())];
         history = pay(&history, declined(FailureConcept::ServerError));
-        assert_eq!(replay(&history).map(|i| i.client_failures), Some(0));
+        assert_eq!(PaymentIntent::replay(&history).map(|i| i.client_failures), Some(0));
         for _ in 0..3 {
             history = pay(&history, declined(FailureConcept::ClientError));
         }
-        assert_eq!(replay(&history).map(|i| i.charge_attempts), Some(4));
-        assert_eq!(replay(&history).map(|i| i.client_failures), Some(3));
+        assert_eq!(PaymentIntent::replay(&history).map(|i| i.charge_attempts), Some(4));
+        assert_eq!(PaymentIntent::replay(&history).map(|i| i.client_failures), Some(3));
         assert_eq!(given(&history, check("user_123", 10)), Err(PaymentRejection::NotPayable));
     }
 
@@ -682,13 +701,13 @@ mod tests {
         let mut after = paid.clone();
         after.extend(events);
         assert_eq!(given(&after, ended), Ok(vec![]), "a duplicate end refunds nothing");
-        assert_eq!(replay(&after).map(|i| i.status), Some(IntentStatus::RefundPending));
+        assert_eq!(PaymentIntent::replay(&after).map(|i| i.status), Some(IntentStatus::RefundPending));
         let refunded = apply_all(
             &after,
             PaymentCommand::RecordRefund { outcome: RefundOutcome::Refunded { processed_at: t(31) }, max_attempts: 3 },
         );
         assert!(matches!(refunded.last(), Some(PaymentEvent::PaymentRefunded { amount: 30000, .. })));
-        assert_eq!(replay(&refunded).map(|i| i.status), Some(IntentStatus::Refunded));
+        assert_eq!(PaymentIntent::replay(&refunded).map(|i| i.status), Some(IntentStatus::Refunded));
         let again =
             PaymentCommand::RecordRefund { outcome: RefundOutcome::Refunded { processed_at: t(32) }, max_attempts: 3 };
         assert_eq!(given(&refunded, again), Ok(vec![]), "a late duplicate answer refunds nothing twice");
@@ -704,10 +723,13 @@ mod tests {
         };
         history = apply_all(&history, fail.clone());
         history = apply_all(&history, fail.clone());
-        assert_eq!(replay(&history).map(|i| (i.status, i.refund_attempts)), Some((IntentStatus::RefundPending, 2)));
+        assert_eq!(
+            PaymentIntent::replay(&history).map(|i| (i.status, i.refund_attempts)),
+            Some((IntentStatus::RefundPending, 2))
+        );
         history = apply_all(&history, fail.clone());
         assert!(matches!(history.last(), Some(PaymentEvent::RefundNeedsReview { attempts: 3, .. })));
-        assert_eq!(replay(&history).map(|i| i.status), Some(IntentStatus::RefundNeedsReview));
+        assert_eq!(PaymentIntent::replay(&history).map(|i| i.status), Some(IntentStatus::RefundNeedsReview));
         assert_eq!(given(&history, fail), Ok(vec![]), "review is terminal for the worker");
     }
 
@@ -731,10 +753,10 @@ mod tests {
         let abandon = PaymentCommand::AbandonCharge { attempt: 1, reason: "not admitted".into() };
         let abandoned = apply_all(&requested, abandon.clone());
         assert!(matches!(abandoned.last(), Some(PaymentEvent::ChargeAbandoned { attempt: 1, .. })));
-        assert_eq!(replay(&abandoned).and_then(|i| i.pending_charge), None);
+        assert_eq!(PaymentIntent::replay(&abandoned).and_then(|i| i.pending_charge), None);
         assert_eq!(given(&abandoned, abandon), Ok(vec![]));
         assert_eq!(given(&abandoned, PaymentCommand::RecordOutcome { attempt: 1, outcome: ok(9) }), Ok(vec![]));
-        assert_eq!(replay(&abandoned).map(|i| i.status), Some(IntentStatus::RequiresPayment));
+        assert_eq!(PaymentIntent::replay(&abandoned).map(|i| i.status), Some(IntentStatus::RequiresPayment));
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! PostgreSQL adapters of the payment-service: intent streams, the ledger
-//! and the work queues of the reconciler and the refund worker.
+//! PostgreSQL adapters of the payment-service: the ledger and the work
+//! queues of the reconciler and the refund worker. Intent streams are loaded
+//! and appended by `shared::aggregate`.
 
 pub mod ledger;
-pub mod streams;
 pub mod work;
 
 /// The payment-service's own migrations (the shared event-store ones run first).

@@ -1,0 +1,121 @@
+//! One aggregate abstraction for both services. A domain type says what its
+//! stream is called, which events and commands it has, how it decides and
+//! how it folds ([`Aggregate`], pure); this module loads, appends and runs
+//! commands against the event store for any of them, and retries a command
+//! that lost a race on its stream.
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::event_store::{self, DomainEvent, EventMetadata, EventStoreError, TypedStreamError};
+
+/// An event-sourced aggregate: `decide` and `apply` are pure.
+pub trait Aggregate: Sized {
+    /// The stream type in the event store (`booking`, `payment_intent`).
+    const STREAM_TYPE: &'static str;
+    /// What happened to it.
+    type Event: DomainEvent;
+    /// What may be asked of it.
+    type Command;
+    /// Why a command is refused.
+    type Rejection;
+
+    /// The events `command` produces from `state` (`None`: no stream yet).
+    fn decide(state: Option<&Self>, command: Self::Command) -> Result<Vec<Self::Event>, Self::Rejection>;
+
+    /// Folds one event into the state.
+    fn apply(state: Option<Self>, event: &Self::Event) -> Option<Self>;
+
+    /// Folds a whole history.
+    fn replay<'a>(events: impl IntoIterator<Item = &'a Self::Event>) -> Option<Self>
+    where
+        Self::Event: 'a,
+    {
+        events.into_iter().fold(None, Self::apply)
+    }
+}
+
+/// A state and the stream version it was loaded at.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    /// `None` if the stream does not exist.
+    pub state: Option<A>,
+    /// Version of its last event (0 for none).
+    pub version: i64,
+}
+
+/// Loads and folds the stream of `id`.
+pub async fn load<A: Aggregate>(conn: &mut PgConnection, id: &str) -> Result<Loaded<A>, TypedStreamError> {
+    let (events, version) = event_store::load_typed::<A::Event>(conn, A::STREAM_TYPE, id).await?;
+    Ok(Loaded { state: A::replay(&events), version })
+}
+
+/// Appends `events` to the stream of `id` after `expected` (0: it must not exist).
+pub async fn append<A: Aggregate>(
+    conn: &mut PgConnection,
+    id: &str,
+    expected: i64,
+    events: &[A::Event],
+    metadata: &EventMetadata,
+) -> Result<(), TypedStreamError> {
+    event_store::append_typed(conn, A::STREAM_TYPE, id, expected, events, metadata).await
+}
+
+/// Which of `ids` have a stream (one indexed query for all of them).
+pub async fn existing<A: Aggregate>(pool: &PgPool, ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select stream_id from events where stream_type = $1 and stream_id = any($2) and stream_version = 1",
+    )
+    .bind(A::STREAM_TYPE)
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// A service's error type, as far as the store is concerned: it can say
+/// "lost a race" (retry), "the database failed" and "a bug".
+pub trait StoreFailure: From<sqlx::Error> {
+    /// Someone else appended first.
+    fn contention() -> Self;
+    /// Whether this is that.
+    fn is_contention(&self) -> bool;
+    /// A broken invariant (an event that does not decode, say).
+    fn internal(reason: String) -> Self;
+
+    /// What a store error means to the service (its `From` impls call this).
+    fn from_store(error: TypedStreamError) -> Self {
+        match error {
+            TypedStreamError::Store(EventStoreError::Conflict { .. }) => Self::contention(),
+            TypedStreamError::Store(EventStoreError::Database(e)) => Self::from(e),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+/// How many times a command that lost a race on its stream is decided again.
+pub const MAX_RACE_RETRIES: usize = 5;
+
+/// Ties an attempt's borrowed connection (`'c`) to the caller's borrows
+/// (`'a`), so an attempt may use both: it proves `'a` outlives `'c`.
+pub struct Borrows<'c, 'a>(std::marker::PhantomData<&'c &'a ()>);
+
+/// Runs `attempt` in a transaction of its own and commits it; an attempt
+/// that lost a race is rolled back and run again on fresh state, up to
+/// [`MAX_RACE_RETRIES`] times.
+pub async fn retry_on_contention<'a, T, E, F>(pool: &PgPool, mut attempt: F) -> Result<T, E>
+where
+    E: StoreFailure,
+    F: for<'c> FnMut(&'c mut PgConnection, Borrows<'c, 'a>) -> futures::future::BoxFuture<'c, Result<T, E>>,
+{
+    for _ in 0..MAX_RACE_RETRIES {
+        let mut tx = pool.begin().await?;
+        match attempt(&mut tx, Borrows(std::marker::PhantomData)).await {
+            Ok(value) => {
+                tx.commit().await?;
+                return Ok(value);
+            }
+            Err(error) if error.is_contention() => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(E::contention())
+}
