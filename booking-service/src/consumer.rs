@@ -5,7 +5,6 @@
 use async_trait::async_trait;
 use proto::events as pb;
 use shared::{
-    event_store::EventMetadata,
     inbox::{EventHandler, HandlerError, IncomingEvent},
     topics::{from_timestamp, payment_type},
 };
@@ -23,14 +22,30 @@ pub struct PaymentEventHandler {
     pub max_payment_attempts: i32,
 }
 
-fn metadata(event: &IncomingEvent) -> EventMetadata {
-    EventMetadata {
-        correlation_id: event.headers.correlation_id.clone(),
-        causation_id: Some(event.headers.id.clone()),
-        traceparent: shared::trace_context::current_traceparent().or_else(|| event.headers.traceparent.clone()),
-        actor: Some("system:payment-events".into()),
+/// The payment events this service reacts to, decoded once. Every other
+/// type (PaymentIntentCreated, types added later) is acknowledged untouched.
+enum PaymentEventIn {
+    Succeeded(pb::PaymentSucceeded),
+    Failed(pb::PaymentFailed),
+    Refunded(pb::PaymentRefunded),
+}
+
+type Decoder<T> = fn(&IncomingEvent) -> Result<T, HandlerError>;
+
+impl PaymentEventIn {
+    /// How to decode records of `ce_type`, if this service wants them.
+    fn decoder(ce_type: &str) -> Option<Decoder<Self>> {
+        let name = ce_type.strip_prefix(&payment_type(""))?;
+        Some(match name {
+            "PaymentSucceeded" => |e| e.decode().map(Self::Succeeded),
+            "PaymentFailed" => |e| e.decode().map(Self::Failed),
+            "PaymentRefunded" => |e| e.decode().map(Self::Refunded),
+            _ => return None,
+        })
     }
 }
+
+const ACTOR: &str = "system:payment-events";
 
 fn outcome(event: &IncomingEvent, result: Result<impl Sized, BookingError>) -> Result<(), HandlerError> {
     match result {
@@ -59,54 +74,42 @@ fn outcome(event: &IncomingEvent, result: Result<impl Sized, BookingError>) -> R
 #[async_trait]
 impl EventHandler for PaymentEventHandler {
     fn wants(&self, ce_type: &str) -> bool {
-        ["PaymentSucceeded", "PaymentFailed", "PaymentRefunded"].iter().any(|t| ce_type == payment_type(t))
+        PaymentEventIn::decoder(ce_type).is_some()
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &IncomingEvent) -> Result<(), HandlerError> {
-        let meta = metadata(event);
-        let ce_type = event.headers.event_type.as_str();
-        if ce_type == payment_type("PaymentSucceeded") {
-            let paid: pb::PaymentSucceeded = event.decode()?;
-            let processed_at = paid
-                .processed_at
-                .as_ref()
-                .and_then(from_timestamp)
-                .ok_or_else(|| HandlerError::Poison("PaymentSucceeded without processed_at".into()))?;
-            outcome(
-                event,
-                record_payment_succeeded(tx, &paid.booking_id, &paid.payment_intent_id, processed_at, &meta).await,
-            )
-        } else if ce_type == payment_type("PaymentFailed") {
-            let failed: pb::PaymentFailed = event.decode()?;
-            let client_error = failed.failure_concept() == pb::FailureConcept::ClientError;
-            let max_attempts = self.max_payment_attempts;
-            let code = failed.failure_code.clone();
-            let intent = failed.payment_intent_id.clone();
-            outcome(
-                event,
-                execute_in(tx, &failed.booking_id, &meta, move |_, now| BookingCommand::RecordPaymentFailed {
+        let Some(decode) = PaymentEventIn::decoder(&event.headers.event_type) else { return Ok(()) };
+        let meta = event.caused_metadata(ACTOR);
+        match decode(event)? {
+            PaymentEventIn::Succeeded(paid) => {
+                let processed_at = paid
+                    .processed_at
+                    .as_ref()
+                    .and_then(from_timestamp)
+                    .ok_or_else(|| HandlerError::Poison("PaymentSucceeded without processed_at".into()))?;
+                outcome(
+                    event,
+                    record_payment_succeeded(tx, &paid.booking_id, &paid.payment_intent_id, processed_at, &meta).await,
+                )
+            }
+            PaymentEventIn::Failed(failed) => {
+                let client_error = failed.failure_concept() == pb::FailureConcept::ClientError;
+                let max_attempts = self.max_payment_attempts;
+                let (code, intent) = (failed.failure_code.clone(), failed.payment_intent_id.clone());
+                let command = move |_: &_, now| BookingCommand::RecordPaymentFailed {
                     payment_intent_id: intent.clone(),
                     failure_code: code.clone(),
                     client_error,
                     max_attempts,
                     now,
-                })
-                .await,
-            )
-        } else if ce_type == payment_type("PaymentRefunded") {
-            let refunded: pb::PaymentRefunded = event.decode()?;
-            let intent = refunded.payment_intent_id.clone();
-            outcome(
-                event,
-                execute_in(tx, &refunded.booking_id, &meta, move |_, now| BookingCommand::RecordRefund {
-                    payment_intent_id: intent.clone(),
-                    now,
-                })
-                .await,
-            )
-        } else {
-            // PaymentIntentCreated and future types need nothing here.
-            Ok(())
+                };
+                outcome(event, execute_in(tx, &failed.booking_id, &meta, command).await)
+            }
+            PaymentEventIn::Refunded(refunded) => {
+                let intent = refunded.payment_intent_id.clone();
+                let command = move |_: &_, now| BookingCommand::RecordRefund { payment_intent_id: intent.clone(), now };
+                outcome(event, execute_in(tx, &refunded.booking_id, &meta, command).await)
+            }
         }
     }
 }

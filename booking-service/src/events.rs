@@ -6,11 +6,11 @@ use prost::Message;
 use proto::events as pb;
 use shared::{
     event_store::StoredEvent,
-    outbox::{IntegrationMapper, MappingError, OutgoingRecord},
+    outbox::{own_event, IntegrationMapper, MappingError, OutgoingRecord},
     topics::{booking_type, timestamp},
 };
 
-use crate::domain::booking::{BookingEvent, CancelReason, PaymentMethod};
+use crate::domain::booking::{Booking, BookingEvent, CancelReason, PaymentMethod};
 
 /// Maps stored booking events to Kafka records keyed by booking id.
 pub struct BookingEventMapper {
@@ -20,14 +20,7 @@ pub struct BookingEventMapper {
 
 impl IntegrationMapper for BookingEventMapper {
     fn to_record(&self, stored: &StoredEvent) -> Result<Option<OutgoingRecord>, MappingError> {
-        if stored.stream_type != <crate::domain::booking::Booking as shared::aggregate::Aggregate>::STREAM_TYPE {
-            return Ok(None);
-        }
-        let event: BookingEvent = stored.decode().map_err(|e| MappingError {
-            event_id: stored.event_id,
-            event_type: stored.event_type.clone(),
-            reason: e.to_string(),
-        })?;
+        let Some(event) = own_event::<Booking>(stored)? else { return Ok(None) };
         let booking_id = stored.stream_id.clone();
         let value = match event {
             BookingEvent::SeatLocked(e) => pb::SeatLocked {
@@ -85,13 +78,7 @@ impl IntegrationMapper for BookingEventMapper {
             | BookingEvent::PaymentDeclined { .. }
             | BookingEvent::BookingRefunded { .. } => return Ok(None),
         };
-        Ok(Some(OutgoingRecord {
-            topic: self.topic.clone(),
-            key: booking_id.clone(),
-            ce_type: booking_type(&stored.event_type),
-            subject: booking_id,
-            value,
-        }))
+        Ok(Some(OutgoingRecord::keyed(&self.topic, booking_id, booking_type(&stored.event_type), value)))
     }
 }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use proto::events as pb;
 use shared::{
-    event_store::EventMetadata,
     inbox::{EventHandler, HandlerError, IncomingEvent},
     topics::{booking_type, from_timestamp},
 };
@@ -28,14 +27,32 @@ pub struct BookingEventHandler {
     pub arrivals: Arc<IntentArrivals>,
 }
 
-fn metadata(event: &IncomingEvent) -> EventMetadata {
-    EventMetadata {
-        correlation_id: event.headers.correlation_id.clone(),
-        causation_id: Some(event.headers.id.clone()),
-        traceparent: shared::trace_context::current_traceparent().or_else(|| event.headers.traceparent.clone()),
-        actor: Some("system:booking-events".into()),
+/// The booking events this service reacts to, decoded once. Every other
+/// type (BookingConfirmed, types added later) is acknowledged untouched.
+enum BookingEventIn {
+    SeatLocked(pb::SeatLocked),
+    Cancelled(pb::BookingCancelled),
+    Expired(pb::BookingExpired),
+    Failed(pb::BookingFailed),
+}
+
+type Decoder<T> = fn(&IncomingEvent) -> Result<T, HandlerError>;
+
+impl BookingEventIn {
+    /// How to decode records of `ce_type`, if this service wants them.
+    fn decoder(ce_type: &str) -> Option<Decoder<Self>> {
+        let name = ce_type.strip_prefix(&booking_type(""))?;
+        Some(match name {
+            "SeatLocked" => |e| e.decode().map(Self::SeatLocked),
+            "BookingCancelled" => |e| e.decode().map(Self::Cancelled),
+            "BookingExpired" => |e| e.decode().map(Self::Expired),
+            "BookingFailed" => |e| e.decode().map(Self::Failed),
+            _ => return None,
+        })
     }
 }
+
+const ACTOR: &str = "system:booking-events";
 
 fn outcome(result: Result<impl Sized, PaymentError>) -> Result<(), HandlerError> {
     match result {
@@ -62,57 +79,51 @@ async fn end(
         return Err(HandlerError::Poison(format!("no payment intent for booking {booking_id}")));
     };
     let now = chrono::Utc::now();
-    outcome(execute_in(tx, &intent, &metadata(event), PaymentCommand::BookingEnded { end, now }).await)
+    outcome(execute_in(tx, &intent, &event.caused_metadata(ACTOR), PaymentCommand::BookingEnded { end, now }).await)
 }
 
 #[async_trait]
 impl EventHandler for BookingEventHandler {
     fn wants(&self, ce_type: &str) -> bool {
-        ["SeatLocked", "BookingCancelled", "BookingExpired", "BookingFailed"].iter().any(|t| ce_type == booking_type(t))
+        BookingEventIn::decoder(ce_type).is_some()
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &IncomingEvent) -> Result<(), HandlerError> {
-        let ce_type = event.headers.event_type.as_str();
-        if ce_type == booking_type("SeatLocked") {
-            let locked: pb::SeatLocked = event.decode()?;
-            let total = locked.total.clone().unwrap_or_default();
-            let payable_until = locked.locked_until.as_ref().and_then(from_timestamp);
-            let created_at = locked.created_at.as_ref().and_then(from_timestamp);
-            let (Some(payable_until), Some(created_at)) = (payable_until, created_at) else {
-                return Err(HandlerError::Poison("SeatLocked without locked_until or created_at".into()));
-            };
-            if locked.payment_intent_id.is_empty() || total.amount <= 0 {
-                return Err(HandlerError::Poison("SeatLocked without an intent id or a positive total".into()));
+        let Some(decode) = BookingEventIn::decoder(&event.headers.event_type) else { return Ok(()) };
+        match decode(event)? {
+            BookingEventIn::SeatLocked(locked) => {
+                let total = locked.total.clone().unwrap_or_default();
+                let payable_until = locked.locked_until.as_ref().and_then(from_timestamp);
+                let created_at = locked.created_at.as_ref().and_then(from_timestamp);
+                let (Some(payable_until), Some(created_at)) = (payable_until, created_at) else {
+                    return Err(HandlerError::Poison("SeatLocked without locked_until or created_at".into()));
+                };
+                if locked.payment_intent_id.is_empty() || total.amount <= 0 {
+                    return Err(HandlerError::Poison("SeatLocked without an intent id or a positive total".into()));
+                }
+                let created = IntentCreated {
+                    payment_intent_id: locked.payment_intent_id.clone(),
+                    booking_id: locked.booking_id,
+                    user_id: locked.user_id,
+                    amount: total.amount,
+                    currency: if total.currency.is_empty() { "KRW".into() } else { total.currency },
+                    payable_until,
+                    created_at,
+                };
+                let meta = event.caused_metadata(ACTOR);
+                outcome(execute_in(tx, &locked.payment_intent_id, &meta, PaymentCommand::Create(created)).await)
             }
-            let created = IntentCreated {
-                payment_intent_id: locked.payment_intent_id.clone(),
-                booking_id: locked.booking_id,
-                user_id: locked.user_id,
-                amount: total.amount,
-                currency: if total.currency.is_empty() { "KRW".into() } else { total.currency },
-                payable_until,
-                created_at,
-            };
-            outcome(execute_in(tx, &locked.payment_intent_id, &metadata(event), PaymentCommand::Create(created)).await)
-        } else if ce_type == booking_type("BookingCancelled") {
-            let e: pb::BookingCancelled = event.decode()?;
-            end(tx, event, &e.booking_id, BookingEnd::Cancelled).await
-        } else if ce_type == booking_type("BookingExpired") {
-            let e: pb::BookingExpired = event.decode()?;
-            end(tx, event, &e.booking_id, BookingEnd::Expired).await
-        } else if ce_type == booking_type("BookingFailed") {
-            let e: pb::BookingFailed = event.decode()?;
-            end(tx, event, &e.booking_id, BookingEnd::Failed).await
-        } else {
-            Ok(())
+            BookingEventIn::Cancelled(e) => end(tx, event, &e.booking_id, BookingEnd::Cancelled).await,
+            BookingEventIn::Expired(e) => end(tx, event, &e.booking_id, BookingEnd::Expired).await,
+            BookingEventIn::Failed(e) => end(tx, event, &e.booking_id, BookingEnd::Failed).await,
         }
     }
 
     async fn committed(&self, event: &IncomingEvent) {
-        if event.headers.event_type == booking_type("SeatLocked") {
-            if let Ok(locked) = event.decode::<pb::SeatLocked>() {
-                self.arrivals.announce(&locked.payment_intent_id);
-            }
+        if let Some(Ok(BookingEventIn::SeatLocked(locked))) =
+            BookingEventIn::decoder(&event.headers.event_type).map(|decode| decode(event))
+        {
+            self.arrivals.announce(&locked.payment_intent_id);
         }
     }
 }

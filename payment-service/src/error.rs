@@ -10,7 +10,7 @@ pub enum PaymentError {
     /// A malformed request; the message names the field.
     #[error("{0}")]
     Invalid(String),
-    /// The token is not one the gateway knows; no attempt was recorded.
+    /// The token is not one the PSP knows; no attempt was recorded.
     #[error("Unknown payment method token.")]
     UnknownToken,
     /// The aggregate refused the command.

@@ -6,11 +6,11 @@ use prost::Message;
 use proto::events as pb;
 use shared::{
     event_store::StoredEvent,
-    outbox::{IntegrationMapper, MappingError, OutgoingRecord},
+    outbox::{own_event, IntegrationMapper, MappingError, OutgoingRecord},
     topics::{payment_type, timestamp},
 };
 
-use crate::domain::intent::{FailureConcept, PaymentEvent};
+use crate::domain::intent::{FailureConcept, PaymentEvent, PaymentIntent};
 
 /// Maps stored payment events to Kafka records.
 pub struct PaymentEventMapper {
@@ -20,14 +20,7 @@ pub struct PaymentEventMapper {
 
 impl IntegrationMapper for PaymentEventMapper {
     fn to_record(&self, stored: &StoredEvent) -> Result<Option<OutgoingRecord>, MappingError> {
-        if stored.stream_type != <crate::domain::intent::PaymentIntent as shared::aggregate::Aggregate>::STREAM_TYPE {
-            return Ok(None);
-        }
-        let event: PaymentEvent = stored.decode().map_err(|e| MappingError {
-            event_id: stored.event_id,
-            event_type: stored.event_type.clone(),
-            reason: e.to_string(),
-        })?;
+        let Some(event) = own_event::<PaymentIntent>(stored)? else { return Ok(None) };
         let payment_intent_id = stored.stream_id.clone();
         let (booking_id, value) = match event {
             PaymentEvent::PaymentIntentCreated(e) => (
@@ -106,12 +99,6 @@ impl IntegrationMapper for PaymentEventMapper {
             | PaymentEvent::RefundAttemptFailed { .. }
             | PaymentEvent::RefundNeedsReview { .. } => return Ok(None),
         };
-        Ok(Some(OutgoingRecord {
-            topic: self.topic.clone(),
-            key: booking_id.clone(),
-            ce_type: payment_type(&stored.event_type),
-            subject: booking_id,
-            value,
-        }))
+        Ok(Some(OutgoingRecord::keyed(&self.topic, booking_id, payment_type(&stored.event_type), value)))
     }
 }

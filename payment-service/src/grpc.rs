@@ -18,7 +18,7 @@ use shared::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::intent::GatewayOutcome,
+    domain::intent::PspOutcome,
     payments::{ExecutePayment, Executed, Payments, EXECUTE_OPERATION},
 };
 
@@ -99,7 +99,7 @@ impl PaymentService for PaymentGrpc {
 
 fn executed_to_pb(executed: Executed) -> pb::ExecutePaymentResponse {
     match executed.outcome {
-        GatewayOutcome::Success { processed_at } => pb::ExecutePaymentResponse {
+        PspOutcome::Success { processed_at } => pb::ExecutePaymentResponse {
             payment_intent_id: executed.payment_intent_id,
             status: "SUCCESS".into(),
             is_success: true,
@@ -107,7 +107,7 @@ fn executed_to_pb(executed: Executed) -> pb::ExecutePaymentResponse {
             failure_code: String::new(),
             failure_concept: String::new(),
         },
-        GatewayOutcome::Failure { failure_code, failure_concept, processed_at } => pb::ExecutePaymentResponse {
+        PspOutcome::Failure { failure_code, failure_concept, processed_at } => pb::ExecutePaymentResponse {
             payment_intent_id: executed.payment_intent_id,
             status: "FAILURE".into(),
             is_success: false,

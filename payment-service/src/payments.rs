@@ -34,7 +34,7 @@ use tonic::{transport::Channel, Code};
 use crate::{
     arrivals::IntentArrivals,
     domain::{
-        intent::{decide, GatewayOutcome, IntentStatus, PaymentCommand, PaymentEvent, PaymentIntent, PaymentRejection},
+        intent::{decide, IntentStatus, PaymentCommand, PaymentEvent, PaymentIntent, PaymentRejection, PspOutcome},
         ledger,
     },
     error::PaymentError,
@@ -74,7 +74,7 @@ pub struct Executed {
     /// The intent.
     pub payment_intent_id: String,
     /// The PSP's answer.
-    pub outcome: GatewayOutcome,
+    pub outcome: PspOutcome,
 }
 
 /// Timing of the reconciler and the refund worker.
@@ -219,7 +219,7 @@ impl Payments {
 
     /// Charges under the attempt key, asking again (same key, so never a
     /// second charge) while the PSP's answer is lost.
-    async fn ask_psp(&self, charge: &Charge) -> Result<GatewayOutcome, PaymentError> {
+    async fn ask_psp(&self, charge: &Charge) -> Result<PspOutcome, PaymentError> {
         let mut backoff = Duration::from_millis(200);
         for ask in 1..=PSP_ASKS {
             match self.inner.psp.charge(charge).await {

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::domain::intent::{FailureConcept, GatewayOutcome, RefundOutcome};
+use crate::domain::intent::{FailureConcept, PspOutcome, RefundOutcome};
 
 /// A card verification value: its `Debug` never shows it.
 #[derive(Clone)]
@@ -85,14 +85,14 @@ pub trait Psp: Send + Sync + 'static {
     /// Whether the PSP knows this token (unknown ones are refused before any attempt).
     fn recognizes(&self, token: &str) -> bool;
     /// Charges under `charge.idempotency_key`; the same key gets the same answer.
-    async fn charge(&self, charge: &Charge) -> Result<GatewayOutcome, PspUnavailable>;
+    async fn charge(&self, charge: &Charge) -> Result<PspOutcome, PspUnavailable>;
     /// The answer given under `idempotency_key`, after voiding the key if it
     /// was never used (`None`: no money moved, and none ever will under it).
     async fn settle_key(
         &self,
         payment_intent_id: &str,
         idempotency_key: &str,
-    ) -> Result<Option<GatewayOutcome>, PspUnavailable>;
+    ) -> Result<Option<PspOutcome>, PspUnavailable>;
     /// Refunds a capture; a failure is retried under the same key.
     async fn refund(&self, refund: &Refund) -> Result<RefundOutcome, PspUnavailable>;
 }
@@ -147,11 +147,11 @@ struct StoredCharge {
 
 impl StoredCharge {
     /// The answer this record stands for; `None` for a voided key.
-    fn outcome(self) -> Option<GatewayOutcome> {
+    fn outcome(self) -> Option<PspOutcome> {
         match self.status.as_str() {
-            "succeeded" => Some(GatewayOutcome::Success { processed_at: self.processed_at }),
+            "succeeded" => Some(PspOutcome::Success { processed_at: self.processed_at }),
             VOIDED => None,
-            _ => Some(GatewayOutcome::Failure {
+            _ => Some(PspOutcome::Failure {
                 failure_code: self.failure_code.unwrap_or_else(|| "CARD_DECLINED".into()),
                 failure_concept: match self.failure_concept.as_deref() {
                     Some("SERVER_ERROR") => FailureConcept::ServerError,
@@ -172,7 +172,7 @@ impl Psp for SimulatedPsp {
         catalogue(token).is_some()
     }
 
-    async fn charge(&self, charge: &Charge) -> Result<GatewayOutcome, PspUnavailable> {
+    async fn charge(&self, charge: &Charge) -> Result<PspOutcome, PspUnavailable> {
         tokio::time::sleep(self.latency).await;
         if charge.token == "tok_pgTimeout" {
             tokio::time::sleep(self.timeout).await;
@@ -203,7 +203,7 @@ impl Psp for SimulatedPsp {
             .fetch_one(&self.pool)
             .await
             .map_err(unavailable)?;
-        Ok(stored.outcome().unwrap_or_else(|| GatewayOutcome::Failure {
+        Ok(stored.outcome().unwrap_or_else(|| PspOutcome::Failure {
             // The key was voided before this request arrived: nothing charged.
             failure_code: "PG_ATTEMPT_VOIDED".into(),
             failure_concept: FailureConcept::ServerError,
@@ -215,7 +215,7 @@ impl Psp for SimulatedPsp {
         &self,
         payment_intent_id: &str,
         idempotency_key: &str,
-    ) -> Result<Option<GatewayOutcome>, PspUnavailable> {
+    ) -> Result<Option<PspOutcome>, PspUnavailable> {
         sqlx::query(
             "insert into psp.charges (idempotency_key, payment_intent_id, amount, currency, status) \
              values ($1, $2, 0, '', 'voided') on conflict (idempotency_key) do nothing",

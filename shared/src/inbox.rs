@@ -63,6 +63,17 @@ impl IncomingEvent {
         M::decode(self.value.as_slice())
             .map_err(|e| HandlerError::Poison(format!("{} does not decode: {e}", self.headers.event_type)))
     }
+
+    /// The metadata of events this one causes: its correlation id goes on,
+    /// it becomes their causation, the trace continues, `actor` did it.
+    pub fn caused_metadata(&self, actor: &str) -> crate::event_store::EventMetadata {
+        crate::event_store::EventMetadata {
+            correlation_id: self.headers.correlation_id.clone(),
+            causation_id: Some(self.headers.id.clone()),
+            traceparent: crate::trace_context::current_traceparent().or_else(|| self.headers.traceparent.clone()),
+            actor: Some(actor.to_owned()),
+        }
+    }
 }
 
 /// Why a handler did not apply an event.

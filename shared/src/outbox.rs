@@ -45,6 +45,26 @@ pub struct OutgoingRecord {
     pub value: Vec<u8>,
 }
 
+impl OutgoingRecord {
+    /// A record keyed, and with the subject, `key` (the booking id).
+    pub fn keyed(topic: &str, key: String, ce_type: String, value: Vec<u8>) -> Self {
+        Self { topic: topic.to_owned(), subject: key.clone(), key, ce_type, value }
+    }
+}
+
+/// The domain event of `stored` if it belongs to aggregate `A`'s streams
+/// (`None` for other streams), decoded; a mapper's first step.
+pub fn own_event<A: crate::aggregate::Aggregate>(stored: &StoredEvent) -> Result<Option<A::Event>, MappingError> {
+    if stored.stream_type != A::STREAM_TYPE {
+        return Ok(None);
+    }
+    stored.decode().map(Some).map_err(|e| MappingError {
+        event_id: stored.event_id,
+        event_type: stored.event_type.clone(),
+        reason: e.to_string(),
+    })
+}
+
 /// Maps stored domain events to the public integration events on Kafka.
 pub trait IntegrationMapper: Send + Sync + 'static {
     /// The record to publish for `event`, or `None` for an internal event.

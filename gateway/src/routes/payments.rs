@@ -22,7 +22,7 @@ pub struct ExecutePaymentBody {
     /// From `POST /bookings`.
     #[schema(example = "i0do0nHZSn4TZr0tKOa9")]
     pub payment_intent_id: Option<String>,
-    /// A mock gateway token, e.g. `tok_visa_creditCard`.
+    /// A payment method token of the simulated PSP, e.g. `tok_visa_creditCard`.
     #[schema(example = "tok_visa_creditCard")]
     pub payment_method_token: Option<String>,
     /// 3 or 4 digits.
@@ -30,7 +30,7 @@ pub struct ExecutePaymentBody {
     pub cvv: Option<String>,
 }
 
-/// What the mock gateway answered.
+/// What the simulated PSP answered (`pgMockData` in the contract).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PgMockData {
@@ -78,7 +78,7 @@ pub struct PaymentFailure {
     pub error: FailureDetail,
 }
 
-/// Charges a payment intent through the mock payment gateway.
+/// Charges a payment intent through the payment service provider (simulated in this build).
 #[utoipa::path(post, path = "/payments/execute", tag = "Payments", request_body = ExecutePaymentBody,
     security(("bearer" = [])), params(crate::openapi::IdempotencyKey),
     responses(

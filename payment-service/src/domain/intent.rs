@@ -12,13 +12,13 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Whether a decline is the buyer's or the gateway's.
+/// Whether a decline is the buyer's or the PSP's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FailureConcept {
     /// The card or data was refused: counts against the buyer's attempts.
     ClientError,
-    /// Gateway trouble: retryable, does not use up attempts.
+    /// PSP trouble: retryable, does not use up attempts.
     ServerError,
 }
 
@@ -92,7 +92,7 @@ pub enum PaymentEvent {
         /// Why.
         reason: String,
     },
-    /// The gateway captured the money.
+    /// The PSP captured the money.
     PaymentSucceeded {
         /// The attempt that captured (0 in events older than attempts).
         #[serde(default)]
@@ -107,7 +107,7 @@ pub enum PaymentEvent {
         currency: String,
         /// The token used (a reference, not card data).
         payment_method_token: String,
-        /// The gateway's processing time.
+        /// The PSP's processing time.
         processed_at: DateTime<Utc>,
     },
     /// An attempt was declined.
@@ -125,7 +125,7 @@ pub enum PaymentEvent {
         failure_concept: FailureConcept,
         /// Client-error declines so far, this one included.
         client_failures: i32,
-        /// The gateway's processing time.
+        /// The PSP's processing time.
         processed_at: DateTime<Utc>,
     },
     /// The booking ended; no further attempts. (Internal, not published.)
@@ -141,11 +141,11 @@ pub enum PaymentEvent {
         /// When it was decided.
         requested_at: DateTime<Utc>,
     },
-    /// The gateway did not refund this time; retried with the same key. (Internal.)
+    /// The PSP did not refund this time; retried with the same key. (Internal.)
     RefundAttemptFailed {
         /// Which attempt.
         attempt: i32,
-        /// The gateway's reason.
+        /// The PSP's reason.
         reason: String,
     },
     /// Refunding kept failing; a person must look. (Internal, alerted.)
@@ -256,12 +256,12 @@ pub fn attempt_key(payment_intent_id: &str, attempt: i32) -> String {
     format!("{payment_intent_id}:{attempt}")
 }
 
-/// What the gateway answered to a refund.
+/// What the PSP answered to a refund.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RefundOutcome {
     /// The money went back.
     Refunded {
-        /// When the gateway processed it.
+        /// When the PSP processed it.
         processed_at: DateTime<Utc>,
     },
     /// Not this time.
@@ -271,13 +271,13 @@ pub enum RefundOutcome {
     },
 }
 
-/// What the mock (or a real) payment gateway answered.
+/// What the payment service provider (simulated, or a real one) answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
-pub enum GatewayOutcome {
+pub enum PspOutcome {
     /// Captured.
     Success {
-        /// When the gateway processed it.
+        /// When the PSP processed it.
         processed_at: DateTime<Utc>,
     },
     /// Declined.
@@ -286,7 +286,7 @@ pub enum GatewayOutcome {
         failure_code: String,
         /// Whose fault.
         failure_concept: FailureConcept,
-        /// When the gateway processed it.
+        /// When the PSP processed it.
         processed_at: DateTime<Utc>,
     },
 }
@@ -316,7 +316,7 @@ pub enum PaymentCommand {
         /// The attempt answered.
         attempt: i32,
         /// The answer.
-        outcome: GatewayOutcome,
+        outcome: PspOutcome,
     },
     /// `attempt` never reached the PSP.
     AbandonCharge {
@@ -325,7 +325,7 @@ pub enum PaymentCommand {
         /// Why.
         reason: String,
     },
-    /// Record the gateway's answer to a refund.
+    /// Record the PSP's answer to a refund.
     RecordRefund {
         /// The answer.
         outcome: RefundOutcome,
@@ -416,7 +416,7 @@ pub fn decide(state: Option<&PaymentIntent>, command: PaymentCommand) -> Result<
             }
             let payment_method_token = pending.payment_method_token.clone();
             match outcome {
-                GatewayOutcome::Success { processed_at } => {
+                PspOutcome::Success { processed_at } => {
                     let mut events = vec![E::PaymentSucceeded {
                         attempt,
                         booking_id: c.booking_id.clone(),
@@ -427,12 +427,12 @@ pub fn decide(state: Option<&PaymentIntent>, command: PaymentCommand) -> Result<
                         processed_at,
                     }];
                     if intent.booking_end.is_some() {
-                        // The booking ended while the gateway was charging.
+                        // The booking ended while the PSP was charging.
                         events.push(E::PaymentRefundRequested { requested_at: processed_at });
                     }
                     Ok(events)
                 }
-                GatewayOutcome::Failure { failure_code, failure_concept, processed_at } => Ok(vec![E::PaymentFailed {
+                PspOutcome::Failure { failure_code, failure_concept, processed_at } => Ok(vec![E::PaymentFailed {
                     attempt,
                     booking_id: c.booking_id.clone(),
                     user_id: c.user_id.clone(),
@@ -595,12 +595,12 @@ mod tests {
         }
     }
 
-    fn ok(at: i64) -> GatewayOutcome {
-        GatewayOutcome::Success { processed_at: t(at) }
+    fn ok(at: i64) -> PspOutcome {
+        PspOutcome::Success { processed_at: t(at) }
     }
 
-    fn declined(concept: FailureConcept) -> GatewayOutcome {
-        GatewayOutcome::Failure { failure_code: "X".into(), failure_concept: concept, processed_at: t(9) }
+    fn declined(concept: FailureConcept) -> PspOutcome {
+        PspOutcome::Failure { failure_code: "X".into(), failure_concept: concept, processed_at: t(9) }
     }
 
     fn apply_all(history: &[PaymentEvent], command: PaymentCommand) -> Vec<PaymentEvent> {
@@ -610,7 +610,7 @@ mod tests {
     }
 
     /// One whole attempt: requested, then answered by the PSP.
-    fn pay(history: &[PaymentEvent], outcome: GatewayOutcome) -> Vec<PaymentEvent> {
+    fn pay(history: &[PaymentEvent], outcome: PspOutcome) -> Vec<PaymentEvent> {
         let requested = apply_all(history, check("user_123", 8));
         let attempt = PaymentIntent::replay(&requested).and_then(|i| i.pending_charge).map_or(0, |p| p.attempt);
         apply_all(&requested, PaymentCommand::RecordOutcome { attempt, outcome })
@@ -644,7 +644,7 @@ mod tests {
     }
 
     #[test]
-    fn client_declines_count_and_exhaust_the_attempts_but_gateway_trouble_does_not() {
+    fn client_declines_count_and_exhaust_the_attempts_but_psp_trouble_does_not() {
         let mut history = vec![PaymentEvent::PaymentIntentCreated(created())];
         history = pay(&history, declined(FailureConcept::ServerError));
         assert_eq!(PaymentIntent::replay(&history).map(|i| i.client_failures), Some(0));
