@@ -82,8 +82,8 @@ pub struct BenchReport {
     pub ratio_to_pgbench: Option<f64>,
     /// Requests per second of `GET /healthz` (the HTTP ceiling).
     pub http_ceiling_per_sec: f64,
-    /// Seats held or sold by more than one booking (must be 0).
-    pub oversold_seats: i64,
+    /// Seats sold to more than one booking, from `ticketing check` (must be 0).
+    pub oversold_seats: usize,
     /// `ticketing check` findings (must be empty).
     pub violations: Vec<String>,
     /// Resident memory of the process at the end (all three components), in MiB.

@@ -60,6 +60,40 @@ pub async fn append<A: Aggregate>(
     event_store::append_typed(conn, A::STREAM_TYPE, id, expected, events, metadata).await
 }
 
+/// One aggregate folded from its whole stream, with the stored events.
+pub struct Folded<A: Aggregate> {
+    /// The aggregate's id.
+    pub id: String,
+    /// The state its events fold to (the domain's own `replay`).
+    pub state: Option<A>,
+    /// Its events as stored (type names, times).
+    pub events: Vec<crate::event_store::StoredEvent>,
+}
+
+/// Every aggregate of type `A`, each folded by the domain's `replay`
+/// (audits; this reads the whole event store of the type).
+pub async fn load_all<A: Aggregate>(pool: &PgPool) -> Result<Vec<Folded<A>>, TypedStreamError> {
+    let stored = event_store::load_all_streams(pool, A::STREAM_TYPE).await?;
+    let mut folded: Vec<Folded<A>> = Vec::new();
+    for event in stored {
+        let decoded: A::Event = event
+            .decode()
+            .map_err(|e| TypedStreamError::Codec { stream_id: event.stream_id.clone(), reason: e.to_string() })?;
+        match folded.last_mut() {
+            Some(current) if current.id == event.stream_id => {
+                current.state = A::apply(current.state.take(), &decoded);
+                current.events.push(event);
+            }
+            _ => folded.push(Folded {
+                id: event.stream_id.clone(),
+                state: A::apply(None, &decoded),
+                events: vec![event],
+            }),
+        }
+    }
+    Ok(folded)
+}
+
 /// Which of `ids` have a stream (one indexed query for all of them).
 pub async fn existing<A: Aggregate>(pool: &PgPool, ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(

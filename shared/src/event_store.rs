@@ -209,6 +209,18 @@ pub async fn load_stream(
     rows.iter().map(stored_event_from_row).collect()
 }
 
+/// Every event of every stream of `stream_type`, by stream and version
+/// (audits such as `ticketing check`; not for request paths).
+pub async fn load_all_streams(pool: &sqlx::PgPool, stream_type: &str) -> Result<Vec<StoredEvent>, EventStoreError> {
+    let rows = sqlx::query(&format!(
+        "select {STORED_EVENT_COLUMNS} from events where stream_type = $1 order by stream_id, stream_version"
+    ))
+    .bind(stream_type)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(stored_event_from_row).collect()
+}
+
 /// The select list that [`stored_event_from_row`] reads.
 pub(crate) const STORED_EVENT_COLUMNS: &str = "global_position, tx_id::text::bigint as tx_id, event_id, \
      stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata, recorded_at";

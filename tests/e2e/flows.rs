@@ -261,6 +261,44 @@ async fn the_invariant_checker_reports_an_unbalanced_ledger_and_a_leaked_hold() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invariant_checker_finds_an_oversold_seat_in_the_event_store_whatever_the_projections_say() {
+    use booking_service::domain::booking::{Booking, BookingEvent, BookingRef, PaymentMethod, SeatLocked};
+    let sys = System::start().await;
+    let (booking, intent) = sys.book("user_o", "perf_001", &["E11"]).await;
+    sys.pay("user_o", &intent, "tok_visa").await;
+    sys.wait_status("user_o", &booking, "confirmed").await;
+    assert!(sys.settled_violations().await.is_empty());
+    // A second confirmed booking of the same seat, written straight into the
+    // event store: no seat hold, no projection row knows about it.
+    let now = chrono::Utc::now();
+    let locked = SeatLocked {
+        booking_id: "forged_booking".into(),
+        payment_intent_id: "forged_intent".into(),
+        user_id: "user_x".into(),
+        performance_id: "perf_001".into(),
+        seat_ids: vec!["E11".into()],
+        total_amount: 1,
+        currency: "KRW".into(),
+        payment_method: PaymentMethod::CreditCard,
+        locked_until: now,
+        created_at: now,
+    };
+    let of = BookingRef { user_id: "user_x".into(), performance_id: "perf_001".into(), seat_ids: vec!["E11".into()] };
+    let events = [
+        BookingEvent::SeatLocked(locked),
+        BookingEvent::BookingConfirmed { of, payment_intent_id: "forged_intent".into(), confirmed_at: now },
+    ];
+    let booking_db = sys.booking_pool().await;
+    let mut conn = booking_db.acquire().await.unwrap();
+    shared::aggregate::append::<Booking>(&mut conn, "forged_booking", 0, &events, &Default::default()).await.unwrap();
+    let found = ticketing::check::check(&booking_db, &sys.payment_pool().await).await.unwrap();
+    let oversold: Vec<_> = found.iter().filter(|v| v.invariant == ticketing::check::Invariant::SeatSoldOnce).collect();
+    assert_eq!(oversold.len(), 1, "{found:?}");
+    assert!(oversold[0].message.contains("perf_001/E11 is sold to 2 bookings"), "{}", oversold[0]);
+    sys.stop_without_check().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_invariant_checker_compares_the_psp_with_the_recorded_captures() {
     let sys = System::start().await;
     let (booking, intent) = sys.book("user_psp", "perf_001", &["E10"]).await;
