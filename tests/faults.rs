@@ -60,8 +60,9 @@ impl Tansu {
     fn start(dir: &Path) -> Option<Self> {
         if Command::new("tansu").arg("--version").output().is_err() {
             assert!(std::env::var_os("CI").is_none(), "CI must install tansu (see .ci/run)");
-            println!("SKIPPED: tansu is not installed (cargo install tansu --version 0.6.0 --features dynostore)");
-            eprintln!("SKIPPED: tansu is not installed (cargo install tansu --version 0.6.0 --features dynostore)");
+            shared::testkit::skip_notice(
+                "tansu is not installed (cargo install tansu --version 0.6.0 --features dynostore); this fault test did not run",
+            );
             return None;
         }
         let port = free_port();

@@ -106,6 +106,13 @@ where
     }
 }
 
+/// Tells the person running the tests that a test was skipped, on the real
+/// stderr: the test harness hides `println!`/`eprintln!` of passing tests.
+pub fn skip_notice(reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {reason}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::contains_token;

@@ -100,7 +100,10 @@ async fn cancels_racing_payments_end_confirmed_cancelled_or_refunded_never_half_
             tokio::time::sleep(Duration::from_millis(n * 3)).await;
             sys.delete(&format!("/bookings/{booking}"), &user).await
         });
+        // What the two answers promise: charged and kept, cancelled with no
+        // charge, or (both acknowledged) charged and then refunded.
         let end = match (paid.status, cancelled.status) {
+            (StatusCode::OK, StatusCode::OK) => "refunded",
             (StatusCode::OK, _) => "confirmed",
             (_, StatusCode::OK) => "cancelled",
             other => panic!("neither the payment nor the cancel won: {other:?} {} {}", paid.body, cancelled.body),
@@ -114,7 +117,10 @@ async fn cancels_racing_payments_end_confirmed_cancelled_or_refunded_never_half_
         };
         *outcomes.entry(end.to_owned()).or_default() += 1;
     }
-    assert_eq!(outcomes.values().sum::<usize>(), 12);
+    println!("cancel racing pay, 12 rounds: {outcomes:?}");
+    // The money matches every end state: one capture per confirmed booking,
+    // none kept for a cancelled one, capture plus refund for a refunded one
+    // (`check`, run by `stop`, compares the event stores and the ledger).
     sys.stop().await;
 }
 
