@@ -6,6 +6,9 @@
 //! seats: exactly M winners). Baselines: pgbench running one booking
 //! command's SQL at the same concurrency, and the gateway's trivial route.
 
+pub mod pgbench;
+pub mod run;
+
 use std::{
     collections::BTreeMap,
     sync::{
@@ -15,7 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -363,51 +365,6 @@ pub async fn http_ceiling(target: Arc<Target>, clients: usize, duration: Duratio
         total += t.await.unwrap_or(0);
     }
     total as f64 / started.elapsed().as_secs_f64()
-}
-
-/// The SQL of one booking command (quota lock and count, seat hold, event
-/// append with its NOTIFY trigger), for pgbench against the booking database.
-pub const PGBENCH_SCRIPT: &str = r"\set seat random(1, 50000)
-BEGIN;
-SELECT performance_id FROM performances WHERE performance_id = 'perf_pgbench';
-SELECT seat_id, price FROM seats WHERE performance_id = 'perf_pgbench' AND seat_id = any(array['S' || CAST(:seat AS text)]);
-SELECT pg_advisory_xact_lock(hashtextextended('quota-perf_pgbench-u' || CAST(:client_id AS text) || '_' || CAST(:seat AS text), 0));
-SELECT count(*) FROM seat_holds WHERE performance_id = 'perf_pgbench' AND user_id = 'u' || CAST(:client_id AS text) || '_' || CAST(:seat AS text) AND (status = 'booked' OR locked_until > now());
-SELECT now();
-INSERT INTO seat_holds (performance_id, seat_id, booking_id, user_id, status, locked_until) VALUES ('perf_pgbench', 'S' || CAST(:seat AS text), gen_random_uuid()::text, 'u' || CAST(:client_id AS text), 'locked', now() + interval '10 minutes') ON CONFLICT (performance_id, seat_id) DO UPDATE SET booking_id = excluded.booking_id, locked_until = excluded.locked_until WHERE seat_holds.locked_until <= now() RETURNING seat_id;
-SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_type = 'booking' AND stream_id = 'pgbench-' || CAST(:client_id AS text) || '-' || CAST(:seat AS text);
-INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata) VALUES (gen_random_uuid(), 'pgbench', gen_random_uuid()::text, 1, 'SeatLocked', 1, '{}'::jsonb, '{}'::jsonb) RETURNING global_position, tx_id::text::bigint, recorded_at;
-INSERT INTO booking_deadlines (booking_id, due_at) VALUES (gen_random_uuid()::text, now() + interval '10 minutes');
-END;
-";
-
-/// Runs pgbench with [`PGBENCH_SCRIPT`] on `database_url`; returns its TPS.
-pub async fn pgbench(database_url: &str, clients: usize, duration: Duration) -> anyhow::Result<f64> {
-    let script = std::env::temp_dir().join(format!("ticketing-bench-{}.sql", std::process::id()));
-    std::fs::write(&script, PGBENCH_SCRIPT)?;
-    let output = tokio::process::Command::new("pgbench")
-        .args([
-            "-n",
-            "-M",
-            "prepared",
-            "-c",
-            &clients.to_string(),
-            "-j",
-            "2",
-            "-T",
-            &duration.as_secs().to_string(),
-            "-f",
-        ])
-        .arg(&script)
-        .arg(database_url)
-        .output()
-        .await
-        .context("running pgbench (install postgresql-client)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    anyhow::ensure!(output.status.success(), "pgbench failed: {}{}", text, String::from_utf8_lossy(&output.stderr));
-    text.lines()
-        .find_map(|l| l.strip_prefix("tps = ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()))
-        .context("pgbench printed no tps")
 }
 
 /// Mean of each pipeline histogram (relay publish, consumer lag, projection

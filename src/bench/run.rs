@@ -1,0 +1,204 @@
+//! Running `ticketing bench`: the system, the scenarios, the baseline and
+//! the report.
+
+use anyhow::Context;
+use clap::Parser;
+use shared::shutdown::Shutdown;
+
+use super::pgbench;
+use crate::{
+    bench, check,
+    cli::{BenchArgs, DevArgs},
+    system::{start_system, Broker},
+};
+
+#[derive(Parser)]
+struct BenchSystem {
+    #[command(flatten)]
+    dev: DevArgs,
+}
+
+/// `ticketing bench`: starts the system in-process (or drives `--gateway`),
+/// runs the scenarios beside the pgbench baseline and writes the report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    if let Some(gateway) = args.gateway.clone() {
+        let secret = args.jwt_secret.clone().context("--gateway needs JWT_SECRET")?;
+        let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
+        let target = Arc::new(bench::Target { base: gateway.trim_end_matches('/').to_owned(), secret, client });
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let (main, sale) = (format!("pb{}", &id[20..]), format!("po{}", &id[20..]));
+        let seats = Arc::new(bench::register_performance(&target, &main, 200).await?);
+        let onsale_seats: Arc<Vec<String>> = Arc::new(
+            bench::register_performance(&target, &sale, 1)
+                .await?
+                .into_iter()
+                .take(args.onsale_seats as usize)
+                .collect(),
+        );
+        let scenarios = vec![
+            bench::flow(target.clone(), &main, seats.clone(), args.clients, args.duration).await,
+            bench::distinct(target.clone(), &main, seats, args.clients, args.duration).await,
+            bench::onsale(target.clone(), &sale, onsale_seats, args.onsale_clients).await,
+        ];
+        for s in &scenarios {
+            println!(
+                "{:<9} {:>7} {:>10.1}/s p50 {:.2} p95 {:.2} p99 {:.2} max {:.2} ms {:?} {}",
+                s.name,
+                s.clients,
+                s.throughput_per_sec,
+                s.latency.p50_ms,
+                s.latency.p95_ms,
+                s.latency.p99_ms,
+                s.latency.max_ms,
+                s.statuses,
+                s.extra
+            );
+        }
+        std::fs::write(&args.output, serde_json::to_string_pretty(&scenarios)?)?;
+        return Ok(());
+    }
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let (booking_db, payment_db) = (format!("bench_booking_{id}"), format!("bench_payment_{id}"));
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let dev = BenchSystem::try_parse_from([
+        "bench".to_owned(),
+        "--gateway-addr=127.0.0.1:0".into(),
+        "--metrics-addr=127.0.0.1:0".into(),
+        "--booking-grpc-addr=127.0.0.1:0".into(),
+        "--payment-grpc-addr=127.0.0.1:0".into(),
+        "--shutdown-drain-secs=0".into(),
+        format!("--database-url={}", args.database.database_url),
+        format!("--database-max-connections={}", args.database.database_max_connections),
+        format!("--booking-database={booking_db}"),
+        format!("--payment-database={payment_db}"),
+        format!("--kafka-topic-prefix=bench_{id}."),
+        format!("--jwt-secret={secret}"),
+    ])?
+    .dev;
+    let broker = Broker::start(args.kafka_brokers.as_deref(), &dev.kafka)?;
+    let brokers = broker.bootstrap.clone();
+    let shutdown = Shutdown::new();
+    let system = start_system(dev, &brokers, shutdown.clone()).await?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
+    let target = Arc::new(bench::Target { base: format!("http://{}", system.gateway_addr), secret, client });
+    for _ in 0..100 {
+        let ready = target.client.get(format!("{}/readyz", target.base)).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("bench: system up at {}; registering performances", target.base);
+    let seats = Arc::new(bench::register_performance(&target, "perf_bench", 200).await?);
+    let onsale_seats: Arc<Vec<String>> = Arc::new(
+        bench::register_performance(&target, "perf_onsale", 1)
+            .await?
+            .into_iter()
+            .take(args.onsale_seats as usize)
+            .collect(),
+    );
+
+    // flow first: distinct leaves the consumers a backlog that flow would measure.
+    let mut scenarios = Vec::new();
+    println!("bench: flow ({} clients, {:?})", args.clients, args.duration);
+    scenarios.push(bench::flow(target.clone(), "perf_bench", seats.clone(), args.clients, args.duration).await);
+    println!("bench: distinct ({} clients, {:?})", args.clients, args.duration);
+    scenarios.push(bench::distinct(target.clone(), "perf_bench", seats.clone(), args.clients, args.duration).await);
+    println!("bench: onsale ({} clients for {} seats)", args.onsale_clients, onsale_seats.len());
+    scenarios.push(bench::onsale(target.clone(), "perf_onsale", onsale_seats, args.onsale_clients).await);
+    println!("bench: HTTP ceiling (GET /healthz)");
+    let http_ceiling_per_sec =
+        bench::http_ceiling(target.clone(), args.clients, std::time::Duration::from_secs(5)).await;
+
+    let booking = shared::db::connect_service_db(
+        &args.database.database_url,
+        &booking_db,
+        4,
+        &booking_service::store::MIGRATIONS,
+    )
+    .await?;
+    let payment = shared::db::connect_service_db(
+        &args.database.database_url,
+        &payment_db,
+        4,
+        &payment_service::store::MIGRATIONS,
+    )
+    .await?;
+    // Oversell is one of check's invariants: one definition, folded from the event store.
+    let found = check::check(&booking, &payment).await?;
+    let oversold = found.iter().filter(|v| v.invariant == check::Invariant::SeatSoldOnce).count();
+    let violations: Vec<String> = found.into_iter().map(|v| v.message).collect();
+    let rss_mib = bench::rss_mib();
+    let pipeline_means_ms = bench::pipeline_means();
+    shutdown.cancel();
+    for task in system.tasks {
+        let _ = task.await;
+    }
+
+    println!("bench: pgbench baseline ({} clients, {:?})", args.clients, args.duration);
+    let pgbench_tps =
+        pgbench::baseline(&booking, &args.database.database_url, &booking_db, args.clients, args.duration).await;
+    let distinct_rate = scenarios.iter().find(|s| s.name == "distinct").map_or(0.0, |s| s.throughput_per_sec);
+    let report = bench::BenchReport {
+        ratio_to_pgbench: pgbench_tps.map(|tps| distinct_rate / tps),
+        scenarios,
+        pgbench_tps,
+        http_ceiling_per_sec,
+        oversold_seats: oversold,
+        violations,
+        rss_mib,
+        pipeline_means_ms,
+    };
+    std::fs::write(&args.output, serde_json::to_string_pretty(&report)?)?;
+    println!();
+    println!(
+        "{:<9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9}  statuses",
+        "scenario", "clients", "per sec", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
+    for s in &report.scenarios {
+        println!(
+            "{:<9} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {:?}",
+            s.name,
+            s.clients,
+            s.throughput_per_sec,
+            s.latency.p50_ms,
+            s.latency.p95_ms,
+            s.latency.p99_ms,
+            s.latency.max_ms,
+            s.statuses
+        );
+    }
+    if let Some(lag) = report.scenarios.iter().find(|s| s.name == "flow").map(|s| &s.extra["projection_lag"]) {
+        println!("flow projection lag (pay answered -> confirmed visible): {lag}");
+    }
+    if let Some(extra) = report.scenarios.iter().find(|s| s.name == "onsale").map(|s| &s.extra) {
+        println!("onsale: {extra}");
+    }
+    println!("HTTP ceiling (GET /healthz): {:.0} req/s", report.http_ceiling_per_sec);
+    match (report.pgbench_tps, report.ratio_to_pgbench) {
+        (Some(tps), Some(ratio)) => {
+            println!("pgbench (same SQL as one booking): {tps:.0} tps; ours/raw = {:.0}%", ratio * 100.0)
+        }
+        _ => println!("pgbench baseline: not run"),
+    }
+    println!(
+        "oversold seats: {}; invariant violations: {}; RSS (all components): {:.1} MiB",
+        report.oversold_seats,
+        report.violations.len(),
+        report.rss_mib
+    );
+    println!("pipeline means (ms):");
+    for (name, ms) in
+        report.pipeline_means_ms.iter().filter(|(n, _)| !n.starts_with("http_") && !n.starts_with("grpc_"))
+    {
+        println!("  {name}: {ms:.1}");
+    }
+    println!("report written to {}", args.output.display());
+    anyhow::ensure!(
+        report.oversold_seats == 0 && report.violations.is_empty(),
+        "correctness check failed: {:?}",
+        report.violations
+    );
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! The `ticketing` command line: every subcommand and its settings (each an
+//! env var with a `--flag` twin). Only types; what each command does is in
+//! `commands/`.
+
+use std::path::PathBuf;
+
+use booking_service::BookingSettings;
+use clap::{Args, Parser, Subcommand};
+use gateway::GatewaySettings;
+use payment_service::PaymentSettings;
+use shared::{
+    config::{DatabaseArgs, KafkaArgs, MetricsArgs, PaymentPolicy, SecurityArgs, ShutdownArgs},
+    telemetry::LogFormat,
+};
+
+/// The ticketing platform.
+#[derive(Debug, Parser)]
+#[command(name = "ticketing", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run gateway, booking-service and payment-service in one process
+    /// (real gRPC on loopback, real Kafka: an embedded broker unless KAFKA_BROKERS is set).
+    Dev(Box<DevArgs>),
+    /// Run the REST gateway.
+    Gateway(Box<GatewayArgs>),
+    /// Run the booking-service.
+    Booking(Box<BookingArgs>),
+    /// Run the payment-service.
+    Payment(Box<PaymentArgs>),
+    /// Print a signed HS256 dev JWT for a user.
+    Token(TokenArgs),
+    /// Create the service databases if missing and run their migrations.
+    Migrate(MigrateArgs),
+    /// Rebuild the booking read models from the event store (blue/green swap).
+    RebuildProjections(MigrateArgs),
+    /// Check both stores for broken invariants; exits 1 if any is found.
+    Check(MigrateArgs),
+    /// Re-publish the dead letters of a topic to it (after fixing their cause).
+    RedriveDlq(RedriveArgs),
+    /// Load-test the whole system (started in-process on fresh databases) beside a pgbench baseline.
+    Bench(Box<BenchArgs>),
+}
+
+/// `ticketing dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    pub lifecycle: ShutdownArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub policy: PaymentPolicy,
+    #[command(flatten)]
+    pub booking: BookingSettings,
+    #[command(flatten)]
+    pub payment: PaymentSettings,
+    /// HTTP listen address of the gateway.
+    #[arg(long, env = "GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
+    pub gateway_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    #[command(flatten)]
+    pub edge: gateway::config::EdgeLimits,
+}
+
+/// `ticketing gateway`.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub lifecycle: ShutdownArgs,
+    #[command(flatten)]
+    pub gateway: GatewaySettings,
+}
+
+/// `ticketing booking`.
+#[derive(Debug, Args)]
+pub struct BookingArgs {
+    #[command(flatten)]
+    pub lifecycle: ShutdownArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub policy: PaymentPolicy,
+    #[command(flatten)]
+    pub booking: BookingSettings,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// `ticketing payment`.
+#[derive(Debug, Args)]
+pub struct PaymentArgs {
+    #[command(flatten)]
+    pub lifecycle: ShutdownArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub policy: PaymentPolicy,
+    #[command(flatten)]
+    pub payment: PaymentSettings,
+    /// URL of the booking-service gRPC endpoint (admits payments).
+    #[arg(long, env = "BOOKING_GRPC_URL", default_value = "http://127.0.0.1:50051")]
+    pub booking_grpc_url: String,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// `ticketing token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id (the `sub` claim).
+    pub user_id: String,
+    /// Add `role: admin`.
+    #[arg(long)]
+    pub admin: bool,
+    /// Lifetime, e.g. 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = shared::config::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// HS256 secret; defaults to the one `ticketing dev` generated.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+/// `ticketing bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Kafka bootstrap servers; an embedded broker when unset.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Concurrent clients of `distinct`, `flow`, the HTTP ceiling and pgbench.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Length of each timed scenario.
+    #[arg(long, default_value = "10s", value_parser = shared::config::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Clients racing in `onsale`.
+    #[arg(long, default_value_t = 2000)]
+    pub onsale_clients: usize,
+    /// Seats they race for (1-500).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=500))]
+    pub onsale_seats: u64,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "bench.json")]
+    pub output: PathBuf,
+    /// Drive an already running gateway instead (e.g. separate processes, to
+    /// measure each one's memory); tokens are signed with JWT_SECRET, and the
+    /// pgbench baseline and store checks are skipped.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// HS256 secret of the external gateway.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+/// `ticketing redrive-dlq`.
+#[derive(Debug, Args)]
+pub struct RedriveArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: String,
+    /// The source topic whose `.dlq` is re-driven, e.g. booking.events.v1.
+    #[arg(long)]
+    pub topic: String,
+    /// Stop after the DLQ has been idle this long.
+    #[arg(long, default_value = "5s", value_parser = shared::config::parse_duration)]
+    pub idle: std::time::Duration,
+}
+
+/// `ticketing migrate` and `ticketing rebuild-projections`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The booking-service database.
+    #[arg(long, env = "BOOKING_DATABASE", default_value = "ticketing_booking")]
+    pub booking_database: String,
+    /// The payment-service database.
+    #[arg(long, env = "PAYMENT_DATABASE", default_value = "ticketing_payment")]
+    pub payment_database: String,
+}

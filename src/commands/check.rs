@@ -1,0 +1,28 @@
+//! `ticketing check`: reports every broken invariant (the checks are in
+//! `crate::check`).
+
+use std::process::ExitCode;
+
+use crate::cli::MigrateArgs;
+
+/// Prints every broken invariant; exit 1 on any.
+pub async fn run(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    let connect = |name: &str, migrator| {
+        let url = args.database.database_url.clone();
+        let name = name.to_owned();
+        async move { shared::db::connect_service_db(&url, &name, 2, migrator).await }
+    };
+    let booking = connect(&args.booking_database, &booking_service::store::MIGRATIONS).await?;
+    let payment = connect(&args.payment_database, &payment_service::store::MIGRATIONS).await?;
+    let violations = crate::check::check(&booking, &payment).await?;
+    for violation in &violations {
+        println!("VIOLATION: {violation}");
+    }
+    if violations.is_empty() {
+        println!("ok: no invariant violated");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} violation(s)", violations.len());
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,10 @@
+//! `ticketing redrive-dlq --topic <topic>`: re-publishes dead letters.
+
+use crate::cli::RedriveArgs;
+
+/// Re-publishes the topic's dead letters to it once their cause is fixed.
+pub async fn run(args: &RedriveArgs) -> anyhow::Result<()> {
+    let sent = shared::dlq::redrive(&args.kafka_brokers, &args.topic, shared::dlq::REDRIVE_GROUP, args.idle).await?;
+    println!("re-drove {sent} dead letter(s) to {}", args.topic);
+    Ok(())
+}

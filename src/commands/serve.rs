@@ -1,0 +1,48 @@
+//! `ticketing gateway`, `ticketing booking`, `ticketing payment`: one
+//! component per process.
+
+use anyhow::Context;
+use booking_service::BookingApp;
+use gateway::GatewayApp;
+use payment_service::PaymentApp;
+use shared::shutdown;
+
+use crate::{
+    cli::{BookingArgs, GatewayArgs, PaymentArgs},
+    system::bound,
+};
+
+/// Runs the REST gateway until a signal.
+pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal(bound(&args.lifecycle));
+    let app = GatewayApp::build(&args.gateway, &shutdown).await?;
+    app.run(shutdown, args.lifecycle.drain()).await
+}
+
+/// Runs the booking-service until a signal.
+pub async fn booking(args: BookingArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal(bound(&args.lifecycle));
+    let brokers = args.kafka.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
+    shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
+    let app =
+        BookingApp::build(&args.database, &args.kafka, &brokers, args.booking, args.policy, &args.security).await?;
+    app.run(shutdown, args.lifecycle.drain()).await
+}
+
+/// Runs the payment-service until a signal.
+pub async fn payment(args: PaymentArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal(bound(&args.lifecycle));
+    let brokers = args.kafka.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
+    shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
+    let app = PaymentApp::build(
+        &args.database,
+        &args.kafka,
+        &brokers,
+        args.payment,
+        args.policy,
+        &args.booking_grpc_url,
+        &args.security,
+    )
+    .await?;
+    app.run(shutdown, args.lifecycle.drain()).await
+}

@@ -1,0 +1,29 @@
+//! `ticketing migrate` and `ticketing rebuild-projections`.
+
+use crate::cli::MigrateArgs;
+
+/// Creates the service databases if missing and migrates them.
+pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
+    for (name, migrator) in [
+        (&args.booking_database, &booking_service::store::MIGRATIONS),
+        (&args.payment_database, &payment_service::store::MIGRATIONS),
+    ] {
+        shared::db::connect_service_db(&args.database.database_url, name, 2, migrator).await?.close().await;
+        tracing::info!(database = name, "migrated");
+    }
+    Ok(())
+}
+
+/// Rebuilds the booking read models from the event store (blue/green swap).
+pub async fn rebuild_projections(args: &MigrateArgs) -> anyhow::Result<()> {
+    let pool = shared::db::connect_service_db(
+        &args.database.database_url,
+        &args.booking_database,
+        4,
+        &booking_service::store::MIGRATIONS,
+    )
+    .await?;
+    let replayed = shared::projection::rebuild(&pool, &booking_service::store::views::BookingViews).await?;
+    println!("rebuilt booking_views from {replayed} events");
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! The running system: the three components started in one process (what
+//! `ticketing dev`, `ticketing bench` and the end-to-end tests run), and
+//! the Kafka broker it uses: the configured one, or an embedded one.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use booking_service::BookingApp;
+use gateway::{GatewayApp, GatewaySettings};
+use payment_service::PaymentApp;
+use shared::{
+    config::{KafkaArgs, ShutdownArgs},
+    kafka::EmbeddedKafka,
+    shutdown::{self, Shutdown},
+};
+
+use crate::cli::DevArgs;
+
+/// The Kafka broker a command runs against: `KAFKA_BROKERS` when set, else
+/// an embedded one with the topics created (it is not `Send`: keep it on
+/// the task that started it, for as long as the system runs).
+pub struct Broker {
+    _embedded: Option<EmbeddedKafka>,
+    /// Its bootstrap servers.
+    pub bootstrap: String,
+}
+
+impl Broker {
+    /// Uses `requested`, or starts an embedded broker with `kafka`'s topics.
+    pub fn start(requested: Option<&str>, kafka: &KafkaArgs) -> anyhow::Result<Self> {
+        if let Some(brokers) = requested.filter(|b| !b.trim().is_empty()) {
+            return Ok(Self { _embedded: None, bootstrap: brokers.to_owned() });
+        }
+        let broker = EmbeddedKafka::start()?;
+        broker.create_topics(&kafka.topics().all(), kafka.kafka_topic_partitions)?;
+        tracing::info!(
+            bootstrap = broker.bootstrap_servers(),
+            "embedded Kafka broker listening (set KAFKA_BROKERS to use a real cluster)"
+        );
+        Ok(Self { bootstrap: broker.bootstrap_servers().to_owned(), _embedded: Some(broker) })
+    }
+}
+
+/// Where `ticketing dev` keeps the HS256 secret it generated, for `ticketing token`.
+pub fn dev_secret_path() -> PathBuf {
+    std::env::temp_dir().join("ticketing-dev-jwt-secret")
+}
+
+/// Everything `ticketing dev` started, for tests that drive it in-process.
+pub struct DevSystem {
+    /// The gateway's address.
+    pub gateway_addr: std::net::SocketAddr,
+    /// The booking-service's gRPC address.
+    pub booking_addr: std::net::SocketAddr,
+    /// The payment-service's gRPC address.
+    pub payment_addr: std::net::SocketAddr,
+    /// Where `/metrics` of all three components is served.
+    pub metrics_addr: std::net::SocketAddr,
+    /// Stops everything.
+    pub shutdown: Shutdown,
+    /// The three servers.
+    pub tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Builds and starts the three components against `brokers`.
+pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> anyhow::Result<DevSystem> {
+    let metrics_addr = shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
+    let booking =
+        BookingApp::build(&args.database, &args.kafka, brokers, args.booking, args.policy.clone(), &args.security)
+            .await?;
+    let booking_addr = booking.grpc_addr();
+    let scheme = args.security.grpc_tls.scheme();
+    let booking_url = format!("{scheme}://{}", loopback(booking_addr));
+    let payment = PaymentApp::build(
+        &args.database,
+        &args.kafka,
+        brokers,
+        args.payment,
+        args.policy,
+        &booking_url,
+        &args.security,
+    )
+    .await?;
+    let payment_addr = payment.grpc_addr();
+    let gateway_settings = GatewaySettings {
+        gateway_addr: args.gateway_addr,
+        booking_grpc_url: booking_url,
+        payment_grpc_url: format!("{scheme}://{}", loopback(payment_addr)),
+        security: args.security,
+        edge: args.edge,
+    };
+    let gateway = GatewayApp::build(&gateway_settings, &shutdown).await?;
+    let gateway_addr = gateway.addr();
+    let drain = args.lifecycle.drain();
+    let tasks = vec![
+        tokio::spawn(booking.run(shutdown.clone(), drain)),
+        tokio::spawn(payment.run(shutdown.clone(), drain)),
+        tokio::spawn(gateway.run(shutdown.clone(), drain)),
+    ];
+    Ok(DevSystem { gateway_addr, booking_addr, payment_addr, metrics_addr, shutdown, tasks })
+}
+
+/// Drain plus timeout: the longest a shutdown may take.
+pub fn bound(lifecycle: &ShutdownArgs) -> std::time::Duration {
+    std::time::Duration::from_secs(lifecycle.shutdown_drain_secs + lifecycle.shutdown_timeout_secs)
+}
+
+fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
+/// `ticketing dev`: the three components in one process until a signal.
+pub async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal(bound(&args.lifecycle));
+    // The embedded broker is not Send; it lives on this task for the whole run.
+    let broker = Broker::start(args.kafka.kafka_brokers.as_deref(), &args.kafka)?;
+    let brokers = broker.bootstrap.clone();
+    if !args.security.auth.has_keys() {
+        let secret = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+        write_dev_secret(&secret)?;
+        tracing::warn!(
+            path = %dev_secret_path().display(),
+            "JWT_SECRET is unset: generated a dev secret; `ticketing token <userId>` signs with it. Set JWT_SECRET in production."
+        );
+        args.security.auth.jwt_secret = Some(secret);
+    }
+    let system = start_system(args, &brokers, shutdown.clone()).await?;
+    tracing::info!(
+        gateway = %system.gateway_addr,
+        booking_grpc = %system.booking_addr,
+        payment_grpc = %system.payment_addr,
+        metrics = %system.metrics_addr,
+        kafka = %brokers,
+        "ticketing dev is up: REST on the gateway, try `ticketing token user_123`"
+    );
+    let mut result = Ok(());
+    for task in system.tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                shutdown.cancel();
+                result = Err(error);
+            }
+            Err(error) => {
+                shutdown.cancel();
+                result = Err(anyhow::anyhow!("a component crashed: {error}"));
+            }
+        }
+    }
+    result
+}
+
+fn write_dev_secret(secret: &str) -> anyhow::Result<()> {
+    let path = dev_secret_path();
+    std::fs::write(&path, secret).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
