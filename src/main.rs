@@ -1,4 +1,4 @@
-//! `ticketing`: one CLI for the whole system (decisions.md, "Processes").
+//! `ticketing`: one CLI for the whole system (README, "The CLI").
 //! The work is in the library (`src/lib.rs`); this file only parses and runs.
 
 use clap::Parser;

@@ -33,7 +33,7 @@ use crate::{
     routes::{bookings, catalog, health, payments},
 };
 
-/// Request bodies above this are refused with 400 (decisions.md).
+/// Request bodies above this are refused with 400 (docs/API.md).
 const BODY_LIMIT: usize = 64 * 1024;
 /// The largest gRPC answer the gateway reads (a 100,000-seat map).
 const SEAT_MAP_MAX_BYTES: usize = 32 * 1024 * 1024;

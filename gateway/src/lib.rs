@@ -1,4 +1,4 @@
-//! The REST gateway: serves the seed contract and decisions.md over axum,
+//! The REST gateway: serves the REST contract (docs/API.md) over axum,
 //! authenticates bearer JWTs, and calls booking-service and payment-service
 //! over gRPC. It holds no state of its own.
 //!

@@ -1,4 +1,4 @@
-//! Idempotency keys (decisions.md): the same key and request within the
+//! Idempotency keys (docs/API.md, "Conventions"): the same key and request within the
 //! retention replays the first outcome; another request under the key is
 //! refused; a request still in flight is refused. Scoped per caller.
 //!
@@ -185,7 +185,7 @@ pub async fn purge(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Erro
         .rows_affected())
 }
 
-/// How long keys are remembered (decisions.md: 24 h).
+/// How long keys are remembered (docs/API.md: 24 h).
 pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Purges expired keys hourly until `shutdown`.

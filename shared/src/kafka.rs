@@ -1,5 +1,5 @@
 //! Kafka wiring shared by both services: client settings, the CloudEvents
-//! binary-mode headers of decisions.md, topic creation at start-up, and the
+//! binary-mode headers of docs/asyncapi.yaml, topic creation at start-up, and the
 //! embedded broker `ticketing dev` and the tests use when no cluster is set.
 
 use std::time::Duration;

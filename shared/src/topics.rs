@@ -1,4 +1,4 @@
-//! The public Kafka topics and CloudEvents types (decisions.md, "Events").
+//! The public Kafka topics and CloudEvents types (README, "For event consumers"; docs/asyncapi.yaml).
 
 /// Booking events: SeatLocked, BookingConfirmed, BookingCancelled, BookingExpired, BookingFailed.
 pub const BOOKING_EVENTS: &str = "booking.events.v1";

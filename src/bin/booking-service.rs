@@ -1,4 +1,4 @@
-//! The `booking-service` binary of decisions.md: the same as `ticketing booking`.
+//! The `booking-service` binary: the same as `ticketing booking`.
 
 fn main() -> std::process::ExitCode {
     ticketing::main_with_subcommand("booking")

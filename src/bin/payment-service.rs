@@ -1,4 +1,4 @@
-//! The `payment-service` binary of decisions.md: the same as `ticketing payment`.
+//! The `payment-service` binary: the same as `ticketing payment`.
 
 fn main() -> std::process::ExitCode {
     ticketing::main_with_subcommand("payment")

@@ -1,4 +1,4 @@
-//! Every status code and message of decisions.md that is not a lifecycle.
+//! Every status code and message of docs/API.md that is not a lifecycle.
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -272,6 +272,32 @@ async fn ids_with_control_characters_or_too_long_are_a_400_before_any_query() {
         let reply = sys.call(method.clone(), &path, Some(&token), None).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{method} {path}: {}", reply.body);
         assert!(reply.body["error"].as_str().is_some_and(|e| e.contains("Invalid id")), "{}", reply.body);
+    }
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_md_names_every_documented_operation() {
+    let sys = System::start().await;
+    let doc: serde_json::Value =
+        sys.client.get(format!("{}/openapi.json", sys.base)).send().await.unwrap().json().await.unwrap();
+    let api_md = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/API.md")).unwrap();
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            operations.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    assert!(operations.len() >= 10, "{operations:?}");
+    let missing: Vec<&String> = operations.iter().filter(|op| !api_md.contains(&format!("`{op}`"))).collect();
+    assert!(missing.is_empty(), "docs/API.md does not describe {missing:?}");
+    // And every status code the OpenAPI document promises appears in API.md.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for status in operation["responses"].as_object().unwrap().keys() {
+                assert!(api_md.contains(status.as_str()), "{method} {path}: status {status} is not in docs/API.md");
+            }
+        }
     }
     sys.stop().await;
 }

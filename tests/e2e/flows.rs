@@ -1,4 +1,4 @@
-//! The seed's scenarios and the lifecycles of decisions.md.
+//! The seed's scenarios and the lifecycles of docs/API.md.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Idempotency-Key on `POST /bookings` and `POST /payments/execute` (decisions.md).
+//! Idempotency-Key on `POST /bookings` and `POST /payments/execute` (docs/API.md).
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};

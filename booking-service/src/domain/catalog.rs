@@ -56,7 +56,7 @@ pub fn validate_performance_id(id: &str) -> Result<(), CatalogRejection> {
     }
 }
 
-/// Expands rows into seats after checking every rule of decisions.md.
+/// Expands rows into seats after checking every rule of docs/API.md.
 pub fn expand_rows(rows: &[RowSpec]) -> Result<Vec<SeatSpec>, CatalogRejection> {
     if rows.is_empty() {
         return Err(invalid("rows must list at least one row."));
@@ -95,7 +95,7 @@ pub fn expand_rows(rows: &[RowSpec]) -> Result<Vec<SeatSpec>, CatalogRejection> 
         .collect())
 }
 
-/// The demo catalog of decisions.md: (id, title, rows).
+/// The demo catalog of docs/API.md: (id, title, rows).
 pub fn demo_catalog() -> Vec<(&'static str, &'static str, Vec<RowSpec>)> {
     let rows = |labels: &str, seats, price| {
         labels.chars().map(|c| RowSpec { row: c.to_string(), seats, price }).collect::<Vec<_>>()

@@ -67,7 +67,7 @@ pub async fn insert_performance(
     Ok(true)
 }
 
-/// Loads the demo catalog of decisions.md unless already there.
+/// Loads the demo catalog (docs/API.md) unless already there.
 pub async fn load_demo_catalog(pool: &PgPool) -> Result<(), sqlx::Error> {
     for (id, title, rows) in demo_catalog() {
         let Ok(seats) = expand_rows(&rows) else { continue };
