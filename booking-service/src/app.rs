@@ -15,7 +15,6 @@ use shared::{
     topics,
 };
 use sqlx::PgPool;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
     bookings::Bookings, config::BookingSettings, consumer::PaymentEventHandler, events::BookingEventMapper,
@@ -126,25 +125,9 @@ impl BookingApp {
             Duration::from_millis(self.settings.sweep_interval_ms),
             shutdown.clone(),
         )));
-        tracing::info!(addr = %self.addr, "booking-service gRPC listening");
-        let served = self
-            .server
-            .trace_fn(shared::trace_context::grpc_server_span)
-            .layer(shared::metrics::GrpcMetricsLayer)
-            .add_service(health)
-            .add_service(grpc::reflection(proto::FILE_DESCRIPTOR_SET)?)
-            .add_service(BookingServiceServer::new(BookingGrpc::new(self.bookings.clone(), self.verifier)))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.listener),
-                service::drained(shutdown.clone(), drain),
-            )
-            .await;
-        shutdown.cancel();
-        for task in tasks {
-            let _ = task.await;
-        }
-        self.pool.close().await;
-        served.context("booking-service gRPC server")
+        let router = service::grpc_router(self.server, health, proto::FILE_DESCRIPTOR_SET)?
+            .add_service(BookingServiceServer::new(BookingGrpc::new(self.bookings.clone(), self.verifier)));
+        service::serve_grpc(router, self.listener, tasks, &self.pool, shutdown, drain, "booking-service").await
     }
 }
 

@@ -16,7 +16,6 @@ use shared::{
     topics,
 };
 use sqlx::PgPool;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
     arrivals::IntentArrivals,
@@ -180,24 +179,8 @@ impl PaymentApp {
         tasks.push(tokio::spawn(run_refunds(self.payments.clone(), self.refunds, shutdown.clone())));
         tasks.push(tokio::spawn(run_reconciler(self.payments.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(self.arrivals.clone().watch(self.pool.clone(), shutdown.clone())));
-        tracing::info!(addr = %self.addr, "payment-service gRPC listening");
-        let served = self
-            .server
-            .trace_fn(shared::trace_context::grpc_server_span)
-            .layer(shared::metrics::GrpcMetricsLayer)
-            .add_service(health)
-            .add_service(grpc::reflection(proto::FILE_DESCRIPTOR_SET)?)
-            .add_service(PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone(), self.verifier)))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.listener),
-                service::drained(shutdown.clone(), drain),
-            )
-            .await;
-        shutdown.cancel();
-        for task in tasks {
-            let _ = task.await;
-        }
-        self.pool.close().await;
-        served.context("payment-service gRPC server")
+        let router = service::grpc_router(self.server, health, proto::FILE_DESCRIPTOR_SET)?
+            .add_service(PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone(), self.verifier)));
+        service::serve_grpc(router, self.listener, tasks, &self.pool, shutdown, drain, "payment-service").await
     }
 }

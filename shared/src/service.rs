@@ -84,3 +84,48 @@ pub async fn drained(shutdown: Shutdown, drain: Duration) {
     shutdown.cancelled().await;
     tokio::time::sleep(drain).await;
 }
+
+/// The gRPC server every service runs: its TLS settings, a server span per
+/// call, gRPC metrics, health and reflection; each service adds its API.
+pub type GrpcRouter =
+    tonic::transport::server::Router<tower::layer::util::Stack<crate::metrics::GrpcMetricsLayer, tower::layer::util::Identity>>;
+
+/// `server` (TLS configured) with tracing, metrics, `health` and reflection over `descriptors`.
+pub fn grpc_router(
+    server: tonic::transport::Server,
+    health: HealthServer<impl Health>,
+    descriptors: &'static [u8],
+) -> Result<GrpcRouter, crate::grpc::ServeError> {
+    let mut server = server.trace_fn(crate::trace_context::grpc_server_span).layer(crate::metrics::GrpcMetricsLayer);
+    Ok(server.add_service(health).add_service(crate::grpc::reflection(descriptors)?))
+}
+
+/// Serves `router` on `listener` until `shutdown` and then `drain`, stops
+/// the service's background `tasks`, and closes its `pool`; `name` labels
+/// the log line and the error.
+pub async fn serve_grpc(
+    router: GrpcRouter,
+    listener: tokio::net::TcpListener,
+    tasks: Vec<JoinHandle<()>>,
+    pool: &sqlx::PgPool,
+    shutdown: Shutdown,
+    drain: Duration,
+    name: &'static str,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "{name} gRPC listening");
+    }
+    let served = router
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            drained(shutdown.clone(), drain),
+        )
+        .await;
+    shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    pool.close().await;
+    served.with_context(|| format!("{name} gRPC server"))
+}
