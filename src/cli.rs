@@ -50,9 +50,11 @@ pub enum Command {
     Bench(Box<BenchArgs>),
 }
 
-/// `ticketing dev`.
+/// What every process that runs a service takes: its lifecycle, metrics
+/// listener, database, Kafka, the payment policy both services apply, and
+/// who may call it (tokens, gRPC TLS).
 #[derive(Debug, Args)]
-pub struct DevArgs {
+pub struct ServiceArgs {
     #[command(flatten)]
     pub lifecycle: ShutdownArgs,
     #[command(flatten)]
@@ -64,14 +66,21 @@ pub struct DevArgs {
     #[command(flatten)]
     pub policy: PaymentPolicy,
     #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// `ticketing dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
     pub booking: BookingSettings,
     #[command(flatten)]
     pub payment: PaymentSettings,
     /// HTTP listen address of the gateway.
     #[arg(long, env = "GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
     pub gateway_addr: std::net::SocketAddr,
-    #[command(flatten)]
-    pub security: SecurityArgs,
     #[command(flatten)]
     pub edge: gateway::config::EdgeLimits,
 }
@@ -89,41 +98,21 @@ pub struct GatewayArgs {
 #[derive(Debug, Args)]
 pub struct BookingArgs {
     #[command(flatten)]
-    pub lifecycle: ShutdownArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub policy: PaymentPolicy,
+    pub service: ServiceArgs,
     #[command(flatten)]
     pub booking: BookingSettings,
-    #[command(flatten)]
-    pub security: SecurityArgs,
 }
 
 /// `ticketing payment`.
 #[derive(Debug, Args)]
 pub struct PaymentArgs {
     #[command(flatten)]
-    pub lifecycle: ShutdownArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub policy: PaymentPolicy,
+    pub service: ServiceArgs,
     #[command(flatten)]
     pub payment: PaymentSettings,
     /// URL of the booking-service gRPC endpoint (admits payments).
     #[arg(long, env = "BOOKING_GRPC_URL", default_value = "http://127.0.0.1:50051")]
     pub booking_grpc_url: String,
-    #[command(flatten)]
-    pub security: SecurityArgs,
 }
 
 /// `ticketing token`.

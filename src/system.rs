@@ -64,21 +64,27 @@ pub struct DevSystem {
 
 /// Builds and starts the three components against `brokers`.
 pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> anyhow::Result<DevSystem> {
-    let metrics_addr = shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
-    let booking =
-        BookingApp::build(&args.database, &args.kafka, brokers, args.booking, args.policy.clone(), &args.security)
-            .await?;
+    let metrics_addr = shared::metrics::serve(args.service.metrics.metrics_addr, shutdown.clone()).await?;
+    let booking = BookingApp::build(
+        &args.service.database,
+        &args.service.kafka,
+        brokers,
+        args.booking,
+        args.service.policy.clone(),
+        &args.service.security,
+    )
+    .await?;
     let booking_addr = booking.grpc_addr();
-    let scheme = args.security.grpc_tls.scheme();
+    let scheme = args.service.security.grpc_tls.scheme();
     let booking_url = format!("{scheme}://{}", loopback(booking_addr));
     let payment = PaymentApp::build(
-        &args.database,
-        &args.kafka,
+        &args.service.database,
+        &args.service.kafka,
         brokers,
         args.payment,
-        args.policy,
+        args.service.policy,
         &booking_url,
-        &args.security,
+        &args.service.security,
     )
     .await?;
     let payment_addr = payment.grpc_addr();
@@ -86,12 +92,12 @@ pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> a
         gateway_addr: args.gateway_addr,
         booking_grpc_url: booking_url,
         payment_grpc_url: format!("{scheme}://{}", loopback(payment_addr)),
-        security: args.security,
+        security: args.service.security,
         edge: args.edge,
     };
     let gateway = GatewayApp::build(&gateway_settings, &shutdown).await?;
     let gateway_addr = gateway.addr();
-    let drain = args.lifecycle.drain();
+    let drain = args.service.lifecycle.drain();
     let tasks = vec![
         tokio::spawn(booking.run(shutdown.clone(), drain)),
         tokio::spawn(payment.run(shutdown.clone(), drain)),
@@ -115,18 +121,18 @@ fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 
 /// `ticketing dev`: the three components in one process until a signal.
 pub async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
-    let shutdown = shutdown::on_signal(bound(&args.lifecycle));
+    let shutdown = shutdown::on_signal(bound(&args.service.lifecycle));
     // The embedded broker is not Send; it lives on this task for the whole run.
-    let broker = Broker::start(args.kafka.kafka_brokers.as_deref(), &args.kafka)?;
+    let broker = Broker::start(args.service.kafka.kafka_brokers.as_deref(), &args.service.kafka)?;
     let brokers = broker.bootstrap.clone();
-    if !args.security.auth.has_keys() {
+    if !args.service.security.auth.has_keys() {
         let secret = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
         write_dev_secret(&secret)?;
         tracing::warn!(
             path = %dev_secret_path().display(),
             "JWT_SECRET is unset: generated a dev secret; `ticketing token <userId>` signs with it. Set JWT_SECRET in production."
         );
-        args.security.auth.jwt_secret = Some(secret);
+        args.service.security.auth.jwt_secret = Some(secret);
     }
     let system = start_system(args, &brokers, shutdown.clone()).await?;
     tracing::info!(

@@ -61,25 +61,7 @@ impl From<CatalogRejection> for BookingError {
     }
 }
 
-impl shared::aggregate::StoreFailure for BookingError {
-    fn contention() -> Self {
-        Self::Contention
-    }
-
-    fn is_contention(&self) -> bool {
-        matches!(self, Self::Contention)
-    }
-
-    fn internal(reason: String) -> Self {
-        Self::Internal(reason)
-    }
-}
-
-impl From<shared::event_store::TypedStreamError> for BookingError {
-    fn from(error: shared::event_store::TypedStreamError) -> Self {
-        <Self as shared::aggregate::StoreFailure>::from_store(error)
-    }
-}
+shared::store_failure!(BookingError);
 
 impl From<BookingError> for Status {
     fn from(error: BookingError) -> Self {

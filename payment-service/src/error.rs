@@ -41,25 +41,7 @@ pub enum PaymentError {
     Database(#[from] sqlx::Error),
 }
 
-impl shared::aggregate::StoreFailure for PaymentError {
-    fn contention() -> Self {
-        Self::Contention
-    }
-
-    fn is_contention(&self) -> bool {
-        matches!(self, Self::Contention)
-    }
-
-    fn internal(reason: String) -> Self {
-        Self::Internal(reason)
-    }
-}
-
-impl From<shared::event_store::TypedStreamError> for PaymentError {
-    fn from(error: shared::event_store::TypedStreamError) -> Self {
-        <Self as shared::aggregate::StoreFailure>::from_store(error)
-    }
-}
+shared::store_failure!(PaymentError);
 
 impl PaymentError {
     /// True when money may have moved without a recorded outcome: the

@@ -125,6 +125,33 @@ pub trait StoreFailure: From<sqlx::Error> {
     }
 }
 
+/// Implements [`StoreFailure`] and `From<TypedStreamError>` for a service's
+/// error enum that has a `Contention` variant and an `Internal(String)` one.
+#[macro_export]
+macro_rules! store_failure {
+    ($error:ty) => {
+        impl $crate::aggregate::StoreFailure for $error {
+            fn contention() -> Self {
+                Self::Contention
+            }
+
+            fn is_contention(&self) -> bool {
+                matches!(self, Self::Contention)
+            }
+
+            fn internal(reason: String) -> Self {
+                Self::Internal(reason)
+            }
+        }
+
+        impl From<$crate::event_store::TypedStreamError> for $error {
+            fn from(error: $crate::event_store::TypedStreamError) -> Self {
+                <Self as $crate::aggregate::StoreFailure>::from_store(error)
+            }
+        }
+    };
+}
+
 /// How many times a command that lost a race on its stream is decided again.
 pub const MAX_RACE_RETRIES: usize = 5;
 

@@ -87,8 +87,9 @@ pub async fn drained(shutdown: Shutdown, drain: Duration) {
 
 /// The gRPC server every service runs: its TLS settings, a server span per
 /// call, gRPC metrics, health and reflection; each service adds its API.
-pub type GrpcRouter =
-    tonic::transport::server::Router<tower::layer::util::Stack<crate::metrics::GrpcMetricsLayer, tower::layer::util::Identity>>;
+pub type GrpcRouter = tonic::transport::server::Router<
+    tower::layer::util::Stack<crate::metrics::GrpcMetricsLayer, tower::layer::util::Identity>,
+>;
 
 /// `server` (TLS configured) with tracing, metrics, `health` and reflection over `descriptors`.
 pub fn grpc_router(

@@ -41,19 +41,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             bench::distinct(target.clone(), &main, seats, args.clients, args.duration).await,
             bench::onsale(target.clone(), &sale, onsale_seats, args.onsale_clients).await,
         ];
+        print_table(&scenarios);
         for s in &scenarios {
-            println!(
-                "{:<9} {:>7} {:>10.1}/s p50 {:.2} p95 {:.2} p99 {:.2} max {:.2} ms {:?} {}",
-                s.name,
-                s.clients,
-                s.throughput_per_sec,
-                s.latency.p50_ms,
-                s.latency.p95_ms,
-                s.latency.p99_ms,
-                s.latency.max_ms,
-                s.statuses,
-                s.extra
-            );
+            println!("{}: {}", s.name, s.extra);
         }
         std::fs::write(&args.output, serde_json::to_string_pretty(&scenarios)?)?;
         return Ok(());
@@ -76,7 +66,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         format!("--jwt-secret={secret}"),
     ])?
     .dev;
-    let broker = Broker::start(args.kafka_brokers.as_deref(), &dev.kafka)?;
+    let broker = Broker::start(args.kafka_brokers.as_deref(), &dev.service.kafka)?;
     let brokers = broker.bootstrap.clone();
     let shutdown = Shutdown::new();
     let system = start_system(dev, &brokers, shutdown.clone()).await?;
@@ -152,23 +142,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     std::fs::write(&args.output, serde_json::to_string_pretty(&report)?)?;
     println!();
-    println!(
-        "{:<9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9}  statuses",
-        "scenario", "clients", "per sec", "p50 ms", "p95 ms", "p99 ms", "max ms"
-    );
-    for s in &report.scenarios {
-        println!(
-            "{:<9} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {:?}",
-            s.name,
-            s.clients,
-            s.throughput_per_sec,
-            s.latency.p50_ms,
-            s.latency.p95_ms,
-            s.latency.p99_ms,
-            s.latency.max_ms,
-            s.statuses
-        );
-    }
+    print_table(&report.scenarios);
     if let Some(lag) = report.scenarios.iter().find(|s| s.name == "flow").map(|s| &s.extra["projection_lag"]) {
         println!("flow projection lag (pay answered -> confirmed visible): {lag}");
     }
@@ -201,4 +175,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.violations
     );
     Ok(())
+}
+
+/// One line per scenario: clients, throughput, latency percentiles, statuses.
+fn print_table(scenarios: &[bench::ScenarioReport]) {
+    println!(
+        "{:<9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9}  statuses",
+        "scenario", "clients", "per sec", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
+    for s in scenarios {
+        println!(
+            "{:<9} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {:?}",
+            s.name,
+            s.clients,
+            s.throughput_per_sec,
+            s.latency.p50_ms,
+            s.latency.p95_ms,
+            s.latency.p99_ms,
+            s.latency.max_ms,
+            s.statuses
+        );
+    }
 }

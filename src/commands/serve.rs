@@ -21,28 +21,35 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 
 /// Runs the booking-service until a signal.
 pub async fn booking(args: BookingArgs) -> anyhow::Result<()> {
-    let shutdown = shutdown::on_signal(bound(&args.lifecycle));
-    let brokers = args.kafka.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
-    shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
-    let app =
-        BookingApp::build(&args.database, &args.kafka, &brokers, args.booking, args.policy, &args.security).await?;
-    app.run(shutdown, args.lifecycle.drain()).await
+    let shutdown = shutdown::on_signal(bound(&args.service.lifecycle));
+    let brokers = args.service.kafka.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
+    shared::metrics::serve(args.service.metrics.metrics_addr, shutdown.clone()).await?;
+    let app = BookingApp::build(
+        &args.service.database,
+        &args.service.kafka,
+        &brokers,
+        args.booking,
+        args.service.policy,
+        &args.service.security,
+    )
+    .await?;
+    app.run(shutdown, args.service.lifecycle.drain()).await
 }
 
 /// Runs the payment-service until a signal.
 pub async fn payment(args: PaymentArgs) -> anyhow::Result<()> {
-    let shutdown = shutdown::on_signal(bound(&args.lifecycle));
-    let brokers = args.kafka.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
-    shared::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
+    let shutdown = shutdown::on_signal(bound(&args.service.lifecycle));
+    let brokers = args.service.kafka.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
+    shared::metrics::serve(args.service.metrics.metrics_addr, shutdown.clone()).await?;
     let app = PaymentApp::build(
-        &args.database,
-        &args.kafka,
+        &args.service.database,
+        &args.service.kafka,
         &brokers,
         args.payment,
-        args.policy,
+        args.service.policy,
         &args.booking_grpc_url,
-        &args.security,
+        &args.service.security,
     )
     .await?;
-    app.run(shutdown, args.lifecycle.drain()).await
+    app.run(shutdown, args.service.lifecycle.drain()).await
 }

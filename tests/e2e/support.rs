@@ -69,7 +69,7 @@ impl System {
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let harness = Harness::try_parse_from(args).unwrap();
-        let topics = harness.dev.kafka.topics();
+        let topics = harness.dev.service.kafka.topics();
         kafka.create_topics(&topics.all(), 3).await.unwrap();
         let shutdown = Shutdown::new();
         let system = ticketing::start_system(harness.dev, kafka.brokers(), shutdown.clone()).await.unwrap();
