@@ -18,9 +18,9 @@ use shared::{
 use sqlx::PgPool;
 
 use crate::{
-    arrivals::IntentArrivals,
     config::PaymentSettings,
     consumer::BookingEventHandler,
+    domain::intent::PaymentIntent,
     events::PaymentEventMapper,
     grpc::PaymentGrpc,
     payments::{Payments, Reconciliation},
@@ -74,7 +74,7 @@ pub struct PaymentApp {
     outbox_stall: Duration,
     verifier: Arc<Verifier>,
     server: tonic::transport::Server,
-    arrivals: Arc<IntentArrivals>,
+    arrivals: Arc<shared::arrivals::Arrivals>,
 }
 
 impl PaymentApp {
@@ -112,7 +112,7 @@ impl PaymentApp {
         .context("creating Kafka topics")?;
         let channel =
             booking_endpoint.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(10)).connect_lazy();
-        let arrivals = Arc::new(IntentArrivals::default());
+        let arrivals = Arc::new(shared::arrivals::Arrivals::default());
         let psp = Arc::new(SimulatedPsp::new(
             pool.clone(),
             Duration::from_millis(settings.mock_pg_timeout_ms),
@@ -178,7 +178,12 @@ impl PaymentApp {
         )?;
         tasks.push(tokio::spawn(run_refunds(self.payments.clone(), self.refunds, shutdown.clone())));
         tasks.push(tokio::spawn(run_reconciler(self.payments.clone(), shutdown.clone())));
-        tasks.push(tokio::spawn(self.arrivals.clone().watch(self.pool.clone(), shutdown.clone())));
+        let pool = self.pool.clone();
+        let find = move |ids: Vec<String>| {
+            let pool = pool.clone();
+            async move { shared::aggregate::existing::<PaymentIntent>(&pool, &ids).await }
+        };
+        tasks.push(tokio::spawn(self.arrivals.clone().watch(find, shutdown.clone())));
         let router = service::grpc_router(self.server, health, proto::FILE_DESCRIPTOR_SET)?
             .add_service(PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone(), self.verifier)));
         service::serve_grpc(router, self.listener, tasks, &self.pool, shutdown, drain, "payment-service").await

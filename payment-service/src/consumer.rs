@@ -14,7 +14,6 @@ use shared::{
 use sqlx::PgConnection;
 
 use crate::{
-    arrivals::IntentArrivals,
     domain::intent::{BookingEnd, IntentCreated, PaymentCommand, PaymentRejection},
     error::PaymentError,
     payments::execute_in,
@@ -24,7 +23,7 @@ use crate::{
 /// intent it created to the requests waiting for it.
 pub struct BookingEventHandler {
     /// Who waits for which intent.
-    pub arrivals: Arc<IntentArrivals>,
+    pub arrivals: Arc<shared::arrivals::Arrivals>,
 }
 
 /// The booking events this service reacts to, decoded once. Every other

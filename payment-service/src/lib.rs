@@ -8,12 +8,10 @@
 //! | `store/` | intent streams, the append-only ledger, the reconciler's and refund worker's queues |
 //! | `events.rs` | domain events → public protobuf events on `payment.events.v1` |
 //! | `consumer.rs` | reactions to `booking.events.v1` (create, close, refund) |
-//! | `arrivals.rs` | requests waiting for an intent not created yet: woken by its creation, no per-request polling |
 //! | `grpc.rs` | the `PaymentService` gRPC adapter |
 //! | `app.rs` | start-up, background tasks, shutdown |
 
 pub mod app;
-pub mod arrivals;
 pub mod config;
 pub mod consumer;
 pub mod domain;

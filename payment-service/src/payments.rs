@@ -32,7 +32,6 @@ use sqlx::{PgConnection, PgPool};
 use tonic::{transport::Channel, Code};
 
 use crate::{
-    arrivals::IntentArrivals,
     domain::{
         intent::{decide, IntentStatus, PaymentCommand, PaymentEvent, PaymentIntent, PaymentRejection, PspOutcome},
         ledger,
@@ -98,7 +97,7 @@ struct Inner {
     policy: PaymentPolicy,
     intent_wait: Duration,
     reconciliation: Reconciliation,
-    arrivals: Arc<IntentArrivals>,
+    arrivals: Arc<shared::arrivals::Arrivals>,
 }
 
 impl Payments {
@@ -110,7 +109,7 @@ impl Payments {
         policy: PaymentPolicy,
         intent_wait: Duration,
         reconciliation: Reconciliation,
-        arrivals: Arc<IntentArrivals>,
+        arrivals: Arc<shared::arrivals::Arrivals>,
     ) -> Self {
         Self { inner: Arc::new(Inner { pool, psp, booking, policy, intent_wait, reconciliation, arrivals }) }
     }

@@ -12,6 +12,7 @@
 //! | [`dlq`] | re-driving dead letters to their source topic |
 //! | [`projection`] | read models kept in step with the global log, with blue/green rebuilds |
 //! | [`global_log`] | reading the log in commit order, checkpoints, wake-ups |
+//! | [`arrivals`] | waiting for an aggregate's change without polling per request: woken by its commit, one watcher for other replicas |
 //! | [`auth`] | bearer-token verification (HS256, JWKS file or URL), the one verifier of every boundary |
 //! | [`grpc`] | caller identity from forwarded tokens, TLS/mTLS, request context to event metadata, bind, reflection |
 //! | [`health`] | readiness (database, broker) as gRPC health |
@@ -28,6 +29,7 @@
 //! | [`failpoint`] | named crash points for fault tests (`TICKETING_FAILPOINTS`) |
 
 pub mod aggregate;
+pub mod arrivals;
 pub mod auth;
 pub mod config;
 pub mod db;

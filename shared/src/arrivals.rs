@@ -1,41 +1,37 @@
-//! Waiting for a payment intent that is not there yet, without polling per
-//! request. A client may pay the moment its booking is answered, before
-//! `SeatLocked` has travelled over Kafka and created the intent; the
-//! request then waits (`INTENT_WAIT_MS`) for the intent's creation:
+//! Waiting for something to happen to an aggregate (a payment intent to be
+//! created, a booking to be decided) without polling per request:
 //!
-//! - in this process, the consumer announces each intent it created as
-//!   soon as its transaction commits, waking exactly that intent's waiters;
-//! - created by another replica, it is found by one watcher per process
-//!   that, only while someone waits, asks the store every
-//!   [`WATCH_INTERVAL`] for all awaited ids in one query.
+//! - in this process, whoever commits the change (a consumer, after its
+//!   transaction) announces the aggregate's id, waking exactly its waiters;
+//! - done by another replica, it is found by one watcher per process that,
+//!   only while someone waits, asks the store every [`WATCH_INTERVAL`] about
+//!   all awaited ids in one query.
 //!
 //! So a thousand waiting requests cost one small query per interval, not a
 //! thousand, and none while nobody waits.
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
-use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::domain::intent::PaymentIntent;
-
-/// How often the watcher looks for intents created by other replicas.
+/// How often the watcher asks about what other replicas did.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Intents being waited for, each with the signal its waiters wait on.
+/// Ids being waited for, each with the signal its waiters wait on.
 #[derive(Default)]
-pub struct IntentArrivals {
+pub struct Arrivals {
     waiting: Mutex<HashMap<String, Arc<Notify>>>,
     someone_waits: Notify,
 }
 
 /// One waiter's registration; dropping it forgets the intent when it was the last.
 pub struct Waiting<'a> {
-    arrivals: &'a IntentArrivals,
+    arrivals: &'a Arrivals,
     intent: String,
     signal: Arc<Notify>,
 }
@@ -57,9 +53,9 @@ impl Drop for Waiting<'_> {
     }
 }
 
-impl IntentArrivals {
-    /// Registers interest in `intent` (before looking for it, so an arrival
-    /// in between is not missed).
+impl Arrivals {
+    /// Registers interest in `intent` (before looking at the store, so an
+    /// arrival in between is not missed).
     pub fn wait_for(&self, intent: &str) -> Waiting<'_> {
         let signal = {
             let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
@@ -69,7 +65,7 @@ impl IntentArrivals {
         Waiting { arrivals: self, intent: intent.to_owned(), signal }
     }
 
-    /// `intent` was created (committed): wakes its waiters.
+    /// Something happened to `intent` (committed): wakes its waiters.
     pub fn announce(&self, intent: &str) {
         let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(signal) = waiting.get(intent) {
@@ -81,8 +77,13 @@ impl IntentArrivals {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
     }
 
-    /// Finds intents created by other replicas while anyone waits, until `shutdown`.
-    pub async fn watch(self: Arc<Self>, pool: PgPool, shutdown: shared::shutdown::Shutdown) {
+    /// While anyone waits, asks `find` (one query for all awaited ids) which
+    /// of them arrived, every [`WATCH_INTERVAL`], until `shutdown`.
+    pub async fn watch<F, Fut>(self: Arc<Self>, find: F, shutdown: crate::shutdown::Shutdown)
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<Vec<String>, sqlx::Error>>,
+    {
         loop {
             let awaited = self.awaited();
             if awaited.is_empty() {
@@ -91,11 +92,11 @@ impl IntentArrivals {
                     () = shutdown.cancelled() => return,
                 }
             }
-            match shared::aggregate::existing::<PaymentIntent>(&pool, &awaited).await {
-                Ok(found) => found.iter().for_each(|intent| self.announce(intent)),
-                Err(error) => tracing::debug!(%error, "looking for awaited payment intents"),
+            match find(awaited).await {
+                Ok(found) => found.iter().for_each(|id| self.announce(id)),
+                Err(error) => tracing::debug!(%error, "looking for awaited arrivals"),
             }
-            if !shared::shutdown::sleep_or_shutdown(WATCH_INTERVAL, &shutdown).await {
+            if !crate::shutdown::sleep_or_shutdown(WATCH_INTERVAL, &shutdown).await {
                 return;
             }
         }
@@ -110,7 +111,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_announcement_wakes_the_waiters_of_that_intent_only_and_registrations_are_forgotten() {
-        let arrivals = IntentArrivals::default();
+        let arrivals = Arrivals::default();
         let first = arrivals.wait_for("pi_1");
         let second = arrivals.wait_for("pi_1");
         let other = arrivals.wait_for("pi_2");
