@@ -107,7 +107,10 @@ impl BookingApp {
                 brokers: self.brokers.clone(),
                 mapper: BookingEventMapper { topic: self.topics.booking.clone() },
                 relay: outbox::RelaySettings::new("booking-outbox", topics::BOOKING_SOURCE),
-                handler: PaymentEventHandler { max_payment_attempts: self.bookings.max_payment_attempts() },
+                handler: PaymentEventHandler {
+                    max_payment_attempts: self.bookings.max_payment_attempts(),
+                    decisions: self.bookings.decisions().clone(),
+                },
                 consumer,
                 outbox_stall: self.outbox_stall,
                 health_service: <BookingServiceServer<BookingGrpc> as tonic::server::NamedService>::NAME.to_owned(),
@@ -120,6 +123,13 @@ impl BookingApp {
             Duration::from_millis(25),
             shutdown.clone(),
         )));
+        // Decisions made by another replica's consumer wake this one's waiters.
+        let pool = self.pool.clone();
+        let decided = move |ids: Vec<String>| {
+            let pool = pool.clone();
+            async move { store::holds::decided_bookings(&pool, &ids).await }
+        };
+        tasks.push(tokio::spawn(self.bookings.decisions().clone().watch(decided, shutdown.clone())));
         tasks.push(tokio::spawn(sweep(
             self.bookings.clone(),
             Duration::from_millis(self.settings.sweep_interval_ms),

@@ -3,9 +3,12 @@
 //! their seat-hold effects in one transaction (optimistic concurrency on
 //! the stream version; a lost race is retried).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration, Utc};
 use shared::{
     aggregate::{self, retry_on_contention},
+    arrivals::Arrivals,
     config::PaymentPolicy,
     event_store::EventMetadata,
     grpc::idempotent::ok_outcome,
@@ -17,7 +20,10 @@ use uuid::Uuid;
 use crate::{
     config::BookingSettings,
     domain::{
-        booking::{decide, Booking, BookingCommand, BookingEvent, BookingRejection, Caller, PaymentMethod, SeatLocked},
+        booking::{
+            decide, Booking, BookingCommand, BookingEvent, BookingRejection, BookingStatus, Caller, PaymentMethod,
+            SeatLocked,
+        },
         catalog::{expand_rows, validate_performance_id, validate_seat_request, RowSpec},
     },
     error::BookingError,
@@ -30,6 +36,7 @@ pub struct Bookings {
     pool: PgPool,
     settings: BookingSettings,
     policy: PaymentPolicy,
+    decisions: Arc<Arrivals>,
 }
 
 /// A `POST /bookings` request.
@@ -76,7 +83,37 @@ const REQUIRED_FIELDS: &str = "User, performance, and seats are required.";
 impl Bookings {
     /// Use cases over `pool` with `settings`.
     pub fn new(pool: PgPool, settings: BookingSettings, policy: PaymentPolicy) -> Self {
-        Self { pool, settings, policy }
+        Self { pool, settings, policy, decisions: Arc::new(Arrivals::default()) }
+    }
+
+    /// Who waits for which booking's decision (the consumer announces them).
+    pub fn decisions(&self) -> &Arc<Arrivals> {
+        &self.decisions
+    }
+
+    /// Waits, up to `timeout`, until the booking is no longer pending and
+    /// returns it (still pending when the time ran out). Owner or admin.
+    pub async fn await_decision(
+        &self,
+        caller: &Caller,
+        booking_id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Booking, BookingError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Registered before the first look, so a decision in between wakes us.
+        let waiting = self.decisions.wait_for(booking_id);
+        loop {
+            let decided = waiting.signal().notified();
+            tokio::pin!(decided);
+            decided.as_mut().enable();
+            let booking = self.get(caller, booking_id).await?;
+            if booking.status != BookingStatus::Pending {
+                return Ok(booking);
+            }
+            if tokio::time::timeout_at(deadline, decided).await.is_err() {
+                return Ok(booking);
+            }
+        }
     }
 
     /// The database pool.
@@ -203,6 +240,10 @@ impl Bookings {
         before: Option<&str>,
     ) -> Result<Vec<views::BookingRow>, BookingError> {
         let limit = if limit == 0 { 100 } else { limit.min(500) };
+        // Read-your-writes: the list reflects every event committed before it.
+        shared::projection::ensure_fresh(&self.pool, &views::BookingViews)
+            .await
+            .map_err(|e| BookingError::Internal(format!("bringing the booking list up to date: {e}")))?;
         let mut conn = self.pool.acquire().await?;
         Ok(views::user_bookings(&mut conn, user_id, i64::from(limit), before).await?)
     }

@@ -16,10 +16,13 @@ use crate::{
     error::BookingError,
 };
 
-/// Handles payment events inside the inbox transaction.
+/// Handles payment events inside the inbox transaction, and announces the
+/// bookings they decided to whoever waits for them.
 pub struct PaymentEventHandler {
     /// Client-error declines after which a booking fails.
     pub max_payment_attempts: i32,
+    /// Who waits for which booking's decision.
+    pub decisions: std::sync::Arc<shared::arrivals::Arrivals>,
 }
 
 /// The payment events this service reacts to, decoded once. Every other
@@ -111,5 +114,17 @@ impl EventHandler for PaymentEventHandler {
                 outcome(event, execute_in(tx, &refunded.booking_id, &meta, command).await)
             }
         }
+    }
+
+    async fn committed(&self, event: &IncomingEvent) {
+        let Some(Ok(decoded)) = PaymentEventIn::decoder(&event.headers.event_type).map(|decode| decode(event)) else {
+            return;
+        };
+        let booking_id = match &decoded {
+            PaymentEventIn::Succeeded(e) => &e.booking_id,
+            PaymentEventIn::Failed(e) => &e.booking_id,
+            PaymentEventIn::Refunded(e) => &e.booking_id,
+        };
+        self.decisions.announce(booking_id);
     }
 }

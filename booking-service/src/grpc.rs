@@ -20,7 +20,10 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     bookings::{Bookings, CreatedBooking, NewBooking, NewPerformance},
-    domain::{booking::Caller, catalog::RowSpec},
+    domain::{
+        booking::{Booking, Caller},
+        catalog::RowSpec,
+    },
     error::BookingError,
     store::views::BookingRow,
 };
@@ -50,6 +53,23 @@ fn created_to_pb(created: CreatedBooking) -> pb::CreateBookingResponse {
         payment_intent_id: created.payment_intent_id,
         total_amount: created.total_amount,
         locked_until: Some(timestamp(created.locked_until)),
+    }
+}
+
+/// The longest `AwaitDecision` waits.
+const MAX_AWAIT_MS: u32 = 10_000;
+
+fn booking_to_pb(booking: Booking) -> pb::Booking {
+    let created = booking.created;
+    pb::Booking {
+        booking_id: created.booking_id,
+        performance_id: created.performance_id,
+        seat_ids: created.seat_ids,
+        total_amount: created.total_amount,
+        status: booking.status.as_str().to_owned(),
+        user_id: created.user_id,
+        created_at: Some(timestamp(created.created_at)),
+        payment_intent_id: created.payment_intent_id,
     }
 }
 
@@ -118,17 +138,7 @@ impl BookingService for BookingGrpc {
         let caller = self.caller(request.metadata()).await?;
         let body = request.into_inner();
         let booking = self.bookings.get(&caller, &body.booking_id).await?;
-        let created = booking.created;
-        Ok(Response::new(pb::Booking {
-            booking_id: created.booking_id,
-            performance_id: created.performance_id,
-            seat_ids: created.seat_ids,
-            total_amount: created.total_amount,
-            status: booking.status.as_str().to_owned(),
-            user_id: created.user_id,
-            created_at: Some(timestamp(created.created_at)),
-            payment_intent_id: created.payment_intent_id,
-        }))
+        Ok(Response::new(booking_to_pb(booking)))
     }
 
     async fn list_user_bookings(
@@ -200,6 +210,17 @@ impl BookingService for BookingGrpc {
             )
             .await?;
         Ok(Response::new(pb::RegisterPerformanceResponse { performance_id, seat_count }))
+    }
+
+    async fn await_decision(
+        &self,
+        request: Request<pb::AwaitDecisionRequest>,
+    ) -> Result<Response<pb::Booking>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let body = request.into_inner();
+        let timeout = std::time::Duration::from_millis(u64::from(body.timeout_ms.min(MAX_AWAIT_MS)));
+        let booking = self.bookings.await_decision(&caller, &body.booking_id, timeout).await?;
+        Ok(Response::new(booking_to_pb(booking)))
     }
 
     async fn admit_payment(

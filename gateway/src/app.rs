@@ -62,6 +62,8 @@ pub struct AppState {
     pub rate_limit: crate::rate_limit::UserRateLimit,
     /// Rendered seat maps.
     pub seat_maps: crate::seat_maps::SeatMapCache,
+    /// How long a successful payment waits for its booking to show it.
+    pub read_your_writes_ms: u32,
 }
 
 /// A built, not yet running, gateway.
@@ -108,6 +110,7 @@ impl GatewayApp {
                 Duration::from_millis(settings.edge.gateway_seat_map_cache_ms),
                 settings.edge.gateway_seat_map_cache_mib * 1024 * 1024,
             ),
+            read_your_writes_ms: settings.edge.gateway_read_your_writes_ms,
         });
         let listener = tokio::net::TcpListener::bind(settings.gateway_addr)
             .await

@@ -50,4 +50,9 @@ pub struct EdgeLimits {
     /// Most JSON the seat-map cache holds (MiB).
     #[arg(long, env = "GATEWAY_SEAT_MAP_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub gateway_seat_map_cache_mib: u64,
+    /// After a successful payment, how long (ms) the answer waits for the
+    /// booking to show it (confirmed or refunded), so the client's next read
+    /// sees its own payment; 0 answers at once.
+    #[arg(long, env = "GATEWAY_READ_YOUR_WRITES_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub gateway_read_your_writes_ms: u32,
 }

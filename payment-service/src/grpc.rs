@@ -106,6 +106,7 @@ fn executed_to_pb(executed: Executed) -> pb::ExecutePaymentResponse {
             processed_at: Some(timestamp(processed_at)),
             failure_code: String::new(),
             failure_concept: String::new(),
+            booking_id: executed.booking_id,
         },
         PspOutcome::Failure { failure_code, failure_concept, processed_at } => pb::ExecutePaymentResponse {
             payment_intent_id: executed.payment_intent_id,
@@ -114,6 +115,7 @@ fn executed_to_pb(executed: Executed) -> pb::ExecutePaymentResponse {
             processed_at: Some(timestamp(processed_at)),
             failure_code,
             failure_concept: failure_concept.as_str().into(),
+            booking_id: executed.booking_id,
         },
     }
 }

@@ -74,6 +74,9 @@ pub struct Executed {
     pub payment_intent_id: String,
     /// The PSP's answer.
     pub outcome: PspOutcome,
+    /// The booking paid for (empty in outcomes stored before it was recorded).
+    #[serde(default)]
+    pub booking_id: String,
 }
 
 /// Timing of the reconciler and the refund worker.
@@ -197,7 +200,7 @@ impl Payments {
         let outcome = self.ask_psp(&charge).await?;
         drop(charge);
         failpoint::crash_if_armed("payment.after_psp_charge");
-        let executed = Executed { payment_intent_id, outcome };
+        let executed = Executed { payment_intent_id, outcome, booking_id: intent.created.booking_id.clone() };
         self.record_outcome(&executed, attempt, metadata, claim).await?;
         Ok(executed)
     }
@@ -368,7 +371,11 @@ impl Payments {
         let answer = self.inner.psp.settle_key(&due.payment_intent_id, &due.attempt_key).await?;
         match answer {
             Some(outcome) => {
-                let executed = Executed { payment_intent_id: due.payment_intent_id.clone(), outcome };
+                let executed = Executed {
+                    payment_intent_id: due.payment_intent_id.clone(),
+                    outcome,
+                    booking_id: intent.created.booking_id.clone(),
+                };
                 tracing::warn!(
                     payment_intent_id = due.payment_intent_id,
                     attempt = due.attempt,

@@ -115,6 +115,27 @@ pub async fn run(pool: PgPool, projection: impl Projection, poll: Duration, shut
     tracing::info!(projection = projection.name(), "projection runner stopped");
 }
 
+/// Brings the projection up to every event committed before this call, so
+/// a read that follows sees the caller's own writes (read-your-writes). A
+/// cheap check first: only when something is pending does it apply the
+/// batches itself (the checkpoint row lock keeps it in step with the
+/// runner).
+pub async fn ensure_fresh(pool: &PgPool, projection: &dyn Projection) -> Result<(), ProjectionError> {
+    let behind: bool = sqlx::query_scalar(
+        "select exists (select 1 from events e, subscription_checkpoints c \
+           where c.subscription = $1 \
+             and (e.tx_id, e.global_position) > (c.last_tx::text::xid8, c.last_position) \
+             and e.tx_id < pg_snapshot_xmin(pg_current_snapshot()))",
+    )
+    .bind(projection.name())
+    .fetch_one(pool)
+    .await?;
+    if behind {
+        catch_up(pool, projection).await?;
+    }
+    Ok(())
+}
+
 /// Applies every committed event past the checkpoint; returns how many.
 pub async fn catch_up(pool: &PgPool, projection: &dyn Projection) -> Result<usize, ProjectionError> {
     let mut applied = 0;

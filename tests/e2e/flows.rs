@@ -344,3 +344,34 @@ async fn the_invariant_checker_compares_the_psp_with_the_recorded_captures() {
         .unwrap();
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_read_after_a_payment_or_a_cancel_shows_it_a_hundred_times_over() {
+    let sys = System::start().await;
+    let listed_status = |body: &serde_json::Value, booking: &str| {
+        body.as_array().unwrap().iter().find(|b| b["bookingId"] == booking).map(|b| b["status"].clone())
+    };
+    let mut stale = Vec::new();
+    for n in 0..100 {
+        let user = format!("ryw_{n}");
+        let seat = format!("{}{}", ["A", "B", "C", "D", "E"][n % 5], 1 + n / 5);
+        let (booking, intent) = sys.book(&user, "perf_001", &[&seat]).await;
+        // Even rounds pay, odd rounds cancel; the read follows at once.
+        let expected = if n % 2 == 0 {
+            let paid = sys.pay(&user, &intent, "tok_visa").await;
+            assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+            "confirmed"
+        } else {
+            let cancelled = sys.delete(&format!("/bookings/{booking}"), &user).await;
+            assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+            "cancelled"
+        };
+        let listed = sys.get("/bookings/my", &user).await;
+        let seen = listed_status(&listed.body, &booking);
+        if seen != Some(serde_json::Value::from(expected)) {
+            stale.push(format!("round {n}: {expected} but the list showed {seen:?}"));
+        }
+    }
+    assert!(stale.is_empty(), "{} stale reads: {stale:#?}", stale.len());
+    sys.stop().await;
+}

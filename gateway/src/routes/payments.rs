@@ -12,7 +12,7 @@ use proto::payment as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{idempotent_grpc_request, replay_headers, seed_time};
+use super::{grpc_request, idempotent_grpc_request, replay_headers, seed_time};
 use crate::{auth::AuthUser, error::ApiError, json::JsonBody, AppState};
 
 /// `POST /payments/execute` body. The CVV is passed on to the gateway only.
@@ -112,6 +112,17 @@ pub async fn execute_payment(
     let reply = state.payment.clone().execute_payment(idempotent_grpc_request(request, &headers)?).await?;
     let replayed = replay_headers(reply.metadata());
     let answer = reply.into_inner();
+    if answer.is_success && !answer.booking_id.is_empty() && state.read_your_writes_ms > 0 {
+        // Read-your-writes: answer once the booking shows the payment, so the
+        // client's next GET sees it (bounded; the payment stands either way).
+        let wait = proto::booking::AwaitDecisionRequest {
+            booking_id: answer.booking_id.clone(),
+            timeout_ms: state.read_your_writes_ms,
+        };
+        if let Err(status) = state.booking.clone().await_decision(grpc_request(wait, &headers)).await {
+            tracing::debug!(code = ?status.code(), "waiting for the booking to show the payment");
+        }
+    }
     let processed_at = seed_time(answer.processed_at.as_ref()).unwrap_or_default();
     if answer.is_success {
         Ok((
