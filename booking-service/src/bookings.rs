@@ -30,6 +30,9 @@ use crate::{
     store::{catalog, holds, views},
 };
 
+/// How long a list waits for the projection to reach the newest committed event.
+const FRESH_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The booking-service's use cases over its database.
 #[derive(Clone)]
 pub struct Bookings {
@@ -205,6 +208,7 @@ impl Bookings {
             idempotency::complete(&mut tx, claim, &outcome).await?;
         }
         tx.commit().await?;
+        shared::global_log::committed();
         Ok(result)
     }
 
@@ -241,9 +245,12 @@ impl Bookings {
     ) -> Result<Vec<views::BookingRow>, BookingError> {
         let limit = if limit == 0 { 100 } else { limit.min(500) };
         // Read-your-writes: the list reflects every event committed before it.
-        shared::projection::ensure_fresh(&self.pool, &views::BookingViews)
+        let fresh = shared::projection::ensure_fresh(&self.pool, &views::BookingViews, FRESH_WITHIN)
             .await
             .map_err(|e| BookingError::Internal(format!("bringing the booking list up to date: {e}")))?;
+        if !fresh {
+            metrics::counter!("booking_list_behind_total").increment(1);
+        }
         let mut conn = self.pool.acquire().await?;
         Ok(views::user_bookings(&mut conn, user_id, i64::from(limit), before).await?)
     }

@@ -290,6 +290,7 @@ impl Payments {
                     idempotency::complete(&mut tx, claim, &stored).await?;
                 }
                 tx.commit().await?;
+                shared::global_log::committed();
                 Ok::<_, PaymentError>(())
             }
             .await;

@@ -172,6 +172,7 @@ where
         match attempt(&mut tx, Borrows(std::marker::PhantomData)).await {
             Ok(value) => {
                 tx.commit().await?;
+                crate::global_log::committed();
                 return Ok(value);
             }
             Err(error) if error.is_contention() => continue,

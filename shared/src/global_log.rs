@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use sqlx::{postgres::PgListener, PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use crate::event_store::{stored_event_from_row, EventStoreError, StoredEvent, STORED_EVENT_COLUMNS};
 
@@ -81,51 +81,37 @@ pub async fn save_checkpoint(conn: &mut PgConnection, subscription: &str, at: Lo
     Ok(())
 }
 
-/// Wakes a global-log reader when events are committed (LISTEN/NOTIFY), or
-/// after `poll` at the latest, so a lost notification only costs latency.
+/// Every commit that appended events in this process, counted. Writers
+/// call [`committed`] after their transaction commits; readers (the outbox
+/// relay, projections) wait on it. No database trigger is involved: a
+/// `pg_notify` in the appending transaction takes a cluster-wide lock at
+/// commit and serialises every event-appending commit.
+static COMMITS: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(0));
+
+/// Tells this process's global-log readers that a transaction which
+/// appended events has committed.
+pub fn committed() {
+    COMMITS.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// Wakes a global-log reader when a transaction of this process that
+/// appended events commits, or after `poll` at the latest (events other
+/// processes append, a wake-up missed while reading).
 pub struct WakeUp {
-    listener: Option<PgListener>,
-    pool: PgPool,
+    commits: tokio::sync::watch::Receiver<u64>,
     poll: Duration,
 }
 
 impl WakeUp {
-    /// Listens on the `events_appended` channel of `pool`'s database.
-    pub async fn new(pool: &PgPool, poll: Duration) -> Self {
-        let mut wake = Self { listener: None, pool: pool.clone(), poll };
-        wake.connect().await;
-        wake
+    /// A reader's wake-up, polling every `poll` besides.
+    pub fn new(poll: Duration) -> Self {
+        Self { commits: COMMITS.subscribe(), poll }
     }
 
-    async fn connect(&mut self) {
-        self.listener = match PgListener::connect_with(&self.pool).await {
-            Ok(mut listener) => match listener.listen("events_appended").await {
-                Ok(()) => Some(listener),
-                Err(error) => {
-                    tracing::warn!(%error, "LISTEN failed; falling back to polling");
-                    None
-                }
-            },
-            Err(error) => {
-                tracing::warn!(%error, "cannot open a LISTEN connection; falling back to polling");
-                None
-            }
-        };
-    }
-
-    /// Waits for the next notification or the poll interval, whichever is first.
+    /// Waits for the next commit (one since the last wait counts) or the
+    /// poll interval, whichever is first.
     pub async fn wait(&mut self) {
-        let Some(listener) = self.listener.as_mut() else {
-            tokio::time::sleep(self.poll).await;
-            self.connect().await;
-            return;
-        };
-        match tokio::time::timeout(self.poll, listener.recv()).await {
-            Ok(Ok(_)) | Err(_) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "LISTEN connection lost; reconnecting");
-                self.listener = None;
-            }
-        }
+        let _ = tokio::time::timeout(self.poll, self.commits.changed()).await;
     }
 }

@@ -740,6 +740,7 @@ async fn handle_once(
     }
     handler.handle(&mut tx, event).await?;
     tx.commit().await?;
+    crate::global_log::committed();
     handler.committed(event).await;
     Ok(Outcome::Applied)
 }

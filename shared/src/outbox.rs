@@ -159,7 +159,7 @@ pub async fn run_relay(
     shutdown: Shutdown,
 ) {
     let lock_key = advisory_key(&format!("outbox-relay:{}", settings.name));
-    let mut wake = WakeUp::new(&pool, settings.poll_interval).await;
+    let mut wake = WakeUp::new(settings.poll_interval);
     while !shutdown.is_cancelled() {
         let Some(leader) = acquire_leadership(&pool, lock_key, &shutdown).await else {
             break;

@@ -95,7 +95,7 @@ pub async fn ensure(pool: &PgPool, projection: &dyn Projection) -> Result<(), Pr
 /// Keeps the projection up to date until `shutdown`. Several instances may
 /// run it: the checkpoint row lock lets one batch through at a time.
 pub async fn run(pool: PgPool, projection: impl Projection, poll: Duration, shutdown: Shutdown) {
-    let mut wake = WakeUp::new(&pool, poll).await;
+    let mut wake = WakeUp::new(poll);
     while !shutdown.is_cancelled() {
         match catch_up(&pool, &projection).await {
             Ok(_) => {
@@ -116,24 +116,43 @@ pub async fn run(pool: PgPool, projection: impl Projection, poll: Duration, shut
 }
 
 /// Brings the projection up to every event committed before this call, so
-/// a read that follows sees the caller's own writes (read-your-writes). A
-/// cheap check first: only when something is pending does it apply the
-/// batches itself (the checkpoint row lock keeps it in step with the
-/// runner).
-pub async fn ensure_fresh(pool: &PgPool, projection: &dyn Projection) -> Result<(), ProjectionError> {
-    let behind: bool = sqlx::query_scalar(
-        "select exists (select 1 from events e, subscription_checkpoints c \
-           where c.subscription = $1 \
-             and (e.tx_id, e.global_position) > (c.last_tx::text::xid8, c.last_position) \
-             and e.tx_id < pg_snapshot_xmin(pg_current_snapshot()))",
+/// a read that follows sees the caller's own writes (read-your-writes).
+/// The newest committed event is the target; the projection is caught up
+/// here (the checkpoint row lock keeps this in step with the runner) until
+/// its checkpoint reaches it. An older transaction still open anywhere in
+/// the cluster holds the commit-order rule back, so this may take a few
+/// rounds; after `within` it gives up and answers `false` (the read is then
+/// merely a little behind).
+pub async fn ensure_fresh(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    within: Duration,
+) -> Result<bool, ProjectionError> {
+    let newest: Option<(i64, i64)> = sqlx::query_as(
+        "select tx_id::text::bigint, global_position from events order by tx_id desc, global_position desc limit 1",
     )
-    .bind(projection.name())
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?;
-    if behind {
-        catch_up(pool, projection).await?;
+    let Some((tx_id, position)) = newest else { return Ok(true) };
+    let target = LogPosition { tx_id, position };
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let at: Option<(i64, i64)> =
+            sqlx::query_as("select last_tx, last_position from subscription_checkpoints where subscription = $1")
+                .bind(projection.name())
+                .fetch_optional(pool)
+                .await?;
+        let at = at.map_or_else(LogPosition::default, |(tx_id, position)| LogPosition { tx_id, position });
+        if at >= target {
+            return Ok(true);
+        }
+        if catch_up(pool, projection).await? == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
-    Ok(())
 }
 
 /// Applies every committed event past the checkpoint; returns how many.
