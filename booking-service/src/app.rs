@@ -17,8 +17,14 @@ use shared::{
 use sqlx::PgPool;
 
 use crate::{
-    bookings::Bookings, config::BookingSettings, consumer::PaymentEventHandler, events::BookingEventMapper,
-    grpc::BookingGrpc, store, store::views::BookingViews,
+    bookings::Bookings,
+    config::BookingSettings,
+    consumer::PaymentEventHandler,
+    domain::booking::{self, Booking},
+    events::BookingEventMapper,
+    grpc::BookingGrpc,
+    store,
+    store::views::BookingViews,
 };
 
 /// A built, not yet running, booking-service.
@@ -127,7 +133,7 @@ impl BookingApp {
         let pool = self.pool.clone();
         let decided = move |ids: Vec<String>| {
             let pool = pool.clone();
-            async move { store::holds::decided_bookings(&pool, &ids).await }
+            async move { shared::aggregate::having_event::<Booking>(&pool, &ids, &booking::DECIDING_EVENTS).await }
         };
         tasks.push(tokio::spawn(self.bookings.decisions().clone().watch(decided, shutdown.clone())));
         tasks.push(tokio::spawn(sweep(

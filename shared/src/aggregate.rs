@@ -94,6 +94,23 @@ pub async fn load_all<A: Aggregate>(pool: &PgPool) -> Result<Vec<Folded<A>>, Typ
     Ok(folded)
 }
 
+/// Which of `ids` have an event of one of `event_types` in their stream
+/// (one query for all of them).
+pub async fn having_event<A: Aggregate>(
+    pool: &PgPool,
+    ids: &[String],
+    event_types: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select distinct stream_id from events where stream_type = $1 and stream_id = any($2) and event_type = any($3)",
+    )
+    .bind(A::STREAM_TYPE)
+    .bind(ids)
+    .bind(event_types)
+    .fetch_all(pool)
+    .await
+}
+
 /// Which of `ids` have a stream (one indexed query for all of them).
 pub async fn existing<A: Aggregate>(pool: &PgPool, ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(

@@ -125,7 +125,7 @@ pub enum BookingEvent {
     },
     /// A payment attempt was declined. (Internal, not published.)
     PaymentDeclined {
-        /// The gateway's code.
+        /// The PSP's code.
         failure_code: String,
         /// Whether it counts against the buyer's attempts.
         client_error: bool,
@@ -174,6 +174,10 @@ pub enum BookingEvent {
         refunded_at: DateTime<Utc>,
     },
 }
+
+/// The stored types of the events that take a booking out of `pending`.
+pub const DECIDING_EVENTS: [&str; 5] =
+    ["BookingConfirmed", "BookingCancelled", "BookingExpired", "BookingFailed", "BookingRefunded"];
 
 impl BookingEvent {
     /// The stored event-type name.
@@ -277,7 +281,7 @@ pub enum BookingCommand {
     RecordPaymentFailed {
         /// The intent whose attempt was declined.
         payment_intent_id: String,
-        /// The gateway's code.
+        /// The PSP's code.
         failure_code: String,
         /// Counts against the buyer's attempts.
         client_error: bool,
@@ -513,6 +517,24 @@ mod tests {
 
     fn owner() -> Caller {
         Caller { user_id: "user_123".into(), admin: false }
+    }
+
+    #[test]
+    fn the_deciding_events_are_exactly_those_that_end_pending() {
+        let every = [
+            (BookingEvent::PaymentAdmitted { payment_intent_id: "pi1".into(), admitted_until: t(30) }),
+            (BookingEvent::PaymentDeclined { failure_code: "X".into(), client_error: true }),
+            (BookingEvent::BookingConfirmed { of: of(), payment_intent_id: "pi1".into(), confirmed_at: t(1) }),
+            (BookingEvent::BookingCancelled { of: of(), reason: CancelReason::UserRequested, cancelled_at: t(1) }),
+            (BookingEvent::BookingExpired { of: of(), expired_at: t(1) }),
+            (BookingEvent::BookingFailed { of: of(), failed_attempts: 3, failed_at: t(1) }),
+            (BookingEvent::BookingRefunded { refunded_at: t(1) }),
+        ];
+        for event in every {
+            let state = Booking::replay(&[BookingEvent::SeatLocked(created()), event.clone()]).unwrap();
+            let decides = state.status != BookingStatus::Pending;
+            assert_eq!(decides, DECIDING_EVENTS.contains(&event.event_type()), "{}", event.event_type());
+        }
     }
 
     /// Given `history`, when `command`, then the result.

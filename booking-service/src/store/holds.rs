@@ -152,14 +152,3 @@ pub async fn due_bookings(conn: &mut PgConnection, limit: i64) -> Result<Vec<Str
         .fetch_all(conn)
         .await
 }
-
-/// Which of `booking_ids` have left `pending` (a terminal event is stored).
-pub async fn decided_bookings(pool: &sqlx::PgPool, booking_ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "select distinct stream_id from events where stream_type = 'booking' and stream_id = any($1) \
-         and event_type in ('BookingConfirmed', 'BookingCancelled', 'BookingExpired', 'BookingFailed', 'BookingRefunded')",
-    )
-    .bind(booking_ids)
-    .fetch_all(pool)
-    .await
-}
