@@ -40,6 +40,9 @@ fn sql(context: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
     move |source| DbError::Sql { context, source }
 }
 
+/// A pooled connection idle at least this long is pinged before use.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Connects to `database` on the server named by `server_url`, creating it
 /// first if it does not exist, and runs the shared migrations then `own`.
 pub async fn connect_service_db(
@@ -56,6 +59,18 @@ pub async fn connect_service_db(
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // No ping on every checkout (a round trip per request under load):
+        // only a connection that sat idle for a while is checked, which is
+        // when the server may have gone away (a restart, an idle cut-off).
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .map_err(sql("connecting to the service database"))?;
