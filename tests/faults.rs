@@ -273,7 +273,7 @@ impl Deployment {
     }
 
     fn token(&self, user: &str) -> String {
-        gateway::auth::issue_token(&self.secret, user, false, 3600).unwrap()
+        shared::auth::issue_token(&self.secret, user, false, 3600).unwrap()
     }
 
     fn env(&self, key: &str) -> String {

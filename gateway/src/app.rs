@@ -26,7 +26,6 @@ use tracing::Level;
 use utoipa::OpenApi;
 
 use crate::{
-    auth::Verifier,
     config::GatewaySettings,
     error::ApiError,
     openapi::ApiDoc,
@@ -51,7 +50,7 @@ pub struct AppState {
     /// Channel to the payment-service (health checks).
     pub payment_channel: Channel,
     /// Token verification.
-    pub auth: Arc<Verifier>,
+    pub auth: Arc<shared::auth::Verifier>,
     /// Cancelled when the process is stopping (readiness fails first).
     pub shutting_down: Shutdown,
     /// Permits for requests in flight (load shedding beyond them).

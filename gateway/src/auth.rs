@@ -5,10 +5,8 @@
 
 use std::sync::Arc;
 
-use axum::{extract::FromRequestParts, http::request::Parts};
-pub use shared::auth::{issue_token, Claims, TokenRules, Verifier};
-
 use crate::{error::ApiError, AppState};
+use axum::{extract::FromRequestParts, http::request::Parts};
 
 /// The caller of a REST request, named by its verified token.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -157,12 +157,9 @@ impl AuthSettings {
     /// The verifier these settings describe; a JWKS URL is fetched once now
     /// (a failure is logged, and retried when a token needs it).
     pub async fn verifier(&self) -> Result<Arc<Verifier>, AuthConfigError> {
-        let mut verifier =
+        let verifier =
             Verifier::new(self.jwt_secret.as_deref(), self.jwt_jwks.as_deref(), self.jwt_jwks_url.as_deref())?
                 .with_rules(self.rules());
-        if let Some(remote) = verifier.remote.as_mut() {
-            remote.min_refresh = JWKS_MIN_REFRESH;
-        }
         verifier.prefetch().await;
         Ok(Arc::new(verifier))
     }

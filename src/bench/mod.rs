@@ -108,7 +108,7 @@ pub struct Target {
 
 impl Target {
     fn token(&self, user: &str) -> String {
-        gateway::auth::issue_token(&self.secret, user, user.starts_with("admin"), 3600).unwrap_or_default()
+        shared::auth::issue_token(&self.secret, user, user.starts_with("admin"), 3600).unwrap_or_default()
     }
 }
 

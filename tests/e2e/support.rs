@@ -116,11 +116,11 @@ impl System {
     }
 
     pub fn token(&self, user: &str) -> String {
-        gateway::auth::issue_token(&self.secret, user, false, 3600).unwrap()
+        shared::auth::issue_token(&self.secret, user, false, 3600).unwrap()
     }
 
     pub fn admin_token(&self) -> String {
-        gateway::auth::issue_token(&self.secret, "admin_1", true, 3600).unwrap()
+        shared::auth::issue_token(&self.secret, "admin_1", true, 3600).unwrap()
     }
 
     pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {

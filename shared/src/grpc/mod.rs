@@ -20,12 +20,19 @@ pub const AUTHORIZATION: &str = "authorization";
 pub const UNAUTHENTICATED: &str = "Missing or invalid bearer token.";
 
 /// A caller whose bearer token verified.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Credentials {
     /// Who the token names.
     pub user: AuthUser,
     /// The token itself, to forward on calls made for this caller.
     pub token: String,
+}
+
+/// The token is a credential: never printed.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("user", &self.user).field("token", &"***").finish()
+    }
 }
 
 /// The caller named by the request's verified `authorization: Bearer`

@@ -81,11 +81,6 @@ impl GrpcTlsSettings {
         }
     }
 
-    /// Whether the gRPC servers speak TLS.
-    pub fn server_tls(&self) -> bool {
-        self.grpc_tls_cert.is_some()
-    }
-
     /// A server builder with TLS (and mTLS) as configured.
     pub fn server(&self) -> Result<Server, TlsError> {
         let identity = self.identity()?;
