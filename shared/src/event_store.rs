@@ -120,6 +120,11 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
 
 /// Appends `events` to a stream if its version matches `expected`.
 ///
+/// One statement, one round trip: it reads the stream's version, checks it
+/// against `expected` and inserts every event, so the check and the insert
+/// see the same snapshot. A concurrent append of the same version still
+/// fails on the `(stream_type, stream_id, stream_version)` unique key.
+///
 /// On [`EventStoreError::Conflict`] nothing was written by this call; when it
 /// comes from a unique violation the caller's transaction is aborted and
 /// must be rolled back.
@@ -131,57 +136,79 @@ pub async fn append(
     events: &[NewEvent],
     metadata: &EventMetadata,
 ) -> Result<Vec<StoredEvent>, EventStoreError> {
-    let current: i64 = sqlx::query_scalar(
-        "select coalesce(max(stream_version), 0) from events where stream_type = $1 and stream_id = $2",
-    )
-    .bind(stream_type)
-    .bind(stream_id)
-    .fetch_one(&mut *conn)
-    .await?;
     let conflict = |actual| EventStoreError::Conflict {
         stream_type: stream_type.to_owned(),
         stream_id: stream_id.to_owned(),
         expected,
         actual,
     };
-    match expected {
-        ExpectedVersion::Any => {}
-        ExpectedVersion::NoStream if current != 0 => return Err(conflict(current)),
-        ExpectedVersion::Exact(version) if version != current => return Err(conflict(current)),
-        ExpectedVersion::NoStream | ExpectedVersion::Exact(_) => {}
-    }
+    let expected_version = match expected {
+        ExpectedVersion::Any => None,
+        ExpectedVersion::NoStream => Some(0),
+        ExpectedVersion::Exact(version) => Some(version),
+    };
     if events.is_empty() {
-        return Ok(Vec::new());
+        let current = stream_version(conn, stream_type, stream_id).await?;
+        return match expected_version {
+            Some(version) if version != current => Err(conflict(current)),
+            _ => Ok(Vec::new()),
+        };
     }
     let metadata_json = serde_json::to_value(metadata)?;
+    let event_ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let schemas: Vec<i32> = events.iter().map(|e| e.schema_version).collect();
+    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+    let rows = sqlx::query(
+        "with stream as ( \
+           select coalesce(max(stream_version), 0) as version from events \
+            where stream_type = $1 and stream_id = $2) \
+         insert into events \
+           (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata) \
+         select e.event_id, $1, $2, stream.version + e.n, e.event_type, e.schema_version, e.payload, $8 \
+           from stream, unnest($4::uuid[], $5::text[], $6::int[], $7::jsonb[]) \
+                with ordinality as e(event_id, event_type, schema_version, payload, n) \
+          where $3::bigint is null or stream.version = $3 \
+          order by e.n \
+         returning stream_version, global_position, tx_id::text::bigint as tx_id, recorded_at",
+    )
+    .bind(stream_type)
+    .bind(stream_id)
+    .bind(expected_version)
+    .bind(&event_ids)
+    .bind(&types)
+    .bind(&schemas)
+    .bind(&payloads)
+    .bind(&metadata_json)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| if is_unique_violation(&e) { conflict(expected_version.unwrap_or(0) + 1) } else { e.into() })?;
+    if rows.is_empty() {
+        // The version check failed: nothing was inserted, the transaction is intact.
+        return Err(conflict(stream_version(conn, stream_type, stream_id).await?));
+    }
+    // Event i (0-based) was inserted as version `first + i`.
+    let mut versions = Vec::with_capacity(rows.len());
+    for row in &rows {
+        versions.push(row.try_get::<i64, _>("stream_version")?);
+    }
+    let first = versions.iter().copied().min().unwrap_or(1);
     let mut stored = Vec::with_capacity(events.len());
-    for (offset, event) in (1..).zip(events) {
-        let event_id = Uuid::now_v7();
-        let version = current + offset;
-        let row = sqlx::query(
-            "insert into events \
-               (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8) \
-             returning global_position, tx_id::text::bigint as tx_id, recorded_at",
-        )
-        .bind(event_id)
-        .bind(stream_type)
-        .bind(stream_id)
-        .bind(version)
-        .bind(&event.event_type)
-        .bind(event.schema_version)
-        .bind(&event.payload)
-        .bind(&metadata_json)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| if is_unique_violation(&e) { conflict(version) } else { e.into() })?;
+    for (row, stream_version) in rows.iter().zip(versions) {
+        let index = usize::try_from(stream_version - first).unwrap_or(usize::MAX);
+        let (Some(event), Some(event_id)) = (events.get(index), event_ids.get(index)) else {
+            return Err(EventStoreError::Database(sqlx::Error::Protocol(format!(
+                "the append returned version {stream_version}, outside the {} events sent",
+                events.len()
+            ))));
+        };
         stored.push(StoredEvent {
             global_position: row.try_get("global_position")?,
             tx_id: row.try_get("tx_id")?,
-            event_id,
+            event_id: *event_id,
             stream_type: stream_type.to_owned(),
             stream_id: stream_id.to_owned(),
-            stream_version: version,
+            stream_version,
             event_type: event.event_type.clone(),
             schema_version: event.schema_version,
             payload: event.payload.clone(),
@@ -189,7 +216,17 @@ pub async fn append(
             recorded_at: row.try_get("recorded_at")?,
         });
     }
+    stored.sort_by_key(|e| e.stream_version);
     Ok(stored)
+}
+
+/// The stream's current version (0 when it does not exist).
+async fn stream_version(conn: &mut PgConnection, stream_type: &str, stream_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select coalesce(max(stream_version), 0) from events where stream_type = $1 and stream_id = $2")
+        .bind(stream_type)
+        .bind(stream_id)
+        .fetch_one(conn)
+        .await
 }
 
 /// Loads every event of a stream in version order (empty if it does not exist).

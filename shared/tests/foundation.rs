@@ -29,9 +29,10 @@ async fn append_with_a_stale_expected_version_conflicts_and_writes_nothing() {
     let pool = fresh_db("es_stale").await;
     let mut conn = pool.acquire().await.unwrap();
     let meta = EventMetadata { actor: Some("user_1".into()), ..Default::default() };
-    event_store::append(&mut conn, "test", "s1", ExpectedVersion::NoStream, &[event("A", 1), event("B", 2)], &meta)
-        .await
-        .unwrap();
+    let appended =
+        event_store::append(&mut conn, "test", "s1", ExpectedVersion::NoStream, &[event("A", 1), event("B", 2)], &meta)
+            .await
+            .unwrap();
 
     let stale = event_store::append(&mut conn, "test", "s1", ExpectedVersion::Exact(1), &[event("C", 3)], &meta).await;
     assert!(matches!(stale, Err(EventStoreError::Conflict { actual: 2, .. })), "{stale:?}");
@@ -41,6 +42,9 @@ async fn append_with_a_stale_expected_version_conflicts_and_writes_nothing() {
     let stream = event_store::load_stream(&mut conn, "test", "s1").await.unwrap();
     let types: Vec<_> = stream.iter().map(|e| (e.event_type.as_str(), e.stream_version)).collect();
     assert_eq!(types, [("A", 1), ("B", 2)]);
+    let returned: Vec<_> = appended.iter().map(|e| (e.event_id, e.stream_version, e.payload.clone())).collect();
+    let loaded: Vec<_> = stream.iter().map(|e| (e.event_id, e.stream_version, e.payload.clone())).collect();
+    assert_eq!(returned, loaded, "what append returns is what was stored, event by event");
     assert_eq!(stream[0].metadata.actor.as_deref(), Some("user_1"));
     assert_eq!(stream[0].event_id.get_version_num(), 7, "event ids are UUIDv7");
 }
