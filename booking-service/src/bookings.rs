@@ -89,6 +89,12 @@ impl Bookings {
         Self { pool, settings, policy, decisions: Arc::new(Arrivals::default()) }
     }
 
+    /// The same use cases over another pool of the same database (the
+    /// sweeper runs on the background pool).
+    pub fn on_pool(&self, pool: PgPool) -> Self {
+        Self { pool, ..self.clone() }
+    }
+
     /// Who waits for which booking's decision (the consumer announces them).
     pub fn decisions(&self) -> &Arc<Arrivals> {
         &self.decisions
@@ -155,21 +161,17 @@ impl Bookings {
         }
 
         let mut tx = self.pool.begin().await?;
-        if catalog::performance(&mut tx, &request.performance_id).await?.is_none() {
+        let context =
+            holds::prepare_booking(&mut tx, &request.performance_id, &request.seat_ids, &caller.user_id).await?;
+        if !context.performance_exists {
             return Err(BookingError::PerformanceNotFound(request.performance_id));
         }
-        let prices = catalog::seat_prices(&mut tx, &request.performance_id, &request.seat_ids).await?;
         let mut total_amount = 0_i64;
         for seat in &request.seat_ids {
-            let price = prices.iter().find(|(id, _)| id == seat).map(|(_, p)| *p);
+            let price = context.prices.iter().find(|(id, _)| id == seat).map(|(_, p)| *p);
             total_amount += price.ok_or_else(|| BookingError::UnknownSeat(seat.clone()))?;
         }
-        holds::lock_user_quota(&mut tx, &request.performance_id, &caller.user_id).await?;
-        let held = holds::seats_held_by_user(&mut tx, &request.performance_id, &caller.user_id).await?;
-        if usize::try_from(held).unwrap_or(usize::MAX).saturating_add(request.seat_ids.len()) > max_seats {
-            return Err(BookingError::UserLimit(max_seats));
-        }
-        let now = db_now(&mut tx).await?;
+        let now = context.now;
         let created = SeatLocked {
             booking_id: Uuid::now_v7().to_string(),
             payment_intent_id: Uuid::now_v7().to_string(),
@@ -182,18 +184,23 @@ impl Bookings {
             locked_until: now + Duration::seconds(i64::from(self.settings.seat_hold_secs)),
             created_at: now,
         };
-        let locked = holds::lock_seats(
+        let hold = holds::hold_seats(
             &mut tx,
             &created.performance_id,
             &created.seat_ids,
             &created.booking_id,
             &created.user_id,
             created.locked_until,
+            max_seats,
         )
         .await?;
-        if let Err(seat) = locked {
-            metrics::counter!("seat_hold_conflicts_total").increment(1);
-            return Err(BookingError::SeatUnavailable(seat));
+        match hold {
+            holds::Hold::Held => {}
+            holds::Hold::OverQuota { .. } => return Err(BookingError::UserLimit(max_seats)),
+            holds::Hold::Taken(seat) => {
+                metrics::counter!("seat_hold_conflicts_total").increment(1);
+                return Err(BookingError::SeatUnavailable(seat));
+            }
         }
         let events = decide(None, BookingCommand::Create(created.clone()))?;
         record(&mut tx, None, 0, &events, metadata).await?;

@@ -88,19 +88,6 @@ pub async fn performance(conn: &mut PgConnection, performance_id: &str) -> Resul
         .await
 }
 
-/// Prices of the requested seats that exist, as (seat_id, price).
-pub async fn seat_prices(
-    conn: &mut PgConnection,
-    performance_id: &str,
-    seat_ids: &[String],
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("select seat_id, price from seats where performance_id = $1 and seat_id = any($2)")
-        .bind(performance_id)
-        .bind(seat_ids)
-        .fetch_all(conn)
-        .await
-}
-
 /// Every seat with its price and live state (a lapsed hold is `available`).
 pub async fn seat_map(conn: &mut PgConnection, performance_id: &str) -> Result<Vec<SeatState>, sqlx::Error> {
     sqlx::query_as(
