@@ -107,9 +107,10 @@ impl BookingApp {
     /// `drain` is how long gRPC keeps serving after readiness failed.
     pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
         let consumer = self.kafka.consumer(&self.topics.group("booking-service"), &[&self.topics.payment]);
+        let background = db::background_pool(&self.pool);
         let (health, mut tasks) = service::start(
             service::Plumbing {
-                pool: self.pool.clone(),
+                pool: background.clone(),
                 brokers: self.brokers.clone(),
                 mapper: BookingEventMapper { topic: self.topics.booking.clone() },
                 relay: outbox::RelaySettings::new("booking-outbox", topics::BOOKING_SOURCE),
@@ -124,26 +125,35 @@ impl BookingApp {
             &shutdown,
         )?;
         tasks.push(tokio::spawn(projection::run(
-            self.pool.clone(),
+            background.clone(),
             BookingViews,
             Duration::from_millis(25),
             shutdown.clone(),
         )));
         // Decisions made by another replica's consumer wake this one's waiters.
-        let pool = self.pool.clone();
+        let pool = background.clone();
         let decided = move |ids: Vec<String>| {
             let pool = pool.clone();
             async move { shared::aggregate::having_event::<Booking>(&pool, &ids, &booking::DECIDING_EVENTS).await }
         };
         tasks.push(tokio::spawn(self.bookings.decisions().clone().watch(decided, shutdown.clone())));
         tasks.push(tokio::spawn(sweep(
-            self.bookings.clone(),
+            self.bookings.on_pool(background.clone()),
             Duration::from_millis(self.settings.sweep_interval_ms),
             shutdown.clone(),
         )));
         let router = service::grpc_router(self.server, health, proto::FILE_DESCRIPTOR_SET)?
             .add_service(BookingServiceServer::new(BookingGrpc::new(self.bookings.clone(), self.verifier)));
-        service::serve_grpc(router, self.listener, tasks, &self.pool, shutdown, drain, "booking-service").await
+        service::serve_grpc(
+            router,
+            self.listener,
+            tasks,
+            &[&self.pool, &background],
+            shutdown,
+            drain,
+            "booking-service",
+        )
+        .await
     }
 }
 

@@ -163,9 +163,10 @@ impl PaymentApp {
     /// `drain` is how long gRPC keeps serving after readiness failed.
     pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
         let consumer = self.kafka.consumer(&self.topics.group("payment-service"), &[&self.topics.booking]);
+        let background = db::background_pool(&self.pool);
         let (health, mut tasks) = service::start(
             service::Plumbing {
-                pool: self.pool.clone(),
+                pool: background.clone(),
                 brokers: self.brokers.clone(),
                 mapper: PaymentEventMapper { topic: self.topics.payment.clone() },
                 relay: outbox::RelaySettings::new("payment-outbox", topics::PAYMENT_SOURCE),
@@ -178,7 +179,7 @@ impl PaymentApp {
         )?;
         tasks.push(tokio::spawn(run_refunds(self.payments.clone(), self.refunds, shutdown.clone())));
         tasks.push(tokio::spawn(run_reconciler(self.payments.clone(), shutdown.clone())));
-        let pool = self.pool.clone();
+        let pool = background.clone();
         let find = move |ids: Vec<String>| {
             let pool = pool.clone();
             async move { shared::aggregate::existing::<PaymentIntent>(&pool, &ids).await }
@@ -186,6 +187,15 @@ impl PaymentApp {
         tasks.push(tokio::spawn(self.arrivals.clone().watch(find, shutdown.clone())));
         let router = service::grpc_router(self.server, health, proto::FILE_DESCRIPTOR_SET)?
             .add_service(PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone(), self.verifier)));
-        service::serve_grpc(router, self.listener, tasks, &self.pool, shutdown, drain, "payment-service").await
+        service::serve_grpc(
+            router,
+            self.listener,
+            tasks,
+            &[&self.pool, &background],
+            shutdown,
+            drain,
+            "payment-service",
+        )
+        .await
     }
 }

@@ -56,7 +56,25 @@ pub async fn connect_service_db(
         .map_err(DbError::InvalidUrl)?
         .database(database)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
-    let pool = PgPoolOptions::new()
+    let pool =
+        pool_options(max_connections).connect_with(options).await.map_err(sql("connecting to the service database"))?;
+    migrate(&pool, own).await?;
+    Ok(pool)
+}
+
+/// Connections of a service's background pool (see [`background_pool`]).
+pub const BACKGROUND_CONNECTIONS: u32 = 8;
+
+/// A second, small pool on the same database for the work beside requests
+/// (outbox relay, consumer, projection, sweeper, purge, readiness), so that
+/// a burst of requests never waits behind it, nor it behind them.
+/// Connections open on first use.
+pub fn background_pool(requests: &PgPool) -> PgPool {
+    pool_options(BACKGROUND_CONNECTIONS).connect_lazy_with(requests.connect_options().as_ref().clone())
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         // No ping on every checkout (a round trip per request under load):
@@ -71,11 +89,6 @@ pub async fn connect_service_db(
                 Ok(true)
             })
         })
-        .connect_with(options)
-        .await
-        .map_err(sql("connecting to the service database"))?;
-    migrate(&pool, own).await?;
-    Ok(pool)
 }
 
 /// Runs the shared migrations, then the service's own. Both sets live in

@@ -16,7 +16,7 @@ use crate::{
 
 /// What a service publishes, consumes and reports health under.
 pub struct Plumbing<M, H> {
-    /// The service database.
+    /// The service database's background pool (`db::background_pool`).
     pub pool: sqlx::PgPool,
     /// Kafka bootstrap servers.
     pub brokers: String,
@@ -102,13 +102,13 @@ pub fn grpc_router(
 }
 
 /// Serves `router` on `listener` until `shutdown` and then `drain`, stops
-/// the service's background `tasks`, and closes its `pool`; `name` labels
+/// the service's background `tasks`, and closes its `pools`; `name` labels
 /// the log line and the error.
 pub async fn serve_grpc(
     router: GrpcRouter,
     listener: tokio::net::TcpListener,
     tasks: Vec<JoinHandle<()>>,
-    pool: &sqlx::PgPool,
+    pools: &[&sqlx::PgPool],
     shutdown: Shutdown,
     drain: Duration,
     name: &'static str,
@@ -127,6 +127,8 @@ pub async fn serve_grpc(
     for task in tasks {
         let _ = task.await;
     }
-    pool.close().await;
+    for pool in pools {
+        pool.close().await;
+    }
     served.with_context(|| format!("{name} gRPC server"))
 }
