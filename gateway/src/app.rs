@@ -57,6 +57,8 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Longest a request may take.
     pub request_timeout: Duration,
+    /// How long a request beyond the in-flight limit waits for a slot.
+    pub queue_wait: Duration,
     /// Per-user limits on the writes.
     pub rate_limit: crate::rate_limit::UserRateLimit,
     /// Rendered seat maps.
@@ -101,6 +103,7 @@ impl GatewayApp {
             shutting_down: shutdown.clone(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(settings.edge.gateway_max_in_flight as usize)),
             request_timeout: Duration::from_millis(settings.edge.gateway_request_timeout_ms),
+            queue_wait: Duration::from_millis(settings.edge.gateway_queue_wait_ms),
             rate_limit: crate::rate_limit::UserRateLimit::new(
                 settings.edge.gateway_user_rate_per_sec,
                 settings.edge.gateway_user_burst,
@@ -144,8 +147,9 @@ impl GatewayApp {
     }
 }
 
-/// Sheds load beyond the in-flight limit (503, `Retry-After: 1`) and
-/// answers 504 for a request that outlives the timeout. Health and metrics
+/// Holds requests beyond the in-flight limit in line for up to the queue
+/// wait, then sheds them (503, `Retry-After: 1`); answers 504 for a request
+/// that outlives the timeout. Health and metrics
 /// are exempt, so probes see the truth while the gateway sheds.
 async fn shed_and_time_out(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
@@ -156,7 +160,18 @@ async fn shed_and_time_out(
     if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
         return next.run(request).await;
     }
-    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+    let permit = match state.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => Ok(permit),
+        Err(_) if state.queue_wait.is_zero() => Err(()),
+        Err(_) => {
+            metrics::counter!("http_requests_queued_total").increment(1);
+            match tokio::time::timeout(state.queue_wait, state.in_flight.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => Ok(permit),
+                _ => Err(()),
+            }
+        }
+    };
+    let Ok(_permit) = permit else {
         metrics::counter!("http_requests_shed_total").increment(1);
         return ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -27,10 +27,16 @@ pub struct GatewaySettings {
 /// What the edge sheds before it reaches the services.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct EdgeLimits {
-    /// Requests handled at once; beyond that they are shed with 503 and
-    /// `Retry-After` (health and metrics are exempt).
+    /// Requests handled at once; beyond that they wait in line for up to
+    /// `GATEWAY_QUEUE_WAIT_MS`, then are shed with 503 and `Retry-After`
+    /// (health and metrics are exempt).
     #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub gateway_max_in_flight: u32,
+    /// How long (ms) a request beyond the in-flight limit waits for a slot
+    /// before it is shed; an on-sale spike is served in turn instead of
+    /// refused. 0 sheds at once.
+    #[arg(long, env = "GATEWAY_QUEUE_WAIT_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub gateway_queue_wait_ms: u64,
     /// Longest a request may take (ms) before it is answered 504.
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub gateway_request_timeout_ms: u64,

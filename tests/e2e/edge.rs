@@ -14,27 +14,47 @@ use serde_json::json;
 use crate::support::System;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn beyond_the_in_flight_limit_requests_are_shed_with_503_and_retry_after() {
-    let sys = System::start_with(&["--gateway-max-in-flight=1", "--mock-pg-timeout-ms=3000"]).await;
+async fn beyond_the_in_flight_limit_requests_wait_in_line_then_are_shed_with_503_and_retry_after() {
+    let sys = System::start_with(&[
+        "--gateway-max-in-flight=1",
+        "--gateway-queue-wait-ms=3000",
+        "--mock-pg-timeout-ms=5000",
+    ])
+    .await;
     let user = "edge_shed";
     let (_booking, intent) = sys.book(user, "perf_001", &["G3"]).await;
     sys.wait_intent(user, &intent).await;
-    // A slow charge holds the only slot ...
+    // A slow charge holds the only slot for 5 s ...
+    let started = std::time::Instant::now();
     let slow = tokio::spawn({
         let (client, url, token) = (sys.client.clone(), format!("{}/payments/execute", sys.base), sys.token(user));
         let body = json!({"paymentIntentId": intent, "paymentMethodToken": "tok_pgTimeout", "cvv": "123"});
         async move { client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status() }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    // ... so another request is shed at once, and probes still answer.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // ... a request that comes 2.5 s later waits in line and is served once
+    // the slot frees (at ~5 s, inside its 3 s wait) ...
+    let served_in_turn = tokio::spawn({
+        let (client, url, token) = (sys.client.clone(), format!("{}/bookings/my", sys.base), sys.token(user));
+        async move {
+            tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+            client.get(url).bearer_auth(token).send().await.unwrap().status()
+        }
+    });
+    // ... while this one waits its 3 s in line and is then shed, and probes
+    // answer all along.
+    let waited = std::time::Instant::now();
     let shed = sys.get("/bookings/my", user).await;
     assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE, "{}", shed.body);
+    assert!(waited.elapsed() >= std::time::Duration::from_millis(2900), "shed only after its wait in line");
+    assert!(started.elapsed() < std::time::Duration::from_millis(5000), "shed before the slot freed");
     assert_eq!(shed.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     assert!(shed.body["error"].as_str().is_some_and(|e| e.contains("busy")), "{}", shed.body);
     let health = sys.client.get(format!("{}/healthz", sys.base)).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     // The slow charge itself is answered: tok_pgTimeout is a decline (400).
     assert_eq!(slow.await.unwrap(), StatusCode::BAD_REQUEST);
+    assert_eq!(served_in_turn.await.unwrap(), StatusCode::OK, "served in turn once the slot freed");
     assert_eq!(sys.get("/bookings/my", user).await.status, StatusCode::OK, "served again once the slot is free");
     sys.stop().await;
 }
