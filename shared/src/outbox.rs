@@ -3,9 +3,10 @@
 //!
 //! The `events` table is the outbox. The relay is a checkpointed reader of
 //! the global log (see `global_log` for why it can never skip an event). It
-//! sends a batch, waits for every delivery report, and only then moves its
-//! checkpoint, so a crash or a broker outage means "send again", never
-//! "lost". Only one relay per database is active: leadership is a
+//! keeps up to four batches in flight, reading and sending the next while
+//! the broker acknowledges the earlier ones, and moves its checkpoint only
+//! over batches that are acknowledged with all before them, so a crash or
+//! a broker outage means "send again", never "lost". Only one relay per database is active: leadership is a
 //! PostgreSQL session advisory lock, released by the server if the holder
 //! dies.
 //!
@@ -211,6 +212,19 @@ enum RelayError {
     LeadershipLost,
 }
 
+/// Batches sent and not yet fully acknowledged at once: the relay reads and
+/// sends the next batch while the broker acknowledges the earlier ones.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
+/// A sent batch: where the checkpoint moves once all of it is acknowledged,
+/// when its events were recorded (for the publish-latency histogram), and
+/// its delivery.
+struct SentBatch {
+    last: LogPosition,
+    recorded: Vec<chrono::DateTime<chrono::Utc>>,
+    delivery: std::pin::Pin<Box<dyn std::future::Future<Output = Delivery> + Send>>,
+}
+
 async fn publish_while_leader(
     pool: &PgPool,
     producer: &mut RelayProducer,
@@ -224,12 +238,38 @@ async fn publish_while_leader(
         let mut conn = pool.acquire().await?;
         global_log::load_checkpoint(&mut conn, &settings.name).await?
     };
+    // Everything up to `sent` is in `in_flight` or acknowledged; the
+    // checkpoint only moves over a batch once it and all before it are
+    // acknowledged (the highest contiguous ack).
+    let mut sent = checkpoint;
+    let mut in_flight: std::collections::VecDeque<SentBatch> = std::collections::VecDeque::new();
+    let mut failures = 0;
     while !shutdown.is_cancelled() {
-        let batch = {
-            let mut conn = pool.acquire().await?;
-            global_log::read_after(&mut conn, checkpoint, settings.batch_size).await?
-        };
-        let Some(last) = batch.last() else {
+        if in_flight.len() < MAX_BATCHES_IN_FLIGHT {
+            let batch = {
+                let mut conn = pool.acquire().await?;
+                global_log::read_after(&mut conn, sent, settings.batch_size).await?
+            };
+            if let Some(last) = batch.last() {
+                let last = LogPosition::of(last);
+                let delivery = match producer.get() {
+                    Ok(current) => send_batch(current, mapper, settings, &batch),
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox relay cannot build a Kafka producer");
+                        Box::pin(std::future::ready(Delivery::Failed { fatal: false }))
+                    }
+                };
+                in_flight.push_back(SentBatch {
+                    last,
+                    recorded: batch.iter().map(|e| e.recorded_at).collect(),
+                    delivery,
+                });
+                sent = last;
+                continue;
+            }
+        }
+        let room = in_flight.len() < MAX_BATCHES_IN_FLIGHT;
+        let Some(head) = in_flight.front_mut() else {
             // Idle: prove the lock connection is alive, then sleep until woken.
             sqlx::query("select 1").execute(&mut leader).await.map_err(|_| RelayError::LeadershipLost)?;
             tokio::select! {
@@ -238,21 +278,29 @@ async fn publish_while_leader(
             }
             continue;
         };
-        let next = LogPosition::of(last);
-        // Send until every record of the batch is acknowledged. Never skip:
-        // a record that cannot be mapped stalls the relay loudly instead.
-        let mut failures = 0;
-        loop {
-            let delivery = match producer.get() {
-                Ok(current) => publish_batch(current, mapper, settings, &batch).await,
-                Err(error) => {
-                    tracing::warn!(%error, "outbox relay cannot build a Kafka producer");
-                    Delivery::Failed { fatal: false }
-                }
-            };
-            match delivery {
-                Delivery::All => break,
-                Delivery::Failed { fatal } => {
+        let delivered = tokio::select! {
+            delivered = &mut head.delivery => Some(delivered),
+            () = wake.wait(), if room => None,
+            () = shutdown.cancelled() => None,
+        };
+        match delivered {
+            // New events committed (or shutdown): send them beside the head.
+            None => continue,
+            Some(Delivery::All) => {
+                failures = 0;
+                let Some(done) = in_flight.pop_front() else { continue };
+                let mut conn = pool.acquire().await?;
+                global_log::save_checkpoint(&mut conn, &settings.name, done.last).await?;
+                checkpoint = done.last;
+                record_published(&mut conn, settings, checkpoint, &done.recorded).await?;
+            }
+            // Never skip: send again from the checkpoint (what followed the
+            // failed batch may arrive twice). A record that cannot be mapped
+            // stalls the relay loudly instead.
+            Some(failed) => {
+                in_flight.clear();
+                sent = checkpoint;
+                if let Delivery::Failed { fatal } = failed {
                     failures += 1;
                     if fatal {
                         producer.rebuild(&settings.name, "fatal producer error");
@@ -262,25 +310,30 @@ async fn publish_while_leader(
                         failures = 0;
                     }
                 }
-                Delivery::Unmappable => {}
-            }
-            if !sleep_or_shutdown(settings.retry_backoff, shutdown).await {
-                return Ok(());
+                if !sleep_or_shutdown(settings.retry_backoff, shutdown).await {
+                    return Ok(());
+                }
             }
         }
-        let mut conn = pool.acquire().await?;
-        global_log::save_checkpoint(&mut conn, &settings.name, next).await?;
-        checkpoint = next;
-        let now = chrono::Utc::now();
-        for event in &batch {
-            let age = (now - event.recorded_at).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::histogram!("outbox_publish_seconds", "relay" => settings.name.clone()).record(age);
-        }
-        let head: Option<i64> =
-            sqlx::query_scalar("select max(global_position) from events").fetch_one(&mut *conn).await?;
-        let backlog = head.unwrap_or(0).saturating_sub(checkpoint.position).max(0) as f64;
-        metrics::gauge!("outbox_backlog_events", "relay" => settings.name.clone()).set(backlog);
     }
+    Ok(())
+}
+
+/// Publish latency of the events of an acknowledged batch, and the backlog.
+async fn record_published(
+    conn: &mut PgConnection,
+    settings: &RelaySettings,
+    checkpoint: LogPosition,
+    recorded: &[chrono::DateTime<chrono::Utc>],
+) -> Result<(), sqlx::Error> {
+    let now = chrono::Utc::now();
+    for at in recorded {
+        let age = (now - *at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::histogram!("outbox_publish_seconds", "relay" => settings.name.clone()).record(age);
+    }
+    let head: Option<i64> = sqlx::query_scalar("select max(global_position) from events").fetch_one(conn).await?;
+    let backlog = head.unwrap_or(0).saturating_sub(checkpoint.position).max(0) as f64;
+    metrics::gauge!("outbox_backlog_events", "relay" => settings.name.clone()).set(backlog);
     Ok(())
 }
 
@@ -312,14 +365,15 @@ fn is_fatal(producer: &FutureProducer, error: &rdkafka::error::KafkaError) -> bo
         )
 }
 
-/// Sends every record of `batch` and waits for all delivery reports; on any
-/// failure the whole batch is sent again (duplicates allowed).
-async fn publish_batch(
+/// Enqueues every record of `batch` and returns the wait for all their
+/// delivery reports; on any failure the caller sends again from its
+/// checkpoint (duplicates allowed).
+fn send_batch(
     producer: &FutureProducer,
     mapper: &impl IntegrationMapper,
     settings: &RelaySettings,
     batch: &[StoredEvent],
-) -> Delivery {
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Delivery> + Send>> {
     let mut records = Vec::with_capacity(batch.len());
     for event in batch {
         match mapper.to_record(event) {
@@ -327,12 +381,10 @@ async fn publish_batch(
             Ok(None) => {}
             Err(error) => {
                 tracing::error!(%error, "outbox relay stalled on an unmappable event");
-                return Delivery::Unmappable;
+                return Box::pin(std::future::ready(Delivery::Unmappable));
             }
         }
     }
-    let mut all_delivered = true;
-    let mut fatal = false;
     let mut deliveries = Vec::with_capacity(records.len());
     for (event, record) in &records {
         let headers = CloudEventHeaders {
@@ -352,28 +404,32 @@ async fn publish_batch(
             Ok(delivery) => deliveries.push(delivery),
             Err((error, _)) => {
                 tracing::warn!(%error, "outbox relay could not enqueue a record; retrying the batch");
-                fatal |= is_fatal(producer, &error);
-                all_delivered = false;
-                break;
+                let fatal = is_fatal(producer, &error);
+                return Box::pin(std::future::ready(Delivery::Failed { fatal }));
             }
         }
     }
-    for delivery in deliveries {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((error, _))) => {
-                tracing::warn!(%error, "Kafka delivery failed; the batch will be sent again");
-                fatal |= is_fatal(producer, &error);
-                all_delivered = false;
+    let producer = producer.clone();
+    Box::pin(async move {
+        let mut all_delivered = true;
+        let mut fatal = false;
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => {
+                    tracing::warn!(%error, "Kafka delivery failed; the batch will be sent again");
+                    fatal |= is_fatal(&producer, &error);
+                    all_delivered = false;
+                }
+                Err(_) => all_delivered = false,
             }
-            Err(_) => all_delivered = false,
         }
-    }
-    if all_delivered {
-        Delivery::All
-    } else {
-        Delivery::Failed { fatal }
-    }
+        if all_delivered {
+            Delivery::All
+        } else {
+            Delivery::Failed { fatal }
+        }
+    })
 }
 
 /// A stable 64-bit advisory-lock key for a name.
