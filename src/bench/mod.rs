@@ -295,27 +295,40 @@ pub async fn flow(
     report
 }
 
-/// `onsale`: `clients` clients race for `seats.len()` seats at once.
+/// `onsale`: `clients` clients race for `seats.len()` seats at once; the
+/// losers' ("Seat X is not available.") latency is reported on its own.
 pub async fn onsale(target: Arc<Target>, performance: &str, seats: Arc<Vec<String>>, clients: usize) -> ScenarioReport {
     let started = Instant::now();
     let gate = Arc::new(tokio::sync::Barrier::new(clients));
+    let losers = Arc::new(std::sync::Mutex::new(histogram()));
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
-            let (target, seats, performance, gate) =
-                (target.clone(), seats.clone(), performance.to_owned(), gate.clone());
+            let (target, seats, performance, gate, losers) =
+                (target.clone(), seats.clone(), performance.to_owned(), gate.clone(), losers.clone());
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 let seat = &seats[c % seats.len()];
                 gate.wait().await;
                 let (status, took, _) = book(&target, &format!("o{c}"), &performance, seat).await;
                 tally.record(status, took);
+                if status == Some(400) {
+                    if let Ok(mut losers) = losers.lock() {
+                        let _ = losers.record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
+                    }
+                }
                 tally
             })
         })
         .collect();
     let mut report = finish("onsale", clients, started, tasks, json!({})).await;
     let winners = report.statuses.get("201").copied().unwrap_or(0);
-    report.extra = json!({ "seats": seats.len(), "winners": winners, "exactly_one_winner_per_seat": winners as usize == seats.len() });
+    let losers = losers.lock().map(|h| latency(&h)).ok();
+    report.extra = json!({
+        "seats": seats.len(),
+        "winners": winners,
+        "exactly_one_winner_per_seat": winners as usize == seats.len(),
+        "losers_400": losers,
+    });
     report
 }
 
@@ -406,4 +419,25 @@ pub fn rss_mib() -> f64 {
             s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Raises this process's open-file limit to fit `needed` descriptors (each
+/// simulated client and the gateway's side of its connection take one):
+/// the soft limit up to the hard one, and the hard one too where allowed
+/// (root). Returns the soft limit in force.
+pub fn raise_open_file_limit(needed: u64) -> u64 {
+    use rlimit::Resource;
+    let Ok((soft, hard)) = Resource::NOFILE.get() else { return 0 };
+    if soft >= needed {
+        return soft;
+    }
+    if needed > hard && Resource::NOFILE.set(needed, needed).is_ok() {
+        return needed;
+    }
+    let target = needed.min(hard);
+    if Resource::NOFILE.set(target, hard).is_ok() {
+        target
+    } else {
+        soft
+    }
 }

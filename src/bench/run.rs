@@ -22,6 +22,13 @@ struct BenchSystem {
 /// runs the scenarios beside the pgbench baseline and writes the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
+    // Two descriptors per onsale client (its socket and the gateway's), plus
+    // the services' own connections.
+    let needed = u64::try_from(args.onsale_clients).unwrap_or(u64::MAX).saturating_mul(2).saturating_add(4096);
+    let limit = bench::raise_open_file_limit(needed);
+    if limit < needed {
+        println!("bench: open-file limit {limit} is below the {needed} onsale needs; raise `ulimit -n`");
+    }
     if let Some(gateway) = args.gateway.clone() {
         let secret = args.jwt_secret.clone().context("--gateway needs JWT_SECRET")?;
         let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
