@@ -22,3 +22,9 @@ pub use cli::{
 };
 pub use commands::{main_with, main_with_subcommand, run};
 pub use system::{dev_secret_path, start_system, DevSystem};
+
+/// mimalloc instead of the system allocator for every binary: the request
+/// path allocates many small, short-lived buffers, and glibc malloc/free was
+/// the largest item of the services' CPU profile (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

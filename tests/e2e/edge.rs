@@ -15,12 +15,9 @@ use crate::support::System;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_in_flight_limit_requests_wait_in_line_then_are_shed_with_503_and_retry_after() {
-    let sys = System::start_with(&[
-        "--gateway-max-in-flight=1",
-        "--gateway-queue-wait-ms=3000",
-        "--mock-pg-timeout-ms=5000",
-    ])
-    .await;
+    let sys =
+        System::start_with(&["--gateway-max-in-flight=1", "--gateway-queue-wait-ms=3000", "--mock-pg-timeout-ms=5000"])
+            .await;
     let user = "edge_shed";
     let (_booking, intent) = sys.book(user, "perf_001", &["G3"]).await;
     sys.wait_intent(user, &intent).await;
