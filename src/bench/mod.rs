@@ -295,6 +295,16 @@ pub async fn flow(
     report
 }
 
+/// One purchase before the scenarios, so that they measure the running
+/// system and not its start: the consumer groups form when the first
+/// records arrive, which holds the first payments for a few seconds. It is
+/// reported as its own line (`warm-up`).
+pub async fn warm_up(target: Arc<Target>, performance: &str, seat: &str) -> ScenarioReport {
+    let mut report = flow(target, performance, Arc::new(vec![seat.to_owned()]), 1, Duration::from_millis(1)).await;
+    report.name = "warm-up".to_owned();
+    report
+}
+
 /// `onsale`: `clients` clients race for `seats.len()` seats at once; the
 /// losers' ("Seat X is not available.") latency is reported on its own.
 pub async fn onsale(target: Arc<Target>, performance: &str, seats: Arc<Vec<String>>, clients: usize) -> ScenarioReport {

@@ -43,7 +43,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .take(args.onsale_seats as usize)
                 .collect(),
         );
+        let last_seat = seats.last().cloned().unwrap_or_default();
         let scenarios = vec![
+            bench::warm_up(target.clone(), &main, &last_seat).await,
             bench::flow(target.clone(), &main, seats.clone(), args.clients, args.duration).await,
             bench::distinct(target.clone(), &main, seats, args.clients, args.duration).await,
             bench::onsale(target.clone(), &sale, onsale_seats, args.onsale_clients).await,
@@ -96,8 +98,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .collect(),
     );
 
-    // flow first: distinct leaves the consumers a backlog that flow would measure.
     let mut scenarios = Vec::new();
+    let last_seat = seats.last().cloned().unwrap_or_default();
+    println!("bench: warm-up (one purchase while the consumer groups form)");
+    scenarios.push(bench::warm_up(target.clone(), "perf_bench", &last_seat).await);
+    // flow first: distinct leaves the consumers a backlog that flow would measure.
     println!("bench: flow ({} clients, {:?})", args.clients, args.duration);
     scenarios.push(bench::flow(target.clone(), "perf_bench", seats.clone(), args.clients, args.duration).await);
     println!("bench: distinct ({} clients, {:?})", args.clients, args.duration);
