@@ -35,7 +35,7 @@ pub struct EdgeLimits {
     /// How long (ms) a request beyond the in-flight limit waits for a slot
     /// before it is shed; an on-sale spike is served in turn instead of
     /// refused. 0 sheds at once.
-    #[arg(long, env = "GATEWAY_QUEUE_WAIT_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    #[arg(long, env = "GATEWAY_QUEUE_WAIT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub gateway_queue_wait_ms: u64,
     /// Longest a request may take (ms) before it is answered 504.
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
