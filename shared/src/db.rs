@@ -63,7 +63,7 @@ pub async fn connect_service_db(
 }
 
 /// Connections of a service's background pool (see [`background_pool`]).
-pub const BACKGROUND_CONNECTIONS: u32 = 8;
+pub const BACKGROUND_CONNECTIONS: u32 = 12;
 
 /// A second, small pool on the same database for the work beside requests
 /// (outbox relay, consumer, projection, sweeper, purge, readiness), so that

@@ -3,6 +3,11 @@
 //! redelivered event is a no-op; the offset is stored only after that
 //! transaction commits.
 //!
+//! Partitions are handled concurrently: each round takes what librdkafka
+//! has fetched (up to 256 records) and runs one lane per partition, the
+//! lanes side by side and each lane's records in order (a key lives in one
+//! partition, so per-key order holds).
+//!
 //! Only poison is dead-lettered: a record that cannot be decoded or that
 //! the handler rejects as invalid goes to `<topic>.dlq` with the reason,
 //! and the partition moves on. A transient failure (database down, pool
@@ -22,6 +27,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::{Header, Headers, Message, OwnedHeaders, OwnedMessage},
@@ -237,6 +243,12 @@ pub async fn run_consumer(
 ) {
     let purge = tokio::spawn(purge_inbox(pool.clone(), settings.clone(), shutdown.clone()));
     let component = format!("consumer {}", settings.group);
+    // Series alerts watch start at zero, so `increase` sees the first one.
+    for topic in &settings.topics {
+        metrics::counter!("dlq_records_total", "group" => settings.group.clone(), "topic" => dlq_topic(topic))
+            .increment(0);
+    }
+    metrics::gauge!("consumer_paused_partitions", "group" => settings.group.clone()).set(0.0);
     while !shutdown.is_cancelled() {
         let built = consumer(&brokers, &settings).and_then(|c| Ok((c, crate::kafka::producer(&brokers)?)));
         let (kafka_consumer, dlq_producer) = match built {
@@ -353,7 +365,7 @@ async fn consume(
                             finish(consumer, settings, &record.message, outcome);
                             resume_after(consumer, &record.message);
                         }
-                        Step::Retry(error) => {
+                        Step::Retry(error, ()) => {
                             record.attempts += 1;
                             record.backoff = (record.backoff * 2).min(settings.max_backoff);
                             record.next_try = tokio::time::Instant::now() + record.backoff;
@@ -365,32 +377,84 @@ async fn consume(
                 }
             }
             received = consumer.recv() => {
-                let message = match received {
-                    Ok(message) => message.detach(),
-                    Err(error) => {
-                        // librdkafka queues an error event per failed attempt while
-                        // the broker is away; each is stale once read, so drain them
-                        // at once (waiting here would leave the consumer minutes
-                        // behind its queue after an outage) and log a summary.
-                        receive_errors.record(&settings.group, &error);
-                        continue;
+                // A round: this record and whatever librdkafka has already
+                // fetched, one lane per partition. Lanes run concurrently
+                // (partitions are independent; order is per key, and a key
+                // lives in one partition); each lane runs its records in order.
+                let mut round = vec![received.map(|m| m.detach())];
+                while round.len() < MAX_ROUND {
+                    match consumer.recv().now_or_never() {
+                        Some(next) => round.push(next.map(|m| m.detach())),
+                        None => break,
                     }
-                };
-                let tp = (message.topic().to_owned(), message.partition());
-                if held.contains_key(&tp) {
-                    // Fetched before the pause took effect: read again after the held record.
-                    continue;
                 }
-                let event = match to_incoming(&message) {
-                    Ok(event) => event,
-                    Err(reason) => {
-                        match dead_letter(dlq_producer, settings, &message, &reason, shutdown).await {
-                            Some(outcome) => finish(consumer, settings, &message, outcome),
-                            None => return Ended::Shutdown,
+                let mut lanes: Vec<((String, i32), Vec<OwnedMessage>)> = Vec::new();
+                for received in round {
+                    let message = match received {
+                        Ok(message) => message,
+                        Err(error) => {
+                            // librdkafka queues an error event per failed attempt while
+                            // the broker is away; each is stale once read, so drain them
+                            // at once (waiting here would leave the consumer minutes
+                            // behind its queue after an outage) and log a summary.
+                            receive_errors.record(&settings.group, &error);
+                            continue;
                         }
+                    };
+                    let tp = (message.topic().to_owned(), message.partition());
+                    if held.contains_key(&tp) {
+                        // Fetched before the pause took effect: read again after the held record.
                         continue;
                     }
-                };
+                    match lanes.iter_mut().find(|(lane, _)| *lane == tp) {
+                        Some((_, records)) => records.push(message),
+                        None => lanes.push((tp, vec![message])),
+                    }
+                }
+                let run = lanes.into_iter().map(|(tp, records)| async move {
+                    (tp, run_lane(pool, dlq_producer, handler, settings, records, shutdown).await)
+                });
+                for (tp, results) in futures::future::join_all(run).await {
+                    for (message, step) in results {
+                        match step {
+                            Step::Done(outcome) => finish(consumer, settings, &message, outcome),
+                            Step::Retry(error, event) => {
+                                log_retry(settings, &event, 1, &error);
+                                pause(consumer, &message);
+                                let backoff = settings.retry_backoff;
+                                let next_try = tokio::time::Instant::now() + backoff;
+                                held.insert(tp.clone(), Held { message, event, attempts: 1, backoff, next_try });
+                            }
+                            Step::Interrupted => return Ended::Shutdown,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Records drained from librdkafka's queue into one round at most.
+const MAX_ROUND: usize = 256;
+
+/// One partition's records of a round, in order, until one must be retried
+/// (the rest are read again once it succeeds) or shutdown comes.
+async fn run_lane(
+    pool: &PgPool,
+    dlq_producer: &FutureProducer,
+    handler: &impl EventHandler,
+    settings: &ConsumerSettings,
+    records: Vec<OwnedMessage>,
+    shutdown: &Shutdown,
+) -> Vec<(OwnedMessage, Step<IncomingEvent>)> {
+    let mut results = Vec::with_capacity(records.len());
+    for message in records {
+        let step = match to_incoming(&message) {
+            Err(reason) => match dead_letter(dlq_producer, settings, &message, &reason, shutdown).await {
+                Some(outcome) => Step::Done(outcome),
+                None => Step::Interrupted,
+            },
+            Ok(event) => {
                 let span = consume_span(&settings.group, &event, message.topic());
                 let step = tracing::Instrument::instrument(
                     try_record(pool, dlq_producer, handler, settings, &message, &event, shutdown),
@@ -398,18 +462,19 @@ async fn consume(
                 )
                 .await;
                 match step {
-                    Step::Done(outcome) => finish(consumer, settings, &message, outcome),
-                    Step::Retry(error) => {
-                        log_retry(settings, &event, 1, &error);
-                        pause(consumer, &message);
-                        let backoff = settings.retry_backoff;
-                        held.insert(tp, Held { message, event, attempts: 1, backoff, next_try: tokio::time::Instant::now() + backoff });
-                    }
-                    Step::Interrupted => return Ended::Shutdown,
+                    Step::Retry(error, ()) => Step::Retry(error, event),
+                    Step::Done(outcome) => Step::Done(outcome),
+                    Step::Interrupted => Step::Interrupted,
                 }
             }
+        };
+        let go_on = matches!(step, Step::Done(_));
+        results.push((message, step));
+        if !go_on {
+            break;
         }
     }
+    results
 }
 
 /// Logs receive errors at most every few seconds, with how many there were.
@@ -671,12 +736,13 @@ fn consume_span(group: &str, event: &IncomingEvent, topic: &str) -> tracing::Spa
     span
 }
 
-/// What one try at a record came to.
-enum Step {
+/// What one try at a record came to; `E` is what a retry keeps (the
+/// decoded event, once there is one).
+enum Step<E = ()> {
     /// A final outcome; store the offset.
     Done(Outcome),
     /// A transient failure; try again later.
-    Retry(anyhow::Error),
+    Retry(anyhow::Error, E),
     /// Shutdown came first.
     Interrupted,
 }
@@ -703,7 +769,7 @@ async fn try_record(
                 None => Step::Interrupted,
             }
         }
-        Err(HandlerError::Transient(error)) => Step::Retry(error),
+        Err(HandlerError::Transient(error)) => Step::Retry(error, ()),
     }
 }
 
