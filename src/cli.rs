@@ -83,6 +83,16 @@ pub struct DevArgs {
     pub gateway_addr: std::net::SocketAddr,
     #[command(flatten)]
     pub edge: gateway::config::EdgeLimits,
+    /// Run a private PostgreSQL cluster from the installed server binaries
+    /// even where one answers on localhost:5432 (without this, `dev` does so
+    /// only when DATABASE_URL is unset and nothing answers there).
+    #[arg(long, env = "DEV_PRIVATE_POSTGRES", conflicts_with = "database_url",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub private_postgres: bool,
+    /// Data directory of the private cluster [default: ~/.local/share/ticketing/pg;
+    /// /var/lib/ticketing/pg as root]. It is reused on the next run.
+    #[arg(long, env = "DEV_POSTGRES_DIR")]
+    pub private_postgres_dir: Option<std::path::PathBuf>,
 }
 
 /// `ticketing gateway`.

@@ -10,11 +10,13 @@
 //! | `system.rs` | the three components in one process (`dev`, bench, tests) and the broker choice |
 //! | `check.rs` | the invariants `ticketing check` verifies, folded from the event stores |
 //! | `bench/` | the load generator, its pgbench baseline and the report |
+//! | `private_postgres.rs` | `dev`'s own PostgreSQL cluster when none is running |
 
 pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod commands;
+pub mod private_postgres;
 pub mod system;
 
 pub use cli::{

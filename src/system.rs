@@ -122,6 +122,8 @@ fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 /// `ticketing dev`: the three components in one process until a signal.
 pub async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal(bound(&args.service.lifecycle));
+    // Kept until `dev` returns: dropping it stops the private cluster.
+    let _private_postgres = private_postgres(&mut args).await?;
     // The embedded broker is not Send; it lives on this task for the whole run.
     let broker = Broker::start(args.service.kafka.kafka_brokers.as_deref(), &args.service.kafka)?;
     let brokers = broker.bootstrap.clone();
@@ -158,6 +160,34 @@ pub async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// Starts `dev`'s own PostgreSQL when asked to, or when DATABASE_URL is
+/// unset and nothing answers on the default address; points the system at
+/// it. An explicit DATABASE_URL is used as given, never replaced.
+async fn private_postgres(args: &mut DevArgs) -> anyhow::Result<Option<crate::private_postgres::PrivatePostgres>> {
+    use crate::private_postgres::PrivatePostgres;
+    let database = &mut args.service.database;
+    if database.database_url.is_some() {
+        return Ok(None);
+    }
+    if !args.private_postgres && crate::private_postgres::answers(database.url()).await {
+        return Ok(None);
+    }
+    if !args.private_postgres {
+        tracing::info!(url = database.url(), "no PostgreSQL answers at the default address; starting a private one");
+    }
+    let data = args.private_postgres_dir.clone().unwrap_or_else(PrivatePostgres::default_data_dir);
+    let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&data))
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the private PostgreSQL: {e}"))??;
+    tracing::info!(
+        data = %pg.data_dir().display(),
+        url = %pg.url(),
+        "private PostgreSQL is up (stopped when dev exits; its data stays for the next run)"
+    );
+    database.database_url = Some(pg.url());
+    Ok(Some(pg))
 }
 
 fn write_dev_secret(secret: &str) -> anyhow::Result<()> {

@@ -21,6 +21,7 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use shared::testkit::{eventually, server_url, unique_name, TestKafka};
+use ticketing::private_postgres::PrivatePostgres;
 
 const CVV: &str = "8642";
 
@@ -28,18 +29,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn run(command: &mut Command) {
-    let output = command.output().unwrap();
-    // What went wrong first: CI reports keep only the start of a failure.
-    assert!(
-        output.status.success(),
-        "{} {}{} -- from {command:?}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout),
-    );
 }
 
 fn signal(pid: u32, name: &str) {
@@ -105,68 +94,10 @@ impl Drop for Tansu {
 
 // ---------------------------------------------------------------- a private PostgreSQL
 
-/// A private PostgreSQL cluster (initdb on a free port, run as the
-/// `postgres` user because initdb refuses root), so restarting it disturbs
-/// no other test. Its commands run from its own directory: PostgreSQL's
-/// tools fail when the working directory (a checkout under a private home,
-/// say) is unreadable to the `postgres` user.
-struct PrivatePostgres {
-    bindir: PathBuf,
-    data: PathBuf,
-    port: u16,
-}
-
-impl PrivatePostgres {
-    fn start(dir: &Path) -> Self {
-        let bindir = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .and_then(|versions| versions.filter_map(Result::ok).map(|v| v.path().join("bin")).max())
-            .filter(|bin| bin.join("initdb").exists())
-            .expect("PostgreSQL server binaries under /usr/lib/postgresql/*/bin");
-        let data = dir.join("pgdata");
-        std::fs::create_dir_all(&data).unwrap();
-        let pg = Self { bindir, data, port: free_port() };
-        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir));
-        run(Command::new("runuser")
-            .current_dir(&pg.data)
-            .args(["-u", "postgres", "--"])
-            .arg(pg.bindir.join("initdb"))
-            // No dependence on the machine's locales (LANG may name one not installed).
-            .args(["--auth=trust", "--username=postgres", "--no-locale", "--encoding=UTF8", "-D"])
-            .arg(&pg.data));
-        pg.ctl("start");
-        pg
-    }
-
-    fn ctl(&self, action: &str) {
-        let options = format!("-p {} -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200", self.port);
-        run(Command::new("runuser")
-            .current_dir(&self.data)
-            .args(["-u", "postgres", "--"])
-            .arg(self.bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(self.data.join("server.log"))
-            .args(["-o", &options, "-w", "-m", "fast", action]));
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .current_dir(&self.data)
-            .args(["-u", "postgres", "--"])
-            .arg(self.bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "stop"])
-            .output();
-    }
+/// A private PostgreSQL cluster (what `ticketing dev` starts when none is
+/// running), so restarting it disturbs no other test.
+fn private_postgres(dir: &Path) -> PrivatePostgres {
+    PrivatePostgres::start(&dir.join("pgdata")).unwrap()
 }
 
 // ---------------------------------------------------------------- a deployment
@@ -293,6 +224,11 @@ impl Deployment {
             .output()
             .unwrap();
         (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Leaves `key` out of every process's environment from now on.
+    fn unset(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
     }
 
     fn stop_all(&mut self) {
@@ -566,6 +502,45 @@ async fn killing_dev_and_restarting_it_as_the_readme_runs_it_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_with_no_database_running_brings_its_own_and_keeps_it_for_the_next_run() {
+    let _serial = SERIAL.lock().await;
+    let dir = workdir("faults_dev_pg");
+    if ticketing::private_postgres::server_bindir().is_none() {
+        shared::testkit::skip_notice("dev's private PostgreSQL: no PostgreSQL server binaries on this machine");
+        return;
+    }
+    let Some(tansu) = Tansu::start(&dir) else { return };
+    // This machine's own server answers on 5432, so the switch forces the
+    // private cluster; DATABASE_URL stays unset, as on a fresh laptop.
+    let mut d = Deployment::new(dir.clone(), &tansu.brokers, String::new());
+    d.unset("DATABASE_URL");
+    let pg_dir = dir.join("dev-pg");
+    let private = [("DEV_PRIVATE_POSTGRES", "1"), ("DEV_POSTGRES_DIR", pg_dir.to_str().unwrap())];
+    d.start("dev-a", &private);
+    d.wait_ready('a').await;
+    let gateway = d.gateway('a');
+    new_purchase_completes(&d, &gateway, "own_pg", "H5", Duration::from_secs(90)).await;
+    assert!(pg_dir.join("postmaster.pid").exists(), "the private cluster runs while dev does");
+
+    // dev stops its cluster when it exits ...
+    d.stop_all();
+    assert!(!pg_dir.join("postmaster.pid").exists(), "dev stopped its private PostgreSQL on exit");
+    // ... and the next run reuses it: the purchase is still there.
+    d.start("dev-a", &private);
+    d.wait_ready('a').await;
+    let list = d.client.get(format!("{gateway}/bookings/my")).bearer_auth(d.token("own_pg")).send().await.unwrap();
+    let list: Value = list.json().await.unwrap();
+    assert!(
+        list.as_array().is_some_and(|l| l.iter().any(|b| b["status"] == "confirmed")),
+        "the booking survived a restart of dev: {list}"
+    );
+    new_purchase_completes(&d, &gateway, "own_pg_again", "H6", Duration::from_secs(90)).await;
+    d.stop_all();
+    let log = std::fs::read_to_string(dir.join("dev-a.log")).unwrap_or_default();
+    assert!(log.contains("private PostgreSQL is up"), "dev says where its database is");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_each_service_process_mid_stream_and_restarting_it_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let dir = workdir("faults_kill");
@@ -599,15 +574,15 @@ async fn a_postgres_restart_mid_load_dead_letters_nothing_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let dir = workdir("faults_pg");
     let Some(tansu) = Tansu::start(&dir) else { return };
-    let postgres = PrivatePostgres::start(&dir);
+    let postgres = private_postgres(&dir);
     let mut d = Deployment::new(dir, &tansu.brokers, postgres.url());
     d.start_all().await;
     let gateway = d.gateway('a');
     let purchases = spawn_purchases(&d, std::slice::from_ref(&gateway), "pg", 16, 60);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    postgres.ctl("stop");
+    postgres.stop().unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    postgres.ctl("start");
+    postgres.start_again().unwrap();
     let restarted = Instant::now();
     new_purchase_completes(&d, &gateway, "pg_after", "H4", Duration::from_secs(60)).await;
     println!("after a 5 s PostgreSQL outage, a new purchase completed {:?} after it came back", restarted.elapsed());
@@ -772,24 +747,30 @@ async fn sigterm_fails_readiness_first_then_drains_then_exits_in_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_runs_every_scenario_and_its_baseline_and_reports_no_oversell() {
     let output = std::env::temp_dir().join(format!("{}.json", unique_name("bench")));
-    let kafka = TestKafka::start().unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_ticketing"))
+    // As a user runs it: against KAFKA_BROKERS when set (tansu in CI), else
+    // with the bench's own embedded broker.
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_ticketing"));
+    bench
         .args(["bench", "--clients", "4", "--duration", "1s", "--onsale-clients", "40", "--onsale-seats", "5"])
         .arg("--output")
         .arg(&output)
         .env("DATABASE_URL", server_url())
-        .env("KAFKA_BROKERS", kafka.brokers())
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
+        .env("RUST_LOG", "error");
+    match std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()) {
+        Some(brokers) => bench.env("KAFKA_BROKERS", brokers),
+        None => bench.env_remove("KAFKA_BROKERS"),
+    };
+    let run = bench.output().unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
     let names: Vec<&str> =
         report["scenarios"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["flow", "distinct", "onsale"]);
-    assert_eq!(report["scenarios"][2]["extra"]["winners"], 5, "exactly one winner per seat");
+    assert_eq!(names, ["warm-up", "flow", "distinct", "onsale"]);
+    assert_eq!(report["scenarios"][0]["statuses"]["200"], 1, "the warm-up purchase completed");
+    assert_eq!(report["scenarios"][3]["extra"]["winners"], 5, "exactly one winner per seat");
+    assert!(report["scenarios"][3]["extra"]["losers_400"]["count"].as_u64().is_some_and(|n| n == 35), "{stdout}");
     assert_eq!(report["oversold_seats"], 0);
     assert!(report["pgbench_tps"].as_f64().is_some_and(|tps| tps > 0.0), "{stdout}");
-    assert!(report["scenarios"][1]["latency"]["p99_ms"].as_f64().is_some());
+    assert!(report["scenarios"][2]["latency"]["p99_ms"].as_f64().is_some());
 }

@@ -57,7 +57,7 @@ impl BookingApp {
         let verifier = security.auth.verifier().await?;
         let server = security.grpc_tls.server()?;
         let pool = db::connect_service_db(
-            &database.database_url,
+            database.url(),
             &settings.booking_database,
             database.database_max_connections,
             &store::MIGRATIONS,

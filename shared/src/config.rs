@@ -8,12 +8,24 @@ use clap::Args;
 /// Where PostgreSQL is and which database this service owns.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL server URL; the service creates its own database on it if missing.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@localhost:5432/postgres")]
-    pub database_url: String,
+    /// PostgreSQL server URL; the service creates its own database on it if
+    /// missing [default: postgres://postgres@localhost:5432/postgres]. Unset,
+    /// `ticketing dev` starts a private PostgreSQL when nothing answers there.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Maximum connections in this service's pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
+}
+
+/// The server `DatabaseArgs` names when `DATABASE_URL` is unset.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/postgres";
+
+impl DatabaseArgs {
+    /// The PostgreSQL server URL (the default when none was given).
+    pub fn url(&self) -> &str {
+        self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
+    }
 }
 
 /// Where Kafka is.

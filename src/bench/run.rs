@@ -67,7 +67,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "--booking-grpc-addr=127.0.0.1:0".into(),
         "--payment-grpc-addr=127.0.0.1:0".into(),
         "--shutdown-drain-secs=0".into(),
-        format!("--database-url={}", args.database.database_url),
+        format!("--database-url={}", args.database.url()),
         format!("--database-max-connections={}", args.database.database_max_connections),
         format!("--booking-database={booking_db}"),
         format!("--payment-database={payment_db}"),
@@ -113,20 +113,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let http_ceiling_per_sec =
         bench::http_ceiling(target.clone(), args.clients, std::time::Duration::from_secs(5)).await;
 
-    let booking = shared::db::connect_service_db(
-        &args.database.database_url,
-        &booking_db,
-        4,
-        &booking_service::store::MIGRATIONS,
-    )
-    .await?;
-    let payment = shared::db::connect_service_db(
-        &args.database.database_url,
-        &payment_db,
-        4,
-        &payment_service::store::MIGRATIONS,
-    )
-    .await?;
+    let booking =
+        shared::db::connect_service_db(args.database.url(), &booking_db, 4, &booking_service::store::MIGRATIONS)
+            .await?;
+    let payment =
+        shared::db::connect_service_db(args.database.url(), &payment_db, 4, &payment_service::store::MIGRATIONS)
+            .await?;
     // Oversell is one of check's invariants: one definition, folded from the event store.
     let found = check::check(&booking, &payment).await?;
     let oversold = found.iter().filter(|v| v.invariant == check::Invariant::SeatSoldOnce).count();
@@ -139,8 +131,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     println!("bench: pgbench baseline ({} clients, {:?})", args.clients, args.duration);
-    let baseline =
-        pgbench::baseline(&booking, &args.database.database_url, &booking_db, args.clients, args.duration).await;
+    let baseline = pgbench::baseline(&booking, args.database.url(), &booking_db, args.clients, args.duration).await;
     let pgbench_tps = baseline.essential_tps;
     let distinct_rate = scenarios.iter().find(|s| s.name == "distinct").map_or(0.0, |s| s.throughput_per_sec);
     let report = bench::BenchReport {

@@ -8,7 +8,7 @@ use crate::cli::MigrateArgs;
 /// Prints every broken invariant; exit 1 on any.
 pub async fn run(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let connect = |name: &str, migrator| {
-        let url = args.database.database_url.clone();
+        let url = args.database.url().to_owned();
         let name = name.to_owned();
         async move { shared::db::connect_service_db(&url, &name, 2, migrator).await }
     };

@@ -8,7 +8,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
         (&args.booking_database, &booking_service::store::MIGRATIONS),
         (&args.payment_database, &payment_service::store::MIGRATIONS),
     ] {
-        shared::db::connect_service_db(&args.database.database_url, name, 2, migrator).await?.close().await;
+        shared::db::connect_service_db(args.database.url(), name, 2, migrator).await?.close().await;
         tracing::info!(database = name, "migrated");
     }
     Ok(())
@@ -17,7 +17,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
 /// Rebuilds the booking read models from the event store (blue/green swap).
 pub async fn rebuild_projections(args: &MigrateArgs) -> anyhow::Result<()> {
     let pool = shared::db::connect_service_db(
-        &args.database.database_url,
+        args.database.url(),
         &args.booking_database,
         4,
         &booking_service::store::MIGRATIONS,
