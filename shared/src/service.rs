@@ -91,14 +91,16 @@ pub type GrpcRouter = tonic::transport::server::Router<
     tower::layer::util::Stack<crate::metrics::GrpcMetricsLayer, tower::layer::util::Identity>,
 >;
 
-/// `server` (TLS configured) with tracing, metrics, `health` and reflection over `descriptors`.
+/// `server` (TLS configured) with tracing, metrics, `health` and reflection
+/// (v1 and v1alpha) over `descriptors`.
 pub fn grpc_router(
     server: tonic::transport::Server,
     health: HealthServer<impl Health>,
     descriptors: &'static [u8],
 ) -> Result<GrpcRouter, crate::grpc::ServeError> {
     let mut server = server.trace_fn(crate::trace_context::grpc_server_span).layer(crate::metrics::GrpcMetricsLayer);
-    Ok(server.add_service(health).add_service(crate::grpc::reflection(descriptors)?))
+    let (reflection_v1, reflection_v1alpha) = crate::grpc::reflection(descriptors)?;
+    Ok(server.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha))
 }
 
 /// Serves `router` on `listener` until `shutdown` and then `drain`, stops

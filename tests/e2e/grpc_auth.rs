@@ -197,3 +197,54 @@ async fn payment_methods_take_the_caller_from_the_token_not_the_body() {
     sys.wait_status("grpc_payer", &booking, "confirmed").await;
     sys.stop().await;
 }
+
+/// Reflection answers in both protocol versions, so older tools (v1alpha
+/// only: Evans, older grpcurl builds, IDE plugins) and newer ones both list
+/// the services, on both services' ports. It needs no token, as it
+/// describes the API (the published .proto files) and reads no data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services_in_v1_and_v1alpha() {
+    use futures::StreamExt;
+    use tonic_reflection::pb::{v1, v1alpha};
+    let sys = System::start().await;
+    for (addr, service) in [
+        (sys.booking_addr, "ticketing.booking.v1.BookingService"),
+        (sys.payment_addr, "ticketing.payment.v1.PaymentService"),
+    ] {
+        let url = format!("http://127.0.0.1:{}", addr.port());
+        let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+
+        let ask = v1::ServerReflectionRequest {
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+            ..Default::default()
+        };
+        let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+        let mut answers = client.server_reflection_info(futures::stream::iter([ask])).await.unwrap().into_inner();
+        let Some(Ok(v1::ServerReflectionResponse {
+            message_response: Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)),
+            ..
+        })) = answers.next().await
+        else {
+            panic!("v1 reflection answered a list")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.iter().any(|n| n == service), "v1 lists {service}: {names:?}");
+
+        let ask = v1alpha::ServerReflectionRequest {
+            message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+            ..Default::default()
+        };
+        let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+        let mut answers = client.server_reflection_info(futures::stream::iter([ask])).await.unwrap().into_inner();
+        let Some(Ok(v1alpha::ServerReflectionResponse {
+            message_response: Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)),
+            ..
+        })) = answers.next().await
+        else {
+            panic!("v1alpha reflection answered a list")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.iter().any(|n| n == service), "v1alpha lists {service}: {names:?}");
+    }
+    sys.stop().await;
+}

@@ -101,16 +101,23 @@ pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAd
     Ok((listener, local))
 }
 
-/// The reflection service over the project's descriptor set.
+/// The reflection services over the project's descriptor set: v1, and
+/// v1alpha for older tools (Evans, older grpcurl builds, IDE plugins).
+#[allow(clippy::type_complexity)]
 pub fn reflection(
     descriptor_set: &'static [u8],
 ) -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
     ServeError,
 > {
-    Ok(tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(descriptor_set)
-        .build_v1()?)
+    let builder =
+        || tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(descriptor_set);
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
 /// Idempotency plumbing of the gRPC adapters: one way to claim a key, replay
