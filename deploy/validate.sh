@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Validates what cargo does not: the AsyncAPI document (official parser),
 # proto/ (buf lint, and buf breaking against the previous commit), the
-# compose file (compose-spec schema) and the Kubernetes manifests.
+# compose file (compose-spec schema), the Kubernetes manifests, and the
+# observability pack (promtool for the alert rules; the dashboard is JSON).
 # Installs its tools from npm and PyPI on first use. Run from anywhere.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -37,4 +38,10 @@ kubernetes-validate --strict $manifests
 for f in $(sed -n 's/^  - \(.*\.yaml\)$/\1/p' deploy/k8s/base/kustomization.yaml); do
   test -f "deploy/k8s/base/$f" || { echo "kustomization lists missing $f"; exit 1; }
 done
+echo "== Prometheus alert rules"
+command -v promtool >/dev/null || { echo "promtool not found: install Debian's prometheus package"; exit 1; }
+promtool check rules deploy/observability/alerts.yml
+echo "== Grafana dashboard"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["panels"] and all(t["expr"] for p in d["panels"] for t in p["targets"])' \
+  deploy/observability/grafana-dashboard.json
 echo "all deploy checks passed"

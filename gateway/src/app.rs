@@ -93,6 +93,15 @@ impl GatewayApp {
         let tls = &settings.security.grpc_tls;
         let booking_channel = channel(tls, &settings.booking_grpc_url, "BOOKING_GRPC_URL")?;
         let payment_channel = channel(tls, &settings.payment_grpc_url, "PAYMENT_GRPC_URL")?;
+        // Series alerts and the dashboard watch start at zero.
+        for counter in [
+            "http_requests_queued_total",
+            "http_requests_shed_total",
+            "http_requests_timed_out_total",
+            "http_requests_rate_limited_total",
+        ] {
+            metrics::counter!(counter).increment(0);
+        }
         let state = Arc::new(AppState {
             // The largest seat map (100,000 seats) is a few MiB.
             booking: BookingServiceClient::new(booking_channel.clone()).max_decoding_message_size(SEAT_MAP_MAX_BYTES),

@@ -36,6 +36,10 @@ struct RefundWorker {
 
 /// Makes pending refunds until `shutdown`.
 async fn run_refunds(payments: Payments, worker: RefundWorker, shutdown: Shutdown) {
+    // Series alerts watch start at zero, so `increase` sees the first one.
+    for outcome in ["refunded", "attempt_failed", "needs_review"] {
+        metrics::counter!("refunds_total", "outcome" => outcome).increment(0);
+    }
     loop {
         if let Err(error) = payments.refund_due(worker.max_attempts).await {
             tracing::warn!(%error, "refund pass failed");
@@ -95,7 +99,7 @@ impl PaymentApp {
         let server = security.grpc_tls.server()?;
         let booking_endpoint = security.grpc_tls.endpoint("BOOKING_GRPC_URL", booking_grpc_url)?;
         let pool = db::connect_service_db(
-            &database.database_url,
+            database.url(),
             &settings.payment_database,
             database.database_max_connections,
             &store::MIGRATIONS,

@@ -109,6 +109,13 @@ pub async fn watch(
             Err(_) => {}
         }
         let status = if problems.is_empty() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        for service in &services {
+            metrics::gauge!("service_ready", "service" => service.clone()).set(if problems.is_empty() {
+                1.0
+            } else {
+                0.0
+            });
+        }
         let now = Some((status, problems));
         if last != now {
             if let Some((status, problems)) = &now {
@@ -125,6 +132,9 @@ pub async fn watch(
             () = tokio::time::sleep(interval) => {}
             () = shutdown.cancelled() => break,
         }
+    }
+    for service in &services {
+        metrics::gauge!("service_ready", "service" => service.clone()).set(0.0);
     }
     set(&reporter, &services, ServingStatus::NotServing).await;
 }

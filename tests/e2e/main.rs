@@ -10,5 +10,6 @@ mod fuzz;
 mod grpc_auth;
 mod grpc_tls;
 mod idempotency;
+mod observability;
 mod replay;
 mod support;

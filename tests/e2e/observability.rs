@@ -1,0 +1,193 @@
+//! The operator's pack in `deploy/observability/` queries only metrics a
+//! running system exports: every metric name in the Grafana dashboard's
+//! and the Prometheus rules' expressions shows up on `/metrics` after one
+//! purchase and one seat conflict.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::support::System;
+
+const DASHBOARD: &str = include_str!("../../deploy/observability/grafana-dashboard.json");
+const RULES: &str = include_str!("../../deploy/observability/alerts.yml");
+
+/// PromQL words that are not metric names (aggregators may be followed by
+/// `by (…)` rather than by their parenthesis).
+const KEYWORDS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "group",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+];
+
+/// The metric names an expression reads (histogram series folded to their
+/// metric): identifiers outside label matchers and grouping clauses that
+/// are neither functions nor keywords.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let chars: Vec<char> = expr.chars().collect();
+    let mut i = 0;
+    let mut after_grouping = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '{' || c == '"' || c == '[' {
+            let close = match c {
+                '{' => '}',
+                '"' => '"',
+                _ => ']',
+            };
+            i += 1;
+            while i < chars.len() && chars[i] != close {
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        if c == '(' && after_grouping {
+            while i < chars.len() && chars[i] != ')' {
+                i += 1;
+            }
+            after_grouping = false;
+            i += 1;
+            continue;
+        }
+        if c.is_ascii_digit() || c == '.' {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '.' | '-' | '+')) {
+                i += 1;
+            }
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut next = i;
+            while next < chars.len() && chars[next] == ' ' {
+                next += 1;
+            }
+            let is_call = chars.get(next) == Some(&'(');
+            if word == "by" || word == "without" {
+                after_grouping = true;
+            } else if !is_call && !KEYWORDS.contains(&word.as_str()) {
+                let metric = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| word.strip_suffix(suffix))
+                    .unwrap_or(&word)
+                    .to_owned();
+                names.insert(metric);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    names
+}
+
+/// Every `expr` of the dashboard's panels.
+fn dashboard_exprs() -> Vec<String> {
+    let dashboard: Value = serde_json::from_str(DASHBOARD).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    exprs
+}
+
+/// Every `expr:` of the rules file, inline or as a folded block.
+fn rule_exprs() -> Vec<String> {
+    let lines: Vec<&str> = RULES.lines().collect();
+    let mut exprs = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        if let Some(rest) = line.trim_start().strip_prefix("expr:") {
+            let indent = line.len() - line.trim_start().len();
+            let rest = rest.trim();
+            if rest == ">" || rest == "|" {
+                let mut block = String::new();
+                while i + 1 < lines.len() && lines[i + 1].len() - lines[i + 1].trim_start().len() > indent {
+                    i += 1;
+                    block.push_str(lines[i].trim());
+                    block.push(' ');
+                }
+                exprs.push(block);
+            } else {
+                exprs.push(rest.to_owned());
+            }
+        }
+        i += 1;
+    }
+    exprs
+}
+
+#[test]
+fn the_expression_parser_finds_metrics_and_skips_labels_functions_and_groupings() {
+    let names = metric_names(
+        "histogram_quantile(0.95, sum by (group, le) (rate(consumer_lag_seconds_bucket{group=\"x\"}[5m]))) > 30 \
+         and min by (service) (service_ready) == 0 or sum(rate(http_requests_total{status=~\"5..\"}[5m])) / 1e-9",
+    );
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_eq!(names, ["consumer_lag_seconds", "http_requests_total", "service_ready"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_and_the_alert_rules_query_is_exported() {
+    let exprs: Vec<String> = dashboard_exprs().into_iter().chain(rule_exprs()).collect();
+    assert!(exprs.len() >= 20, "read the dashboard's and the rules' expressions: {exprs:?}");
+    let wanted: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+
+    let sys = System::start().await;
+    // One purchase (bookings, payments, both relays and consumers, the
+    // projection) and one seat conflict.
+    let user = "obs_user";
+    let (booking, intent) = sys.book(user, "perf_001", &["J7"]).await;
+    sys.wait_intent(user, &intent).await;
+    assert_eq!(sys.pay(user, &intent, "tok_visa").await.status, reqwest::StatusCode::OK);
+    sys.wait_listed(user, &booking, "confirmed").await;
+    assert_eq!(sys.try_book("obs_other", "perf_001", &["J7"]).await.status, reqwest::StatusCode::BAD_REQUEST);
+
+    let missing = shared::testkit::eventually(std::time::Duration::from_secs(30), || async {
+        let text = sys.client.get(format!("{}/metrics", sys.base)).send().await.ok()?.text().await.ok()?;
+        let exported: BTreeSet<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(|name| {
+                ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name).to_owned()
+            })
+            .collect();
+        let missing: Vec<&String> = wanted.iter().filter(|w| !exported.contains(*w)).collect();
+        missing.is_empty().then_some(())
+    })
+    .await;
+    if missing.is_none() {
+        let text = sys.client.get(format!("{}/metrics", sys.base)).send().await.unwrap().text().await.unwrap();
+        let absent: Vec<&String> = wanted.iter().filter(|w| !text.contains(w.as_str())).collect();
+        panic!("the pack queries metrics no running system exports: {absent:?}");
+    }
+    sys.stop().await;
+}
