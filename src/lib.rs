@@ -25,8 +25,11 @@ pub use cli::{
 pub use commands::{main_with, main_with_subcommand, run};
 pub use system::{dev_secret_path, start_system, DevSystem};
 
-/// mimalloc instead of the system allocator for every binary: the request
-/// path allocates many small, short-lived buffers, and glibc malloc/free was
-/// the largest item of the services' CPU profile (docs/PERFORMANCE.md).
+/// With `--features mimalloc`, mimalloc instead of the system allocator for
+/// every binary: 12-22 % more bookings per second in the bench (glibc
+/// malloc/free is the largest item of our process's CPU profile), at the
+/// price of a larger resident set (booking-service peak 43 -> 70 MiB), so
+/// it is off by default (docs/PERFORMANCE.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
