@@ -93,6 +93,9 @@ pub struct DevArgs {
     /// /var/lib/ticketing/pg as root]. It is reused on the next run.
     #[arg(long, env = "DEV_POSTGRES_DIR")]
     pub private_postgres_dir: Option<std::path::PathBuf>,
+    /// Set by `dev` itself (never a flag): the gateway serves `POST /dev/token`.
+    #[arg(skip)]
+    pub dev_tokens: bool,
 }
 
 /// `ticketing gateway`.

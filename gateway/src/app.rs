@@ -29,7 +29,7 @@ use crate::{
     config::GatewaySettings,
     error::ApiError,
     openapi::ApiDoc,
-    routes::{bookings, catalog, health, payments},
+    routes::{bookings, catalog, health, live, payments},
 };
 
 /// Request bodies above this are refused with 400 (docs/API.md).
@@ -65,6 +65,8 @@ pub struct AppState {
     pub seat_maps: crate::seat_maps::SeatMapCache,
     /// How long a successful payment waits for its booking to show it.
     pub read_your_writes_ms: u32,
+    /// `ticketing dev` only: the HS256 secret `POST /dev/token` signs with.
+    pub dev_token_secret: Option<String>,
 }
 
 /// A built, not yet running, gateway.
@@ -122,6 +124,7 @@ impl GatewayApp {
                 settings.edge.gateway_seat_map_cache_mib * 1024 * 1024,
             ),
             read_your_writes_ms: settings.edge.gateway_read_your_writes_ms,
+            dev_token_secret: settings.dev_tokens.then(|| settings.security.auth.jwt_secret.clone()).flatten(),
         });
         let listener = tokio::net::TcpListener::bind(settings.gateway_addr)
             .await
@@ -166,7 +169,10 @@ async fn shed_and_time_out(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+    // Probes see the truth while the gateway sheds; a seat-map stream is
+    // long-lived by design and costs no work between its looks.
+    let path = request.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") || path.ends_with("/seats/stream") {
         return next.run(request).await;
     }
     let permit = match state.in_flight.clone().try_acquire_owned() {
@@ -235,7 +241,15 @@ async fn record_http_metrics(
 /// The REST router of the contract.
 pub fn router(state: Arc<AppState>) -> Router {
     let request_id = HeaderName::from_static(shared::grpc::REQUEST_ID);
+    // The dev-token route exists only in `ticketing dev`.
+    let dev = match state.dev_token_secret {
+        Some(_) => Router::new().route("/dev/token", post(live::dev_token)),
+        None => Router::new(),
+    };
     Router::new()
+        .route("/", get(live::box_office))
+        .route("/performances/{id}/seats/stream", get(live::seat_stream))
+        .merge(dev)
         .route("/bookings", post(bookings::create_booking))
         .route("/bookings/my", get(bookings::my_bookings))
         .route("/bookings/{id}", get(bookings::get_booking).delete(bookings::cancel_booking))

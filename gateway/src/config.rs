@@ -22,6 +22,10 @@ pub struct GatewaySettings {
     pub security: SecurityArgs,
     #[command(flatten)]
     pub edge: EdgeLimits,
+    /// `ticketing dev` sets this: the box-office page may ask
+    /// `POST /dev/token` for a token. Never a flag or an env var.
+    #[arg(skip)]
+    pub dev_tokens: bool,
 }
 
 /// What the edge sheds before it reaches the services.

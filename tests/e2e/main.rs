@@ -10,6 +10,7 @@ mod fuzz;
 mod grpc_auth;
 mod grpc_tls;
 mod idempotency;
+mod live;
 mod observability;
 mod replay;
 mod support;

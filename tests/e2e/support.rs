@@ -46,6 +46,15 @@ impl System {
 
     /// Starts a system with extra `ticketing dev` flags.
     pub async fn start_with(extra: &[&str]) -> Self {
+        Self::start_configured(extra, false).await
+    }
+
+    /// Starts a system as `ticketing dev` does, with `POST /dev/token`.
+    pub async fn start_dev() -> Self {
+        Self::start_configured(&[], true).await
+    }
+
+    async fn start_configured(extra: &[&str], dev_tokens: bool) -> Self {
         // Kept for the whole test process: dropping it would stop span export.
         std::mem::forget(shared::telemetry::init(shared::telemetry::LogFormat::Text, "ticketing-tests"));
         let kafka = TestKafka::start().unwrap();
@@ -68,7 +77,8 @@ impl System {
             "--database-max-connections=12".into(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let harness = Harness::try_parse_from(args).unwrap();
+        let mut harness = Harness::try_parse_from(args).unwrap();
+        harness.dev.dev_tokens = dev_tokens;
         let topics = harness.dev.service.kafka.topics();
         kafka.create_topics(&topics.all(), 3).await.unwrap();
         let shutdown = Shutdown::new();

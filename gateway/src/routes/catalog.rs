@@ -146,7 +146,7 @@ pub async fn register_performance(
 }
 
 /// A seat on the seat map.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SeatBody {
     /// e.g. `A1`.
@@ -158,7 +158,7 @@ pub struct SeatBody {
 }
 
 /// The seat map.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SeatMapBody {
     /// The performance.
@@ -182,9 +182,16 @@ pub async fn seat_map(
     headers: HeaderMap,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
+    let json = load_seat_map(&state, &id, &headers).await?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response())
+}
+
+/// The rendered seat map of `id` (`SeatMapBody` as JSON), from the cache or
+/// the booking-service, asked with the caller's own token from `headers`.
+pub async fn load_seat_map(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Bytes, ApiError> {
     let load = async {
-        let request = pb::GetSeatMapRequest { performance_id: id.clone(), ..Default::default() };
-        let map = state.booking.clone().get_seat_map(grpc_request(request, &headers)).await?.into_inner();
+        let request = pb::GetSeatMapRequest { performance_id: id.to_owned(), ..Default::default() };
+        let map = state.booking.clone().get_seat_map(grpc_request(request, headers)).await?.into_inner();
         let body = SeatMapBody {
             starts_at: seed_time(map.starts_at.as_ref()),
             performance_id: map.performance_id,
@@ -200,6 +207,5 @@ pub async fn seat_map(
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
         })
     };
-    let json = state.seat_maps.get_or_load(&id, load).await?;
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response())
+    state.seat_maps.get_or_load(id, load).await
 }

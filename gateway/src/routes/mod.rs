@@ -3,6 +3,7 @@
 pub mod bookings;
 pub mod catalog;
 pub mod health;
+pub mod live;
 pub mod payments;
 
 use axum::http::HeaderMap;
