@@ -36,6 +36,7 @@ pub mod db;
 pub mod dlq;
 pub mod event_store;
 pub mod failpoint;
+pub mod fnv;
 pub mod inbox;
 pub mod kafka;
 pub mod metrics;

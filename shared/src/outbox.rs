@@ -435,27 +435,7 @@ fn send_batch(
 /// A stable 64-bit advisory-lock key for a name.
 pub(crate) fn advisory_key(name: &str) -> i64 {
     // FNV-1a: stable across builds and processes, unlike `DefaultHasher`.
-    let mut hasher = Fnv1a::default();
+    let mut hasher = crate::fnv::Fnv1a::default();
     hasher.write(name.as_bytes());
     i64::from_ne_bytes(hasher.finish().to_ne_bytes())
-}
-
-struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 ^= u64::from(*byte);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }

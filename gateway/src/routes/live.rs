@@ -124,7 +124,7 @@ async fn read_map(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Sea
 
 /// The id of a map state: FNV-1a over every seat's id and state.
 fn version_of(states: &BTreeMap<String, String>) -> String {
-    let mut hash = Fnv1a(0xcbf2_9ce4_8422_2325);
+    let mut hash = shared::fnv::Fnv1a::default();
     for (seat, state) in states {
         hash.write(seat.as_bytes());
         hash.write(&[0]);
@@ -132,20 +132,6 @@ fn version_of(states: &BTreeMap<String, String>) -> String {
         hash.write(&[0]);
     }
     format!("{:016x}", hash.finish())
-}
-
-struct Fnv1a(u64);
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 ^= u64::from(*byte);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }
 
 fn snapshot_event(map: &SeatMapBody, version: &str) -> Event {
