@@ -48,6 +48,18 @@ fn latency(h: &Histogram<u64>) -> Latency {
     }
 }
 
+/// A latency in whole microseconds, at least 1 (the histogram's floor).
+fn micros(took: Duration) -> u64 {
+    u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Records `took` into a histogram the clients share.
+fn record_shared(histogram: &std::sync::Mutex<Histogram<u64>>, took: Duration) {
+    if let Ok(mut histogram) = histogram.lock() {
+        let _ = histogram.record(micros(took));
+    }
+}
+
 #[allow(clippy::expect_used)]
 fn histogram() -> Histogram<u64> {
     // 1 µs .. 120 s, 3 significant digits: constant bounds hdrhistogram accepts.
@@ -122,8 +134,7 @@ impl Tally {
     fn record(&mut self, status: Option<u16>, took: Duration) {
         let key = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
         *self.statuses.entry(key).or_default() += 1;
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
-        let _ = self.latencies.get_or_insert_with(histogram).record(us);
+        let _ = self.latencies.get_or_insert_with(histogram).record(micros(took));
     }
 
     fn merge(&mut self, other: Tally) {
@@ -271,10 +282,7 @@ pub async fn flow(
                             l.iter().any(|b| b["bookingId"] == booking.as_str() && b["status"] == "confirmed")
                         });
                         if confirmed {
-                            if let Ok(mut lags) = lags.lock() {
-                                let _ =
-                                    lags.record(u64::try_from(paid.elapsed().as_micros()).unwrap_or(u64::MAX).max(1));
-                            }
+                            record_shared(&lags, paid.elapsed());
                             tally.record(Some(200), purchase.elapsed());
                             break;
                         }
@@ -322,9 +330,7 @@ pub async fn onsale(target: Arc<Target>, performance: &str, seats: Arc<Vec<Strin
                 let (status, took, _) = book(&target, &format!("o{c}"), &performance, seat).await;
                 tally.record(status, took);
                 if status == Some(400) {
-                    if let Ok(mut losers) = losers.lock() {
-                        let _ = losers.record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
-                    }
+                    record_shared(&losers, took);
                 }
                 tally
             })
