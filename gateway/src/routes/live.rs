@@ -78,6 +78,9 @@ pub async fn seat_stream(
                         }
                         match read_map(&watch.state, &watch.id, &watch.headers).await {
                             Ok(map) => map,
+                            // The token expired (or the performance went): end the
+                            // stream; the client reconnects and hears why.
+                            Err(error) if error.status.is_client_error() => return None,
                             // The booking-service is away for a moment: keep the stream, look again.
                             Err(_) => continue,
                         }
