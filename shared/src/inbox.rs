@@ -6,7 +6,9 @@
 //! Partitions are handled concurrently: each round takes what librdkafka
 //! has fetched (up to 256 records) and runs one lane per partition, the
 //! lanes side by side and each lane's records in order (a key lives in one
-//! partition, so per-key order holds).
+//! partition, so per-key order holds). A lane's records share one
+//! transaction (up to 64), each with its inbox row; if any fails, the
+//! transaction is rolled back and the lane runs record by record.
 //!
 //! Only poison is dead-lettered: a record that cannot be decoded or that
 //! the handler rejects as invalid goes to `<topic>.dlq` with the reason,
@@ -437,6 +439,9 @@ async fn consume(
 /// Records drained from librdkafka's queue into one round at most.
 const MAX_ROUND: usize = 256;
 
+/// Records of a lane that share one transaction at most.
+const MAX_TOGETHER: usize = 64;
+
 /// One partition's records of a round, in order, until one must be retried
 /// (the rest are read again once it succeeds) or shutdown comes.
 async fn run_lane(
@@ -448,7 +453,24 @@ async fn run_lane(
     shutdown: &Shutdown,
 ) -> Vec<(OwnedMessage, Step<IncomingEvent>)> {
     let mut results = Vec::with_capacity(records.len());
-    for message in records {
+    let mut rest: std::collections::VecDeque<OwnedMessage> = records.into();
+    while rest.len() > 1 {
+        let chunk: Vec<OwnedMessage> = rest.drain(..rest.len().min(MAX_TOGETHER)).collect();
+        match handle_together(pool, handler, settings, &chunk).await {
+            Some(outcomes) => {
+                results
+                    .extend(chunk.into_iter().zip(outcomes).map(|(message, outcome)| (message, Step::Done(outcome))));
+            }
+            None => {
+                // Record by record from this chunk on.
+                for message in chunk.into_iter().rev() {
+                    rest.push_front(message);
+                }
+                break;
+            }
+        }
+    }
+    for message in rest {
         let step = match to_incoming(&message) {
             Err(reason) => match dead_letter(dlq_producer, settings, &message, &reason, shutdown).await {
                 Some(outcome) => Step::Done(outcome),
@@ -475,6 +497,70 @@ async fn run_lane(
         }
     }
     results
+}
+
+/// The fast path of a lane: every record in one transaction, each with its
+/// inbox row, in order. `None` when any record cannot be decoded or any
+/// handler fails: the transaction is rolled back and the lane runs record
+/// by record, where poison is dead-lettered and transient failures retried
+/// exactly as before.
+async fn handle_together(
+    pool: &PgPool,
+    handler: &impl EventHandler,
+    settings: &ConsumerSettings,
+    records: &[OwnedMessage],
+) -> Option<Vec<Outcome>> {
+    let mut events = Vec::with_capacity(records.len());
+    for message in records {
+        events.push((to_incoming(message).ok()?, message.topic()));
+    }
+    let mut tx = pool.begin().await.ok()?;
+    let mut outcomes = Vec::with_capacity(events.len());
+    for (event, topic) in &events {
+        if !handler.wants(&event.headers.event_type) {
+            outcomes.push(Outcome::Ignored);
+            continue;
+        }
+        let span = consume_span(&settings.group, event, topic);
+        let applied = tracing::Instrument::instrument(
+            async {
+                let event_id = event.event_id().ok()?;
+                let fresh = sqlx::query(
+                    "insert into inbox (consumer, event_id, topic) values ($1, $2, $3) on conflict do nothing",
+                )
+                .bind(&settings.group)
+                .bind(event_id)
+                .bind(&event.topic)
+                .execute(&mut *tx)
+                .await
+                .ok()?
+                .rows_affected()
+                    == 1;
+                if fresh {
+                    handler.handle(&mut tx, event).await.ok()?;
+                }
+                Some(fresh)
+            },
+            span,
+        )
+        .await;
+        match applied {
+            Some(true) => outcomes.push(Outcome::Applied),
+            Some(false) => outcomes.push(Outcome::Duplicate),
+            None => {
+                let _ = tx.rollback().await;
+                return None;
+            }
+        }
+    }
+    tx.commit().await.ok()?;
+    crate::global_log::committed();
+    for ((event, _), outcome) in events.iter().zip(&outcomes) {
+        if *outcome == Outcome::Applied {
+            handler.committed(event).await;
+        }
+    }
+    Some(outcomes)
 }
 
 /// Logs receive errors at most every few seconds, with how many there were.

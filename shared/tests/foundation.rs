@@ -354,6 +354,38 @@ async fn a_consumer_fed_the_same_ce_id_twice_applies_it_once() {
 }
 
 #[tokio::test]
+async fn a_backlog_of_one_partition_is_handled_in_shared_transactions_and_a_poison_record_among_it_still_goes_alone() {
+    let kafka = TestKafka::start().unwrap();
+    let topic = topic_for(&kafka, "inbox_batch").await;
+    let pool = fresh_db("inbox_batch").await;
+    // A backlog on one key (one partition), read in one round: a repeated
+    // ce_id, and a poison record in the middle.
+    let repeated = uuid::Uuid::now_v7().to_string();
+    let poison_id = uuid::Uuid::now_v7().to_string();
+    for n in 0..40 {
+        let id = match n {
+            10 | 11 => repeated.clone(),
+            20 => poison_id.clone(),
+            _ => uuid::Uuid::now_v7().to_string(),
+        };
+        let ce_type = if n == 20 { "test.v1.Poison".to_owned() } else { format!("test.v1.N{n:02}") };
+        produce(&kafka, &topic, "k", &id, &ce_type).await;
+    }
+    let (stop, task) = start_consumer(&pool, &kafka, &topic);
+    let done = eventually(Duration::from_secs(60), || async { (handled(&pool).await.len() >= 38).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert!(done.is_some(), "the backlog was handled: {:?}", handled(&pool).await);
+    let mut seen = handled(&pool).await;
+    seen.sort();
+    let expected: Vec<String> = (0..40).filter(|n| *n != 11 && *n != 20).map(|n| format!("test.v1.N{n:02}")).collect();
+    assert_eq!(seen, expected, "each applied once; the repeated ce_id once; the poison one not");
+    let dead = read_dlq(&reader(kafka.brokers(), &kafka::dlq_topic(&topic))).await;
+    assert_eq!(dead.0, poison_id, "the poison record went to the DLQ on its own");
+}
+
+#[tokio::test]
 async fn a_poison_record_goes_to_the_dlq_and_the_partition_moves_on() {
     let kafka = TestKafka::start().unwrap();
     let topic = topic_for(&kafka, "inbox_dlq").await;
