@@ -522,32 +522,10 @@ async fn handle_together(
             continue;
         }
         let span = consume_span(&settings.group, event, topic);
-        let applied = tracing::Instrument::instrument(
-            async {
-                let event_id = event.event_id().ok()?;
-                let fresh = sqlx::query(
-                    "insert into inbox (consumer, event_id, topic) values ($1, $2, $3) on conflict do nothing",
-                )
-                .bind(&settings.group)
-                .bind(event_id)
-                .bind(&event.topic)
-                .execute(&mut *tx)
-                .await
-                .ok()?
-                .rows_affected()
-                    == 1;
-                if fresh {
-                    handler.handle(&mut tx, event).await.ok()?;
-                }
-                Some(fresh)
-            },
-            span,
-        )
-        .await;
+        let applied = tracing::Instrument::instrument(apply_in(&mut tx, handler, &settings.group, event), span).await;
         match applied {
-            Some(true) => outcomes.push(Outcome::Applied),
-            Some(false) => outcomes.push(Outcome::Duplicate),
-            None => {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(_) => {
                 let _ = tx.rollback().await;
                 return None;
             }
@@ -876,24 +854,38 @@ async fn handle_once(
     group: &str,
     event: &IncomingEvent,
 ) -> Result<Outcome, HandlerError> {
-    let event_id = event.event_id()?;
     let mut tx = pool.begin().await?;
+    let outcome = apply_in(&mut tx, handler, group, event).await?;
+    if outcome == Outcome::Duplicate {
+        tx.rollback().await?;
+        return Ok(outcome);
+    }
+    tx.commit().await?;
+    crate::global_log::committed();
+    handler.committed(event).await;
+    Ok(outcome)
+}
+
+/// In the caller's transaction: records `event` in this consumer's inbox
+/// and, unless it was there already (`Duplicate`), applies it (`Applied`).
+async fn apply_in(
+    tx: &mut PgConnection,
+    handler: &impl EventHandler,
+    group: &str,
+    event: &IncomingEvent,
+) -> Result<Outcome, HandlerError> {
     let fresh = sqlx::query("insert into inbox (consumer, event_id, topic) values ($1, $2, $3) on conflict do nothing")
         .bind(group)
-        .bind(event_id)
+        .bind(event.event_id()?)
         .bind(&event.topic)
         .execute(&mut *tx)
         .await?
         .rows_affected()
         == 1;
     if !fresh {
-        tx.rollback().await?;
         return Ok(Outcome::Duplicate);
     }
-    handler.handle(&mut tx, event).await?;
-    tx.commit().await?;
-    crate::global_log::committed();
-    handler.committed(event).await;
+    handler.handle(tx, event).await?;
     Ok(Outcome::Applied)
 }
 
