@@ -1,7 +1,7 @@
 //! Start-up and the running booking-service: `BookingApp::build` prepares
 //! the database, topics and a bound gRPC listener (port 0 in tests), `run`
-//! serves until shutdown with the outbox relay, the payment-event consumer,
-//! the projection runner and the expiry sweeper beside it.
+//! serves until shutdown with the outbox relay, the payment-event consumer
+//! and the expiry sweeper beside it.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -124,12 +124,6 @@ impl BookingApp {
             },
             &shutdown,
         )?;
-        tasks.push(tokio::spawn(projection::run(
-            background.clone(),
-            BookingViews,
-            Duration::from_millis(25),
-            shutdown.clone(),
-        )));
         // Decisions made by another replica's consumer wake this one's waiters.
         let pool = background.clone();
         let decided = move |ids: Vec<String>| {

@@ -70,6 +70,10 @@ fn outcome(event: &IncomingEvent, result: Result<impl Sized, BookingError>) -> R
         Err(BookingError::Rejected(rejection)) => {
             Err(HandlerError::Poison(format!("payment event refused by the booking: {rejection}")))
         }
+        // The database's own words decide: a lost connection is retried, a
+        // refused statement is dead-lettered after a few tries.
+        Err(BookingError::Database(error)) => Err(error.into()),
+        Err(BookingError::Internal(reason)) => Err(HandlerError::Permanent(reason)),
         Err(error) => Err(HandlerError::Transient(anyhow::anyhow!(error.to_string()))),
     }
 }

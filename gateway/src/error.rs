@@ -66,6 +66,9 @@ impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let reason = status.metadata().get(shared::idempotency::ERROR_REASON_METADATA).and_then(|v| v.to_str().ok());
         let key_reused = reason == Some(shared::idempotency::KEY_REUSED_REASON);
+        if reason == Some(shared::grpc::RETRY_SHORTLY_REASON) {
+            return Self::new(StatusCode::SERVICE_UNAVAILABLE, status.message()).retry_after(1);
+        }
         let http = match status.code() {
             _ if key_reused => StatusCode::UNPROCESSABLE_ENTITY,
             Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,

@@ -62,6 +62,10 @@ fn outcome(result: Result<impl Sized, PaymentError>) -> Result<(), HandlerError>
             Err(HandlerError::Poison(format!("booking event refused by the intent: {rejection}")))
         }
         Err(PaymentError::Invalid(reason)) => Err(HandlerError::Poison(reason)),
+        // The database's own words decide: a lost connection is retried, a
+        // refused statement is dead-lettered after a few tries.
+        Err(PaymentError::Database(error)) => Err(error.into()),
+        Err(PaymentError::Internal(reason)) => Err(HandlerError::Permanent(reason)),
         Err(error) => Err(HandlerError::Transient(anyhow::anyhow!(error.to_string()))),
     }
 }

@@ -26,6 +26,10 @@ pub enum PaymentError {
     /// The PSP could not be asked (or its answer was lost).
     #[error("The payment provider is unavailable; please retry.")]
     PspUnavailable(String),
+    /// The intent does not exist yet, but a pending booking of the payer
+    /// names it (its `SeatLocked` is on its way over Kafka).
+    #[error("Payment is not ready yet; retry shortly.")]
+    NotReady,
     /// A charge may have happened and its answer is not recorded yet; the
     /// reconciler settles it. The Idempotency-Key stays claimed.
     #[error("The payment is being confirmed; retry with the same Idempotency-Key.")]
@@ -68,15 +72,19 @@ impl From<PaymentError> for Status {
             PaymentError::Rejected(R::AlreadyExists | R::AlreadyProcessed) => Code::AlreadyExists,
             PaymentError::Rejected(R::NotPayable) => Code::FailedPrecondition,
             PaymentError::Contention | PaymentError::Rejected(R::ChargeInProgress) => Code::Aborted,
-            PaymentError::BookingUnavailable(_) | PaymentError::PspUnavailable(_) | PaymentError::OutcomePending => {
-                Code::Unavailable
-            }
+            PaymentError::BookingUnavailable(_)
+            | PaymentError::PspUnavailable(_)
+            | PaymentError::OutcomePending
+            | PaymentError::NotReady => Code::Unavailable,
             PaymentError::Internal(_) | PaymentError::Database(_) => Code::Internal,
         };
         match code {
             Code::Internal => {
                 tracing::error!(%error, "payment-service internal error");
                 Status::internal("Internal server error.")
+            }
+            Code::Unavailable if matches!(error, PaymentError::NotReady) => {
+                shared::grpc::retry_shortly(Status::unavailable(error.to_string()))
             }
             Code::Unavailable => {
                 tracing::warn!(%error, "payment-service dependency unavailable");

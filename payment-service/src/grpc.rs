@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::intent::PspOutcome,
-    payments::{ExecutePayment, Executed, Payments, EXECUTE_OPERATION},
+    payments::{execute_fingerprint, ExecutePayment, Executed, Payments, EXECUTE_OPERATION},
 };
 
 /// gRPC front of the payment use cases.
@@ -51,7 +51,7 @@ impl PaymentService for PaymentGrpc {
             cvv: body.cvv,
         })?;
         // The fingerprint leaves the CVV out: it is never stored.
-        let fingerprint = format!("{}|{}", payment.payment_intent_id, payment.payment_method_token);
+        let fingerprint = execute_fingerprint(&payment.payment_intent_id, &payment.payment_method_token);
         let pool = self.payments.pool();
         let claim =
             match idempotent::start(pool, &metadata, &caller.user_id, EXECUTE_OPERATION, &fingerprint, executed_to_pb)

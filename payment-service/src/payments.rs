@@ -18,7 +18,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use proto::booking::{booking_service_client::BookingServiceClient, AdmitPaymentRequest};
+use proto::booking::{booking_service_client::BookingServiceClient, AdmitPaymentRequest, GetBookingRequest};
 use shared::{
     aggregate::{self, retry_on_contention},
     config::PaymentPolicy,
@@ -44,6 +44,12 @@ use crate::{
 const REQUIRED_FIELDS: &str = "paymentIntentId, paymentMethodToken and cvv are required.";
 /// The idempotency operation name of `POST /payments/execute`.
 pub const EXECUTE_OPERATION: &str = "execute_payment";
+/// What an Idempotency-Key of `POST /payments/execute` is bound to: the
+/// intent and the token (never the CVV, which is not stored).
+pub fn execute_fingerprint(payment_intent_id: &str, payment_method_token: &str) -> String {
+    format!("{payment_intent_id}|{payment_method_token}")
+}
+
 /// Asks of the PSP per attempt before its answer is left to the reconciler.
 const PSP_ASKS: u32 = 3;
 
@@ -168,9 +174,18 @@ impl Payments {
     ) -> Result<Executed, PaymentError> {
         let payment_intent_id = payment.payment_intent_id;
         let user_id = payer.user.user_id.as_str();
-        let intent = self.wait_for_intent(&payment_intent_id).await?;
+        let Some(intent) = self.wait_for_intent(&payment_intent_id).await? else {
+            return Err(self.missing_intent(&payment_intent_id, &payer.token).await);
+        };
         if intent.created.user_id != user_id {
             return Err(PaymentRejection::NotOwner.into());
+        }
+        // A retry of a request whose charge is still unsettled (it took the
+        // key over after its lease): the outcome is the reconciler's to
+        // record under this key, so the key must stay claimed.
+        let ours = intent.pending_charge.as_ref().and_then(|p| p.idempotency_key.as_deref());
+        if ours.is_some() && ours == claim.map(Claim::key) {
+            return Err(PaymentError::OutcomePending);
         }
         let request = PaymentCommand::RequestCharge {
             user_id: user_id.to_owned(),
@@ -311,8 +326,38 @@ impl Payments {
         }
     }
 
-    /// Waits up to the configured time for an intent created from `SeatLocked`.
-    async fn wait_for_intent(&self, payment_intent_id: &str) -> Result<PaymentIntent, PaymentError> {
+    /// Why an intent that did not arrive in time is missing: a pending
+    /// booking of the payer names it (not ready: retry shortly), a booking
+    /// that ended names it (no longer payable), another user's booking does
+    /// (not theirs), or none does (not found).
+    async fn missing_intent(&self, payment_intent_id: &str, token: &str) -> PaymentError {
+        let Some(booking_id) = shared::ids::booking_of(payment_intent_id) else {
+            return PaymentRejection::NotFound.into();
+        };
+        let mut request = tonic::Request::new(GetBookingRequest { booking_id, ..GetBookingRequest::default() });
+        shared::grpc::forward_bearer(&mut request, token);
+        shared::trace_context::inject_grpc(request.metadata_mut());
+        match self.inner.booking.clone().get_booking(request).await {
+            Ok(booking) => {
+                let booking = booking.into_inner();
+                match (booking.payment_intent_id == payment_intent_id, booking.status.as_str()) {
+                    (false, _) => PaymentRejection::NotFound.into(),
+                    (true, "pending") => PaymentError::NotReady,
+                    (true, _) => PaymentRejection::NotPayable.into(),
+                }
+            }
+            Err(status) => match status.code() {
+                Code::NotFound => PaymentRejection::NotFound.into(),
+                Code::PermissionDenied => PaymentRejection::NotOwner.into(),
+                Code::Unauthenticated => PaymentError::PayerUnauthenticated,
+                _ => PaymentError::BookingUnavailable(status.message().to_owned()),
+            },
+        }
+    }
+
+    /// Waits up to the configured time for an intent created from `SeatLocked`
+    /// (`None` if it did not arrive).
+    async fn wait_for_intent(&self, payment_intent_id: &str) -> Result<Option<PaymentIntent>, PaymentError> {
         let deadline = tokio::time::Instant::now() + self.inner.intent_wait;
         // Registered before the first look, so an arrival in between wakes us.
         let waiting = self.inner.arrivals.wait_for(payment_intent_id);
@@ -324,12 +369,12 @@ impl Payments {
                 let mut conn = self.inner.pool.acquire().await?;
                 aggregate::load::<PaymentIntent>(&mut conn, payment_intent_id).await?.state
             };
-            if let Some(intent) = loaded {
-                return Ok(intent);
+            if loaded.is_some() {
+                return Ok(loaded);
             }
             // Only its creation (here or in another replica) wakes this request.
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Err(PaymentRejection::NotFound.into());
+                return Ok(None);
             }
         }
     }
@@ -367,8 +412,11 @@ impl Payments {
             .pending_charge
             .as_ref()
             .filter(|p| p.attempt == due.attempt)
-            .and_then(|p| p.idempotency_key.as_deref())
-            .map(|key| Claim::resume(&intent.created.user_id, EXECUTE_OPERATION, key));
+            .and_then(|p| Some((p.idempotency_key.as_deref()?, &p.payment_method_token)))
+            .map(|(key, token)| {
+                let fingerprint = execute_fingerprint(&due.payment_intent_id, token);
+                Claim::resume(&intent.created.user_id, EXECUTE_OPERATION, key, &fingerprint)
+            });
         let answer = self.inner.psp.settle_key(&due.payment_intent_id, &due.attempt_key).await?;
         match answer {
             Some(outcome) => {

@@ -41,17 +41,6 @@ pub struct KafkaArgs {
     /// Replication factor of each topic this service creates.
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
     pub kafka_replication_factor: i32,
-    /// Optional static consumer-group membership id of this instance (e.g.
-    /// the pod name; it must be stable across restarts of one replica and
-    /// distinct between replicas). Unset, membership is dynamic: a restarted
-    /// instance joins as a new member and gets partitions within about two
-    /// session timeouts.
-    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
-    pub kafka_group_instance_id: Option<String>,
-    /// Consumer group session timeout (ms): a member silent this long is
-    /// replaced. A broker that hangs for less keeps every member in place.
-    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(6_000..=300_000))]
-    pub kafka_session_timeout_ms: u64,
     /// Readiness fails while a committed event has waited this long (s) to be published.
     #[arg(long, env = "OUTBOX_STALL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub outbox_stall_secs: u64,
@@ -68,11 +57,7 @@ impl KafkaArgs {
 
     /// Settings of a consumer in `group` of `topics` under this configuration.
     pub fn consumer(&self, group: &str, topics: &[&str]) -> crate::inbox::ConsumerSettings {
-        let mut settings = crate::inbox::ConsumerSettings::new(group, topics);
-        settings.instance_id = self.kafka_group_instance_id.clone().filter(|id| !id.is_empty());
-        settings.session_timeout = Duration::from_millis(self.kafka_session_timeout_ms);
-        settings.unassigned_limit = settings.session_timeout * 2;
-        settings
+        crate::inbox::ConsumerSettings::new(group, topics)
     }
 }
 

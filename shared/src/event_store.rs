@@ -47,12 +47,20 @@ pub struct NewEvent {
     pub schema_version: i32,
     /// The event's facts.
     pub payload: serde_json::Value,
+    /// Part of the service's public events (Kafka, the event feed): such
+    /// events are numbered 1, 2, 3… within their stream (`sequence`).
+    pub published: bool,
 }
 
 impl NewEvent {
-    /// Serialises a domain event into a schema-version-1 new event.
+    /// Serialises a published domain event into a schema-version-1 new event.
     pub fn from_serde<T: Serialize>(event_type: &str, payload: &T) -> Result<Self, serde_json::Error> {
-        Ok(Self { event_type: event_type.to_owned(), schema_version: 1, payload: serde_json::to_value(payload)? })
+        Ok(Self {
+            event_type: event_type.to_owned(),
+            schema_version: 1,
+            payload: serde_json::to_value(payload)?,
+            published: true,
+        })
     }
 }
 
@@ -71,6 +79,13 @@ pub struct StoredEvent {
     pub stream_id: String,
     /// 1-based position of the event in its stream.
     pub stream_version: i64,
+    /// For a published event, its number among its stream's published
+    /// events (1, 2, 3… with no gaps): Kafka's `ce_sequence`.
+    pub sequence: Option<i64>,
+    /// Its place in the global log's commit-safe order as one number
+    /// ([`log_position`]): Kafka's `ce_position`. Set when read from the
+    /// global log, not on append or stream loads.
+    pub log_position: Option<i64>,
     /// The event's type name.
     pub event_type: String,
     /// Version of the payload's schema.
@@ -159,18 +174,20 @@ pub async fn append(
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let schemas: Vec<i32> = events.iter().map(|e| e.schema_version).collect();
     let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+    let published: Vec<bool> = events.iter().map(|e| e.published).collect();
     let rows = sqlx::query(
         "with stream as ( \
-           select coalesce(max(stream_version), 0) as version from events \
-            where stream_type = $1 and stream_id = $2) \
+           select coalesce(max(stream_version), 0) as version, coalesce(max(sequence), 0) as published \
+             from events where stream_type = $1 and stream_id = $2) \
          insert into events \
-           (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata) \
-         select e.event_id, $1, $2, stream.version + e.n, e.event_type, e.schema_version, e.payload, $8 \
-           from stream, unnest($4::uuid[], $5::text[], $6::int[], $7::jsonb[]) \
-                with ordinality as e(event_id, event_type, schema_version, payload, n) \
+           (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata, sequence) \
+         select e.event_id, $1, $2, stream.version + e.n, e.event_type, e.schema_version, e.payload, $8, \
+                case when e.published then stream.published + sum(e.published::int) over (order by e.n) end \
+           from stream, unnest($4::uuid[], $5::text[], $6::int[], $7::jsonb[], $9::bool[]) \
+                with ordinality as e(event_id, event_type, schema_version, payload, published, n) \
           where $3::bigint is null or stream.version = $3 \
           order by e.n \
-         returning stream_version, global_position, tx_id::text::bigint as tx_id, recorded_at",
+         returning stream_version, global_position, tx_id::text::bigint as tx_id, recorded_at, sequence",
     )
     .bind(stream_type)
     .bind(stream_id)
@@ -180,6 +197,7 @@ pub async fn append(
     .bind(&schemas)
     .bind(&payloads)
     .bind(&metadata_json)
+    .bind(&published)
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| if is_unique_violation(&e) { conflict(expected_version.unwrap_or(0) + 1) } else { e.into() })?;
@@ -209,6 +227,8 @@ pub async fn append(
             stream_type: stream_type.to_owned(),
             stream_id: stream_id.to_owned(),
             stream_version,
+            sequence: row.try_get("sequence")?,
+            log_position: None,
             event_type: event.event_type.clone(),
             schema_version: event.schema_version,
             payload: event.payload.clone(),
@@ -260,7 +280,29 @@ pub async fn load_all_streams(pool: &sqlx::PgPool, stream_type: &str) -> Result<
 
 /// The select list that [`stored_event_from_row`] reads.
 pub(crate) const STORED_EVENT_COLUMNS: &str = "global_position, tx_id::text::bigint as tx_id, event_id, \
-     stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata, recorded_at";
+     stream_type, stream_id, stream_version, sequence, null::bigint as log_position, event_type, schema_version, \
+     payload, metadata, recorded_at";
+
+/// [`STORED_EVENT_COLUMNS`] with each event's [`log_position`], for
+/// readers of the global log (a query `from events`).
+pub(crate) const LOGGED_EVENT_COLUMNS: &str = "global_position, tx_id::text::bigint as tx_id, event_id, \
+     stream_type, stream_id, stream_version, sequence, \
+     (tx_id::text::bigint << 20) + (select count(*) from events x \
+        where x.tx_id = events.tx_id and x.global_position < events.global_position) as log_position, \
+     event_type, schema_version, payload, metadata, recorded_at";
+
+/// Events one transaction may append at most, so that [`log_position`]
+/// stays unique and ordered.
+pub const MAX_EVENTS_PER_TRANSACTION: i64 = 1 << 20;
+
+/// One number for an event's place in the global log's commit-safe order
+/// (`tx_id`, then position): its transaction id times 2^20 plus its rank
+/// among that transaction's events. It grows in the order readers of the
+/// log see events, so a reader that resumes after the last position it
+/// handled misses nothing; positions are unique but not dense.
+pub fn log_position(tx_id: i64, rank_in_transaction: i64) -> i64 {
+    tx_id.saturating_mul(MAX_EVENTS_PER_TRANSACTION).saturating_add(rank_in_transaction)
+}
 
 pub(crate) fn stored_event_from_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, EventStoreError> {
     let metadata: serde_json::Value = row.try_get("metadata")?;
@@ -271,6 +313,8 @@ pub(crate) fn stored_event_from_row(row: &sqlx::postgres::PgRow) -> Result<Store
         stream_type: row.try_get("stream_type")?,
         stream_id: row.try_get("stream_id")?,
         stream_version: row.try_get("stream_version")?,
+        sequence: row.try_get("sequence")?,
+        log_position: row.try_get("log_position")?,
         event_type: row.try_get("event_type")?,
         schema_version: row.try_get("schema_version")?,
         payload: row.try_get("payload")?,
@@ -283,6 +327,9 @@ pub(crate) fn stored_event_from_row(row: &sqlx::postgres::PgRow) -> Result<Store
 pub trait DomainEvent: Serialize + serde::de::DeserializeOwned {
     /// The stored event-type name.
     fn event_type(&self) -> &'static str;
+    /// Whether other services and teams see it (Kafka, the event feed);
+    /// internal bookkeeping events are not published.
+    fn published(&self) -> bool;
 }
 
 /// Errors of the typed helpers: the store's, or an event that does not decode.
@@ -328,7 +375,7 @@ pub async fn append_typed<E: DomainEvent>(
 ) -> Result<(), TypedStreamError> {
     let new_events = events
         .iter()
-        .map(|e| NewEvent::from_serde(e.event_type(), e))
+        .map(|e| NewEvent::from_serde(e.event_type(), e).map(|new| NewEvent { published: e.published(), ..new }))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TypedStreamError::Codec { stream_id: stream_id.to_owned(), reason: e.to_string() })?;
     let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };

@@ -24,6 +24,18 @@ impl Hasher for Fnv1a {
     }
 }
 
+/// The FNV-1a hash of `bytes`.
+pub fn hash(bytes: &[u8]) -> u64 {
+    let mut hasher = Fnv1a::default();
+    hasher.write(bytes);
+    hasher.finish()
+}
+
+/// A stable 64-bit PostgreSQL advisory-lock key for a name.
+pub fn advisory_key(name: &str) -> i64 {
+    i64::from_ne_bytes(hash(name.as_bytes()).to_ne_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
-use crate::event_store::{stored_event_from_row, EventStoreError, StoredEvent, STORED_EVENT_COLUMNS};
+use crate::event_store::{stored_event_from_row, EventStoreError, StoredEvent, LOGGED_EVENT_COLUMNS};
 
 /// A reader's place in the global log: the last (tx_id, position) it consumed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,7 +39,7 @@ pub async fn read_after(
     limit: i64,
 ) -> Result<Vec<StoredEvent>, EventStoreError> {
     let rows = sqlx::query(&format!(
-        "select {STORED_EVENT_COLUMNS} from events \
+        "select {LOGGED_EVENT_COLUMNS} from events \
          where (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
            and tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
          order by tx_id, global_position \

@@ -44,13 +44,15 @@ pub struct Claim {
     scope: String,
     operation: &'static str,
     key: String,
+    fingerprint: String,
 }
 
 impl Claim {
-    /// The claim of `key` by `scope` for `operation`, for a process that
-    /// settles it on another's behalf (e.g. a reconciler after a crash).
-    pub fn resume(scope: &str, operation: &'static str, key: &str) -> Self {
-        Self { scope: scope.to_owned(), operation, key: key.to_owned() }
+    /// The claim of `key` by `scope` for `operation` of the request
+    /// `fingerprint`, for a process that settles it on another's behalf
+    /// (e.g. a reconciler after a crash).
+    pub fn resume(scope: &str, operation: &'static str, key: &str, fingerprint: &str) -> Self {
+        Self { scope: scope.to_owned(), operation, key: key.to_owned(), fingerprint: fingerprint.to_owned() }
     }
 
     /// The client's key.
@@ -100,7 +102,7 @@ pub async fn begin(
     .await?
     .rows_affected()
         == 1;
-    let claim = Claim { scope: scope.to_owned(), operation, key: key.to_owned() };
+    let claim = Claim::resume(scope, operation, key, fingerprint);
     if claimed {
         return Ok(Begin::Proceed(claim));
     }
@@ -146,16 +148,22 @@ pub async fn begin(
     }
 }
 
-/// Stores the outcome of a claimed key on `conn` (inside the command's transaction).
+/// Stores the outcome of a claimed key on `conn` (inside the command's
+/// transaction). The record is written even if the claim was lost in the
+/// meantime (a retry took it over and gave it up), so an outcome that
+/// happened, such as a charge the reconciler settled, is never forgotten.
 pub async fn complete(conn: &mut PgConnection, claim: &Claim, outcome: &StoredOutcome) -> Result<(), sqlx::Error> {
     let response = serde_json::to_value(outcome).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query(
-        "update idempotency_keys set state = 'done', response = $4 \
-         where scope = $1 and operation = $2 and idempotency_key = $3",
+        "insert into idempotency_keys (scope, operation, idempotency_key, fingerprint, state, response, lease_until) \
+         values ($1, $2, $3, $4, 'done', $5, now()) \
+         on conflict (scope, operation, idempotency_key) do update set state = 'done', response = excluded.response \
+          where idempotency_keys.fingerprint = excluded.fingerprint",
     )
     .bind(&claim.scope)
     .bind(claim.operation)
     .bind(&claim.key)
+    .bind(&claim.fingerprint)
     .bind(response)
     .execute(conn)
     .await?;

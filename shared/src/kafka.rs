@@ -57,8 +57,17 @@ pub fn properties_from_env() -> Vec<(String, String)> {
 /// Settings common to every client of `brokers`, then any `KAFKA_PROPERTY_*`
 /// overrides (security settings, debugging).
 pub fn client_config(brokers: &str) -> ClientConfig {
+    client_config_with(brokers, &[])
+}
+
+/// [`client_config`] with a kind of client's own `defaults`, which
+/// `KAFKA_PROPERTY_*` overrides too.
+pub fn client_config_with(brokers: &str, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers).set("client.id", "ticketing").set("socket.keepalive.enable", "true");
+    for (property, value) in defaults {
+        config.set(*property, *value);
+    }
     for (property, value) in properties_from_env() {
         config.set(property, value);
     }
@@ -71,14 +80,18 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 /// instead of timing messages out (which forces an epoch bump and, on some
 /// brokers, a fenced producer).
 pub fn producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
-    client_config(brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .set("message.timeout.ms", "120000")
-        .set("compression.type", "none")
-        .create()
-        .map_err(|source| KafkaError::Client { context: "creating the Kafka producer", source })
+    client_config_with(
+        brokers,
+        &[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "2"),
+            ("message.timeout.ms", "120000"),
+            ("compression.type", "none"),
+        ],
+    )
+    .create()
+    .map_err(|source| KafkaError::Client { context: "creating the Kafka producer", source })
 }
 
 /// Creates each topic (and its `.dlq` twin) unless it exists. Brokers such
@@ -150,6 +163,13 @@ pub struct CloudEventHeaders {
     pub correlation_id: Option<String>,
     /// `causation_id`.
     pub causation_id: Option<String>,
+    /// `ce_sequence`: the event's number among its stream's published
+    /// events (1, 2, 3… with no gaps), so a consumer can tell a missing or
+    /// reordered event from a normal one.
+    pub sequence: Option<i64>,
+    /// `ce_position`: the event's place in its service's event log (the
+    /// event feed's position), growing in commit order.
+    pub position: Option<i64>,
 }
 
 /// The content type of every record value.
@@ -163,7 +183,7 @@ impl CloudEventHeaders {
 
     /// The Kafka headers, in binding order.
     pub fn to_kafka(&self) -> OwnedHeaders {
-        let mut headers = OwnedHeaders::new_with_capacity(11)
+        let mut headers = OwnedHeaders::new_with_capacity(12)
             .insert(header("ce_specversion", "1.0"))
             .insert(header("ce_id", &self.id))
             .insert(header("ce_source", &self.source))
@@ -171,6 +191,11 @@ impl CloudEventHeaders {
             .insert(header("ce_time", &self.time))
             .insert(header("ce_subject", &self.subject))
             .insert(header("content-type", CONTENT_TYPE));
+        for (key, value) in [("ce_sequence", self.sequence), ("ce_position", self.position)] {
+            if let Some(value) = value {
+                headers = headers.insert(header(key, &value.to_string()));
+            }
+        }
         for (key, value) in [
             ("traceparent", &self.traceparent),
             ("correlation_id", &self.correlation_id),
@@ -202,6 +227,8 @@ impl CloudEventHeaders {
                 "traceparent" => parsed.traceparent = Some(value),
                 "correlation_id" => parsed.correlation_id = Some(value),
                 "causation_id" => parsed.causation_id = Some(value),
+                "ce_sequence" => parsed.sequence = value.parse().ok(),
+                "ce_position" => parsed.position = value.parse().ok(),
                 _ => {}
             }
         }
@@ -291,6 +318,8 @@ mod tests {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             correlation_id: Some("c1".into()),
             causation_id: None,
+            sequence: Some(2),
+            position: Some(7_340_032),
         };
         let kafka = headers.to_kafka();
         let keys: Vec<&str> = kafka.iter().map(|h| h.key).collect();
@@ -304,6 +333,8 @@ mod tests {
                 "ce_time",
                 "ce_subject",
                 "content-type",
+                "ce_sequence",
+                "ce_position",
                 "traceparent",
                 "correlation_id"
             ]

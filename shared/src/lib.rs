@@ -8,8 +8,7 @@
 //! | [`event_store`] | append with optimistic concurrency, load a stream, read the global log in commit order |
 //! | [`outbox`] | the relay that publishes committed events to Kafka, at least once, in order per key |
 //! | [`kafka`] | producer/consumer settings, CloudEvents headers, topic creation, the embedded broker |
-//! | [`inbox`] | the Kafka consumer: inbox dedupe in the handler's transaction, retries, dead-letter topic |
-//! | [`dlq`] | re-driving dead letters to their source topic |
+//! | [`inbox`] | the Kafka consumer: partition leases in PostgreSQL, inbox dedupe and offsets in the handler's transaction, retries, dead letters and their re-drive |
 //! | [`projection`] | read models kept in step with the global log, with blue/green rebuilds |
 //! | [`global_log`] | reading the log in commit order, checkpoints, wake-ups |
 //! | [`arrivals`] | waiting for an aggregate's change without polling per request: woken by its commit, one watcher for other replicas |
@@ -17,6 +16,7 @@
 //! | [`grpc`] | caller identity from forwarded tokens, TLS/mTLS, request context to event metadata, bind, reflection |
 //! | [`health`] | readiness (database, broker) as gRPC health |
 //! | [`idempotency`] | Idempotency-Key claims, replays and purge |
+//! | [`ids`] | the payment intent id a booking id leads to, and back |
 //! | [`db`] | connecting, creating the service database, running migrations |
 //! | [`metrics`] | Prometheus recorder, `/metrics` listener, gRPC metrics layer |
 //! | [`config`] | the command-line/env settings every service has |
@@ -33,10 +33,10 @@ pub mod arrivals;
 pub mod auth;
 pub mod config;
 pub mod db;
-pub mod dlq;
 pub mod event_store;
 pub mod failpoint;
 pub mod fnv;
+pub mod ids;
 pub mod inbox;
 pub mod kafka;
 pub mod metrics;

@@ -10,13 +10,20 @@
 //! PostgreSQL session advisory lock, released by the server if the holder
 //! dies.
 //!
+//! One booking's events are never reordered, under any failure: a record
+//! is handed to Kafka only once every earlier record of its key has been
+//! acknowledged. A send that fails is sent again from the checkpoint, so a
+//! consumer may see an event a second time (it dedupes on `ce_id`, and its
+//! `ce_sequence` is not above what it saw), but never an event before the
+//! one that precedes it (`ce_sequence` never skips).
+//!
 //! The relay never stalls on a broken producer: librdkafka's idempotent
 //! producer turns some failures into a permanent state (fenced, epoch or
 //! sequence errors) in which every later send fails. On such a fatal error,
 //! or after a few failed batches in a row, the relay drops its producer,
 //! builds a new one and sends again from its checkpoint.
 
-use std::{hash::Hasher, time::Duration};
+use std::time::Duration;
 
 use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer},
@@ -139,12 +146,17 @@ impl RelayProducer {
     fn rebuild(&mut self, relay: &str, why: &str) {
         tracing::warn!(relay, why, "rebuilding the outbox relay's Kafka producer");
         metrics::counter!("outbox_producer_rebuilds_total", "relay" => relay.to_owned()).increment(1);
-        self.current = None;
+        // Destroying a producer waits on librdkafka's threads: off the async workers.
+        if let Some(old) = self.current.take() {
+            tokio::task::spawn_blocking(move || drop(old));
+        }
     }
 
-    fn flush(&self) {
-        if let Some(producer) = &self.current {
-            if let Err(error) = producer.flush(Timeout::After(Duration::from_secs(10))) {
+    /// Waits (on the blocking pool) for what is queued to be delivered.
+    async fn flush(&mut self) {
+        if let Some(producer) = self.current.take() {
+            let flushed = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(10))));
+            if let Ok(Err(error)) = flushed.await {
                 tracing::warn!(%error, "flushing the producer on shutdown");
             }
         }
@@ -159,7 +171,7 @@ pub async fn run_relay(
     settings: RelaySettings,
     shutdown: Shutdown,
 ) {
-    let lock_key = advisory_key(&format!("outbox-relay:{}", settings.name));
+    let lock_key = crate::fnv::advisory_key(&format!("outbox-relay:{}", settings.name));
     let mut wake = WakeUp::new(settings.poll_interval);
     while !shutdown.is_cancelled() {
         let Some(leader) = acquire_leadership(&pool, lock_key, &shutdown).await else {
@@ -175,7 +187,7 @@ pub async fn run_relay(
             }
         }
     }
-    producer.flush();
+    producer.flush().await;
     tracing::info!(relay = settings.name, "outbox relay stopped");
 }
 
@@ -217,12 +229,41 @@ enum RelayError {
 const MAX_BATCHES_IN_FLIGHT: usize = 4;
 
 /// A sent batch: where the checkpoint moves once all of it is acknowledged,
-/// when its events were recorded (for the publish-latency histogram), and
-/// its delivery.
+/// when its events were recorded (for the publish-latency histogram), the
+/// keys it holds records of, and its delivery.
 struct SentBatch {
     last: LogPosition,
     recorded: Vec<chrono::DateTime<chrono::Utc>>,
+    keys: Vec<String>,
     delivery: std::pin::Pin<Box<dyn std::future::Future<Output = Delivery> + Send>>,
+}
+
+/// Records sent and not yet acknowledged, by key: a key's next record
+/// waits until its count is back to zero.
+#[derive(Default)]
+struct Unacknowledged(std::collections::HashMap<String, usize>);
+
+impl Unacknowledged {
+    fn holds(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    fn sent(&mut self, keys: &[String]) {
+        for key in keys {
+            *self.0.entry(key.clone()).or_default() += 1;
+        }
+    }
+
+    fn acknowledged(&mut self, keys: &[String]) {
+        for key in keys {
+            if let Some(count) = self.0.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.0.remove(key);
+                }
+            }
+        }
+    }
 }
 
 async fn publish_while_leader(
@@ -243,34 +284,45 @@ async fn publish_while_leader(
     // acknowledged (the highest contiguous ack).
     let mut sent = checkpoint;
     let mut in_flight: std::collections::VecDeque<SentBatch> = std::collections::VecDeque::new();
+    let mut unacknowledged = Unacknowledged::default();
+    // The next event's key has a record in flight: read again only after an ack.
+    let mut blocked = false;
     let mut failures = 0;
     while !shutdown.is_cancelled() {
-        if in_flight.len() < MAX_BATCHES_IN_FLIGHT {
+        if in_flight.len() < MAX_BATCHES_IN_FLIGHT && !blocked {
             let batch = {
                 let mut conn = pool.acquire().await?;
                 global_log::read_after(&mut conn, sent, settings.batch_size).await?
             };
-            if let Some(last) = batch.last() {
+            if !batch.is_empty() {
+                let ready = ready_records(mapper, settings, &batch, &unacknowledged);
+                blocked = ready.blocked;
+                let Some(last) = ready.upto.checked_sub(1).and_then(|i| batch.get(i)) else { continue };
                 let last = LogPosition::of(last);
-                let delivery = match producer.get() {
-                    Ok(current) => send_batch(current, mapper, settings, &batch),
-                    Err(error) => {
+                let keys: Vec<String> = ready.records.iter().map(|(_, record)| record.key.clone()).collect();
+                let delivery = match (ready.unmappable, producer.get()) {
+                    (true, _) => Box::pin(std::future::ready(Delivery::Unmappable)),
+                    (false, Ok(current)) => send_batch(current, &ready.records),
+                    (false, Err(error)) => {
                         tracing::warn!(%error, "outbox relay cannot build a Kafka producer");
                         Box::pin(std::future::ready(Delivery::Failed { fatal: false }))
                     }
                 };
+                unacknowledged.sent(&keys);
                 in_flight.push_back(SentBatch {
                     last,
-                    recorded: batch.iter().map(|e| e.recorded_at).collect(),
+                    recorded: batch.iter().take(ready.upto).map(|e| e.recorded_at).collect(),
+                    keys,
                     delivery,
                 });
                 sent = last;
                 continue;
             }
         }
-        let room = in_flight.len() < MAX_BATCHES_IN_FLIGHT;
+        let room = in_flight.len() < MAX_BATCHES_IN_FLIGHT && !blocked;
         let Some(head) = in_flight.front_mut() else {
             // Idle: prove the lock connection is alive, then sleep until woken.
+            blocked = false;
             sqlx::query("select 1").execute(&mut leader).await.map_err(|_| RelayError::LeadershipLost)?;
             tokio::select! {
                 () = wake.wait() => {}
@@ -288,7 +340,9 @@ async fn publish_while_leader(
             None => continue,
             Some(Delivery::All) => {
                 failures = 0;
+                blocked = false;
                 let Some(done) = in_flight.pop_front() else { continue };
+                unacknowledged.acknowledged(&done.keys);
                 let mut conn = pool.acquire().await?;
                 global_log::save_checkpoint(&mut conn, &settings.name, done.last).await?;
                 checkpoint = done.last;
@@ -299,6 +353,8 @@ async fn publish_while_leader(
             // stalls the relay loudly instead.
             Some(failed) => {
                 in_flight.clear();
+                unacknowledged = Unacknowledged::default();
+                blocked = false;
                 sent = checkpoint;
                 if let Delivery::Failed { fatal } = failed {
                     failures += 1;
@@ -365,38 +421,85 @@ fn is_fatal(producer: &FutureProducer, error: &rdkafka::error::KafkaError) -> bo
         )
 }
 
-/// Enqueues every record of `batch` and returns the wait for all their
-/// delivery reports; on any failure the caller sends again from its
-/// checkpoint (duplicates allowed).
-fn send_batch(
-    producer: &FutureProducer,
+/// The records a batch may send now, in order: it ends before the first
+/// event whose key still has a record in flight (earlier in this batch or
+/// in an unacknowledged one), so a key's records are acknowledged one after
+/// another and can never arrive out of order.
+struct Ready {
+    /// Headers and record of each published event taken.
+    records: Vec<(CloudEventHeaders, OutgoingRecord)>,
+    /// How many events of the batch are taken (published or not).
+    upto: usize,
+    /// The batch ended early at an event whose key is busy.
+    blocked: bool,
+    /// An event cannot be mapped (a bug): the relay stalls on it loudly.
+    unmappable: bool,
+}
+
+fn ready_records(
     mapper: &impl IntegrationMapper,
     settings: &RelaySettings,
     batch: &[StoredEvent],
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Delivery> + Send>> {
-    let mut records = Vec::with_capacity(batch.len());
+    unacknowledged: &Unacknowledged,
+) -> Ready {
+    let mut ready = Ready { records: Vec::with_capacity(batch.len()), upto: 0, blocked: false, unmappable: false };
+    let mut taken = std::collections::HashSet::new();
     for event in batch {
         match mapper.to_record(event) {
-            Ok(Some(record)) => records.push((event, record)),
+            // The domain says which events are published (and numbers them);
+            // the mapper must agree, or consumers would see gaps.
+            Ok(record) if record.is_some() != event.sequence.is_some() => {
+                tracing::error!(
+                    event_id = %event.event_id,
+                    event_type = event.event_type,
+                    mapped = record.is_some(),
+                    "outbox relay stalled: the mapper and the domain disagree on whether this event is published"
+                );
+                ready.unmappable = true;
+                ready.upto += 1;
+                return ready;
+            }
+            Ok(Some(record)) => {
+                if unacknowledged.holds(&record.key) || !taken.insert(record.key.clone()) {
+                    ready.blocked = true;
+                    return ready;
+                }
+                let headers = CloudEventHeaders {
+                    id: event.event_id.to_string(),
+                    source: settings.source.clone(),
+                    event_type: record.ce_type.clone(),
+                    time: CloudEventHeaders::format_time(event.recorded_at),
+                    subject: record.subject.clone(),
+                    traceparent: event.metadata.traceparent.clone(),
+                    correlation_id: event.metadata.correlation_id.clone(),
+                    causation_id: event.metadata.causation_id.clone(),
+                    sequence: event.sequence,
+                    position: event.log_position,
+                };
+                ready.records.push((headers, record));
+            }
             Ok(None) => {}
             Err(error) => {
                 tracing::error!(%error, "outbox relay stalled on an unmappable event");
-                return Box::pin(std::future::ready(Delivery::Unmappable));
+                ready.unmappable = true;
+                ready.upto += 1;
+                return ready;
             }
         }
+        ready.upto += 1;
     }
+    ready
+}
+
+/// Enqueues `records` and returns the wait for all their delivery reports;
+/// on any failure the caller sends again from its checkpoint (duplicates
+/// allowed).
+fn send_batch(
+    producer: &FutureProducer,
+    records: &[(CloudEventHeaders, OutgoingRecord)],
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Delivery> + Send>> {
     let mut deliveries = Vec::with_capacity(records.len());
-    for (event, record) in &records {
-        let headers = CloudEventHeaders {
-            id: event.event_id.to_string(),
-            source: settings.source.clone(),
-            event_type: record.ce_type.clone(),
-            time: CloudEventHeaders::format_time(event.recorded_at),
-            subject: record.subject.clone(),
-            traceparent: event.metadata.traceparent.clone(),
-            correlation_id: event.metadata.correlation_id.clone(),
-            causation_id: event.metadata.causation_id.clone(),
-        };
+    for (headers, record) in records {
         let sent = producer.send_result(
             FutureRecord::to(&record.topic).key(&record.key).payload(&record.value).headers(headers.to_kafka()),
         );
@@ -432,10 +535,62 @@ fn send_batch(
     })
 }
 
-/// A stable 64-bit advisory-lock key for a name.
-pub(crate) fn advisory_key(name: &str) -> i64 {
-    // FNV-1a: stable across builds and processes, unlike `DefaultHasher`.
-    let mut hasher = crate::fnv::Fnv1a::default();
-    hasher.write(name.as_bytes());
-    i64::from_ne_bytes(hasher.finish().to_ne_bytes())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Publishes every event, keyed by its stream.
+    struct ByStream;
+
+    impl IntegrationMapper for ByStream {
+        fn to_record(&self, event: &StoredEvent) -> Result<Option<OutgoingRecord>, MappingError> {
+            Ok((event.event_type != "Internal")
+                .then(|| OutgoingRecord::keyed("t", event.stream_id.clone(), event.event_type.clone(), Vec::new())))
+        }
+    }
+
+    fn event(stream: &str, event_type: &str, position: i64) -> StoredEvent {
+        let published = event_type != "Internal";
+        StoredEvent {
+            global_position: position,
+            tx_id: position,
+            event_id: uuid::Uuid::now_v7(),
+            stream_type: "test".into(),
+            stream_id: stream.into(),
+            stream_version: 1,
+            sequence: published.then_some(1),
+            log_position: Some(position << 20),
+            event_type: event_type.into(),
+            schema_version: 1,
+            payload: serde_json::Value::Null,
+            metadata: crate::event_store::EventMetadata::default(),
+            recorded_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_batch_ends_before_the_second_record_of_a_key_and_before_a_key_still_in_flight() {
+        let settings = RelaySettings::new("relay", "/test");
+        let batch = [event("a", "E", 1), event("b", "Internal", 2), event("b", "E", 3), event("a", "E", 4)];
+        let ready = ready_records(&ByStream, &settings, &batch, &Unacknowledged::default());
+        let keys: Vec<&str> = ready.records.iter().map(|(_, r)| r.key.as_str()).collect();
+        assert_eq!((keys, ready.upto, ready.blocked), (vec!["a", "b"], 3, true), "a's second record waits");
+        assert_eq!(ready.records[0].0.position, Some(1 << 20));
+
+        let mut in_flight = Unacknowledged::default();
+        in_flight.sent(&["b".to_owned()]);
+        let ready = ready_records(&ByStream, &settings, &batch, &in_flight);
+        assert_eq!((ready.records.len(), ready.upto, ready.blocked), (1, 2, true), "b waits for its ack");
+        in_flight.acknowledged(&["b".to_owned()]);
+        assert!(!in_flight.holds("b"));
+    }
+
+    #[test]
+    fn an_event_published_by_the_mapper_but_not_numbered_by_the_domain_stalls_the_relay() {
+        let settings = RelaySettings::new("relay", "/test");
+        let mut unnumbered = event("a", "E", 1);
+        unnumbered.sequence = None;
+        let ready = ready_records(&ByStream, &settings, &[unnumbered], &Unacknowledged::default());
+        assert!(ready.unmappable && ready.records.is_empty());
+    }
 }

@@ -15,8 +15,8 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use crate::{
     event_store::{EventStoreError, StoredEvent},
+    fnv::advisory_key,
     global_log::{self, LogPosition, WakeUp},
-    outbox::advisory_key,
     shutdown::{sleep_or_shutdown, Shutdown},
 };
 
@@ -31,7 +31,17 @@ pub trait Projection: Send + Sync + 'static {
     fn create_tables_sql(&self) -> &'static str;
     /// Applies one event; writes use unqualified table names.
     async fn apply(&self, conn: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError>;
+    /// Written by the commands themselves, in the transaction that appends
+    /// the events (so always current), rather than by a runner that follows
+    /// the log. Such a projection's checkpoint stays at the end of the log:
+    /// only a rebuild replays it.
+    fn inline(&self) -> bool {
+        false
+    }
 }
+
+/// The checkpoint of an inline projection: past every event there will be.
+const KEPT_BY_WRITERS: LogPosition = LogPosition { tx_id: i64::MAX, position: i64::MAX };
 
 /// Projection failures.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +99,19 @@ pub async fn ensure(pool: &PgPool, projection: &dyn Projection) -> Result<(), Pr
         .await?;
     }
     tx.commit().await?;
+    if projection.inline() {
+        hand_over_to_writers(pool, projection).await?;
+    }
+    Ok(())
+}
+
+/// From here on the commands keep an inline projection current: whatever a
+/// runner (an older version) had not applied yet is applied now, and the
+/// checkpoint moves past the end of the log.
+async fn hand_over_to_writers(pool: &PgPool, projection: &dyn Projection) -> Result<(), ProjectionError> {
+    catch_up(pool, projection).await?;
+    let mut conn = pool.acquire().await?;
+    global_log::save_checkpoint(&mut conn, projection.name(), KEPT_BY_WRITERS).await?;
     Ok(())
 }
 
@@ -113,46 +136,6 @@ pub async fn run(pool: PgPool, projection: impl Projection, poll: Duration, shut
         }
     }
     tracing::info!(projection = projection.name(), "projection runner stopped");
-}
-
-/// Brings the projection up to every event committed before this call, so
-/// a read that follows sees the caller's own writes (read-your-writes).
-/// The newest committed event is the target; the projection is caught up
-/// here (the checkpoint row lock keeps this in step with the runner) until
-/// its checkpoint reaches it. An older transaction still open anywhere in
-/// the cluster holds the commit-order rule back, so this may take a few
-/// rounds; after `within` it gives up and answers `false` (the read is then
-/// merely a little behind).
-pub async fn ensure_fresh(
-    pool: &PgPool,
-    projection: &dyn Projection,
-    within: Duration,
-) -> Result<bool, ProjectionError> {
-    let newest: Option<(i64, i64)> = sqlx::query_as(
-        "select tx_id::text::bigint, global_position from events order by tx_id desc, global_position desc limit 1",
-    )
-    .fetch_optional(pool)
-    .await?;
-    let Some((tx_id, position)) = newest else { return Ok(true) };
-    let target = LogPosition { tx_id, position };
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let at: Option<(i64, i64)> =
-            sqlx::query_as("select last_tx, last_position from subscription_checkpoints where subscription = $1")
-                .bind(projection.name())
-                .fetch_optional(pool)
-                .await?;
-        let at = at.map_or_else(LogPosition::default, |(tx_id, position)| LogPosition { tx_id, position });
-        if at >= target {
-            return Ok(true);
-        }
-        if catch_up(pool, projection).await? == 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
 }
 
 /// Applies every committed event past the checkpoint; returns how many.
@@ -248,6 +231,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<usize
         replayed += batch.len();
     }
     point_views_at(&mut tx, projection, &schema).await?;
+    let swapped_in: i64 = sqlx::query_scalar("select pg_current_xact_id()::text::bigint").fetch_one(&mut *tx).await?;
     sqlx::query(
         "update subscription_checkpoints set schema_name = $2, last_tx = $3, last_position = $4, updated_at = now() \
          where subscription = $1",
@@ -262,8 +246,41 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<usize
         sqlx::query(&format!("drop schema if exists {old} cascade")).execute(&mut *tx).await?;
     }
     tx.commit().await?;
+    replayed += settle_after_swap(pool, projection, swapped_in).await?;
+    if projection.inline() {
+        hand_over_to_writers(pool, projection).await?;
+    }
     tracing::info!(projection = projection.name(), schema, replayed, "projection rebuilt and swapped in");
     Ok(replayed)
+}
+
+/// A read model written by commands in their own transactions (inline)
+/// may have been written into the old tables by a command that was still
+/// running at the swap. Once every transaction older than the swap has
+/// ended, this applies again what committed after the swap point (applying
+/// an event twice changes nothing).
+async fn settle_after_swap(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    swapped_in: i64,
+) -> Result<usize, ProjectionError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let oldest: i64 =
+            sqlx::query_scalar("select pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetch_one(pool).await?;
+        if oldest > swapped_in {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                projection = projection.name(),
+                "a transaction older than the swap is still open; settling what has committed"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    catch_up(pool, projection).await
 }
 
 async fn new_schema_name(conn: &mut PgConnection, projection: &dyn Projection) -> Result<String, sqlx::Error> {

@@ -8,16 +8,13 @@ use std::{collections::HashMap, time::Duration};
 
 use async_trait::async_trait;
 use common::*;
-use rdkafka::producer::FutureRecord;
 use shared::{
     event_store::{self, EventMetadata, EventStoreError, ExpectedVersion},
     global_log::read_after,
-    inbox::{self, ConsumerSettings, EventHandler, HandlerError, IncomingEvent},
-    kafka::{self, CloudEventHeaders},
     outbox::{self, RelaySettings},
     projection::{self, Projection, ProjectionError},
     shutdown::Shutdown,
-    testkit::{eventually, unique_name, TestKafka},
+    testkit::{eventually, TestKafka},
     LogPosition,
 };
 use sqlx::{PgConnection, PgPool};
@@ -111,26 +108,29 @@ async fn relay_checkpoint(pool: &PgPool) -> i64 {
     .unwrap()
 }
 
-async fn topic_for(kafka: &TestKafka, prefix: &str) -> String {
-    let topic = unique_name(prefix);
-    kafka.create_topics(&[&topic], 3).await.unwrap();
-    topic
-}
-
 #[tokio::test]
 async fn relay_publishes_with_cloudevents_headers_keyed_by_stream() {
     let kafka = TestKafka::start().unwrap();
     let topic = topic_for(&kafka, "relay_headers").await;
     let pool = fresh_db("relay_headers").await;
     let appended = append_one(&pool, "booking-1", "SeatLocked", 1).await;
+    append_one(&pool, "booking-2", "SeatLocked", 1).await;
+    append_one(&pool, "booking-1", "BookingConfirmed", 2).await;
     let relay = start_relay(&pool, kafka.brokers(), &topic, 100);
-    let got = read_records(&reader(kafka.brokers(), &topic), 1, Duration::from_secs(30)).await;
+    let got = read_records(&reader(kafka.brokers(), &topic), 3, Duration::from_secs(30)).await;
     relay.stop.cancel();
     relay.task.await.unwrap();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].key, "booking-1");
-    assert_eq!(got[0].ce_id, appended.event_id.to_string());
-    assert_eq!(got[0].ce_type, "test.v1.SeatLocked");
+    assert_eq!(got.len(), 3);
+    let first = got.iter().find(|r| r.ce_id == appended.event_id.to_string()).unwrap();
+    assert_eq!((first.key.as_str(), first.ce_type.as_str()), ("booking-1", "test.v1.SeatLocked"));
+    let booking_1: Vec<(Option<i64>, Option<i64>)> =
+        got.iter().filter(|r| r.key == "booking-1").map(|r| (r.sequence, r.position)).collect();
+    assert_eq!(booking_1.iter().map(|r| r.0).collect::<Vec<_>>(), [Some(1), Some(2)], "ce_sequence per booking");
+    let mut positions: Vec<i64> = got.iter().map(|r| r.position.unwrap()).collect();
+    positions.sort_unstable();
+    positions.dedup();
+    assert_eq!(positions.len(), 3, "ce_position is unique");
+    assert!(booking_1[0].1 < booking_1[1].1, "and grows in commit order");
 }
 
 #[tokio::test]
@@ -261,171 +261,6 @@ async fn a_slow_transaction_that_commits_after_a_later_one_is_not_skipped() {
     relay.task.await.unwrap();
 }
 
-// ---------------------------------------------------------------- inbox consumer
-
-/// Records each event it handles. Rejects `ce_type`s ending in `Poison`
-/// (deterministically) unless the database says the bug is fixed; fails
-/// those ending in `Flaky` transiently until the database says it healed.
-struct Recorder;
-
-#[async_trait]
-impl EventHandler for Recorder {
-    async fn handle(&self, tx: &mut PgConnection, event: &IncomingEvent) -> Result<(), HandlerError> {
-        let fixed: bool = sqlx::query_scalar("select exists (select 1 from handled_events where ce_type = 'fix')")
-            .fetch_one(&mut *tx)
-            .await?;
-        if event.headers.event_type.ends_with("Poison") && !fixed {
-            return Err(HandlerError::Poison("this handler rejects it".into()));
-        }
-        let healed: bool = sqlx::query_scalar("select exists (select 1 from handled_events where ce_type = 'heal')")
-            .fetch_one(&mut *tx)
-            .await?;
-        if event.headers.event_type.ends_with("Flaky") && !healed {
-            return Err(HandlerError::Transient(anyhow::anyhow!("the database is restarting")));
-        }
-        sqlx::query("insert into handled_events (event_id, ce_type) values ($1, $2)")
-            .bind(event.event_id()?)
-            .bind(&event.headers.event_type)
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
-    }
-}
-
-async fn produce(kafka: &TestKafka, topic: &str, key: &str, ce_id: &str, ce_type: &str) {
-    produce_to(kafka, topic, None, key, ce_id, ce_type).await;
-}
-
-async fn produce_to(kafka: &TestKafka, topic: &str, partition: Option<i32>, key: &str, ce_id: &str, ce_type: &str) {
-    let producer = kafka::producer(kafka.brokers()).unwrap();
-    let headers = CloudEventHeaders {
-        id: ce_id.to_owned(),
-        source: "/test".into(),
-        event_type: ce_type.to_owned(),
-        time: CloudEventHeaders::format_time(chrono::Utc::now()),
-        subject: key.to_owned(),
-        ..Default::default()
-    };
-    let mut record = FutureRecord::to(topic).key(key).payload(b"{}".as_slice()).headers(headers.to_kafka());
-    if let Some(partition) = partition {
-        record = record.partition(partition);
-    }
-    producer.send(record, Duration::from_secs(10)).await.unwrap();
-}
-
-fn start_consumer(pool: &PgPool, kafka: &TestKafka, topic: &str) -> (Shutdown, tokio::task::JoinHandle<()>) {
-    let mut settings = ConsumerSettings::new(&unique_name("group"), &[topic]);
-    settings.retry_backoff = Duration::from_millis(20);
-    settings.max_backoff = Duration::from_millis(200);
-    let stop = Shutdown::new();
-    let task = tokio::spawn(inbox::run_consumer(
-        pool.clone(),
-        kafka.brokers().to_owned(),
-        Recorder,
-        settings,
-        shared::health::Signals::default(),
-        stop.clone(),
-    ));
-    (stop, task)
-}
-
-async fn handled(pool: &PgPool) -> Vec<String> {
-    sqlx::query_scalar("select ce_type from handled_events order by handled_at, ce_type").fetch_all(pool).await.unwrap()
-}
-
-#[tokio::test]
-async fn a_consumer_fed_the_same_ce_id_twice_applies_it_once() {
-    let kafka = TestKafka::start().unwrap();
-    let topic = topic_for(&kafka, "inbox_dupe").await;
-    let pool = fresh_db("inbox_dupe").await;
-    let id = uuid::Uuid::now_v7().to_string();
-    produce(&kafka, &topic, "k", &id, "test.v1.First").await;
-    produce(&kafka, &topic, "k", &id, "test.v1.First").await;
-    produce(&kafka, &topic, "k", &uuid::Uuid::now_v7().to_string(), "test.v1.Second").await;
-    let (stop, task) = start_consumer(&pool, &kafka, &topic);
-    let done = eventually(Duration::from_secs(60), || async { (handled(&pool).await.len() >= 2).then_some(()) }).await;
-    assert!(done.is_some());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.cancel();
-    task.await.unwrap();
-    assert_eq!(handled(&pool).await, ["test.v1.First", "test.v1.Second"]);
-    let inbox_rows: i64 = sqlx::query_scalar("select count(*) from inbox").fetch_one(&pool).await.unwrap();
-    assert_eq!(inbox_rows, 2);
-}
-
-#[tokio::test]
-async fn a_backlog_of_one_partition_is_handled_in_shared_transactions_and_a_poison_record_among_it_still_goes_alone() {
-    let kafka = TestKafka::start().unwrap();
-    let topic = topic_for(&kafka, "inbox_batch").await;
-    let pool = fresh_db("inbox_batch").await;
-    // A backlog on one key (one partition), read in one round: a repeated
-    // ce_id, and a poison record in the middle.
-    let repeated = uuid::Uuid::now_v7().to_string();
-    let poison_id = uuid::Uuid::now_v7().to_string();
-    for n in 0..40 {
-        let id = match n {
-            10 | 11 => repeated.clone(),
-            20 => poison_id.clone(),
-            _ => uuid::Uuid::now_v7().to_string(),
-        };
-        let ce_type = if n == 20 { "test.v1.Poison".to_owned() } else { format!("test.v1.N{n:02}") };
-        produce(&kafka, &topic, "k", &id, &ce_type).await;
-    }
-    let (stop, task) = start_consumer(&pool, &kafka, &topic);
-    let done = eventually(Duration::from_secs(60), || async { (handled(&pool).await.len() >= 38).then_some(()) }).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    task.await.unwrap();
-    assert!(done.is_some(), "the backlog was handled: {:?}", handled(&pool).await);
-    let mut seen = handled(&pool).await;
-    seen.sort();
-    let expected: Vec<String> = (0..40).filter(|n| *n != 11 && *n != 20).map(|n| format!("test.v1.N{n:02}")).collect();
-    assert_eq!(seen, expected, "each applied once; the repeated ce_id once; the poison one not");
-    let dead = read_dlq(&reader(kafka.brokers(), &kafka::dlq_topic(&topic))).await;
-    assert_eq!(dead.0, poison_id, "the poison record went to the DLQ on its own");
-}
-
-#[tokio::test]
-async fn a_poison_record_goes_to_the_dlq_and_the_partition_moves_on() {
-    let kafka = TestKafka::start().unwrap();
-    let topic = topic_for(&kafka, "inbox_dlq").await;
-    let pool = fresh_db("inbox_dlq").await;
-    let poison_id = uuid::Uuid::now_v7().to_string();
-    // Same key, so same partition: the good record sits behind the poison one.
-    produce(&kafka, &topic, "k", &poison_id, "test.v1.Poison").await;
-    produce(&kafka, &topic, "k", &uuid::Uuid::now_v7().to_string(), "test.v1.After").await;
-    let (stop, task) = start_consumer(&pool, &kafka, &topic);
-    let done = eventually(Duration::from_secs(60), || async { (!handled(&pool).await.is_empty()).then_some(()) }).await;
-    stop.cancel();
-    task.await.unwrap();
-    assert!(done.is_some(), "the record after the poison one was processed");
-    assert_eq!(handled(&pool).await, ["test.v1.After"]);
-
-    let dlq = reader(kafka.brokers(), &kafka::dlq_topic(&topic));
-    let dead = read_dlq(&dlq).await;
-    assert_eq!(dead.0, poison_id);
-    assert!(dead.1.contains("rejects it"), "reason recorded: {}", dead.1);
-
-    // Fix the "bug", re-drive the DLQ: the record is handled; a second re-drive sends nothing.
-    sqlx::query("insert into handled_events (event_id, ce_type) values ($1, 'fix')")
-        .bind(uuid::Uuid::now_v7())
-        .execute(&pool)
-        .await
-        .unwrap();
-    let group = unique_name("redrive");
-    let sent = shared::dlq::redrive(kafka.brokers(), &topic, &group, Duration::from_secs(5)).await.unwrap();
-    assert_eq!(sent, 1);
-    let (stop, task) = start_consumer(&pool, &kafka, &topic);
-    let handled_now = eventually(Duration::from_secs(60), || async {
-        handled(&pool).await.contains(&"test.v1.Poison".to_owned()).then_some(())
-    })
-    .await;
-    stop.cancel();
-    task.await.unwrap();
-    assert!(handled_now.is_some(), "the re-driven record was handled");
-    assert_eq!(shared::dlq::redrive(kafka.brokers(), &topic, &group, Duration::from_secs(3)).await.unwrap(), 0);
-}
-
 #[tokio::test]
 async fn idempotency_keys_replay_until_purged() {
     use shared::idempotency::{self, Begin, StoredOutcome};
@@ -454,60 +289,6 @@ async fn an_in_flight_key_whose_holder_died_is_taken_over_after_its_lease() {
     assert_eq!(idempotency::begin(&pool, "u1", "op", "k", "b", short).await.unwrap(), Begin::InProgress);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(matches!(idempotency::begin(&pool, "u1", "op", "k", "b", short).await.unwrap(), Begin::Proceed(_)));
-}
-
-#[tokio::test]
-async fn a_transient_failure_pauses_only_its_partition_and_is_retried_until_it_heals_never_dead_lettered() {
-    let kafka = TestKafka::start().unwrap();
-    let topic = topic_for(&kafka, "inbox_transient").await;
-    let pool = fresh_db("inbox_transient").await;
-    let id = || uuid::Uuid::now_v7().to_string();
-    produce_to(&kafka, &topic, Some(0), "k0", &id(), "test.v1.Flaky").await;
-    produce_to(&kafka, &topic, Some(0), "k0", &id(), "test.v1.Behind").await;
-    produce_to(&kafka, &topic, Some(1), "k1", &id(), "test.v1.Elsewhere").await;
-    let (stop, task) = start_consumer(&pool, &kafka, &topic);
-
-    // The other partition moves on while partition 0 waits, in order.
-    let elsewhere = eventually(Duration::from_secs(60), || async {
-        handled(&pool).await.contains(&"test.v1.Elsewhere".to_owned()).then_some(())
-    })
-    .await;
-    assert!(elsewhere.is_some(), "the healthy partition was consumed");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(handled(&pool).await, ["test.v1.Elsewhere"], "nothing behind the failing record ran");
-
-    // The failure ends: the record and the one behind it apply, in order.
-    sqlx::query("insert into handled_events (event_id, ce_type) values ($1, 'heal')")
-        .bind(uuid::Uuid::now_v7())
-        .execute(&pool)
-        .await
-        .unwrap();
-    let healed = eventually(Duration::from_secs(30), || async {
-        handled(&pool).await.contains(&"test.v1.Behind".to_owned()).then_some(())
-    })
-    .await;
-    stop.cancel();
-    task.await.unwrap();
-    assert!(healed.is_some(), "the retried record and the one behind it were applied");
-    let order: Vec<String> =
-        handled(&pool).await.into_iter().filter(|t| t == "test.v1.Flaky" || t == "test.v1.Behind").collect();
-    assert_eq!(order, ["test.v1.Flaky", "test.v1.Behind"]);
-    let dlq = reader(kafka.brokers(), &kafka::dlq_topic(&topic));
-    let dead = tokio::time::timeout(Duration::from_secs(5), dlq.recv()).await;
-    assert!(dead.is_err(), "nothing was dead-lettered");
-}
-
-async fn read_dlq(consumer: &rdkafka::consumer::StreamConsumer) -> (String, String) {
-    use rdkafka::message::{Headers, Message};
-    let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.unwrap().unwrap();
-    let header = |name: &str| {
-        message
-            .headers()
-            .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default()
-    };
-    (header("ce_id"), header("dlq_reason"))
 }
 
 // ---------------------------------------------------------------- projections

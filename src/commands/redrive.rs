@@ -4,7 +4,13 @@ use crate::cli::RedriveArgs;
 
 /// Re-publishes the topic's dead letters to it once their cause is fixed.
 pub async fn run(args: &RedriveArgs) -> anyhow::Result<()> {
-    let sent = shared::dlq::redrive(&args.kafka_brokers, &args.topic, shared::dlq::REDRIVE_GROUP, args.idle).await?;
+    let sent = shared::inbox::redrive::redrive(
+        &args.kafka_brokers,
+        &args.topic,
+        shared::inbox::redrive::REDRIVE_GROUP,
+        args.idle,
+    )
+    .await?;
     println!("re-drove {sent} dead letter(s) to {}", args.topic);
     Ok(())
 }

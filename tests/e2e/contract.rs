@@ -133,6 +133,41 @@ async fn authentication_and_malformed_input_are_clean_4xx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_whose_intent_has_not_arrived_is_not_ready_and_one_no_booking_names_is_not_found() {
+    let sys = System::start_with(&["--intent-wait-ms=300"]).await;
+    // Hold the payment-service's consumer back: its inbox insert waits on this lock.
+    let payment_db = sys.payment_pool().await;
+    let mut held = payment_db.begin().await.unwrap();
+    sqlx::query("lock table inbox in share mode").execute(&mut *held).await.unwrap();
+    let (booking, intent) = sys.book("early", "perf_001", &["G9"]).await;
+    let early = sys.pay("early", &intent, "tok_visa").await;
+    assert_eq!(
+        (early.status, early.body["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("Payment is not ready yet; retry shortly.")),
+        "a pending booking names the intent"
+    );
+    assert_eq!(early.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let thief = sys.pay("thief", &intent, "tok_visa").await;
+    assert_eq!(
+        (thief.status, thief.body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("Unauthorized to pay this payment intent."))
+    );
+    let nobody = uuid::Uuid::now_v7().to_string();
+    let unknown = sys.pay("early", &nobody, "tok_visa").await;
+    assert_eq!(
+        (unknown.status, unknown.body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("Payment intent not found.")),
+        "no booking names it"
+    );
+    // The lock goes, the intent arrives, and the retry pays.
+    held.rollback().await.unwrap();
+    sys.wait_intent("early", &intent).await;
+    assert_eq!(sys.pay("early", &intent, "tok_visa").await.status, StatusCode::OK);
+    sys.wait_status("early", &booking, "confirmed").await;
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_payment_requests_get_the_contract_errors() {
     let sys = System::start_with(&["--intent-wait-ms=300"]).await;
     let (booking, intent) = sys.book("payer", "perf_001", &["G1"]).await;

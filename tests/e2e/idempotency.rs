@@ -130,3 +130,82 @@ async fn a_replayed_payment_charges_once() {
     assert_eq!(attempts, 2);
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_the_lease_of_an_unsettled_charge_keeps_its_key_and_gets_the_reconcilers_outcome() {
+    use payment_service::{
+        domain::intent::{attempt_key, PaymentCommand},
+        payments::{execute_fingerprint, execute_in, EXECUTE_OPERATION},
+        psp::{Charge, Cvv, Psp, SimulatedPsp},
+    };
+    use shared::idempotency::{self, Begin};
+    use std::time::Duration;
+
+    let sys = System::start_with(&["--payment-reconcile-after-secs=3"]).await;
+    let user = "lease_payer";
+    let (booking, intent) = sys.book(user, "perf_001", &["H8"]).await;
+    sys.wait_intent(user, &intent).await;
+    let pool = sys.payment_pool().await;
+    // A payment that claimed its key, recorded its attempt and was charged by
+    // the PSP, then died before recording the answer.
+    let key = "pay-after-the-lease";
+    let fingerprint = execute_fingerprint(&intent, "tok_visa");
+    let lease = Duration::from_millis(500);
+    let begun = idempotency::begin(&pool, user, EXECUTE_OPERATION, key, &fingerprint, lease).await.unwrap();
+    assert!(matches!(begun, Begin::Proceed(_)));
+    let mut tx = pool.begin().await.unwrap();
+    let request = PaymentCommand::RequestCharge {
+        user_id: user.to_owned(),
+        now: chrono::Utc::now(),
+        safety_margin: chrono::Duration::seconds(5),
+        max_attempts: 3,
+        payment_method_token: "tok_visa".to_owned(),
+        idempotency_key: Some(key.to_owned()),
+    };
+    execute_in(&mut tx, &intent, &shared::event_store::EventMetadata::default(), request).await.unwrap();
+    tx.commit().await.unwrap();
+    let psp = SimulatedPsp::new(pool.clone(), Duration::from_secs(3), Duration::ZERO, 0);
+    let charge = Charge {
+        idempotency_key: attempt_key(&intent, 1),
+        payment_intent_id: intent.clone(),
+        amount: 30000,
+        currency: "KRW".to_owned(),
+        token: "tok_visa".to_owned(),
+        cvv: Cvv::parse("123").unwrap(),
+    };
+    psp.charge(&charge).await.unwrap();
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+
+    // The client retries with its key after the lease: the charge is being
+    // confirmed, and the key stays claimed for the reconciler's answer.
+    let body = json!({"paymentIntentId": intent, "paymentMethodToken": "tok_visa", "cvv": "123"});
+    let retry = sys.post_keyed("/payments/execute", user, key, &body).await;
+    assert_eq!(retry.0, StatusCode::SERVICE_UNAVAILABLE, "{}", retry.1);
+    let state: String = sqlx::query_scalar("select state from idempotency_keys where idempotency_key = $1")
+        .bind(key)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "in_flight", "the key was not given up");
+
+    // The reconciler records the PSP's answer under the key (until then a
+    // retry hears "in progress"): the retry gets it, never "already processed".
+    let replayed = shared::testkit::eventually(Duration::from_secs(30), || async {
+        let reply = sys.post_keyed("/payments/execute", user, key, &body).await;
+        let waiting = reply.0 == StatusCode::SERVICE_UNAVAILABLE
+            || reply.1["error"] == "A request with this idempotency key is in progress.";
+        (!waiting).then_some(reply)
+    })
+    .await
+    .unwrap();
+    assert_eq!((replayed.0, replayed.2.as_deref()), (StatusCode::OK, Some("true")), "{}", replayed.1);
+    assert_eq!(replayed.1["status"], "SUCCESS");
+    sys.wait_status(user, &booking, "confirmed").await;
+    let charges: i64 = sqlx::query_scalar("select count(*) from psp.charges where payment_intent_id = $1")
+        .bind(&intent)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(charges, 1, "one charge");
+    sys.stop().await;
+}

@@ -7,7 +7,6 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer, StreamConsumer},
     message::{Header, Headers, Message, OwnedHeaders},
     producer::FutureRecord,
-    TopicPartitionList,
 };
 use shared::testkit::{eventually, unique_name};
 
@@ -71,19 +70,22 @@ async fn replay_topic(sys: &System, topic: &str) -> usize {
     count
 }
 
-/// True once `group` has committed offsets up to the end of every partition of `topic`.
-fn caught_up(sys: &System, group: &str, topic: &str) -> bool {
-    let probe: BaseConsumer = shared::kafka::client_config(&sys.brokers).set("group.id", group).create().unwrap();
+/// True once consumer `group`, whose offsets live in `db`, has handled
+/// every record of every partition of `topic`.
+async fn caught_up(sys: &System, db: &sqlx::PgPool, group: &str, topic: &str) -> bool {
+    let probe: BaseConsumer = shared::kafka::client_config(&sys.brokers).create().unwrap();
     let Ok(metadata) = probe.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return false };
     let Some(t) = metadata.topics().first() else { return false };
-    let mut list = TopicPartitionList::new();
-    for p in t.partitions() {
-        list.add_partition(topic, p.id());
-    }
-    let Ok(committed) = probe.committed_offsets(list, Duration::from_secs(5)) else { return false };
+    let stored: Vec<(i32, Option<i64>)> =
+        sqlx::query_as("select partition, next_offset from consumer_partitions where consumer = $1 and topic = $2")
+            .bind(group)
+            .bind(topic)
+            .fetch_all(db)
+            .await
+            .unwrap();
     t.partitions().iter().all(|p| {
         let Ok((_, high)) = probe.fetch_watermarks(topic, p.id(), Duration::from_secs(5)) else { return false };
-        let done = committed.find_partition(topic, p.id()).and_then(|e| e.offset().to_raw()).unwrap_or(0);
+        let done = stored.iter().find(|(partition, _)| *partition == p.id()).and_then(|(_, next)| *next).unwrap_or(0);
         high == 0 || done >= high
     })
 }
@@ -103,22 +105,20 @@ async fn replaying_both_topics_from_the_start_changes_nothing() {
     sys.wait_status("replay_a", &confirmed, "confirmed").await;
     sys.wait_status("replay_c", &failed, "failed").await;
     let (booking_group, payment_group) = (sys.topics.group("booking-service"), sys.topics.group("payment-service"));
-    let settled = eventually(Duration::from_secs(30), || async {
-        (caught_up(&sys, &booking_group, &sys.topics.payment) && caught_up(&sys, &payment_group, &sys.topics.booking))
+    let (booking_db, payment_db) = (sys.booking_pool().await, sys.payment_pool().await);
+    let all_handled = || async {
+        (caught_up(&sys, &booking_db, &booking_group, &sys.topics.payment).await
+            && caught_up(&sys, &payment_db, &payment_group, &sys.topics.booking).await)
             .then_some(())
-    })
-    .await;
+    };
+    let settled = eventually(Duration::from_secs(30), all_handled).await;
     assert!(settled.is_some(), "consumers caught up before the replay");
     assert!(sys.settled_violations().await.is_empty());
     let before = state(&sys).await;
 
     let replayed = replay_topic(&sys, &sys.topics.booking).await + replay_topic(&sys, &sys.topics.payment).await;
     assert!(replayed >= 10, "replayed {replayed} records");
-    let drained = eventually(Duration::from_secs(60), || async {
-        (caught_up(&sys, &booking_group, &sys.topics.payment) && caught_up(&sys, &payment_group, &sys.topics.booking))
-            .then_some(())
-    })
-    .await;
+    let drained = eventually(Duration::from_secs(60), all_handled).await;
     assert!(drained.is_some(), "consumers processed the replayed records");
     assert_eq!(state(&sys).await, before, "a replay changes no state");
     sys.stop().await;

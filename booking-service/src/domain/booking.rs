@@ -484,6 +484,19 @@ impl shared::event_store::DomainEvent for BookingEvent {
     fn event_type(&self) -> &'static str {
         BookingEvent::event_type(self)
     }
+
+    /// The booking's life as other services see it; the payment admissions
+    /// and declines and the refund mark are the aggregate's own bookkeeping.
+    fn published(&self) -> bool {
+        match self {
+            Self::SeatLocked(_)
+            | Self::BookingConfirmed { .. }
+            | Self::BookingCancelled { .. }
+            | Self::BookingExpired { .. }
+            | Self::BookingFailed { .. } => true,
+            Self::PaymentAdmitted { .. } | Self::PaymentDeclined { .. } | Self::BookingRefunded { .. } => false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -201,6 +201,37 @@ async fn clear_deadline(conn: &mut PgConnection, booking_id: &str) -> Result<(),
     Ok(())
 }
 
+/// One occupiedSeats document.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OccupiedSeatRow {
+    /// The holding booking.
+    pub booking_id: String,
+    /// Its owner.
+    pub user_id: String,
+    /// End of the hold; `None` once booked.
+    pub locked_until: Option<DateTime<Utc>>,
+    /// `locked` or `booked`.
+    pub status: String,
+}
+
+/// The occupiedSeats document of a seat, read from the hold itself (so it
+/// is as current as the seat's last commit), unless the seat is free: a
+/// lapsed hold counts as free whether or not the sweeper has run.
+pub async fn occupied_seat(
+    conn: &mut PgConnection,
+    performance_id: &str,
+    seat_id: &str,
+) -> Result<Option<OccupiedSeatRow>, sqlx::Error> {
+    sqlx::query_as(
+        "select booking_id, user_id, locked_until, status from seat_holds \
+         where performance_id = $1 and seat_id = $2 and (status = 'booked' or locked_until > now())",
+    )
+    .bind(performance_id)
+    .bind(seat_id)
+    .fetch_optional(conn)
+    .await
+}
+
 /// Pending bookings whose deadline has passed, oldest first.
 pub async fn due_bookings(conn: &mut PgConnection, limit: i64) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("select booking_id from booking_deadlines where due_at <= now() order by due_at limit $1")

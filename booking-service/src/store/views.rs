@@ -1,6 +1,12 @@
-//! The read side: projections of booking events into `booking_view`
-//! (behind `GET /bookings/my`) and `occupied_seats` (the seed's
-//! occupiedSeats documents). Rebuildable from the event store.
+//! The read side behind `GET /bookings/my`: `booking_view`, one row per
+//! booking, written in the same transaction as the booking's events
+//! ([`follow`], called by every command), so a read always shows every
+//! write committed before it, without waiting for anything. It is still a
+//! projection of the event store: `ticketing rebuild-projections` replays
+//! the log into fresh tables and swaps them in (blue/green).
+//!
+//! The occupiedSeats documents are read straight from the seat holds
+//! (`holds::occupied_seat`), the table that decides them.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -33,20 +39,7 @@ pub struct BookingRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// One occupiedSeats document.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct OccupiedSeatRow {
-    /// The holding booking.
-    pub booking_id: String,
-    /// Its owner.
-    pub user_id: String,
-    /// End of the hold; `None` once booked.
-    pub locked_until: Option<DateTime<Utc>>,
-    /// `locked` or `booked`.
-    pub status: String,
-}
-
-/// Bookings by user and occupied seats, from booking events.
+/// Bookings by user, from booking events.
 pub struct BookingViews;
 
 #[async_trait]
@@ -56,7 +49,11 @@ impl Projection for BookingViews {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["booking_view", "occupied_seats"]
+        &["booking_view"]
+    }
+
+    fn inline(&self) -> bool {
+        true
     }
 
     fn create_tables_sql(&self) -> &'static str {
@@ -71,17 +68,7 @@ impl Projection for BookingViews {
             created_at        timestamptz not null,
             version           bigint not null
         );
-        create index booking_view_by_user on booking_view (user_id, created_at desc, booking_id desc);
-        create table occupied_seats (
-            performance_id text not null,
-            seat_id        text not null,
-            booking_id     text not null,
-            user_id        text not null,
-            locked_until   timestamptz,
-            status         text not null,
-            primary key (performance_id, seat_id)
-        );
-        create index occupied_seats_booking on occupied_seats (booking_id);"
+        create index booking_view_by_user on booking_view (user_id, created_at desc, booking_id desc);"
     }
 
     async fn apply(&self, conn: &mut PgConnection, stored: &StoredEvent) -> Result<(), ProjectionError> {
@@ -89,64 +76,54 @@ impl Projection for BookingViews {
             return Ok(());
         }
         let event: BookingEvent = stored.decode().map_err(|e| ProjectionError::decode(stored, e))?;
-        let id = stored.stream_id.as_str();
-        let status = match &event {
-            BookingEvent::SeatLocked(created) => {
-                sqlx::query(
-                    "insert into booking_view (booking_id, user_id, performance_id, seat_ids, total_amount, status, \
-                        payment_intent_id, created_at, version) values ($1, $2, $3, $4, $5, 'pending', $6, $7, $8) \
-                     on conflict (booking_id) do nothing",
-                )
-                .bind(id)
-                .bind(&created.user_id)
-                .bind(&created.performance_id)
-                .bind(&created.seat_ids)
-                .bind(created.total_amount)
-                .bind(&created.payment_intent_id)
-                .bind(created.created_at)
-                .bind(stored.stream_version)
-                .execute(&mut *conn)
-                .await?;
-                // A later hold on the same seat replaces a lapsed one.
-                sqlx::query(
-                    "insert into occupied_seats (performance_id, seat_id, booking_id, user_id, locked_until, status) \
-                     select $1, seat, $2, $3, $4, 'locked' from unnest($5::text[]) seat \
-                     on conflict (performance_id, seat_id) do update set booking_id = excluded.booking_id, \
-                        user_id = excluded.user_id, locked_until = excluded.locked_until, status = 'locked'",
-                )
-                .bind(&created.performance_id)
-                .bind(id)
-                .bind(&created.user_id)
-                .bind(created.locked_until)
-                .bind(&created.seat_ids)
-                .execute(&mut *conn)
-                .await?;
-                return Ok(());
-            }
-            BookingEvent::PaymentAdmitted { .. } | BookingEvent::PaymentDeclined { .. } => return Ok(()),
-            BookingEvent::BookingConfirmed { .. } => {
-                sqlx::query("update occupied_seats set status = 'booked', locked_until = null where booking_id = $1")
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
-                BookingStatus::Confirmed
-            }
-            BookingEvent::BookingCancelled { .. } => BookingStatus::Cancelled,
-            BookingEvent::BookingExpired { .. } => BookingStatus::Expired,
-            BookingEvent::BookingFailed { .. } => BookingStatus::Failed,
-            BookingEvent::BookingRefunded { .. } => BookingStatus::Refunded,
-        };
-        if event.releases_seats() {
-            sqlx::query("delete from occupied_seats where booking_id = $1").bind(id).execute(&mut *conn).await?;
-        }
-        sqlx::query("update booking_view set status = $2, version = $3 where booking_id = $1 and version < $3")
-            .bind(id)
-            .bind(status.as_str())
-            .bind(stored.stream_version)
-            .execute(&mut *conn)
-            .await?;
+        follow(conn, &stored.stream_id, stored.stream_version, &event).await?;
         Ok(())
     }
+}
+
+/// Brings `booking_view` in line with `event`, version `version` of the
+/// booking's stream: in the command's transaction, or replayed by a
+/// rebuild. Applying an event twice, or an older one after a newer one,
+/// changes nothing.
+pub async fn follow(
+    conn: &mut PgConnection,
+    booking_id: &str,
+    version: i64,
+    event: &BookingEvent,
+) -> Result<(), sqlx::Error> {
+    let status = match event {
+        BookingEvent::SeatLocked(created) => {
+            sqlx::query(
+                "insert into booking_view (booking_id, user_id, performance_id, seat_ids, total_amount, status, \
+                    payment_intent_id, created_at, version) values ($1, $2, $3, $4, $5, 'pending', $6, $7, $8) \
+                 on conflict (booking_id) do nothing",
+            )
+            .bind(booking_id)
+            .bind(&created.user_id)
+            .bind(&created.performance_id)
+            .bind(&created.seat_ids)
+            .bind(created.total_amount)
+            .bind(&created.payment_intent_id)
+            .bind(created.created_at)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(());
+        }
+        BookingEvent::PaymentAdmitted { .. } | BookingEvent::PaymentDeclined { .. } => return Ok(()),
+        BookingEvent::BookingConfirmed { .. } => BookingStatus::Confirmed,
+        BookingEvent::BookingCancelled { .. } => BookingStatus::Cancelled,
+        BookingEvent::BookingExpired { .. } => BookingStatus::Expired,
+        BookingEvent::BookingFailed { .. } => BookingStatus::Failed,
+        BookingEvent::BookingRefunded { .. } => BookingStatus::Refunded,
+    };
+    sqlx::query("update booking_view set status = $2, version = $3 where booking_id = $1 and version < $3")
+        .bind(booking_id)
+        .bind(status.as_str())
+        .bind(version)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// A page of the user's bookings, newest first; `before` is a booking id.
@@ -167,22 +144,5 @@ pub async fn user_bookings(
     .bind(limit)
     .bind(before)
     .fetch_all(conn)
-    .await
-}
-
-/// The occupiedSeats document of a seat, unless the seat is free (a lapsed
-/// hold counts as free whether or not the sweeper has run).
-pub async fn occupied_seat(
-    conn: &mut PgConnection,
-    performance_id: &str,
-    seat_id: &str,
-) -> Result<Option<OccupiedSeatRow>, sqlx::Error> {
-    sqlx::query_as(
-        "select booking_id, user_id, locked_until, status from occupied_seats \
-         where performance_id = $1 and seat_id = $2 and (status = 'booked' or locked_until > now())",
-    )
-    .bind(performance_id)
-    .bind(seat_id)
-    .fetch_optional(conn)
     .await
 }

@@ -556,6 +556,23 @@ impl shared::event_store::DomainEvent for PaymentEvent {
     fn event_type(&self) -> &'static str {
         PaymentEvent::event_type(self)
     }
+
+    /// The payment facts other services see; the charge attempts, the
+    /// intent's closing and the refund bookkeeping are internal.
+    fn published(&self) -> bool {
+        match self {
+            Self::PaymentIntentCreated(_)
+            | Self::PaymentSucceeded { .. }
+            | Self::PaymentFailed { .. }
+            | Self::PaymentRefunded { .. } => true,
+            Self::ChargeRequested { .. }
+            | Self::ChargeAbandoned { .. }
+            | Self::PaymentIntentClosed { .. }
+            | Self::PaymentRefundRequested { .. }
+            | Self::RefundAttemptFailed { .. }
+            | Self::RefundNeedsReview { .. } => false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,18 @@ use crate::{
 /// Metadata key of the caller's bearer token.
 pub const AUTHORIZATION: &str = "authorization";
 
+/// `error-reason` of a status whose message is for the client as it is:
+/// the request is sound but came too early; retry in a second.
+pub const RETRY_SHORTLY_REASON: &str = "RETRY_SHORTLY";
+
+/// Marks `status` as [`RETRY_SHORTLY_REASON`].
+pub fn retry_shortly(mut status: Status) -> Status {
+    if let Ok(value) = RETRY_SHORTLY_REASON.parse() {
+        status.metadata_mut().insert(crate::idempotency::ERROR_REASON_METADATA, value);
+    }
+    status
+}
+
 /// The answer to a call without valid credentials.
 pub const UNAUTHENTICATED: &str = "Missing or invalid bearer token.";
 

@@ -40,6 +40,13 @@ impl IntegrationMapper for JsonMapper {
     }
 }
 
+/// A fresh topic (and its DLQ twin) with three partitions.
+pub async fn topic_for(kafka: &shared::testkit::TestKafka, prefix: &str) -> String {
+    let topic = shared::testkit::unique_name(prefix);
+    kafka.create_topics(&[&topic], 3).await.unwrap();
+    topic
+}
+
 pub fn event(kind: &str, n: i64) -> NewEvent {
     NewEvent::from_serde(kind, &serde_json::json!({ "n": n })).unwrap()
 }
@@ -60,6 +67,8 @@ pub struct Received {
     pub ce_type: String,
     pub stream: String,
     pub version: i64,
+    pub sequence: Option<i64>,
+    pub position: Option<i64>,
 }
 
 pub fn reader(brokers: &str, topic: &str) -> StreamConsumer {
@@ -95,6 +104,8 @@ pub async fn read_records(consumer: &StreamConsumer, count: usize, timeout: Dura
             ce_type: header("ce_type"),
             stream: value["stream"].as_str().unwrap_or_default().to_owned(),
             version: value["version"].as_i64().unwrap_or_default(),
+            sequence: header("ce_sequence").parse().ok(),
+            position: header("ce_position").parse().ok(),
         });
     }
     out
