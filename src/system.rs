@@ -94,6 +94,8 @@ pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> a
         payment_grpc_url: format!("{scheme}://{}", loopback(payment_addr)),
         security: args.service.security,
         edge: args.edge,
+        // dev signs with its HS256 secret: the gateway mints its own token.
+        gateway_service_token: None,
         dev_tokens: args.dev_tokens,
     };
     let gateway = GatewayApp::build(&gateway_settings, &shutdown).await?;
@@ -193,13 +195,20 @@ async fn private_postgres(args: &mut DevArgs) -> anyhow::Result<Option<crate::pr
     Ok(Some(pg))
 }
 
+/// Writes the dev secret into a file only its owner can read, from the
+/// moment it exists (an older file is replaced, never written in place).
 fn write_dev_secret(secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
     let path = dev_secret_path();
-    std::fs::write(&path, secret).with_context(|| format!("writing {}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
+    let mut file = options.open(&path).with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(secret.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

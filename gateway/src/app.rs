@@ -29,15 +29,15 @@ use crate::{
     config::GatewaySettings,
     error::ApiError,
     openapi::ApiDoc,
-    routes::{bookings, catalog, health, live, payments},
+    routes::{bookings, box_office, catalog, health, payments, seat_stream},
 };
 
 /// Request bodies above this are refused with 400 (docs/API.md).
-const BODY_LIMIT: usize = 64 * 1024;
+pub const BODY_LIMIT: usize = 64 * 1024;
 /// The largest gRPC answer the gateway reads (a 100,000-seat map).
 const SEAT_MAP_MAX_BYTES: usize = 32 * 1024 * 1024;
 /// `POST /performances` accepts up to 1 MiB.
-const PERFORMANCE_BODY_LIMIT: usize = 1024 * 1024;
+pub const PERFORMANCE_BODY_LIMIT: usize = 1024 * 1024;
 
 /// What every handler shares.
 pub struct AppState {
@@ -61,8 +61,12 @@ pub struct AppState {
     pub queue_wait: Duration,
     /// Per-user limits on the writes.
     pub rate_limit: crate::rate_limit::UserRateLimit,
-    /// Rendered seat maps.
-    pub seat_maps: crate::seat_maps::SeatMapCache,
+    /// Longest a client may take to send a request body.
+    pub body_read_timeout: Duration,
+    /// Current seat maps, loads shared between readers.
+    pub seat_maps: Arc<crate::seat_maps::SeatMaps>,
+    /// The seat streams' watchers and caps.
+    pub seat_watch: Arc<crate::seat_watch::SeatWatch>,
     /// How long a successful payment waits for its booking to show it.
     pub read_your_writes_ms: u32,
     /// `ticketing dev` only: the HS256 secret `POST /dev/token` signs with.
@@ -101,12 +105,30 @@ impl GatewayApp {
             "http_requests_shed_total",
             "http_requests_timed_out_total",
             "http_requests_rate_limited_total",
+            "http_requests_body_timed_out_total",
         ] {
             metrics::counter!(counter).increment(0);
         }
+        for gauge in ["seat_streams_open", "seat_stream_watchers"] {
+            metrics::gauge!(gauge).set(0.0);
+        }
+        // The largest seat map (100,000 seats) is a few MiB.
+        let booking = BookingServiceClient::new(booking_channel.clone()).max_decoding_message_size(SEAT_MAP_MAX_BYTES);
+        let credential = crate::seat_maps::ServiceCredential::from_settings(
+            &settings.security.auth,
+            settings.gateway_service_token.as_ref().map(|t| t.0.as_str()),
+        );
+        let seat_maps = Arc::new(crate::seat_maps::SeatMaps::new(booking.clone(), credential));
+        let edge = &settings.edge;
+        let seat_watch = Arc::new(crate::seat_watch::SeatWatch::new(
+            seat_maps.clone(),
+            Duration::from_millis(edge.gateway_seat_stream_every_ms),
+            edge.gateway_max_streams as usize,
+            edge.gateway_max_streams_per_user as usize,
+            shutdown.clone(),
+        ));
         let state = Arc::new(AppState {
-            // The largest seat map (100,000 seats) is a few MiB.
-            booking: BookingServiceClient::new(booking_channel.clone()).max_decoding_message_size(SEAT_MAP_MAX_BYTES),
+            booking,
             payment: PaymentServiceClient::new(payment_channel.clone()),
             booking_channel,
             payment_channel,
@@ -119,10 +141,9 @@ impl GatewayApp {
                 settings.edge.gateway_user_rate_per_sec,
                 settings.edge.gateway_user_burst,
             ),
-            seat_maps: crate::seat_maps::SeatMapCache::new(
-                Duration::from_millis(settings.edge.gateway_seat_map_cache_ms),
-                settings.edge.gateway_seat_map_cache_mib * 1024 * 1024,
-            ),
+            body_read_timeout: Duration::from_millis(edge.gateway_body_read_timeout_ms),
+            seat_maps,
+            seat_watch,
             read_your_writes_ms: settings.edge.gateway_read_your_writes_ms,
             dev_token_secret: settings.dev_tokens.then(|| settings.security.auth.jwt_secret.clone()).flatten(),
         });
@@ -169,8 +190,9 @@ async fn shed_and_time_out(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    // Probes see the truth while the gateway sheds; a seat-map stream is
-    // long-lived by design and costs no work between its looks.
+    // Probes see the truth while the gateway sheds; a seat stream is
+    // long-lived by design, costs no work between its watcher's looks and
+    // has caps of its own.
     let path = request.uri().path();
     if matches!(path, "/healthz" | "/readyz" | "/metrics") || path.ends_with("/seats/stream") {
         return next.run(request).await;
@@ -243,12 +265,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     let request_id = HeaderName::from_static(shared::grpc::REQUEST_ID);
     // The dev-token route exists only in `ticketing dev`.
     let dev = match state.dev_token_secret {
-        Some(_) => Router::new().route("/dev/token", post(live::dev_token)),
+        Some(_) => Router::new().route("/dev/token", post(box_office::dev_token)),
         None => Router::new(),
     };
     Router::new()
-        .route("/", get(live::box_office))
-        .route("/performances/{id}/seats/stream", get(live::seat_stream))
+        .route("/", get(box_office::box_office))
+        .route("/performances/{id}/seats/stream", get(seat_stream::seat_stream))
         .merge(dev)
         .route("/bookings", post(bookings::create_booking))
         .route("/bookings/my", get(bookings::my_bookings))
@@ -270,6 +292,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(state.clone(), shed_and_time_out))
+        // Before a request takes a slot: its whole body, and its user's rate.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::admit::admit))
         .layer(axum::middleware::from_fn(record_http_metrics))
         .layer(
             TraceLayer::new_for_http()

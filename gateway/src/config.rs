@@ -22,6 +22,11 @@ pub struct GatewaySettings {
     pub security: SecurityArgs,
     #[command(flatten)]
     pub edge: EdgeLimits,
+    /// A token the identity provider issued to the gateway itself, for the
+    /// reads it shares between callers (seat maps). Unset, the gateway signs
+    /// its own with JWT_SECRET; with neither, each read uses its caller's token.
+    #[arg(long, env = "GATEWAY_SERVICE_TOKEN", hide_env_values = true)]
+    pub gateway_service_token: Option<shared::auth::Secret>,
     /// `ticketing dev` sets this: the box-office page may ask
     /// `POST /dev/token` for a token. Never a flag or an env var.
     #[arg(skip)]
@@ -54,12 +59,20 @@ pub struct EdgeLimits {
     /// Requests a user may send at once on each of those routes before the rate applies.
     #[arg(long, env = "GATEWAY_USER_BURST", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub gateway_user_burst: u32,
-    /// How long a performance's seat map is served from the gateway's cache (ms); 0 turns it off.
-    #[arg(long, env = "GATEWAY_SEAT_MAP_CACHE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
-    pub gateway_seat_map_cache_ms: u64,
-    /// Most JSON the seat-map cache holds (MiB).
-    #[arg(long, env = "GATEWAY_SEAT_MAP_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    pub gateway_seat_map_cache_mib: u64,
+    /// Longest a client may take to send a request's body (ms), before the
+    /// request takes an in-flight slot; then it is answered 408.
+    #[arg(long, env = "GATEWAY_BODY_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub gateway_body_read_timeout_ms: u64,
+    /// How often a watched performance's seat map is looked at for the
+    /// seat streams (ms); a write through this gateway is shown at once.
+    #[arg(long, env = "GATEWAY_SEAT_STREAM_EVERY_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub gateway_seat_stream_every_ms: u64,
+    /// Seat streams this gateway serves at once; beyond, 503 with `Retry-After`.
+    #[arg(long, env = "GATEWAY_MAX_STREAMS", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateway_max_streams: u32,
+    /// Seat streams one user may hold open at once; beyond, 429 with `Retry-After`.
+    #[arg(long, env = "GATEWAY_MAX_STREAMS_PER_USER", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateway_max_streams_per_user: u32,
     /// After a successful payment, how long (ms) the answer waits for the
     /// booking to show it (confirmed or refunded), so the client's next read
     /// sees its own payment; 0 answers at once.

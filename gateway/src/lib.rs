@@ -4,17 +4,20 @@
 //!
 //! | path | what it holds |
 //! |---|---|
-//! | `app.rs` | router, middleware (request id, access log, body limits), start-up |
-//! | `auth.rs` | JWT verification (HS256 / JWKS) and dev-token minting |
-//! | `routes/` | one module per resource of the contract |
+//! | `app.rs` | router, middleware (request id, access log, in-flight line, timeouts), start-up |
+//! | `admit.rs` | before a request takes a slot: its body within a time and size limit, its user's rate |
+//! | `auth.rs` | the `AuthUser` extractor over the shared token verifier |
+//! | `routes/` | one module per resource of the contract, the seat stream, the box-office page |
 //! | `error.rs` | the JSON error shape; gRPC → HTTP status, once |
 //! | `json.rs` | a JSON extractor whose rejections are 400s naming the problem |
 //! | `rate_limit.rs` | per-user token buckets on the writes (429 + `Retry-After`) |
-//! | `seat_maps.rs` | the seat-map cache: short TTL, one load for concurrent readers, size cap |
+//! | `seat_maps.rs` | current seat maps: concurrent readers share loads that began after they arrived; the gateway's own credential |
+//! | `seat_watch.rs` | one watcher per watched performance, its changes fanned out to every viewer; stream caps |
 //! | `serve.rs` | the HTTP/1.1 server loop: header read timeout, graceful shutdown |
 //! | `path_id.rs` | ids from the URL path, checked (length, no control characters) before any call |
 //! | `openapi.rs` | the OpenAPI 3.1 document at `/openapi.json` |
 
+pub mod admit;
 pub mod app;
 pub mod auth;
 pub mod config;
@@ -25,6 +28,7 @@ pub mod path_id;
 pub mod rate_limit;
 pub mod routes;
 pub mod seat_maps;
+pub mod seat_watch;
 pub mod serve;
 
 pub use app::{AppState, GatewayApp};

@@ -1,115 +1,273 @@
-//! The seat map, cached and size-capped. During an on-sale everyone polls
-//! the same map: the gateway keeps each performance's rendered JSON for a
-//! short time (`GATEWAY_SEAT_MAP_CACHE_MS`) and loads it once however many
-//! ask at the same moment. The cache holds at most
-//! `GATEWAY_SEAT_MAP_CACHE_MIB` of JSON. A booking made through this
-//! gateway drops its performance's entry, and a cancellation drops all, so
-//! a user sees their own change at once; other changes show within the TTL.
+//! Seat maps that are current and shared. Every read shows every write
+//! answered before the request arrived (decisions.md, read-your-writes),
+//! and concurrent readers of one performance share loads: a request waits
+//! for the load in progress to end, then takes the first load that *began
+//! after it arrived*. However many people look, a performance costs at
+//! most one booking-service read at a time, and nobody is shown a map
+//! older than their request.
+//!
+//! Shared loads authenticate as the gateway itself ([`ServiceCredential`]),
+//! so one user's expired or rejected token never fails another user's read.
 
-use std::{future::Future, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
+use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
-use moka::future::Cache;
+use proto::booking::{self as pb, booking_service_client::BookingServiceClient};
+use tokio::time::Instant;
+use tonic::transport::Channel;
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    routes::{
+        catalog::{SeatBody, SeatMapBody},
+        grpc_request, seed_time,
+    },
+};
 
-/// Rendered seat maps by performance id.
-pub struct SeatMapCache {
-    cache: Option<Cache<String, Bytes>>,
+/// One performance's seats as loaded: the body and its JSON.
+#[derive(Debug)]
+pub struct SeatMap {
+    /// The map.
+    pub body: SeatMapBody,
+    /// `body` rendered as JSON (`GET /performances/{id}/seats`).
+    pub json: Bytes,
 }
 
-impl SeatMapCache {
-    /// Entries live `ttl` (zero turns caching off); at most `max_bytes` in all.
-    pub fn new(ttl: Duration, max_bytes: u64) -> Self {
-        let cache = (!ttl.is_zero()).then(|| {
-            Cache::builder()
-                .time_to_live(ttl)
-                .max_capacity(max_bytes)
-                .weigher(|_id: &String, json: &Bytes| u32::try_from(json.len()).unwrap_or(u32::MAX))
-                .build()
-        });
-        Self { cache }
+/// How the gateway itself authenticates to the booking-service for loads
+/// it shares between callers.
+pub enum ServiceCredential {
+    /// A token the gateway signs for itself with the HS256 secret, renewed
+    /// before it expires.
+    Minted {
+        /// The token settings every component shares.
+        auth: shared::auth::AuthSettings,
+        /// The current token and its expiry.
+        current: Mutex<Option<(String, i64)>>,
+    },
+    /// A token the identity provider issued to the gateway (`GATEWAY_SERVICE_TOKEN`).
+    Configured(String),
+    /// No credential of its own (a JWKS without a service token): a load
+    /// uses the token of the request that started it, and a refusal of that
+    /// token is not shared with anyone else.
+    Callers,
+}
+
+/// The gateway's own subject in the tokens it signs.
+pub const GATEWAY_SUBJECT: &str = "system:gateway";
+
+impl ServiceCredential {
+    /// What `auth` and a configured token allow.
+    pub fn from_settings(auth: &shared::auth::AuthSettings, configured: Option<&str>) -> Self {
+        match configured.filter(|t| !t.is_empty()) {
+            Some(token) => Self::Configured(token.to_owned()),
+            None if auth.service_token(GATEWAY_SUBJECT, 60).is_some() => {
+                Self::Minted { auth: auth.clone(), current: Mutex::new(None) }
+            }
+            None => Self::Callers,
+        }
     }
 
-    /// The cached map of `performance_id`, or `load`'s (run once for all
-    /// concurrent callers; failures are not cached).
-    pub async fn get_or_load<F>(&self, performance_id: &str, load: F) -> Result<Bytes, ApiError>
-    where
-        F: Future<Output = Result<Bytes, ApiError>>,
-    {
-        match &self.cache {
-            None => load.await,
-            Some(cache) => {
-                cache.try_get_with_by_ref(performance_id, load).await.map_err(|error| ApiError::clone(&error))
+    /// The token to send, if the gateway has one of its own.
+    fn token(&self) -> Option<String> {
+        match self {
+            Self::Configured(token) => Some(token.clone()),
+            Self::Callers => None,
+            Self::Minted { auth, current } => {
+                let now = chrono::Utc::now().timestamp();
+                let mut current = current.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some((token, expires)) = current.as_ref().filter(|(_, expires)| *expires - now > 60) {
+                    let _ = expires;
+                    return Some(token.clone());
+                }
+                const TTL: i64 = 300;
+                match auth.service_token(GATEWAY_SUBJECT, TTL)? {
+                    Ok(token) => {
+                        *current = Some((token.clone(), now + TTL));
+                        Some(token)
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "signing the gateway's service token");
+                        None
+                    }
+                }
             }
         }
     }
+}
 
-    /// Drops one performance's map (a booking changed it).
-    pub async fn forget(&self, performance_id: &str) {
-        if let Some(cache) = &self.cache {
-            cache.invalidate(performance_id).await;
+/// Loads by key that are shared between concurrent callers, each caller
+/// getting the first load that began after it arrived. A key's slot lives
+/// only while someone waits on it.
+pub struct FreshLoads<T> {
+    slots: Mutex<HashMap<String, Slot<T>>>,
+}
+
+/// A key's last load (when it began, what it gave), held while someone waits.
+type Slot<T> = Arc<tokio::sync::Mutex<Option<(Instant, T)>>>;
+
+impl<T> Default for FreshLoads<T> {
+    fn default() -> Self {
+        Self { slots: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<T: Clone> FreshLoads<T> {
+    /// The result of a load of `key` that began after this call: one in
+    /// progress is waited out, then either the load that followed it is
+    /// shared (if `shareable` says so) or `load` runs.
+    pub async fn get<F>(&self, key: &str, shareable: impl Fn(&T) -> bool, load: impl FnOnce() -> F) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let arrived = Instant::now();
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            slots.entry(key.to_owned()).or_default().clone()
+        };
+        let result = {
+            let mut last = slot.lock().await;
+            match last.as_ref().filter(|(began, value)| *began >= arrived && shareable(value)) {
+                Some((_, value)) => value.clone(),
+                None => {
+                    let began = Instant::now();
+                    let value = load().await;
+                    *last = Some((began, value.clone()));
+                    value
+                }
+            }
+        };
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        // The map's handle and ours: nobody else waits, and a finished load
+        // is of use only to requests that arrived before it began.
+        if Arc::strong_count(&slot) <= 2 {
+            slots.remove(key);
         }
+        result
     }
 
-    /// Drops every map (a cancellation changed one we cannot name).
-    pub fn forget_all(&self) {
-        if let Some(cache) = &self.cache {
-            cache.invalidate_all();
-        }
+    /// Keys with someone waiting.
+    pub fn waiting(&self) -> usize {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
+}
+
+/// A load's result, and whether it used the caller's own token.
+type Load = (Result<Arc<SeatMap>, ApiError>, bool);
+
+/// Current seat maps, loads shared between concurrent readers.
+pub struct SeatMaps {
+    booking: BookingServiceClient<Channel>,
+    credential: ServiceCredential,
+    loads: FreshLoads<Load>,
+}
+
+impl SeatMaps {
+    /// Loads from `booking`, authenticated by `credential`.
+    pub fn new(booking: BookingServiceClient<Channel>, credential: ServiceCredential) -> Self {
+        Self { booking, credential, loads: FreshLoads::default() }
+    }
+
+    /// The map of `id` as it is now: loaded after this call began, shared
+    /// with whoever else asked meanwhile. `headers` are the caller's (its
+    /// request id and trace go along; its token only without a credential
+    /// of the gateway's own).
+    pub async fn current(&self, id: &str, headers: &HeaderMap) -> Result<Arc<SeatMap>, ApiError> {
+        // A refusal of someone else's token says nothing about this caller.
+        let shareable = |(result, callers_token): &Load| {
+            !(*callers_token && result.as_ref().is_err_and(|e| e.status == StatusCode::UNAUTHORIZED))
+        };
+        self.loads.get(id, shareable, || self.load(id, headers)).await.0
+    }
+
+    async fn load(&self, id: &str, headers: &HeaderMap) -> (Result<Arc<SeatMap>, ApiError>, bool) {
+        let message = pb::GetSeatMapRequest { performance_id: id.to_owned(), ..Default::default() };
+        let (request, callers_token) = match self.credential.token() {
+            Some(token) => {
+                let mut request = grpc_request(message, &without_authorization(headers));
+                shared::grpc::forward_bearer(&mut request, &token);
+                (request, false)
+            }
+            None => (grpc_request(message, headers), true),
+        };
+        let answer = self.booking.clone().get_seat_map(request).await;
+        (answer.map_err(ApiError::from).and_then(|map| render(map.into_inner()).map(Arc::new)), callers_token)
+    }
+}
+
+fn without_authorization(headers: &HeaderMap) -> HeaderMap {
+    let mut headers = headers.clone();
+    headers.remove(axum::http::header::AUTHORIZATION);
+    headers
+}
+
+fn render(map: pb::SeatMap) -> Result<SeatMap, ApiError> {
+    let body = SeatMapBody {
+        starts_at: seed_time(map.starts_at.as_ref()),
+        performance_id: map.performance_id,
+        title: map.title,
+        seats: map.seats.into_iter().map(|s| SeatBody { seat_id: s.seat_id, price: s.price, state: s.state }).collect(),
+    };
+    let json = serde_json::to_vec(&body).map(Bytes::from).map_err(|error| {
+        tracing::error!(%error, "rendering a seat map");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
+    })?;
+    Ok(SeatMap { body, json })
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
     #[tokio::test]
-    async fn concurrent_readers_share_one_load_and_failures_are_not_kept() {
-        let cache = Arc::new(SeatMapCache::new(Duration::from_secs(60), 1 << 20));
-        let loads = Arc::new(AtomicUsize::new(0));
+    async fn concurrent_readers_share_loads_that_began_after_they_arrived() {
+        let loads = Arc::new(FreshLoads::<usize>::default());
+        let count = Arc::new(AtomicUsize::new(0));
+        let load = |count: Arc<AtomicUsize>| async move {
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            n
+        };
         let readers = (0..50).map(|_| {
-            let (cache, loads) = (cache.clone(), loads.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_load("perf", async {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        Ok(Bytes::from_static(b"{}"))
-                    })
-                    .await
-            })
+            let (loads, count) = (loads.clone(), count.clone());
+            tokio::spawn(async move { loads.get("perf", |_| true, || load(count)).await })
         });
-        for reader in futures::future::join_all(readers).await {
-            assert_eq!(reader.unwrap().unwrap(), Bytes::from_static(b"{}"));
-        }
-        assert_eq!(loads.load(Ordering::SeqCst), 1);
-
-        let failed = cache.get_or_load("other", async { Err(ApiError::not_found("no")) }).await;
-        assert!(failed.is_err());
-        let loaded = cache.get_or_load("other", async { Ok(Bytes::from_static(b"[]")) }).await;
-        assert_eq!(loaded.unwrap(), Bytes::from_static(b"[]"));
-
-        cache.forget("perf").await;
-        cache.get_or_load("perf", async { Ok(Bytes::from_static(b"new")) }).await.unwrap();
-        assert_eq!(cache.get_or_load("perf", async { Ok(Bytes::new()) }).await.unwrap(), Bytes::from_static(b"new"));
+        let seen: Vec<usize> = futures::future::join_all(readers).await.into_iter().map(Result::unwrap).collect();
+        let loaded = count.load(Ordering::SeqCst);
+        assert!(loaded <= 2, "50 readers, {loaded} loads");
+        assert_eq!(loads.waiting(), 0, "nothing is kept once nobody waits");
+        // A reader arriving after a load finished never gets that load.
+        let later = loads.get("perf", |_| true, || load(count.clone())).await;
+        assert!(later > *seen.iter().max().unwrap());
     }
 
     #[tokio::test]
-    async fn entries_larger_than_the_cap_are_not_kept() {
-        let cache = SeatMapCache::new(Duration::from_secs(60), 8);
-        let big = Bytes::from(vec![b'x'; 64]);
-        cache.get_or_load("perf", async { Ok(big.clone()) }).await.unwrap();
-        if let Some(inner) = &cache.cache {
-            inner.run_pending_tasks().await;
-            assert_eq!(inner.weighted_size(), 0, "over the cap: evicted");
-        }
+    async fn a_result_that_is_not_shareable_is_loaded_again_by_each_waiter() {
+        let loads = Arc::new(FreshLoads::<usize>::default());
+        let count = Arc::new(AtomicUsize::new(0));
+        let readers = (0..5).map(|_| {
+            let (loads, count) = (loads.clone(), count.clone());
+            tokio::spawn(async move {
+                loads
+                    .get(
+                        "perf",
+                        |_| false,
+                        || async move {
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                            count.fetch_add(1, Ordering::SeqCst)
+                        },
+                    )
+                    .await
+            })
+        });
+        futures::future::join_all(readers).await;
+        assert_eq!(count.load(Ordering::SeqCst), 5);
     }
 }

@@ -42,6 +42,12 @@ pub struct Claims {
     /// `admin` for administrators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// The issuer, when tokens must name one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// The audience, when tokens must name one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
 }
 
 /// An authenticated caller, as its verified token names it.
@@ -51,7 +57,31 @@ pub struct AuthUser {
     pub user_id: String,
     /// `role == "admin"`.
     pub admin: bool,
+    /// The `exp` claim: the token is refused from this second on (after
+    /// [`LEEWAY_SECS`]).
+    pub expires_at: i64,
 }
+
+/// A secret setting: its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+/// Clock skew a verifier forgives on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 5;
 
 /// The longest user id (`sub`) accepted.
 pub const MAX_SUBJECT_LEN: usize = 128;
@@ -147,6 +177,29 @@ impl AuthSettings {
         }
     }
 
+    /// A token for this process itself (`sub` = `subject`), signed with the
+    /// HS256 secret and carrying the required issuer and audience; `None`
+    /// without a secret that verifiers accept (a JWKS-only setup gets its
+    /// service tokens from the identity provider).
+    pub fn service_token(&self, subject: &str, ttl_secs: i64) -> Option<Result<String, jsonwebtoken::errors::Error>> {
+        let secret = self.jwt_secret.as_deref().filter(|s| !s.is_empty())?;
+        let jwks = [&self.jwt_jwks, &self.jwt_jwks_url].iter().any(|v| v.as_deref().is_some_and(|s| !s.is_empty()));
+        if jwks && !self.jwt_allow_hs256 {
+            return None;
+        }
+        let rules = self.rules();
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: subject.to_owned(),
+            exp: now + ttl_secs,
+            iat: Some(now),
+            role: None,
+            iss: rules.issuer,
+            aud: rules.audience.map(serde_json::Value::String),
+        };
+        Some(encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())))
+    }
+
     /// Whether any key source is set.
     pub fn has_keys(&self) -> bool {
         [&self.jwt_secret, &self.jwt_jwks, &self.jwt_jwks_url]
@@ -202,7 +255,7 @@ struct RemoteJwks {
 pub struct Verifier {
     secret: Option<DecodingKey>,
     keys: Vec<Key>,
-    remote: Option<RemoteJwks>,
+    remote: Option<Arc<RemoteJwks>>,
     rules: TokenRules,
 }
 
@@ -239,14 +292,14 @@ impl Verifier {
                     .timeout(JWKS_FETCH_TIMEOUT)
                     .build()
                     .map_err(|e| AuthConfigError::BadJwks(e.to_string()))?;
-                Some(RemoteJwks {
+                Some(Arc::new(RemoteJwks {
                     url: url.to_owned(),
                     client,
                     keys: tokio::sync::RwLock::new((Arc::new(Vec::new()), None)),
                     last_try: tokio::sync::Mutex::new(None),
                     min_refresh: JWKS_MIN_REFRESH,
                     fetches: std::sync::atomic::AtomicU64::new(0),
-                })
+                }))
             }
         };
         if secret.is_none() && keys.is_empty() && remote.is_none() {
@@ -263,7 +316,7 @@ impl Verifier {
 
     /// The same verifier, fetching a JWKS URL at most once per `interval` (tests shorten it).
     pub fn with_min_refresh(mut self, interval: Duration) -> Self {
-        if let Some(remote) = self.remote.as_mut() {
+        if let Some(remote) = self.remote.as_mut().and_then(Arc::get_mut) {
             remote.min_refresh = interval;
         }
         self
@@ -308,7 +361,11 @@ impl Verifier {
                     if claims.sub.is_empty() || claims.sub.len() > MAX_SUBJECT_LEN {
                         return Err(TokenError::Subject);
                     }
-                    return Ok(AuthUser { admin: claims.role.as_deref() == Some("admin"), user_id: claims.sub });
+                    return Ok(AuthUser {
+                        admin: claims.role.as_deref() == Some("admin"),
+                        user_id: claims.sub,
+                        expires_at: claims.exp,
+                    });
                 }
                 Err(error) => last = TokenError::Invalid(error),
             }
@@ -318,7 +375,7 @@ impl Verifier {
 
     fn validation(&self, alg: Algorithm) -> Validation {
         let mut validation = Validation::new(alg);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
         match &self.rules.audience {
@@ -350,17 +407,30 @@ impl Verifier {
             let (keys, fetched) = remote.keys.read().await.clone();
             let mut remote_found = matching(&keys);
             let stale = fetched.is_none_or(|at| at.elapsed() > JWKS_MAX_AGE);
+            // Stale-while-revalidate: the keys held answer now, a fetch
+            // runs beside; no request waits for the identity provider (a
+            // token signed with a key rotated in a moment ago is refused
+            // until that fetch lands).
             if (remote_found.is_empty() && found.is_empty()) || stale {
-                remote.refresh().await;
-                remote_found = matching(&remote.keys.read().await.0);
+                remote.refresh_in_background();
             }
-            found.extend(remote_found);
+            found.append(&mut remote_found);
         }
         found
     }
 }
 
 impl RemoteJwks {
+    /// Starts a fetch beside the caller, unless one runs or the last try
+    /// was less than `min_refresh` ago.
+    fn refresh_in_background(self: &Arc<Self>) {
+        let due = self.last_try.try_lock().is_ok_and(|last| last.is_none_or(|at| at.elapsed() >= self.min_refresh));
+        if due {
+            let remote = Arc::clone(self);
+            tokio::spawn(async move { remote.refresh().await });
+        }
+    }
+
     /// Fetches the key set unless the last try was less than `min_refresh`
     /// ago; concurrent callers wait for the one fetch in progress.
     async fn refresh(&self) {
@@ -435,6 +505,8 @@ pub fn issue_token(
         exp: now + ttl_secs,
         iat: Some(now),
         role: admin.then(|| "admin".to_owned()),
+        iss: None,
+        aud: None,
     };
     encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
 }
@@ -495,6 +567,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_service_token_carries_the_required_issuer_and_audience_and_needs_an_accepted_secret() {
+        let settings = AuthSettings {
+            jwt_secret: Some(SECRET.into()),
+            jwt_jwks: None,
+            jwt_jwks_url: None,
+            jwt_issuer: Some("https://idp.example".into()),
+            jwt_audience: Some("ticketing".into()),
+            jwt_allow_hs256: false,
+        };
+        let token = settings.service_token("system:gateway", 60).unwrap().unwrap();
+        let verified = settings.verifier().await.unwrap().verify(&token).await.unwrap();
+        assert_eq!((verified.user_id.as_str(), verified.admin), ("system:gateway", false));
+        let jwks_only = AuthSettings { jwt_jwks_url: Some("https://idp.example/jwks".into()), ..settings };
+        assert!(jwks_only.service_token("system:gateway", 60).is_none(), "HS256 is refused beside a JWKS");
+    }
+
+    #[tokio::test]
     async fn a_token_that_is_not_valid_yet_is_refused() {
         let early = hs256(serde_json::json!({"sub": "u", "exp": now() + 600, "nbf": now() + 300}));
         assert!(matches!(secret_only().verify(&early).await, Err(TokenError::Invalid(_))));
@@ -521,7 +610,8 @@ mod tests {
     async fn hs256_tokens_verify_and_carry_the_admin_role() {
         let verifier = secret_only();
         let token = issue_token(SECRET, "user_1", true, 60).unwrap();
-        assert_eq!(verifier.verify(&token).await.ok(), Some(AuthUser { user_id: "user_1".into(), admin: true }));
+        let verified = verifier.verify(&token).await.unwrap();
+        assert_eq!((verified.user_id.as_str(), verified.admin), ("user_1", true));
         let plain = issue_token(SECRET, "user_2", false, 60).unwrap();
         assert_eq!(verifier.verify(&plain).await.map(|u| u.admin).ok(), Some(false));
     }
@@ -566,7 +656,8 @@ lPEgq3YDVcG6jOn3SyIaAHs8Zmtoj7/2lGWtb1YF9XaiKcGssvaa5oIG
         let mut header = Header::new(Algorithm::ES256);
         header.kid = kid.map(str::to_owned);
         let now = chrono::Utc::now().timestamp();
-        let claims = Claims { sub: "user_es".into(), exp: now + exp_offset, iat: Some(now), role: None };
+        let claims =
+            Claims { sub: "user_es".into(), exp: now + exp_offset, iat: Some(now), role: None, iss: None, aud: None };
         encode(&header, &claims, &EncodingKey::from_ec_pem(EC_PRIVATE_PEM.as_bytes()).unwrap()).unwrap()
     }
 
@@ -636,9 +727,21 @@ lPEgq3YDVcG6jOn3SyIaAHs8Zmtoj7/2lGWtb1YF9XaiKcGssvaa5oIG
         assert!(matches!(verifier.verify(&es256_token(Some("k1"), 60)).await, Err(TokenError::UnknownKey)));
         assert_eq!(idp.hits.load(std::sync::atomic::Ordering::SeqCst), 1, "rate-limited");
 
-        // After it, the unknown kid triggers one fetch, and the key verifies.
+        // After it, the unknown kid starts one fetch beside the request (which
+        // does not wait for it), and once it lands the key verifies.
         tokio::time::sleep(Duration::from_millis(350)).await;
-        assert!(verifier.verify(&es256_token(Some("k1"), 60)).await.is_ok());
+        let started = Instant::now();
+        let _ = verifier.verify(&es256_token(Some("k1"), 60)).await;
+        assert!(started.elapsed() < Duration::from_millis(100), "the request did not wait for the fetch");
+        let mut verified = false;
+        for _ in 0..50 {
+            if verifier.verify(&es256_token(Some("k1"), 60)).await.is_ok() {
+                verified = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(verified, "the rotated-in key verifies once fetched");
         assert_eq!(idp.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
 
         // Cached: known kids cost no fetch.

@@ -347,25 +347,51 @@ async fn the_first_read_after_a_payment_or_a_cancel_shows_it_a_hundred_times_ove
     let listed_status = |body: &serde_json::Value, booking: &str| {
         body.as_array().unwrap().iter().find(|b| b["bookingId"] == booking).map(|b| b["status"].clone())
     };
+    let seat_state = |map: &serde_json::Value, seat: &str| {
+        map["seats"].as_array().unwrap().iter().find(|s| s["seatId"] == seat).map(|s| s["state"].clone())
+    };
     let mut stale = Vec::new();
     for n in 0..100 {
         let user = format!("ryw_{n}");
         let seat = format!("{}{}", ["A", "B", "C", "D", "E"][n % 5], 1 + n / 5);
+        let doc = format!("/occupiedSeats/perf_001_{seat}");
         let (booking, intent) = sys.book(&user, "perf_001", &[&seat]).await;
-        // Even rounds pay, odd rounds cancel; the read follows at once.
-        let expected = if n % 2 == 0 {
+        // The reads follow each answer at once: after the 201 ...
+        let held = sys.get(&doc, &user).await;
+        if held.status != StatusCode::OK || held.body["status"] != "locked" {
+            stale.push(format!("round {n}: booked but occupiedSeats said {} {}", held.status, held.body));
+        }
+        let map = sys.get("/performances/perf_001/seats", &user).await;
+        if seat_state(&map.body, &seat) != Some("locked".into()) {
+            stale.push(format!("round {n}: booked but the seat map showed {:?}", seat_state(&map.body, &seat)));
+        }
+        // ... then, even rounds pay, odd rounds cancel.
+        let (expected, seat_now, doc_now) = if n % 2 == 0 {
             let paid = sys.pay(&user, &intent, "tok_visa").await;
             assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
-            "confirmed"
+            ("confirmed", "booked", Some("booked"))
         } else {
             let cancelled = sys.delete(&format!("/bookings/{booking}"), &user).await;
             assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
-            "cancelled"
+            ("cancelled", "available", None)
         };
         let listed = sys.get("/bookings/my", &user).await;
         let seen = listed_status(&listed.body, &booking);
         if seen != Some(serde_json::Value::from(expected)) {
             stale.push(format!("round {n}: {expected} but the list showed {seen:?}"));
+        }
+        let one = sys.get(&format!("/bookings/{booking}"), &user).await;
+        if one.body["status"] != expected {
+            stale.push(format!("round {n}: {expected} but the booking showed {}", one.body["status"]));
+        }
+        let document = sys.get(&doc, &user).await;
+        let document_status = (document.status == StatusCode::OK).then(|| document.body["status"].clone());
+        if document_status != doc_now.map(serde_json::Value::from) {
+            stale.push(format!("round {n}: {expected} but occupiedSeats said {} {}", document.status, document.body));
+        }
+        let map = sys.get("/performances/perf_001/seats", &user).await;
+        if seat_state(&map.body, &seat) != Some(seat_now.into()) {
+            stale.push(format!("round {n}: {expected} but the seat map showed {:?}", seat_state(&map.body, &seat)));
         }
     }
     assert!(stale.is_empty(), "{} stale reads: {stale:#?}", stale.len());

@@ -61,6 +61,67 @@ async fn open_stream(sys: &System, user: &str, performance: &str, last_event_id:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_the_gateway_reaches_its_performances_viewers_at_once_not_at_the_next_look() {
+    // Watchers look once a minute here: only the write's own nudge can show it.
+    let sys = System::start_with(&["--gateway-seat-stream-every-ms=60000"]).await;
+    let mut events = Events::new(open_stream(&sys, "viewer", "perf_002", None).await);
+    assert_eq!(events.next(Duration::from_secs(10)).await.expect("a snapshot").0, "snapshot");
+    let (booking, intent) = sys.book("buyer", "perf_002", &["A4"]).await;
+    let (_, _, change) = events.next(Duration::from_secs(10)).await.expect("the hold, at once");
+    assert_eq!(change, json!({"changes": [{"seatId": "A4", "state": "locked"}]}));
+    sys.wait_intent("buyer", &intent).await;
+    assert_eq!(sys.pay("buyer", &intent, "tok_visa").await.status, StatusCode::OK);
+    let (_, _, change) = events.next(Duration::from_secs(10)).await.expect("the sale, at once");
+    assert_eq!(change, json!({"changes": [{"seatId": "A4", "state": "booked"}]}));
+    let (other, _) = sys.book("buyer2", "perf_002", &["A5"]).await;
+    events.next(Duration::from_secs(10)).await.expect("the second hold");
+    assert_eq!(sys.delete(&format!("/bookings/{other}"), "buyer2").await.status, StatusCode::OK);
+    let (_, _, change) = events.next(Duration::from_secs(10)).await.expect("the cancel, at once");
+    assert_eq!(change, json!({"changes": [{"seatId": "A5", "state": "available"}]}));
+    assert!(!booking.is_empty());
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seat_streams_are_capped_per_user_and_end_with_their_own_token() {
+    let sys = System::start_with(&["--gateway-max-streams-per-user=2"]).await;
+    let first = open_stream(&sys, "greedy", "perf_002", None).await;
+    let second = open_stream(&sys, "greedy", "perf_002", None).await;
+    assert_eq!((first.status(), second.status()), (StatusCode::OK, StatusCode::OK));
+    let third = open_stream(&sys, "greedy", "perf_002", None).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(third.headers().contains_key("retry-after"));
+    assert_eq!(open_stream(&sys, "someone_else", "perf_002", None).await.status(), StatusCode::OK, "others may watch");
+    drop(first);
+    // The closed stream's place comes back.
+    let again = shared::testkit::eventually(Duration::from_secs(10), || async {
+        let r = open_stream(&sys, "greedy", "perf_002", None).await;
+        (r.status() == StatusCode::OK).then_some(r)
+    })
+    .await;
+    assert!(again.is_some(), "a closed stream gives its place back");
+
+    // A stream ends when its own token expires (plus the verifiers' leeway),
+    // whatever the other streams do.
+    let short = shared::auth::issue_token(&sys.secret, "brief", false, 2).unwrap();
+    let response = sys
+        .client
+        .get(format!("{}/performances/perf_002/seats/stream", sys.base))
+        .bearer_auth(short)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let opened = std::time::Instant::now();
+    let mut events = Events::new(response);
+    assert_eq!(events.next(Duration::from_secs(10)).await.expect("a snapshot").0, "snapshot");
+    assert!(events.next(Duration::from_secs(30)).await.is_none(), "the stream ended");
+    let lasted = opened.elapsed();
+    assert!(lasted < Duration::from_secs(20), "ended with its token, after {lasted:?}");
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seat_stream_sends_a_snapshot_then_each_change_and_resumes_without_repeating_it() {
     let sys = System::start().await;
     // The same JWT as every other read.

@@ -27,7 +27,7 @@ pub struct System {
     pub booking_addr: std::net::SocketAddr,
     pub topics: shared::topics::Topics,
     pub brokers: String,
-    secret: String,
+    pub secret: String,
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _kafka: TestKafka,

@@ -107,6 +107,7 @@ fn view(b: pb::Booking) -> BookingView {
         (status = 400, body = crate::error::ErrorBody, description = "Missing fields, a taken or unknown seat, limits"),
         (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody, description = "Unknown performance"),
+        (status = 408, body = crate::error::ErrorBody, description = "The body was not received in time"),
         (status = 409, body = crate::error::ErrorBody, description = "Same Idempotency-Key still in flight"),
         (status = 422, body = crate::error::ErrorBody, description = "Idempotency-Key reused with another body"),
         (status = 429, body = crate::error::ErrorBody, description = "This user's booking rate is exceeded",
@@ -128,7 +129,6 @@ pub async fn create_booking(
     if user_id != user.user_id {
         return Err(ApiError::forbidden("Unauthorized to book for another user."));
     }
-    state.rate_limit.check(&user.user_id, "POST /bookings")?;
     let request = pb::CreateBookingRequest {
         performance_id: performance_id.clone(),
         seat_ids,
@@ -137,7 +137,7 @@ pub async fn create_booking(
         ..Default::default()
     };
     let reply = state.booking.clone().create_booking(idempotent_grpc_request(request, &headers)?).await?;
-    state.seat_maps.forget(&performance_id).await;
+    state.seat_watch.changed(&performance_id);
     let replayed = replay_headers(reply.metadata());
     let created = reply.into_inner();
     Ok((
@@ -207,6 +207,6 @@ pub async fn cancel_booking(
 ) -> Result<Json<MessageBody>, ApiError> {
     let request = pb::CancelBookingRequest { booking_id: id, ..Default::default() };
     state.booking.clone().cancel_booking(grpc_request(request, &headers)).await?;
-    state.seat_maps.forget_all();
+    state.seat_watch.changed_somewhere();
     Ok(Json(MessageBody { message: "Booking cancelled successfully." }))
 }

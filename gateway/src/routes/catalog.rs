@@ -9,12 +9,11 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use bytes::Bytes;
 use proto::booking as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{grpc_request, seed_time};
+use super::grpc_request;
 use crate::{auth::AuthUser, error::ApiError, json::JsonBody, path_id::PathId, AppState};
 
 /// A Firestore-style timestamp.
@@ -182,30 +181,6 @@ pub async fn seat_map(
     headers: HeaderMap,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
-    let json = load_seat_map(&state, &id, &headers).await?;
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response())
-}
-
-/// The rendered seat map of `id` (`SeatMapBody` as JSON), from the cache or
-/// the booking-service, asked with the caller's own token from `headers`.
-pub async fn load_seat_map(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Bytes, ApiError> {
-    let load = async {
-        let request = pb::GetSeatMapRequest { performance_id: id.to_owned(), ..Default::default() };
-        let map = state.booking.clone().get_seat_map(grpc_request(request, headers)).await?.into_inner();
-        let body = SeatMapBody {
-            starts_at: seed_time(map.starts_at.as_ref()),
-            performance_id: map.performance_id,
-            title: map.title,
-            seats: map
-                .seats
-                .into_iter()
-                .map(|s| SeatBody { seat_id: s.seat_id, price: s.price, state: s.state })
-                .collect(),
-        };
-        serde_json::to_vec(&body).map(Bytes::from).map_err(|error| {
-            tracing::error!(%error, "rendering a seat map");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
-        })
-    };
-    state.seat_maps.get_or_load(id, load).await
+    let map = state.seat_maps.current(&id, &headers).await?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], map.json.clone()).into_response())
 }

@@ -1,10 +1,11 @@
 //! REST handlers, one module per resource of the contract.
 
 pub mod bookings;
+pub mod box_office;
 pub mod catalog;
 pub mod health;
-pub mod live;
 pub mod payments;
+pub mod seat_stream;
 
 use axum::http::HeaderMap;
 

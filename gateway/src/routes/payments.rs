@@ -89,12 +89,16 @@ pub struct PaymentFailure {
         (status = 403, body = crate::error::ErrorBody, description = "Someone else's intent"),
         (status = 404, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody, description = "Already processed, no longer payable, or key in flight"),
+        (status = 408, body = crate::error::ErrorBody, description = "The body was not received in time"),
         (status = 422, body = crate::error::ErrorBody, description = "Idempotency-Key reused with another body"),
         (status = 429, body = crate::error::ErrorBody, description = "This user's payment rate is exceeded",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, body = crate::error::ErrorBody,
+            description = "Payment is not ready yet (a pending booking names the intent), or its outcome is being confirmed",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn execute_payment(
     State(state): State<Arc<AppState>>,
-    user: AuthUser,
+    _user: AuthUser,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ExecutePaymentBody>,
 ) -> Result<Response, ApiError> {
@@ -107,7 +111,6 @@ pub async fn execute_payment(
     if payment_intent_id.trim().is_empty() || payment_method_token.trim().is_empty() || cvv.is_empty() {
         return Err(ApiError::bad_request(REQUIRED));
     }
-    state.rate_limit.check(&user.user_id, "POST /payments/execute")?;
     let request = pb::ExecutePaymentRequest { payment_intent_id, payment_method_token, cvv, ..Default::default() };
     let reply = state.payment.clone().execute_payment(idempotent_grpc_request(request, &headers)?).await?;
     let replayed = replay_headers(reply.metadata());
@@ -119,8 +122,9 @@ pub async fn execute_payment(
             booking_id: answer.booking_id.clone(),
             timeout_ms: state.read_your_writes_ms,
         };
-        if let Err(status) = state.booking.clone().await_decision(grpc_request(wait, &headers)).await {
-            tracing::debug!(code = ?status.code(), "waiting for the booking to show the payment");
+        match state.booking.clone().await_decision(grpc_request(wait, &headers)).await {
+            Ok(booking) => state.seat_watch.changed(&booking.into_inner().performance_id),
+            Err(status) => tracing::debug!(code = ?status.code(), "waiting for the booking to show the payment"),
         }
     }
     let processed_at = seed_time(answer.processed_at.as_ref()).unwrap_or_default();
