@@ -78,8 +78,10 @@ pub struct DevArgs {
     pub booking: BookingSettings,
     #[command(flatten)]
     pub payment: PaymentSettings,
-    /// HTTP listen address of the gateway.
-    #[arg(long, env = "GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
+    /// HTTP listen address of the gateway. `dev` hands out tokens, so it
+    /// listens on loopback only, as do its gRPC and metrics listeners, unless
+    /// their address settings say otherwise.
+    #[arg(long, env = "GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
     pub gateway_addr: std::net::SocketAddr,
     #[command(flatten)]
     pub edge: gateway::config::EdgeLimits,
@@ -96,6 +98,35 @@ pub struct DevArgs {
     /// Set by `dev` itself (never a flag): the gateway serves `POST /dev/token`.
     #[arg(skip)]
     pub dev_tokens: bool,
+}
+
+impl DevArgs {
+    /// The gRPC and metrics listeners on loopback, each unless its setting
+    /// was given (their defaults, 0.0.0.0, are for the separate processes).
+    pub fn listen_on_loopback_unless_set(&mut self, matches: &clap::ArgMatches) {
+        let listeners = [
+            ("booking_grpc_addr", &mut self.booking.booking_grpc_addr),
+            ("payment_grpc_addr", &mut self.payment.payment_grpc_addr),
+            ("metrics_addr", &mut self.service.metrics.metrics_addr),
+        ];
+        for (id, addr) in listeners {
+            if matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue) {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+        }
+    }
+}
+
+/// Parses the command line as `ticketing` does (for `dev`: loopback
+/// listeners unless set); exits with clap's message on an error.
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    if let (Command::Dev(args), Some(("dev", dev))) = (&mut cli.command, matches.subcommand()) {
+        args.listen_on_loopback_unless_set(dev);
+    }
+    cli
 }
 
 /// `ticketing gateway`.
@@ -167,6 +198,15 @@ pub struct BenchArgs {
     /// Where the JSON report goes.
     #[arg(long, default_value = "bench.json")]
     pub output: PathBuf,
+    /// What to run: the load scenarios (`all`), or one of the runs over
+    /// time, each on the system as separate processes: `idle` (CPU of an
+    /// idle system over `--duration`), `viewers` (`--viewers` seat streams
+    /// beside `distinct`), `soak` (a mixed run of `--duration`).
+    #[arg(long, value_enum, default_value_t = BenchScenario::All)]
+    pub scenario: BenchScenario,
+    /// Seat-stream viewers of the `viewers` scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub viewers: usize,
     /// Drive an already running gateway instead (e.g. separate processes, to
     /// measure each one's memory); tokens are signed with JWT_SECRET, and the
     /// pgbench baseline and store checks are skipped.
@@ -175,6 +215,19 @@ pub struct BenchArgs {
     /// HS256 secret of the external gateway.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+}
+
+/// What `ticketing bench` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchScenario {
+    /// warm-up, flow, distinct, onsale, and the pgbench baseline.
+    All,
+    /// An idle system's CPU per process.
+    Idle,
+    /// Seat-stream viewers beside bookings.
+    Viewers,
+    /// A long mixed run.
+    Soak,
 }
 
 /// `ticketing redrive-dlq`.
@@ -202,4 +255,38 @@ pub struct MigrateArgs {
     /// The payment-service database.
     #[arg(long, env = "PAYMENT_DATABASE", default_value = "ticketing_payment")]
     pub payment_database: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use clap::{CommandFactory, FromArgMatches};
+
+    use super::*;
+
+    fn dev(args: &[&str]) -> DevArgs {
+        let matches = Cli::command().try_get_matches_from(args).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let Command::Dev(mut dev) = cli.command else { panic!("dev") };
+        dev.listen_on_loopback_unless_set(matches.subcommand_matches("dev").unwrap());
+        *dev
+    }
+
+    #[test]
+    fn dev_listens_on_loopback_unless_an_address_setting_says_otherwise() {
+        let plain = dev(&["ticketing", "dev"]);
+        for addr in [
+            plain.gateway_addr,
+            plain.booking.booking_grpc_addr,
+            plain.payment.payment_grpc_addr,
+            plain.service.metrics.metrics_addr,
+        ] {
+            assert!(addr.ip().is_loopback(), "{addr}");
+        }
+        let open = dev(&["ticketing", "dev", "--booking-grpc-addr=0.0.0.0:50051", "--gateway-addr=0.0.0.0:8080"]);
+        assert!(open.booking.booking_grpc_addr.ip().is_unspecified(), "a setting is obeyed");
+        assert!(open.gateway_addr.ip().is_unspecified());
+        assert!(open.payment.payment_grpc_addr.ip().is_loopback(), "the others stay on loopback");
+    }
 }

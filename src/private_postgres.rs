@@ -2,10 +2,13 @@
 //! running: a private cluster made from the installed server binaries.
 //!
 //! The cluster lives in one data directory (by default under the user's
-//! data directory, reused on the next run), listens on a free local TCP
-//! port only, trusts local connections, and is stopped when the value is
-//! dropped. `initdb` refuses to run as root, so as root the cluster is
-//! created and run as the unprivileged `postgres` user (or `nobody`).
+//! data directory, reused on the next run) and is stopped when the value is
+//! dropped. It listens on no TCP port at all: its only socket is inside the
+//! data directory, which only its owner may enter, so no other local
+//! account can log in (the socket trusts whoever reaches it, and TCP logins
+//! are refused outright). It takes over only an empty directory or a cluster
+//! it made itself. `initdb` refuses to run as root, so as root the cluster
+//! is created and run as the unprivileged `postgres` user (or `nobody`).
 
 use std::{
     path::{Path, PathBuf},
@@ -47,6 +50,18 @@ pub enum PrivatePostgresError {
         /// Its stderr, trimmed.
         stderr: String,
     },
+    /// The directory holds something else than a cluster `dev` made.
+    #[error("{path} is not empty and holds no PostgreSQL cluster `ticketing dev` made; it is left alone (set DEV_POSTGRES_DIR to an empty or new directory)")]
+    NotOurs {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The socket's path would be longer than PostgreSQL allows.
+    #[error("{path} is too long a path for PostgreSQL's socket inside it (at most {MAX_SOCKET_DIR} bytes); set DEV_POSTGRES_DIR to a shorter one")]
+    PathTooLong {
+        /// The directory.
+        path: PathBuf,
+    },
     /// A tool could not be run at all.
     #[error("running {tool}: {source}")]
     Spawn {
@@ -57,6 +72,17 @@ pub enum PrivatePostgresError {
         source: std::io::Error,
     },
 }
+
+/// Marks a data directory as a cluster `dev` made (and may start again).
+const MARKER: &str = "ticketing-dev-cluster";
+
+/// The port number that names the socket file (`.s.PGSQL.5432`); nothing
+/// listens on TCP.
+const SOCKET_PORT: u16 = 5432;
+
+/// The longest socket directory: a Unix socket path has 107 bytes, and
+/// `/.s.PGSQL.5432` takes 14 of them.
+const MAX_SOCKET_DIR: usize = 92;
 
 /// A private PostgreSQL cluster; stopped when dropped.
 #[derive(Debug)]
@@ -88,7 +114,14 @@ impl PrivatePostgres {
         let data_err = |source| PrivatePostgresError::DataDir { path: data.to_owned(), source };
         std::fs::create_dir_all(data).map_err(data_err)?;
         let data = data.canonicalize().map_err(data_err)?;
-        let pg = Self { bindir, data, port: free_port().map_err(data_err)?, run_as };
+        if data.as_os_str().len() > MAX_SOCKET_DIR {
+            return Err(PrivatePostgresError::PathTooLong { path: data });
+        }
+        let fresh = std::fs::read_dir(&data).map_err(data_err)?.next().is_none();
+        if !fresh && !data.join(MARKER).exists() {
+            return Err(PrivatePostgresError::NotOurs { path: data });
+        }
+        let pg = Self { bindir, data, port: SOCKET_PORT, run_as };
         if let Some(user) = &pg.run_as {
             let owner = format!("{user}:");
             let chown = Command::new("chown").args(["-R", &owner]).arg(&pg.data).output();
@@ -98,11 +131,15 @@ impl PrivatePostgres {
             tracing::info!(data = %pg.data.display(), bindir = %pg.bindir.display(), "creating a private PostgreSQL cluster");
             let initdb = pg
                 .tool("initdb")
+                // The socket (in the owner-only data directory) is the way in;
+                // TCP logins are refused even if someone turned TCP on.
                 // No dependence on the machine's locales (LANG may name one not installed).
-                .args(["--auth=trust", "--username=postgres", "--no-locale", "--encoding=UTF8", "-D"])
+                .args(["--auth-local=trust", "--auth-host=reject", "--username=postgres", "--no-locale"])
+                .args(["--encoding=UTF8", "-D"])
                 .arg(&pg.data)
                 .output();
             check("initdb", "creating the cluster", initdb, &pg.log())?;
+            std::fs::write(pg.data.join(MARKER), "made by `ticketing dev`; it starts it again\n").map_err(data_err)?;
         }
         if pg.data.join("postmaster.pid").exists() {
             // Left running by a run that was killed: stop it, then start ours.
@@ -112,11 +149,13 @@ impl PrivatePostgres {
         Ok(pg)
     }
 
-    /// Starts the stopped server again, on the same port.
+    /// Starts the stopped server again: its socket in the data directory, no TCP.
     pub fn start_again(&self) -> Result<(), PrivatePostgresError> {
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=200",
-            self.port
+            "-p {} -c listen_addresses='' -c unix_socket_directories='{}' -c unix_socket_permissions=0700 \
+             -c max_connections=200",
+            self.port,
+            self.data.display()
         );
         let started = self.ctl("start").arg("-l").arg(self.data.join("server.log")).args(["-o", &options]).output();
         check("pg_ctl", "starting the server", started, &self.log())
@@ -127,9 +166,20 @@ impl PrivatePostgres {
         check("pg_ctl", "stopping the server", self.ctl("stop").output(), &self.log())
     }
 
-    /// Its URL (the `postgres` maintenance database, trust auth).
+    /// Its URL (the `postgres` maintenance database over the socket in the
+    /// data directory: the host is that directory, percent-encoded).
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        let host: String = self
+            .data
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(*b).to_string(),
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        format!("postgres://postgres@{host}:{}/postgres", self.port)
     }
 
     /// Its data directory.
@@ -256,10 +306,6 @@ fn user_data_dir() -> PathBuf {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// True when running as root (initdb refuses it).
 fn is_root() -> bool {
     Command::new("id")
@@ -302,9 +348,29 @@ mod tests {
         let _ = std::fs::remove_dir_all(root);
     }
 
+    #[test]
+    fn the_url_names_the_socket_directory_and_a_foreign_directory_is_left_alone() {
+        let pg = PrivatePostgres {
+            bindir: PathBuf::new(),
+            data: PathBuf::from("/tmp/dev pg"),
+            port: SOCKET_PORT,
+            run_as: None,
+        };
+        assert_eq!(pg.url(), "postgres://postgres@%2Ftmp%2Fdev%20pg:5432/postgres");
+        drop(pg);
+        let foreign = std::env::temp_dir().join(format!("ticketing-foreign-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&foreign).unwrap();
+        std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+        if server_bindir().is_some() {
+            assert!(matches!(PrivatePostgres::start(&foreign), Err(PrivatePostgresError::NotOurs { .. })));
+        }
+        assert_eq!(std::fs::read_to_string(foreign.join("notes.txt")).unwrap(), "mine", "untouched");
+        let _ = std::fs::remove_dir_all(foreign);
+    }
+
     #[tokio::test]
     async fn a_closed_port_does_not_answer() {
-        let port = free_port().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         assert!(!answers(&format!("postgres://postgres@127.0.0.1:{port}/postgres")).await);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let open = listener.local_addr().unwrap().port();

@@ -497,8 +497,37 @@ async fn a_broker_hung_for_30_seconds_loses_nothing_and_new_purchases_complete()
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // Longer than any producer timeout but the message timeout.
     tansu.hang();
+    // Nothing waits on the hung broker on the request threads: liveness and
+    // reads keep answering quickly all through the hang.
+    let reads = {
+        let (client, token) = (d.client.clone(), d.token("hang_reader"));
+        let (health, list) = (format!("{gateway}/healthz"), format!("{gateway}/bookings/my"));
+        tokio::spawn(async move {
+            let mut took = Vec::new();
+            let until = Instant::now() + Duration::from_secs(28);
+            while Instant::now() < until {
+                for (url, auth) in [(&health, false), (&list, true)] {
+                    let started = Instant::now();
+                    let mut request = client.get(url.as_str());
+                    if auth {
+                        request = request.bearer_auth(&token);
+                    }
+                    let ok = request.send().await.is_ok_and(|r| r.status().is_success());
+                    took.push((url.clone(), ok, started.elapsed()));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            took
+        })
+    };
     tokio::time::sleep(Duration::from_secs(30)).await;
     tansu.resume();
+    let mut took = reads.await.unwrap();
+    assert!(took.iter().all(|(_, ok, _)| *ok), "every read answered during the hang");
+    took.sort_by_key(|(_, _, elapsed)| *elapsed);
+    let p99 = took[took.len() * 99 / 100].2;
+    println!("during a 30 s broker hang, /healthz and /bookings/my answered with p99 {p99:?} ({} reads)", took.len());
+    assert!(p99 < Duration::from_millis(100), "p99 {p99:?} while the broker hung");
     let took = new_purchase_completes(&d, &gateway, "hang_after", "H1", Duration::from_secs(30)).await;
     println!("after a 30 s broker hang, a new purchase completed {took:?} after SIGCONT");
     settle(&d, &gateway, purchases).await;
@@ -647,6 +676,37 @@ async fn a_postgres_restart_mid_load_dead_letters_nothing_and_loses_nothing() {
     new_purchase_completes(&d, &gateway, "pg_after", "H4", Duration::from_secs(60)).await;
     println!("after a 5 s PostgreSQL outage, a new purchase completed {:?} after it came back", restarted.elapsed());
     settle(&d, &gateway, purchases).await;
+    assert_check_passes(&d);
+    assert_no_dead_letters(&tansu.brokers).await;
+    d.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_postgres_outage_and_a_restart_of_the_other_replica_every_partition_drains() {
+    let _serial = SERIAL.lock().await;
+    let dir = workdir("faults_pg_replicas");
+    let Some(tansu) = Tansu::start(&dir) else { return };
+    let postgres = private_postgres(&dir);
+    let mut d = Deployment::new(dir, &tansu.brokers, postgres.url());
+    d.start_all().await;
+    for name in ["booking-b", "payment-b", "gateway-b"] {
+        d.start(name, &[]);
+    }
+    d.wait_ready('b').await;
+    let (gateway_a, gateway_b) = (d.gateway('a'), d.gateway('b'));
+    let purchases = spawn_purchases(&d, &[gateway_a.clone(), gateway_b], "pgrep", 16, 0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Records fail while the database is away: partitions pause and retry.
+    postgres.stop().unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    postgres.start_again().unwrap();
+    // Then the other replica restarts: its partitions move and come back.
+    for name in ["booking-b", "payment-b"] {
+        d.kill(name);
+        d.start(name, &[]);
+    }
+    new_purchase_completes(&d, &gateway_a, "pgrep_after", "H1", Duration::from_secs(60)).await;
+    settle(&d, &gateway_a, purchases).await;
     assert_check_passes(&d);
     assert_no_dead_letters(&tansu.brokers).await;
     d.stop_all();
@@ -833,4 +893,37 @@ async fn the_bench_runs_every_scenario_and_its_baseline_and_reports_no_oversell(
     assert_eq!(report["oversold_seats"], 0);
     assert!(report["pgbench_tps"].as_f64().is_some_and(|tps| tps > 0.0), "{stdout}");
     assert!(report["scenarios"][2]["latency"]["p99_ms"].as_f64().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_up_error_names_the_setting_to_change_and_never_shows_a_password() {
+    let closed = free_port();
+    let run = |env: &[(&str, String)]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_ticketing"))
+            .arg("booking")
+            .env_remove("KAFKA_BROKERS")
+            .env("JWT_SECRET", "a-test-secret-of-at-least-32-bytes")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("BOOKING_GRPC_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "error")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let database = run(&[
+        ("DATABASE_URL", format!("postgres://app:hunter2-secret@127.0.0.1:{closed}/postgres")),
+        ("KAFKA_BROKERS", format!("127.0.0.1:{closed}")),
+    ]);
+    assert!(database.contains("DATABASE_URL") && database.contains("app:***@"), "{database}");
+    assert!(!database.contains("hunter2-secret"), "the password is masked: {database}");
+    let broker = run(&[("DATABASE_URL", server_url()), ("KAFKA_BROKERS", format!("127.0.0.1:{closed}"))]);
+    assert!(broker.contains(&format!("KAFKA_BROKERS 127.0.0.1:{closed}")), "{broker}");
+    let key = run(&[
+        ("DATABASE_URL", server_url()),
+        ("KAFKA_BROKERS", format!("127.0.0.1:{closed}")),
+        ("JWT_JWKS", "/nonexistent/jwks.json".to_owned()),
+    ]);
+    assert!(key.contains("JWT_JWKS"), "{key}");
 }

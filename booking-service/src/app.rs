@@ -75,7 +75,7 @@ impl BookingApp {
             kafka_args.kafka_replication_factor,
         )
         .await
-        .context("creating Kafka topics")?;
+        .with_context(|| format!("creating Kafka topics on KAFKA_BROKERS {brokers}"))?;
         let (listener, addr) = grpc::bind(settings.booking_grpc_addr).await?;
         let bookings = Bookings::new(pool.clone(), settings.clone(), policy);
         Ok(Self {

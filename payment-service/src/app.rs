@@ -113,7 +113,7 @@ impl PaymentApp {
             kafka_args.kafka_replication_factor,
         )
         .await
-        .context("creating Kafka topics")?;
+        .with_context(|| format!("creating Kafka topics on KAFKA_BROKERS {brokers}"))?;
         let channel =
             booking_endpoint.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(10)).connect_lazy();
         let arrivals = Arc::new(shared::arrivals::Arrivals::default());

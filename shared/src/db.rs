@@ -17,8 +17,17 @@ pub static SHARED_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The URL does not parse.
-    #[error("invalid database URL: {0}")]
+    #[error("DATABASE_URL is not a PostgreSQL URL: {0}")]
     InvalidUrl(#[source] sqlx::Error),
+    /// The server does not answer, or refuses the login.
+    #[error("cannot connect to the PostgreSQL server at DATABASE_URL {url}: {source}")]
+    Unreachable {
+        /// The URL, its password masked.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// The database name is not a plain identifier.
     #[error("invalid database name `{0}`: use lowercase letters, digits and underscores")]
     InvalidName(String),
@@ -110,6 +119,18 @@ async fn run_ignoring_missing(migrator: &Migrator, pool: &PgPool) -> Result<(), 
     Ok(())
 }
 
+/// `url` with its password replaced by `***`, for messages and logs.
+pub fn masked(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
 /// Creates `database` on the server if it does not exist yet. Safe to race:
 /// a concurrent creator's "already exists" counts as success.
 pub async fn create_database_if_missing(server_url: &str, database: &str) -> Result<(), DbError> {
@@ -117,7 +138,9 @@ pub async fn create_database_if_missing(server_url: &str, database: &str) -> Res
         return Err(DbError::InvalidName(database.to_owned()));
     }
     let options = PgConnectOptions::from_str(server_url).map_err(DbError::InvalidUrl)?;
-    let mut conn = PgConnection::connect_with(&options).await.map_err(sql("connecting to the PostgreSQL server"))?;
+    let mut conn = PgConnection::connect_with(&options)
+        .await
+        .map_err(|source| DbError::Unreachable { url: masked(server_url), source })?;
     let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
         .bind(database)
         .fetch_one(&mut conn)
@@ -136,4 +159,16 @@ pub async fn create_database_if_missing(server_url: &str, database: &str) -> Res
     }
     let _ = conn.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked;
+
+    #[test]
+    fn a_url_in_a_message_never_shows_its_password() {
+        assert_eq!(masked("postgres://app:s3cret@db:5432/postgres"), "postgres://app:***@db:5432/postgres");
+        assert_eq!(masked("postgres://postgres@localhost/postgres"), "postgres://postgres@localhost/postgres");
+        assert_eq!(masked("::"), "(not a URL)");
+    }
 }
