@@ -26,7 +26,7 @@ pub struct PaymentSettings {
     #[arg(long, env = "REFUND_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub refund_max_attempts: u32,
     /// How often the refund worker looks for due refunds (ms).
-    #[arg(long, env = "REFUND_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..))]
+    #[arg(long, env = "REFUND_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub refund_interval_ms: u64,
     /// How long an execute waits for an intent that is not created yet (ms).
     #[arg(long, env = "INTENT_WAIT_MS", default_value_t = 5000)]

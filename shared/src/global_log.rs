@@ -95,23 +95,95 @@ pub fn committed() {
     COMMITS.send_modify(|n| *n = n.wrapping_add(1));
 }
 
+/// The channel on which processes tell each other's log readers that
+/// events were committed (database-wide: each service has its own database).
+pub const CHANNEL: &str = "ticketing_events_committed";
+
+/// How long commits are gathered into one notification.
+const NOTIFY_GATHER: Duration = Duration::from_millis(10);
+
+/// Tells the log readers of other processes on `pool`'s database that
+/// this process committed events: one `NOTIFY`, after the commits, for the
+/// commits of every [`NOTIFY_GATHER`] (never inside an appending
+/// transaction). Skipped while `reader_here` says this process holds the
+/// database's relay, which its in-process wake-up already reaches.
+pub async fn tell_other_processes(
+    pool: sqlx::PgPool,
+    reader_here: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    shutdown: crate::shutdown::Shutdown,
+) {
+    let mut commits = COMMITS.subscribe();
+    loop {
+        tokio::select! {
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+        if reader_here.load(std::sync::atomic::Ordering::Relaxed) {
+            continue;
+        }
+        tokio::time::sleep(NOTIFY_GATHER).await;
+        commits.borrow_and_update();
+        if let Err(error) = sqlx::query("select pg_notify($1, '')").bind(CHANNEL).execute(&pool).await {
+            tracing::debug!(%error, "telling other processes about new events");
+        }
+    }
+}
+
 /// Wakes a global-log reader when a transaction of this process that
-/// appended events commits, or after `poll` at the latest (events other
-/// processes append, a wake-up missed while reading).
+/// appended events commits, when another process says it did (`LISTEN`),
+/// or after `poll` at the latest (a notification lost while reconnecting).
 pub struct WakeUp {
     commits: tokio::sync::watch::Receiver<u64>,
+    listener: Option<sqlx::postgres::PgListener>,
     poll: Duration,
 }
 
 impl WakeUp {
-    /// A reader's wake-up, polling every `poll` besides.
+    /// A reader's wake-up from this process's commits, polling every `poll` besides.
     pub fn new(poll: Duration) -> Self {
-        Self { commits: COMMITS.subscribe(), poll }
+        Self { commits: COMMITS.subscribe(), listener: None, poll }
     }
 
-    /// Waits for the next commit (one since the last wait counts) or the
-    /// poll interval, whichever is first.
+    /// Also woken by other processes' commits on `pool`'s database (if it
+    /// cannot listen, it polls as [`WakeUp::new`] does).
+    pub async fn listening(pool: &sqlx::PgPool, poll: Duration) -> Self {
+        let mut wake = Self::new(poll);
+        let listener = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listener.await {
+            Ok(listener) => wake.listener = Some(listener),
+            Err(error) => tracing::warn!(%error, "cannot LISTEN for other processes' events; polling"),
+        }
+        wake
+    }
+
+    /// Waits for the next commit (one since the last wait counts), another
+    /// process's notification, or the poll interval, whichever is first.
     pub async fn wait(&mut self) {
-        let _ = tokio::time::timeout(self.poll, self.commits.changed()).await;
+        let Self { commits, listener, poll } = self;
+        let poll = *poll;
+        let notified = async {
+            match listener.as_mut() {
+                // A lost connection is re-established by the next `try_recv`.
+                Some(listener) => {
+                    if listener.try_recv().await.is_err() {
+                        tokio::time::sleep(poll).await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = commits.changed() => {}
+            () = notified => {}
+            () = tokio::time::sleep(poll) => {}
+        }
     }
 }

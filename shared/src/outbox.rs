@@ -100,7 +100,8 @@ pub struct RelaySettings {
     pub source: String,
     /// Events read and sent per batch.
     pub batch_size: i64,
-    /// Longest wait between looks at the log when no notification arrives.
+    /// Longest wait between looks at the log when no wake-up arrives (this
+    /// process's commits and other processes' notifications wake it at once).
     pub poll_interval: Duration,
     /// Pause before retrying a batch whose delivery failed.
     pub retry_backoff: Duration,
@@ -116,7 +117,7 @@ impl RelaySettings {
             name: name.to_owned(),
             source: source.to_owned(),
             batch_size: 500,
-            poll_interval: Duration::from_millis(25),
+            poll_interval: Duration::from_secs(1),
             retry_backoff: Duration::from_millis(500),
             rebuild_after_failures: 3,
         }
@@ -164,23 +165,28 @@ impl RelayProducer {
 }
 
 /// Publishes the event store to Kafka until `shutdown`, then flushes.
+/// `leading` is true while this relay is the database's active publisher
+/// (its process then needs no notification of its own commits).
 pub async fn run_relay(
     pool: PgPool,
     mut producer: RelayProducer,
     mapper: impl IntegrationMapper,
     settings: RelaySettings,
+    leading: std::sync::Arc<std::sync::atomic::AtomicBool>,
     shutdown: Shutdown,
 ) {
     let lock_key = crate::fnv::advisory_key(&format!("outbox-relay:{}", settings.name));
-    let mut wake = WakeUp::new(settings.poll_interval);
+    let mut wake = WakeUp::listening(&pool, settings.poll_interval).await;
     while !shutdown.is_cancelled() {
         let Some(leader) = acquire_leadership(&pool, lock_key, &shutdown).await else {
             break;
         };
         tracing::info!(relay = settings.name, "outbox relay is the active publisher");
-        if let Err(error) =
-            publish_while_leader(&pool, &mut producer, &mapper, &settings, &mut wake, leader, &shutdown).await
-        {
+        leading.store(true, std::sync::atomic::Ordering::Relaxed);
+        let published =
+            publish_while_leader(&pool, &mut producer, &mapper, &settings, &mut wake, leader, &shutdown).await;
+        leading.store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Err(error) = published {
             tracing::error!(relay = settings.name, %error, "outbox relay interrupted; resuming from its checkpoint");
             if !sleep_or_shutdown(settings.retry_backoff, &shutdown).await {
                 break;

@@ -48,14 +48,17 @@ pub fn start<M: IntegrationMapper, H: EventHandler>(
         outbox_stall: plumbing.outbox_stall,
         signals: signals.clone(),
     };
+    let leading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tasks = vec![
         tokio::spawn(outbox::run_relay(
             pool.clone(),
             outbox::RelayProducer::new(&plumbing.brokers),
             plumbing.mapper,
             plumbing.relay,
+            leading.clone(),
             shutdown.clone(),
         )),
+        tokio::spawn(crate::global_log::tell_other_processes(pool.clone(), leading, shutdown.clone())),
         tokio::spawn(inbox::run_consumer(
             pool.clone(),
             plumbing.brokers.clone(),

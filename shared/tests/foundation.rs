@@ -94,6 +94,7 @@ fn start_relay(pool: &PgPool, brokers: &str, topic: &str, batch_size: i64) -> Ru
         outbox::RelayProducer::new(brokers),
         JsonMapper { topic: topic.to_owned() },
         settings,
+        std::sync::Arc::default(),
         stop.clone(),
     ));
     RunningRelay { stop, task }
