@@ -6,8 +6,11 @@
 //! seats: exactly M winners). Baselines: pgbench running one booking's
 //! command's SQL at the same concurrency, and the gateway's trivial route.
 
+pub mod long_runs;
 pub mod pgbench;
+pub mod procs;
 pub mod run;
+pub mod separate;
 
 use std::{
     collections::BTreeMap,

@@ -8,7 +8,7 @@ use shared::shutdown::Shutdown;
 use super::pgbench;
 use crate::{
     bench, check,
-    cli::{BenchArgs, DevArgs},
+    cli::{BenchArgs, BenchScenario, DevArgs},
     system::{start_system, Broker},
 };
 
@@ -28,6 +28,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let limit = bench::raise_open_file_limit(needed);
     if limit < needed {
         println!("bench: open-file limit {limit} is below the {needed} onsale needs; raise `ulimit -n`");
+    }
+    if args.scenario != BenchScenario::All {
+        return over_time(args).await;
     }
     if let Some(gateway) = args.gateway.clone() {
         let secret = args.jwt_secret.clone().context("--gateway needs JWT_SECRET")?;
@@ -204,4 +207,78 @@ fn print_table(scenarios: &[bench::ScenarioReport]) {
             s.statuses
         );
     }
+}
+
+/// `idle`, `viewers` and `soak`: the system as separate processes, on fresh
+/// databases, watched by the kernel's accounting.
+async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let (booking_db, payment_db) = (format!("bench_booking_{id}"), format!("bench_payment_{id}"));
+    let secret = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("bench_{id}.");
+    let kafka = shared::config::KafkaArgs {
+        kafka_brokers: args.kafka_brokers.clone(),
+        kafka_topic_partitions: 3,
+        kafka_replication_factor: 1,
+        outbox_stall_secs: 30,
+        kafka_topic_prefix: prefix.clone(),
+    };
+    let broker = Broker::start(args.kafka_brokers.as_deref(), &kafka)?;
+    let shared = bench::separate::Shared {
+        database_url: args.database.url(),
+        brokers: &broker.bootstrap,
+        booking_db: &booking_db,
+        payment_db: &payment_db,
+        topic_prefix: &prefix,
+        secret: &secret,
+    };
+    let system = bench::separate::Separate::start(&shared, &[]).await?;
+    println!("bench: {:?} on separate processes {:?}; logs in {}", args.scenario, system.pids(), system.logs.display());
+    let mut named = system.pids();
+    named.push(("load generator".to_owned(), std::process::id()));
+    let watched = bench::procs::Watched {
+        named,
+        postgres: true,
+        broker: args.kafka_brokers.is_some().then(|| "tansu".to_owned()),
+    };
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
+    let target = Arc::new(bench::Target { base: system.gateway.clone(), secret: secret.clone(), client });
+    let report = match args.scenario {
+        BenchScenario::Idle => bench::long_runs::idle(&watched, args.duration).await,
+        BenchScenario::Viewers => {
+            let seats = Arc::new(bench::register_performance(&target, "perf_viewers", 200).await?);
+            bench::long_runs::viewers(
+                target,
+                "perf_viewers",
+                seats,
+                args.viewers,
+                args.clients,
+                args.duration,
+                &watched,
+            )
+            .await
+        }
+        BenchScenario::Soak | BenchScenario::All => {
+            let seats = Arc::new(bench::register_performance(&target, "perf_soak", 200).await?);
+            let databases = sqlx::PgPool::connect(args.database.url()).await?;
+            let names = [booking_db.as_str(), payment_db.as_str()];
+            bench::long_runs::soak(target, "perf_soak", seats, args.clients, args.duration, &watched, &databases, names)
+                .await
+        }
+    };
+    system.stop();
+    let booking =
+        shared::db::connect_service_db(args.database.url(), &booking_db, 4, &booking_service::store::MIGRATIONS)
+            .await?;
+    let payment =
+        shared::db::connect_service_db(args.database.url(), &payment_db, 4, &payment_service::store::MIGRATIONS)
+            .await?;
+    let violations: Vec<String> = check::check(&booking, &payment).await?.into_iter().map(|v| v.message).collect();
+    let report =
+        serde_json::json!({ "scenario": format!("{:?}", args.scenario), "report": report, "violations": violations });
+    std::fs::write(&args.output, serde_json::to_string_pretty(&report)?)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    anyhow::ensure!(violations.is_empty(), "correctness check failed: {violations:?}");
+    Ok(())
 }
