@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row};
 
 use crate::event_store::{stored_event_from_row, EventStoreError, StoredEvent, LOGGED_EVENT_COLUMNS};
 
@@ -32,25 +32,54 @@ impl LogPosition {
     }
 }
 
+/// What one read of the log found.
+#[derive(Debug, Default)]
+pub struct LogRead {
+    /// Committed events past the reader's place, in commit-safe order.
+    pub events: Vec<StoredEvent>,
+    /// Committed events exist past these that an older, still open
+    /// transaction holds back. That transaction may belong to another
+    /// database of the cluster (transaction ids are cluster-wide), whose
+    /// commit wakes nobody here, so the reader should look again soon
+    /// ([`WakeUp::held_back`]).
+    pub held_back: bool,
+}
+
 /// Reads up to `limit` committed events after `after`, in commit-safe order.
-pub async fn read_after(
-    conn: &mut PgConnection,
-    after: LogPosition,
-    limit: i64,
-) -> Result<Vec<StoredEvent>, EventStoreError> {
+pub async fn read_after(conn: &mut PgConnection, after: LogPosition, limit: i64) -> Result<LogRead, EventStoreError> {
+    // One statement, so one snapshot: the events before the horizon, and
+    // whether a committed event waits past it. An event past the horizon
+    // is past the reader's place too (the reader read below an earlier,
+    // lower horizon), so that probe starts at the horizon (or after the
+    // reader's transaction) and reads one index entry.
     let rows = sqlx::query(&format!(
-        "select {LOGGED_EVENT_COLUMNS} from events \
-         where (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
-           and tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-         order by tx_id, global_position \
-         limit $3"
+        "select held.held_back, e.* from \
+           (select (select tx_id from events \
+              where tx_id >= greatest(pg_snapshot_xmin(pg_current_snapshot()), $4::bigint::text::xid8) \
+              order by tx_id limit 1) is not null as held_back) held \
+         left join lateral \
+           (select {LOGGED_EVENT_COLUMNS} from events \
+              where (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
+                and tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+              order by tx_id, global_position \
+              limit $3) e on true \
+         order by e.tx_id, e.global_position"
     ))
     .bind(after.tx_id)
     .bind(after.position)
     .bind(limit)
+    .bind(after.tx_id.saturating_add(1))
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter().map(stored_event_from_row).collect()
+    let mut read = LogRead::default();
+    for row in &rows {
+        read.held_back = row.try_get("held_back")?;
+        // With nothing to read, the one row has no event.
+        if row.try_get::<Option<i64>, _>("global_position")?.is_some() {
+            read.events.push(stored_event_from_row(row)?);
+        }
+    }
+    Ok(read)
 }
 
 /// Loads a subscription's checkpoint, creating it at the start if missing.
@@ -140,12 +169,19 @@ pub struct WakeUp {
     commits: tokio::sync::watch::Receiver<u64>,
     listener: Option<sqlx::postgres::PgListener>,
     poll: Duration,
+    /// While the last read was held back: how soon to look again.
+    retry: Option<Duration>,
 }
+
+/// The first look again after a held-back read; it doubles up to
+/// [`HELD_BACK_RETRY_MAX`] while the log stays held back.
+const HELD_BACK_RETRY_FIRST: Duration = Duration::from_millis(5);
+const HELD_BACK_RETRY_MAX: Duration = Duration::from_millis(200);
 
 impl WakeUp {
     /// A reader's wake-up from this process's commits, polling every `poll` besides.
     pub fn new(poll: Duration) -> Self {
-        Self { commits: COMMITS.subscribe(), listener: None, poll }
+        Self { commits: COMMITS.subscribe(), listener: None, poll, retry: None }
     }
 
     /// Also woken by other processes' commits on `pool`'s database (if it
@@ -164,11 +200,21 @@ impl WakeUp {
         wake
     }
 
+    /// Tells the wake-up what the last read found: while an open
+    /// transaction holds committed events back, [`WakeUp::wait`] returns
+    /// after a short, growing delay instead of the poll interval.
+    pub fn held_back(&mut self, held_back: bool) {
+        self.retry = held_back.then(|| {
+            self.retry.map_or(HELD_BACK_RETRY_FIRST, |last| (last * 2).min(HELD_BACK_RETRY_MAX)).min(self.poll)
+        });
+    }
+
     /// Waits for the next commit (one since the last wait counts), another
-    /// process's notification, or the poll interval, whichever is first.
+    /// process's notification, or the poll interval (shorter while the log
+    /// is held back), whichever is first.
     pub async fn wait(&mut self) {
-        let Self { commits, listener, poll } = self;
-        let poll = *poll;
+        let Self { commits, listener, poll, retry } = self;
+        let poll = retry.unwrap_or(*poll);
         let notified = async {
             match listener.as_mut() {
                 // A lost connection is re-established by the next `try_recv`.

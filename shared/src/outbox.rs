@@ -117,23 +117,29 @@ impl RelaySettings {
             name: name.to_owned(),
             source: source.to_owned(),
             batch_size: 500,
-            poll_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(5),
             retry_backoff: Duration::from_millis(500),
             rebuild_after_failures: 3,
         }
     }
 }
 
-/// The relay's Kafka producer, built on first use and rebuilt after a fatal error.
+/// The relay's Kafka producer, built on first use, rebuilt after a fatal
+/// error, and let go after a while with nothing to send (an idle
+/// librdkafka producer still costs its polling thread's wake-ups).
 pub struct RelayProducer {
     brokers: String,
     current: Option<FutureProducer>,
+    last_sent: tokio::time::Instant,
 }
+
+/// How long the relay keeps a producer it has nothing to send with.
+const KEEP_IDLE_PRODUCER: Duration = Duration::from_secs(30);
 
 impl RelayProducer {
     /// A producer for `brokers`, built lazily.
     pub fn new(brokers: &str) -> Self {
-        Self { brokers: brokers.to_owned(), current: None }
+        Self { brokers: brokers.to_owned(), current: None, last_sent: tokio::time::Instant::now() }
     }
 
     fn get(&mut self) -> Result<&FutureProducer, crate::kafka::KafkaError> {
@@ -141,7 +147,17 @@ impl RelayProducer {
             Some(producer) => producer,
             None => crate::kafka::producer(&self.brokers)?,
         };
+        self.last_sent = tokio::time::Instant::now();
         Ok(self.current.insert(producer))
+    }
+
+    /// Lets the producer go (off the async workers) after a while unused.
+    fn let_go_if_idle(&mut self) {
+        if self.last_sent.elapsed() >= KEEP_IDLE_PRODUCER {
+            if let Some(old) = self.current.take() {
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+        }
     }
 
     fn rebuild(&mut self, relay: &str, why: &str) {
@@ -230,6 +246,9 @@ enum RelayError {
     LeadershipLost,
 }
 
+/// How often an idle relay proves its leadership connection alive.
+const PROVE_LEADERSHIP_EVERY: Duration = Duration::from_secs(10);
+
 /// Batches sent and not yet fully acknowledged at once: the relay reads and
 /// sends the next batch while the broker acknowledges the earlier ones.
 const MAX_BATCHES_IN_FLIGHT: usize = 4;
@@ -294,11 +313,14 @@ async fn publish_while_leader(
     // The next event's key has a record in flight: read again only after an ack.
     let mut blocked = false;
     let mut failures = 0;
+    let mut last_proof = tokio::time::Instant::now();
     while !shutdown.is_cancelled() {
         if in_flight.len() < MAX_BATCHES_IN_FLIGHT && !blocked {
             let batch = {
                 let mut conn = pool.acquire().await?;
-                global_log::read_after(&mut conn, sent, settings.batch_size).await?
+                let read = global_log::read_after(&mut conn, sent, settings.batch_size).await?;
+                wake.held_back(read.held_back);
+                read.events
             };
             if !batch.is_empty() {
                 let ready = ready_records(mapper, settings, &batch, &unacknowledged);
@@ -327,9 +349,13 @@ async fn publish_while_leader(
         }
         let room = in_flight.len() < MAX_BATCHES_IN_FLIGHT && !blocked;
         let Some(head) = in_flight.front_mut() else {
-            // Idle: prove the lock connection is alive, then sleep until woken.
+            // Idle: prove the lock connection is alive now and then, then sleep until woken.
             blocked = false;
-            sqlx::query("select 1").execute(&mut leader).await.map_err(|_| RelayError::LeadershipLost)?;
+            producer.let_go_if_idle();
+            if last_proof.elapsed() >= PROVE_LEADERSHIP_EVERY {
+                sqlx::query("select 1").execute(&mut leader).await.map_err(|_| RelayError::LeadershipLost)?;
+                last_proof = tokio::time::Instant::now();
+            }
             tokio::select! {
                 () = wake.wait() => {}
                 () = shutdown.cancelled() => {}

@@ -120,8 +120,9 @@ async fn hand_over_to_writers(pool: &PgPool, projection: &dyn Projection) -> Res
 pub async fn run(pool: PgPool, projection: impl Projection, poll: Duration, shutdown: Shutdown) {
     let mut wake = WakeUp::new(poll);
     while !shutdown.is_cancelled() {
-        match catch_up(&pool, &projection).await {
-            Ok(_) => {
+        match catch_up_reporting(&pool, &projection).await {
+            Ok(applied) => {
+                wake.held_back(applied.held_back);
                 tokio::select! {
                     () = wake.wait() => {}
                     () = shutdown.cancelled() => {}
@@ -140,17 +141,28 @@ pub async fn run(pool: PgPool, projection: impl Projection, poll: Duration, shut
 
 /// Applies every committed event past the checkpoint; returns how many.
 pub async fn catch_up(pool: &PgPool, projection: &dyn Projection) -> Result<usize, ProjectionError> {
+    Ok(catch_up_reporting(pool, projection).await?.events)
+}
+
+/// [`catch_up`], also saying whether an open transaction held events back.
+async fn catch_up_reporting(pool: &PgPool, projection: &dyn Projection) -> Result<Applied, ProjectionError> {
     let mut applied = 0;
     loop {
-        let n = apply_batch(pool, projection).await?;
-        applied += n;
-        if n == 0 {
-            return Ok(applied);
+        let batch = apply_batch(pool, projection).await?;
+        applied += batch.events;
+        if batch.events == 0 {
+            return Ok(Applied { events: applied, held_back: batch.held_back });
         }
     }
 }
 
-async fn apply_batch(pool: &PgPool, projection: &dyn Projection) -> Result<usize, ProjectionError> {
+/// What one batch applied, and whether the log held more back.
+struct Applied {
+    events: usize,
+    held_back: bool,
+}
+
+async fn apply_batch(pool: &PgPool, projection: &dyn Projection) -> Result<Applied, ProjectionError> {
     let mut tx = pool.begin().await?;
     // The row lock serialises runners (and the rebuild swap) per projection.
     let row = sqlx::query(
@@ -160,19 +172,21 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection) -> Result<usize
     .bind(projection.name())
     .fetch_optional(&mut *tx)
     .await?;
+    let nothing = Applied { events: 0, held_back: false };
     let Some(row) = row else {
-        return Ok(0);
+        return Ok(nothing);
     };
     let schema: Option<String> = row.try_get("schema_name")?;
     let Some(schema) = schema else {
-        return Ok(0);
+        return Ok(nothing);
     };
     let after = LogPosition { tx_id: row.try_get("last_tx")?, position: row.try_get("last_position")? };
     use_schema(&mut tx, &schema).await?;
-    let batch = global_log::read_after(&mut tx, after, BATCH).await?;
+    let read = global_log::read_after(&mut tx, after, BATCH).await?;
+    let batch = read.events;
     let Some(last) = batch.last() else {
         tx.rollback().await?;
-        return Ok(0);
+        return Ok(Applied { events: 0, held_back: read.held_back });
     };
     let next = LogPosition::of(last);
     for event in &batch {
@@ -182,7 +196,7 @@ async fn apply_batch(pool: &PgPool, projection: &dyn Projection) -> Result<usize
     tx.commit().await?;
     let lag = (chrono::Utc::now() - last.recorded_at).num_milliseconds().max(0) as f64 / 1000.0;
     metrics::histogram!("projection_lag_seconds", "projection" => projection.name()).record(lag);
-    Ok(batch.len())
+    Ok(Applied { events: batch.len(), held_back: read.held_back })
 }
 
 /// Replays the whole log into fresh tables, then swaps them in; the live
@@ -203,7 +217,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<usize
     loop {
         let mut tx = pool.begin().await?;
         use_schema(&mut tx, &schema).await?;
-        let batch = global_log::read_after(&mut tx, at, BATCH).await?;
+        let batch = global_log::read_after(&mut tx, at, BATCH).await?.events;
         let Some(last) = batch.last() else { break };
         at = LogPosition::of(last);
         for event in &batch {
@@ -222,7 +236,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<usize
             .await?;
     use_schema(&mut tx, &schema).await?;
     loop {
-        let batch = global_log::read_after(&mut tx, at, BATCH).await?;
+        let batch = global_log::read_after(&mut tx, at, BATCH).await?.events;
         let Some(last) = batch.last() else { break };
         at = LogPosition::of(last);
         for event in &batch {

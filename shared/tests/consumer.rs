@@ -239,16 +239,8 @@ async fn a_transient_failure_pauses_only_its_partition_and_is_retried_until_it_h
 }
 
 async fn read_dlq(consumer: &rdkafka::consumer::StreamConsumer) -> (String, String) {
-    use rdkafka::message::{Headers, Message};
     let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.unwrap().unwrap();
-    let header = |name: &str| {
-        message
-            .headers()
-            .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default()
-    };
-    (header("ce_id"), header("dlq_reason"))
+    (header_of(&message, "ce_id"), header_of(&message, "dlq_reason"))
 }
 
 #[tokio::test]

@@ -84,10 +84,14 @@ struct RunningRelay {
 }
 
 fn start_relay(pool: &PgPool, brokers: &str, topic: &str, batch_size: i64) -> RunningRelay {
+    start_relay_polling(pool, brokers, topic, batch_size, Duration::from_millis(50))
+}
+
+fn start_relay_polling(pool: &PgPool, brokers: &str, topic: &str, batch_size: i64, poll: Duration) -> RunningRelay {
     let stop = Shutdown::new();
     let mut settings = RelaySettings::new("outbox", "/test-service");
     settings.batch_size = batch_size;
-    settings.poll_interval = Duration::from_millis(50);
+    settings.poll_interval = poll;
     settings.retry_backoff = Duration::from_millis(100);
     let task = tokio::spawn(outbox::run_relay(
         pool.clone(),
@@ -243,9 +247,10 @@ async fn a_slow_transaction_that_commits_after_a_later_one_is_not_skipped() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut conn = pool.acquire().await.unwrap();
     assert!(
-        read_after(&mut conn, LogPosition::default(), 10).await.unwrap().is_empty(),
+        read_after(&mut conn, LogPosition::default(), 10).await.unwrap().events.is_empty(),
         "nothing past the open transaction"
     );
+    assert!(read_after(&mut conn, LogPosition::default(), 10).await.unwrap().held_back, "and it says so");
     assert_eq!(relay_checkpoint(&pool).await, 0);
     assert_eq!(stream_counts(&pool).await, HashMap::new());
 
@@ -258,6 +263,36 @@ async fn a_slow_transaction_that_commits_after_a_later_one_is_not_skipped() {
     let mut want = vec![early.event_id.to_string(), late.event_id.to_string()];
     want.sort();
     assert_eq!(ids, want);
+    relay.stop.cancel();
+    relay.task.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_held_back_by_another_databases_transaction_goes_out_when_it_ends_not_at_the_next_poll() {
+    let kafka = TestKafka::start().unwrap();
+    let topic = topic_for(&kafka, "relay_held").await;
+    let pool = fresh_db("held").await;
+    let other = fresh_db("held_other").await;
+    // The relay would poll only every ten minutes: only a wake-up moves it.
+    let relay = start_relay_polling(&pool, kafka.brokers(), &topic, 100, Duration::from_secs(600));
+
+    // Transaction ids are cluster-wide: an open transaction in another
+    // database holds our later commit back, and its commit tells us nothing.
+    let mut elsewhere = other.begin().await.unwrap();
+    sqlx::query("select pg_current_xact_id()").execute(&mut *elsewhere).await.unwrap();
+    let held = append_one(&pool, "held", "A", 1).await;
+    shared::global_log::committed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(relay_checkpoint(&pool).await, 0, "held back while the older transaction is open");
+
+    elsewhere.commit().await.unwrap();
+    let published = eventually(Duration::from_secs(10), || async {
+        (relay_checkpoint(&pool).await == held.global_position).then_some(())
+    })
+    .await;
+    assert!(published.is_some(), "published within seconds of the other transaction's end");
+    let got = read_records(&reader(kafka.brokers(), &topic), 1, Duration::from_secs(30)).await;
+    assert_eq!(got.iter().map(|r| r.ce_id.clone()).collect::<Vec<_>>(), [held.event_id.to_string()]);
     relay.stop.cancel();
     relay.task.await.unwrap();
 }

@@ -12,15 +12,53 @@ use rdkafka::{
 
 use super::{settings::ConsumerSettings, Outcome};
 use crate::{
-    kafka::dlq_topic,
+    kafka::{dlq_topic, KafkaError},
     shutdown::{sleep_or_shutdown, Shutdown},
 };
+
+/// The producer dead letters go through: built when the first one comes
+/// and let go after a while without any, since an idle librdkafka producer
+/// still costs its polling thread's wake-ups.
+pub struct DeadLetterProducer {
+    brokers: String,
+    current: std::sync::Mutex<Option<(FutureProducer, tokio::time::Instant)>>,
+}
+
+/// How long an unused dead-letter producer is kept.
+const KEEP_IDLE: Duration = Duration::from_secs(60);
+
+impl DeadLetterProducer {
+    /// A producer for `brokers`, not built yet.
+    pub fn new(brokers: &str) -> Self {
+        Self { brokers: brokers.to_owned(), current: std::sync::Mutex::new(None) }
+    }
+
+    fn get(&self) -> Result<FutureProducer, KafkaError> {
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let producer = match current.take() {
+            Some((producer, _)) => producer,
+            None => crate::kafka::producer(&self.brokers)?,
+        };
+        *current = Some((producer.clone(), tokio::time::Instant::now()));
+        Ok(producer)
+    }
+
+    /// Lets the producer go (off the async workers) once it sat unused for a minute.
+    pub fn let_go_if_idle(&self) {
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.as_ref().is_some_and(|(_, used)| used.elapsed() >= KEEP_IDLE) {
+            if let Some((producer, _)) = current.take() {
+                tokio::task::spawn_blocking(move || drop(producer));
+            }
+        }
+    }
+}
 
 /// Publishes the record to `<topic>.dlq` with the reason and its origin,
 /// retrying until the DLQ accepts it (the offset must not move before);
 /// `None` if shutdown came first.
 pub async fn dead_letter(
-    producer: &FutureProducer,
+    producer: &DeadLetterProducer,
     settings: &ConsumerSettings,
     message: &OwnedMessage,
     reason: &str,
@@ -44,13 +82,20 @@ pub async fn dead_letter(
         if let Some(payload) = message.payload() {
             record = record.payload(payload);
         }
-        match producer.send(record, Timeout::After(Duration::from_secs(10))).await {
+        let sent = match producer.get() {
+            Ok(producer) => producer.send(record, Timeout::After(Duration::from_secs(10))).await.map_err(|(e, _)| e),
+            Err(error) => Err(match error {
+                KafkaError::Client { source, .. } => source,
+                KafkaError::CreateTopic { code, .. } => rdkafka::error::KafkaError::AdminOp(code),
+            }),
+        };
+        match sent {
             Ok(_) => {
                 metrics::counter!("dlq_records_total", "group" => settings.group.clone(), "topic" => dlq.clone())
                     .increment(1);
                 return Some(Outcome::DeadLettered);
             }
-            Err((error, _)) => {
+            Err(error) => {
                 tracing::warn!(%error, dlq, "dead-letter publish failed; retrying");
                 if !sleep_or_shutdown(Duration::from_secs(1), shutdown).await {
                     return None;

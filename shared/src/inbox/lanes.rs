@@ -6,14 +6,11 @@
 
 use std::collections::VecDeque;
 
-use rdkafka::{
-    message::{Message, OwnedMessage},
-    producer::FutureProducer,
-};
+use rdkafka::message::{Message, OwnedMessage};
 use sqlx::PgPool;
 
 use super::{
-    dead_letter::dead_letter,
+    dead_letter::{dead_letter, DeadLetterProducer},
     dedupe::{apply_in, store_offset, store_offset_alone, Fenced, Position},
     handler::{EventHandler, HandlerError, IncomingEvent},
     settings::ConsumerSettings,
@@ -58,7 +55,7 @@ pub struct Lanes<'a, H> {
     /// The service database.
     pub pool: &'a PgPool,
     /// Where poison goes.
-    pub dlq: &'a FutureProducer,
+    pub dlq: &'a DeadLetterProducer,
     /// The service's handler.
     pub handler: &'a H,
     /// The consumer's settings.

@@ -55,26 +55,20 @@ impl Leases {
         &self.member
     }
 
-    /// Opens the lease session if there is none, else proves it alive. An
-    /// error means every lease is gone: the caller must stop working its
+    /// Opens the lease session if there is none, then counts the members
+    /// on it (which proves it alive, with this member among them). An error
+    /// means every lease is gone: the caller must stop working its
     /// partitions.
-    pub async fn check(&mut self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        let checked = match self.session.take() {
-            Some(mut session) => {
-                let alive = tokio::time::timeout(SESSION_TIMEOUT, sqlx::query("select 1").execute(&mut session)).await;
-                match alive {
-                    Ok(Ok(_)) => Ok(session),
-                    Ok(Err(error)) => Err(error),
-                    Err(_) => Err(sqlx::Error::PoolTimedOut),
-                }
-            }
-            None => {
-                let opened = tokio::time::timeout(SESSION_TIMEOUT, open(pool, self.members_key())).await;
-                opened.unwrap_or(Err(sqlx::Error::PoolTimedOut))
-            }
-        };
-        self.session = Some(checked?);
-        Ok(())
+    pub async fn members(&mut self, pool: &PgPool) -> Result<usize, sqlx::Error> {
+        if self.session.is_none() {
+            let opened = tokio::time::timeout(SESSION_TIMEOUT, open(pool, self.members_key())).await;
+            self.session = Some(opened.unwrap_or(Err(sqlx::Error::PoolTimedOut))?);
+        }
+        let counted = self.count_members().await;
+        if counted.is_err() {
+            self.close();
+        }
+        counted
     }
 
     /// Ends the session: the server frees every lease of this member.
@@ -83,7 +77,7 @@ impl Leases {
     }
 
     /// How many members of this consumer hold a lease session now (this one included).
-    pub async fn members(&mut self) -> Result<usize, sqlx::Error> {
+    async fn count_members(&mut self) -> Result<usize, sqlx::Error> {
         let key = self.members_key();
         let session = self.session()?;
         let count: i64 = within(

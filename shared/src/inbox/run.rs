@@ -14,7 +14,6 @@ use rdkafka::{
     consumer::StreamConsumer,
     error::KafkaResult,
     message::{BorrowedMessage, Message, OwnedMessage},
-    producer::FutureProducer,
     Offset,
 };
 use sqlx::PgPool;
@@ -22,6 +21,7 @@ use tokio::time::Instant;
 
 use super::{
     client,
+    dead_letter::DeadLetterProducer,
     dedupe::{purge_inbox, store_offset_alone, Fenced, Position},
     handler::{EventHandler, IncomingEvent},
     lanes::{Lanes, Step},
@@ -59,8 +59,8 @@ pub async fn run_consumer(
             .increment(0);
     }
     metrics::gauge!("consumer_paused_partitions", "group" => settings.group.clone()).set(0.0);
-    let (consumer, dlq) = loop {
-        match client::build(&brokers, &settings).and_then(|c| Ok((c, crate::kafka::producer(&brokers)?))) {
+    let consumer = loop {
+        match client::build(&brokers, &settings) {
             Ok(built) => break built,
             Err(error) => {
                 tracing::warn!(group = settings.group, %error, "cannot build the Kafka consumer; retrying");
@@ -76,7 +76,7 @@ pub async fn run_consumer(
         leases: Leases::new(&settings.group),
         pool,
         consumer: Arc::new(consumer),
-        dlq,
+        dlq: DeadLetterProducer::new(&brokers),
         handler,
         settings,
         signals,
@@ -114,7 +114,7 @@ struct Held {
 struct Worker<H> {
     pool: PgPool,
     consumer: Arc<StreamConsumer>,
-    dlq: FutureProducer,
+    dlq: DeadLetterProducer,
     handler: H,
     settings: ConsumerSettings,
     signals: Signals,
@@ -169,23 +169,20 @@ impl<H: EventHandler> Worker<H> {
     /// Proves the lease session alive, then gives back partitions beyond a
     /// fair share and takes free ones up to it.
     async fn rebalance(&mut self) {
-        if let Err(error) = self.leases.check(&self.pool).await {
-            self.lost_session(error.to_string()).await;
-            return;
-        }
+        let members = match self.leases.members(&self.pool).await {
+            Ok(members) => members,
+            Err(error) => {
+                self.lost_session(error.to_string()).await;
+                return;
+            }
+        };
         let Some(all) = self.known_partitions().await else {
             self.signals.problem(&self.component, "Kafka does not answer: the topics' partitions are unknown");
             return;
         };
-        let members = match self.leases.members().await {
-            Ok(members) => members,
-            Err(error) => {
-                tracing::warn!(group = self.settings.group, %error, "counting the consumer's members");
-                return;
-            }
-        };
         self.take_share(all, members).await;
         self.flush_positions().await;
+        self.dlq.let_go_if_idle();
         self.signals.ok(&self.component);
         self.gauges();
     }

@@ -90,13 +90,7 @@ pub async fn read_records(consumer: &StreamConsumer, count: usize, timeout: Dura
         let Ok(Ok(message)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
             break;
         };
-        let header = |name: &str| {
-            message
-                .headers()
-                .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
+        let header = |name: &str| header_of(&message, name);
         let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap_or_default()).unwrap();
         out.push(Received {
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
@@ -109,4 +103,13 @@ pub async fn read_records(consumer: &StreamConsumer, count: usize, timeout: Dura
         });
     }
     out
+}
+
+/// The value of header `name` of `message` ("" when it has none).
+pub fn header_of(message: &impl Message, name: &str) -> String {
+    message
+        .headers()
+        .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
 }
