@@ -10,7 +10,7 @@
 //! so one user's expired or rejected token never fails another user's read.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -28,13 +28,61 @@ use crate::{
     },
 };
 
-/// One performance's seats as loaded: the body and its JSON.
+/// One performance's seats as loaded: its JSON and the state viewers see,
+/// each made once per load and shared by every reader of it.
 #[derive(Debug)]
 pub struct SeatMap {
-    /// The map.
-    pub body: SeatMapBody,
-    /// `body` rendered as JSON (`GET /performances/{id}/seats`).
+    /// The map as JSON (`GET /performances/{id}/seats`).
     pub json: Bytes,
+    /// The map as seat streams show it.
+    pub state: Arc<MapState>,
+}
+
+/// A map as its viewers see it: every seat's state, the map's id, and the
+/// ready `snapshot` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapState {
+    /// Names this state: FNV-1a over every seat's id and state.
+    pub version: String,
+    /// Seat id → `available`, `locked` or `booked`.
+    pub states: BTreeMap<String, String>,
+    /// The whole `snapshot` Server-Sent Event (every seat with its price).
+    pub snapshot: Bytes,
+}
+
+impl MapState {
+    /// The state of `body`.
+    pub fn of(body: &SeatMapBody) -> Self {
+        let states: BTreeMap<String, String> =
+            body.seats.iter().map(|s| (s.seat_id.clone(), s.state.clone())).collect();
+        let version = version_of(&states);
+        let data = serde_json::json!({
+            "performanceId": body.performance_id,
+            "title": body.title,
+            "startsAt": body.starts_at,
+            "seats": body.seats,
+        });
+        let snapshot = sse_frame("snapshot", &version, &data.to_string());
+        Self { version, states, snapshot }
+    }
+}
+
+/// The id of a map state: FNV-1a over every seat's id and state.
+pub fn version_of(states: &BTreeMap<String, String>) -> String {
+    use std::hash::Hasher;
+    let mut hash = shared::fnv::Fnv1a::default();
+    for (seat, state) in states {
+        hash.write(seat.as_bytes());
+        hash.write(&[0]);
+        hash.write(state.as_bytes());
+        hash.write(&[0]);
+    }
+    format!("{:016x}", hash.finish())
+}
+
+/// One Server-Sent Event, framed (`data` is one line of JSON).
+pub fn sse_frame(event: &str, id: &str, data: &str) -> Bytes {
+    Bytes::from(format!("event: {event}\nid: {id}\ndata: {data}\n\n"))
 }
 
 /// How the gateway itself authenticates to the booking-service for loads
@@ -215,7 +263,8 @@ fn render(map: pb::SeatMap) -> Result<SeatMap, ApiError> {
         tracing::error!(%error, "rendering a seat map");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
     })?;
-    Ok(SeatMap { body, json })
+    let state = Arc::new(MapState::of(&body));
+    Ok(SeatMap { json, state })
 }
 
 #[cfg(test)]

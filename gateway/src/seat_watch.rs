@@ -11,68 +11,31 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    hash::Hasher,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
 use shared::shutdown::Shutdown;
 use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     error::ApiError,
-    seat_maps::{SeatMap, SeatMaps},
+    seat_maps::{sse_frame, MapState, SeatMaps},
 };
 
-/// A map as viewers see it: every seat's state, and the map's id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MapState {
-    /// Names this state: FNV-1a over every seat's id and state.
-    pub version: String,
-    /// Seat id → `available`, `locked` or `booked`.
-    pub states: BTreeMap<String, String>,
-    /// The `snapshot` event's data (every seat with its price).
-    pub snapshot: Arc<str>,
-}
-
-impl MapState {
-    /// The state of `map`.
-    pub fn of(map: &SeatMap) -> Self {
-        let states: BTreeMap<String, String> =
-            map.body.seats.iter().map(|s| (s.seat_id.clone(), s.state.clone())).collect();
-        let snapshot = serde_json::json!({
-            "performanceId": map.body.performance_id,
-            "title": map.body.title,
-            "startsAt": map.body.starts_at,
-            "seats": map.body.seats,
-        })
-        .to_string();
-        Self { version: version_of(&states), states, snapshot: snapshot.into() }
-    }
-}
-
-/// One change of a performance's map, ready to send.
+/// One change of a performance's map, ready to send. It holds no map (a
+/// viewer that cannot apply it is sent the watcher's latest snapshot), so
+/// the changes queued for slow viewers cost only their frames.
 #[derive(Debug)]
 pub struct Change {
     /// The version it applies to.
     pub from: String,
-    /// The state after it.
-    pub to: Arc<MapState>,
-    /// The `seats` event's data: the seats whose state changed.
-    pub seats: Arc<str>,
-}
-
-/// The id of a map state: FNV-1a over every seat's id and state.
-pub fn version_of(states: &BTreeMap<String, String>) -> String {
-    let mut hash = shared::fnv::Fnv1a::default();
-    for (seat, state) in states {
-        hash.write(seat.as_bytes());
-        hash.write(&[0]);
-        hash.write(state.as_bytes());
-        hash.write(&[0]);
-    }
-    format!("{:016x}", hash.finish())
+    /// The version after it.
+    pub to: String,
+    /// The whole `seats` Server-Sent Event: the seats whose state changed.
+    pub frame: Bytes,
 }
 
 /// The seats of `now` whose state differs in `before`, as the `seats`
@@ -109,6 +72,10 @@ pub struct Viewing {
     _stream: OwnedSemaphorePermit,
     _user: UserSlot,
 }
+
+/// The shortest time between two looks at one map: a burst of writes
+/// through the gateway is shown by one look, not one per write.
+const LOOKS_AT_MOST_EVERY: Duration = Duration::from_millis(100);
 
 /// Viewers to keep at most per performance in a watcher's queue before a
 /// slow one is sent a fresh snapshot instead of every change.
@@ -205,8 +172,9 @@ impl SeatWatch {
             if self.stop_if_unwatched(&performance_id, &watcher) {
                 return;
             }
+            let looked = tokio::time::Instant::now();
             match self.maps.current(&performance_id, &HeaderMap::new()).await {
-                Ok(map) => publish(&watcher, MapState::of(&map)),
+                Ok(map) => publish(&watcher, map.state.clone()),
                 Err(error) if error.status.is_server_error() => {
                     tracing::debug!(performance_id, error = error.message, "looking at a watched seat map");
                 }
@@ -214,7 +182,10 @@ impl SeatWatch {
             }
             tokio::select! {
                 () = tokio::time::sleep(self.every) => {}
-                () = watcher.look_now.notified() => {}
+                () = watcher.look_now.notified() => {
+                    // Writes arriving together share one look.
+                    tokio::time::sleep_until(looked + LOOKS_AT_MOST_EVERY).await;
+                }
                 () = self.shutdown.cancelled() => return,
             }
         }
@@ -233,18 +204,19 @@ impl SeatWatch {
 }
 
 /// Sends what changed since the watcher's last look, once, to every viewer.
-fn publish(watcher: &Watcher, now: MapState) {
-    let now = Arc::new(now);
+fn publish(watcher: &Watcher, now: Arc<MapState>) {
     let before = watcher.latest();
-    if let Some(before) = before.as_ref().filter(|b| b.version != now.version) {
-        if let Some(seats) = changes(&before.states, &now.states) {
-            let change = Change { from: before.version.clone(), to: now.clone(), seats: seats.into() };
-            // No receiver is fine: nobody watches this instant.
-            let _ = watcher.changes.send(Arc::new(change));
-        }
+    if before.as_ref().is_some_and(|b| b.version == now.version) {
+        return;
     }
-    if before.as_ref().is_none_or(|b| b.version != now.version) {
-        watcher.latest.send_replace(Some(now));
+    // The latest state first: a viewer that cannot apply the change reads it.
+    watcher.latest.send_replace(Some(now.clone()));
+    let Some(before) = before else { return };
+    if let Some(seats) = changes(&before.states, &now.states) {
+        let frame = sse_frame("seats", &now.version, &seats);
+        let change = Change { from: before.version.clone(), to: now.version.clone(), frame };
+        // No receiver is fine: nobody watches this instant.
+        let _ = watcher.changes.send(Arc::new(change));
     }
 }
 
@@ -287,6 +259,8 @@ mod tests {
     fn states(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(s, st)| ((*s).to_owned(), (*st).to_owned())).collect()
     }
+
+    use crate::seat_maps::version_of;
 
     #[test]
     fn a_change_names_only_the_seats_that_changed_and_the_version_follows_the_state() {

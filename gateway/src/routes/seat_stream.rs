@@ -11,24 +11,27 @@
 //! that falls behind gets a fresh snapshot instead of the changes it missed.
 //! The stream ends when the viewer's own token expires. Occupants are never
 //! named: a seat has only its id, price and state.
+//!
+//! Events are framed once and shared (`Bytes`) by every viewer of a load or
+//! a change: a viewer costs its connection and its sends, not a copy.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
+    body::Body,
     extract::State,
-    http::HeaderMap,
-    response::sse::{Event, KeepAlive, Sse},
+    http::{header, HeaderMap, HeaderValue},
+    response::{IntoResponse, Response},
 };
-use futures::Stream;
+use bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::{
-    auth::AuthUser,
-    error::ApiError,
-    path_id::PathId,
-    seat_watch::{MapState, Viewing},
-    AppState,
-};
+use crate::{auth::AuthUser, error::ApiError, path_id::PathId, seat_watch::Viewing, AppState};
+
+/// A comment that keeps an idle connection open.
+const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+/// How often a quiet stream sends it.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
 
 /// What a viewer has been shown, and until when it may watch.
 struct Viewer {
@@ -36,7 +39,7 @@ struct Viewer {
     /// The version last sent (or resumed from).
     shown: String,
     /// A snapshot to send first, if any.
-    first: Option<Event>,
+    first: Option<Bytes>,
     /// The token's expiry plus the verifiers' leeway.
     until: tokio::time::Instant,
     shutting_down: shared::shutdown::Shutdown,
@@ -48,56 +51,65 @@ pub async fn seat_stream(
     user: AuthUser,
     headers: HeaderMap,
     PathId(id): PathId,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let viewing = state.seat_watch.view(&id, &user.user_id)?;
     // Loaded after the request arrived (404 for an unknown performance,
     // before the stream starts).
     let map = state.seat_maps.current(&id, &headers).await?;
-    let now = MapState::of(&map);
+    let now = &map.state;
     let resumed = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    let first = (resumed != Some(now.version.as_str())).then(|| snapshot(&now));
+    let first = (resumed != Some(now.version.as_str())).then(|| now.snapshot.clone());
     let left = u64::try_from(user.expires_at - chrono::Utc::now().timestamp()).unwrap_or(0) + shared::auth::LEEWAY_SECS;
     let viewer = Viewer {
         viewing,
-        shown: now.version,
+        shown: now.version.clone(),
         first,
         until: tokio::time::Instant::now() + Duration::from_secs(left),
         shutting_down: state.shutting_down.clone(),
     };
     let stream = futures::stream::unfold(viewer, |mut viewer| async move {
-        let event = viewer.next().await?;
-        Some((Ok(event), viewer))
+        let frame = viewer.next().await?;
+        Some((Ok::<_, Infallible>(frame), viewer))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
 }
 
 impl Viewer {
-    /// The next event to send; `None` ends the stream (token expired,
+    /// The next frame to send; `None` ends the stream (token expired,
     /// shutdown, or the watcher is gone).
-    async fn next(&mut self) -> Option<Event> {
+    async fn next(&mut self) -> Option<Bytes> {
         if let Some(first) = self.first.take() {
             return Some(first);
         }
         loop {
             let received = tokio::select! {
                 received = self.viewing.changes.recv() => received,
+                () = tokio::time::sleep(KEEP_ALIVE_EVERY) => return Some(Bytes::from_static(KEEP_ALIVE)),
                 () = tokio::time::sleep_until(self.until) => return None,
                 () = self.shutting_down.cancelled() => return None,
             };
             match received {
                 Ok(change) if change.from == self.shown => {
-                    self.shown = change.to.version.clone();
-                    return Some(Event::default().event("seats").id(&self.shown).data(&*change.seats));
+                    self.shown = change.to.clone();
+                    return Some(change.frame.clone());
                 }
                 // Already showing it (the first snapshot was newer than the watcher's look).
-                Ok(change) if change.to.version == self.shown => {}
-                Ok(change) => return Some(self.snapshot_of(&change.to)),
+                Ok(change) if change.to == self.shown => {}
+                // A change it cannot apply: the state as it is now.
+                Ok(_) => {
+                    if let Some(latest) = self.latest_unless_shown() {
+                        return Some(latest);
+                    }
+                }
                 // Too slow for the changes it missed: the state as it is now.
                 Err(RecvError::Lagged(_)) => {
                     metrics::counter!("seat_streams_lagged_total").increment(1);
-                    match self.viewing.watcher.latest() {
-                        Some(latest) if latest.version != self.shown => return Some(self.snapshot_of(&latest)),
-                        _ => {}
+                    if let Some(latest) = self.latest_unless_shown() {
+                        return Some(latest);
                     }
                 }
                 Err(RecvError::Closed) => return None,
@@ -105,12 +117,10 @@ impl Viewer {
         }
     }
 
-    fn snapshot_of(&mut self, state: &MapState) -> Event {
-        self.shown = state.version.clone();
-        snapshot(state)
+    /// The watcher's newest snapshot, unless it is what the viewer shows.
+    fn latest_unless_shown(&mut self) -> Option<Bytes> {
+        let latest = self.viewing.watcher.latest().filter(|l| l.version != self.shown)?;
+        self.shown = latest.version.clone();
+        Some(latest.snapshot.clone())
     }
-}
-
-fn snapshot(state: &MapState) -> Event {
-    Event::default().event("snapshot").id(&state.version).data(&*state.snapshot)
 }
