@@ -72,45 +72,91 @@ fn open_viewers(
     (connected, events, tasks)
 }
 
-/// `viewers`: `distinct` without viewers, then with `count` viewers of the
-/// same performance on one gateway: the bookings' p99 both ways, and each
-/// process's memory while they watch.
-pub async fn viewers(
-    target: Arc<Target>,
+/// What the `viewers` run uses.
+pub struct ViewersRun {
+    /// Where the system is.
+    pub target: Arc<Target>,
+    /// The performance `distinct` books, and its seats.
+    pub booked: (String, Arc<Vec<String>>),
+    /// The performance everyone watches (a hall of a usual size), and its
+    /// seats: one of them is held every second, so streams carry changes.
+    pub watched: (String, Arc<Vec<String>>),
+    /// Viewers.
+    pub viewers: usize,
+    /// `distinct`'s clients.
+    pub clients: usize,
+    /// `distinct`'s length, each time.
+    pub duration: Duration,
+}
+
+/// Holds one seat of `performance` a second until `stop`.
+fn hold_a_seat_every_second(
+    target: &Arc<Target>,
     performance: &str,
-    seats: Arc<Vec<String>>,
-    count: usize,
-    clients: usize,
-    duration: Duration,
-    watched: &Watched,
-) -> Value {
-    let half = seats.len() / 2;
-    let (first, second) = (Arc::new(seats[..half].to_vec()), Arc::new(seats[half..].to_vec()));
-    let alone = super::distinct(target.clone(), performance, first, clients, duration).await;
+    seats: &Arc<Vec<String>>,
+    stop: &Arc<AtomicBool>,
+    from: usize,
+) -> tokio::task::JoinHandle<()> {
+    let (target, performance, seats, stop) = (target.clone(), performance.to_owned(), seats.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut n = from;
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(seat) = seats.get(n) {
+                let _ = super::book(&target, &format!("watched_{n}"), &performance, seat).await;
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// `viewers`: `distinct` without viewers, then with `viewers` seat streams
+/// of another performance on the same gateway, first quiet, then sent a
+/// change every second: the bookings' p99 each way, and each process's
+/// memory and CPU while they watch.
+pub async fn viewers(run: ViewersRun, watched: &Watched) -> Value {
+    let (booked, seats) = &run.booked;
+    let (watched_performance, watched_seats) = &run.watched;
+    let third = seats.len() / 3;
+    let part = |n: usize| Arc::new(seats[n * third..(n + 1) * third].to_vec());
+    let distinct = |n: usize| super::distinct(run.target.clone(), booked, part(n), run.clients, run.duration);
+    let alone = distinct(0).await;
     let stop = Arc::new(AtomicBool::new(false));
     let opened = Instant::now();
-    let (connected, events, tasks) = open_viewers(&target, performance, count, &stop);
-    while connected.load(Ordering::Relaxed) < count && opened.elapsed() < Duration::from_secs(120) {
+    let (connected, events, tasks) = open_viewers(&run.target, watched_performance, run.viewers, &stop);
+    while connected.load(Ordering::Relaxed) < run.viewers && opened.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let connected_in = opened.elapsed();
+    // Viewers connected, their map quiet (keep-alives only) ...
+    let quiet = distinct(1).await;
+    // ... then a seat of theirs held every second: each change goes to every viewer.
+    let changing = Arc::new(AtomicBool::new(false));
+    let holder = hold_a_seat_every_second(&run.target, watched_performance, watched_seats, &changing, 0);
     let before = watched.sample();
-    let watching = super::distinct(target.clone(), performance, second, clients, duration).await;
+    let watching = distinct(2).await;
     let cores = watched.sample().cores_since(&before);
     let rss = watched.rss();
+    changing.store(true, Ordering::Relaxed);
+    let _ = holder.await;
     let received = events.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
     }
+    let change = |p99: f64| 100.0 * (p99 - alone.latency.p99_ms) / alone.latency.p99_ms.max(1e-9);
     json!({
-        "viewers": count,
+        "viewers": run.viewers,
         "connected": connected.load(Ordering::Relaxed),
         "connected_in_seconds": connected_in.as_secs_f64(),
         "events_received": received,
         "bookings_without_viewers": { "per_sec": alone.throughput_per_sec, "p99_ms": alone.latency.p99_ms },
-        "bookings_with_viewers": { "per_sec": watching.throughput_per_sec, "p99_ms": watching.latency.p99_ms },
-        "p99_change_percent": 100.0 * (watching.latency.p99_ms - alone.latency.p99_ms) / alone.latency.p99_ms.max(1e-9),
+        "bookings_with_quiet_viewers": {
+            "per_sec": quiet.throughput_per_sec, "p99_ms": quiet.latency.p99_ms, "p99_change_percent": change(quiet.latency.p99_ms),
+        },
+        "bookings_with_viewers_sent_a_change_a_second": {
+            "per_sec": watching.throughput_per_sec, "p99_ms": watching.latency.p99_ms, "p99_change_percent": change(watching.latency.p99_ms),
+        },
         "rss_mib_while_watching": rss,
         "cores_while_watching": cores,
     })

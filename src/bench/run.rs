@@ -116,14 +116,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let http_ceiling_per_sec =
         bench::http_ceiling(target.clone(), args.clients, std::time::Duration::from_secs(5)).await;
 
-    let booking =
-        shared::db::connect_service_db(args.database.url(), &booking_db, 4, &booking_service::store::MIGRATIONS)
-            .await?;
-    let payment =
-        shared::db::connect_service_db(args.database.url(), &payment_db, 4, &payment_service::store::MIGRATIONS)
-            .await?;
     // Oversell is one of check's invariants: one definition, folded from the event store.
-    let found = check::check(&booking, &payment).await?;
+    let (booking, found) = check_stores(args.database.url(), &booking_db, &payment_db).await?;
     let oversold = found.iter().filter(|v| v.invariant == check::Invariant::SeatSoldOnce).count();
     let violations: Vec<String> = found.into_iter().map(|v| v.message).collect();
     let rss_mib = bench::rss_mib();
@@ -247,17 +241,17 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
     let report = match args.scenario {
         BenchScenario::Idle => bench::long_runs::idle(&watched, args.duration).await,
         BenchScenario::Viewers => {
-            let seats = Arc::new(bench::register_performance(&target, "perf_viewers", 200).await?);
-            bench::long_runs::viewers(
+            let seats = Arc::new(bench::register_performance(&target, "perf_booked", 200).await?);
+            let hall = Arc::new(bench::register_performance(&target, "perf_watched", 1).await?);
+            let run = bench::long_runs::ViewersRun {
                 target,
-                "perf_viewers",
-                seats,
-                args.viewers,
-                args.clients,
-                args.duration,
-                &watched,
-            )
-            .await
+                booked: ("perf_booked".to_owned(), seats),
+                watched: ("perf_watched".to_owned(), hall),
+                viewers: args.viewers,
+                clients: args.clients,
+                duration: args.duration,
+            };
+            bench::long_runs::viewers(run, &watched).await
         }
         BenchScenario::Soak | BenchScenario::All => {
             let seats = Arc::new(bench::register_performance(&target, "perf_soak", 200).await?);
@@ -268,17 +262,25 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     system.stop();
-    let booking =
-        shared::db::connect_service_db(args.database.url(), &booking_db, 4, &booking_service::store::MIGRATIONS)
-            .await?;
-    let payment =
-        shared::db::connect_service_db(args.database.url(), &payment_db, 4, &payment_service::store::MIGRATIONS)
-            .await?;
-    let violations: Vec<String> = check::check(&booking, &payment).await?.into_iter().map(|v| v.message).collect();
+    let (_, found) = check_stores(args.database.url(), &booking_db, &payment_db).await?;
+    let violations: Vec<String> = found.into_iter().map(|v| v.message).collect();
     let report =
         serde_json::json!({ "scenario": format!("{:?}", args.scenario), "report": report, "violations": violations });
     std::fs::write(&args.output, serde_json::to_string_pretty(&report)?)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     anyhow::ensure!(violations.is_empty(), "correctness check failed: {violations:?}");
     Ok(())
+}
+
+/// `ticketing check` over the bench's two databases; also returns the
+/// booking database's pool (the pgbench baseline runs there).
+async fn check_stores(
+    url: &str,
+    booking_db: &str,
+    payment_db: &str,
+) -> anyhow::Result<(sqlx::PgPool, Vec<check::Violation>)> {
+    let booking = shared::db::connect_service_db(url, booking_db, 4, &booking_service::store::MIGRATIONS).await?;
+    let payment = shared::db::connect_service_db(url, payment_db, 4, &payment_service::store::MIGRATIONS).await?;
+    let found = check::check(&booking, &payment).await?;
+    Ok((booking, found))
 }
