@@ -3,7 +3,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bins \
+RUN cargo build --release --locked --workspace --bins \
  && mkdir /out \
  && cp target/release/ticketing target/release/gateway target/release/booking-service target/release/payment-service /out/
 

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use booking_service::domain::booking::Booking;
+use kernel::aggregate;
 use payment_service::domain::intent::{PaymentEvent, PaymentIntent};
-use shared::aggregate;
 use sqlx::PgPool;
 
 /// The invariant a violation breaks.

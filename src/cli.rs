@@ -4,14 +4,17 @@
 
 use std::path::PathBuf;
 
+use agreements::PaymentPolicy;
 use booking_service::BookingSettings;
 use clap::{Args, Parser, Subcommand};
-use gateway::GatewaySettings;
+use edge::config::MetricsArgs;
+use edge::config::SecurityArgs;
+use edge::config::ShutdownArgs;
+use edge::telemetry::LogFormat;
+use gateway::GatewayArgs;
+use messaging::config::KafkaArgs;
 use payment_service::PaymentSettings;
-use shared::{
-    config::{DatabaseArgs, KafkaArgs, MetricsArgs, PaymentPolicy, SecurityArgs, ShutdownArgs},
-    telemetry::LogFormat,
-};
+use runtime::config::DatabaseArgs;
 
 /// The ticketing platform.
 #[derive(Debug, Parser)]
@@ -129,15 +132,6 @@ pub fn parse() -> Cli {
     cli
 }
 
-/// `ticketing gateway`.
-#[derive(Debug, Args)]
-pub struct GatewayArgs {
-    #[command(flatten)]
-    pub lifecycle: ShutdownArgs,
-    #[command(flatten)]
-    pub gateway: GatewaySettings,
-}
-
 /// `ticketing booking`.
 #[derive(Debug, Args)]
 pub struct BookingArgs {
@@ -168,7 +162,7 @@ pub struct TokenArgs {
     #[arg(long)]
     pub admin: bool,
     /// Lifetime, e.g. 30m, 1h, 7d.
-    #[arg(long, default_value = "1h", value_parser = shared::config::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = runtime::config::parse_duration)]
     pub ttl: std::time::Duration,
     /// HS256 secret; defaults to the one `ticketing dev` generated.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
@@ -187,7 +181,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
     /// Length of each timed scenario.
-    #[arg(long, default_value = "10s", value_parser = shared::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = runtime::config::parse_duration)]
     pub duration: std::time::Duration,
     /// Clients racing in `onsale`.
     #[arg(long, default_value_t = 2000)]
@@ -240,7 +234,7 @@ pub struct RedriveArgs {
     #[arg(long)]
     pub topic: String,
     /// Stop after the DLQ has been idle this long.
-    #[arg(long, default_value = "5s", value_parser = shared::config::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = runtime::config::parse_duration)]
     pub idle: std::time::Duration,
 }
 

@@ -19,9 +19,7 @@ pub mod commands;
 pub mod private_postgres;
 pub mod system;
 
-pub use cli::{
-    BenchArgs, BookingArgs, Cli, Command, DevArgs, GatewayArgs, MigrateArgs, PaymentArgs, RedriveArgs, TokenArgs,
-};
+pub use cli::{BenchArgs, BookingArgs, Cli, Command, DevArgs, MigrateArgs, PaymentArgs, RedriveArgs, TokenArgs};
 pub use commands::{main_with, main_with_subcommand, run};
 pub use system::{dev_secret_path, start_system, DevSystem};
 

@@ -6,13 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use booking_service::BookingApp;
+use edge::shutdown;
+use edge::shutdown::Shutdown;
 use gateway::{GatewayApp, GatewaySettings};
+use messaging::config::KafkaArgs;
+use messaging::kafka::EmbeddedKafka;
 use payment_service::PaymentApp;
-use shared::{
-    config::{KafkaArgs, ShutdownArgs},
-    kafka::EmbeddedKafka,
-    shutdown::{self, Shutdown},
-};
 
 use crate::cli::DevArgs;
 
@@ -64,7 +63,7 @@ pub struct DevSystem {
 
 /// Builds and starts the three components against `brokers`.
 pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> anyhow::Result<DevSystem> {
-    let metrics_addr = shared::metrics::serve(args.service.metrics.metrics_addr, shutdown.clone()).await?;
+    let metrics_addr = edge::metrics::serve(args.service.metrics.metrics_addr, shutdown.clone()).await?;
     let booking = BookingApp::build(
         &args.service.database,
         &args.service.kafka,
@@ -109,11 +108,6 @@ pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> a
     Ok(DevSystem { gateway_addr, booking_addr, payment_addr, metrics_addr, shutdown, tasks })
 }
 
-/// Drain plus timeout: the longest a shutdown may take.
-pub fn bound(lifecycle: &ShutdownArgs) -> std::time::Duration {
-    std::time::Duration::from_secs(lifecycle.shutdown_drain_secs + lifecycle.shutdown_timeout_secs)
-}
-
 fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     if addr.ip().is_unspecified() {
         std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
@@ -124,7 +118,7 @@ fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 
 /// `ticketing dev`: the three components in one process until a signal.
 pub async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
-    let shutdown = shutdown::on_signal(bound(&args.service.lifecycle));
+    let shutdown = shutdown::on_signal(args.service.lifecycle.bound());
     // Kept until `dev` returns: dropping it stops the private cluster.
     let _private_postgres = private_postgres(&mut args).await?;
     // The embedded broker is not Send; it lives on this task for the whole run.

@@ -20,7 +20,10 @@ use std::{
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use shared::testkit::{eventually, server_url, unique_name, TestKafka};
+use testkit::eventually;
+use testkit::server_url;
+use testkit::unique_name;
+use testkit::TestKafka;
 use ticketing::private_postgres::PrivatePostgres;
 
 const CVV: &str = "8642";
@@ -48,7 +51,7 @@ impl Tansu {
     /// except in CI, which installs it: there a missing tansu fails.
     fn start(dir: &Path) -> Option<Self> {
         if Command::new("tansu").arg("--version").output().is_err() {
-            shared::testkit::skip_notice(
+            testkit::skip_notice(
                 "tansu is not installed (cargo install tansu --version 0.6.0 --features dynostore); this fault test did not run",
             );
             return None;
@@ -203,7 +206,7 @@ impl Deployment {
     }
 
     fn token(&self, user: &str) -> String {
-        shared::auth::issue_token(&self.secret, user, false, 3600).unwrap()
+        edge::auth::issue_token(&self.secret, user, false, 3600).unwrap()
     }
 
     fn env(&self, key: &str) -> String {
@@ -392,13 +395,13 @@ fn assert_check_passes(d: &Deployment) {
 }
 
 fn contains_cvv(text: &str) -> bool {
-    shared::testkit::contains_token(text, CVV)
+    testkit::contains_token(text, CVV)
 }
 
 /// Reads every record of `topics` from the start.
 async fn read_all(brokers: &str, topics: &[&str]) -> Vec<rdkafka::message::OwnedMessage> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    let consumer: StreamConsumer = shared::kafka::client_config(brokers)
+    let consumer: StreamConsumer = messaging::kafka::client_config(brokers)
         .set("group.id", unique_name("scan"))
         .set("auto.offset.reset", "earliest")
         .create()
@@ -433,7 +436,7 @@ async fn assert_no_cvv(d: &Deployment, brokers: &str) {
         assert!(dump.status.success(), "pg_dump {}", String::from_utf8_lossy(&dump.stderr));
         assert!(!contains_cvv(&String::from_utf8_lossy(&dump.stdout)), "{db} contains the CVV");
     }
-    let topics = shared::topics::Topics::new("");
+    let topics = messaging::topics::Topics::new("");
     let records = read_all(brokers, &topics.all()).await;
     assert!(!records.is_empty(), "the topics were read");
     for message in records {
@@ -475,8 +478,8 @@ fn assert_no_sequence_gaps(records: &[rdkafka::message::OwnedMessage]) -> usize 
 
 /// Nothing was dead-lettered.
 async fn assert_no_dead_letters(brokers: &str) {
-    let topics = shared::topics::Topics::new("");
-    let dlqs: Vec<String> = topics.all().iter().map(|t| shared::kafka::dlq_topic(t)).collect();
+    let topics = messaging::topics::Topics::new("");
+    let dlqs: Vec<String> = topics.all().iter().map(|t| messaging::kafka::dlq_topic(t)).collect();
     let dlq_refs: Vec<&str> = dlqs.iter().map(String::as_str).collect();
     let dead = read_all(brokers, &dlq_refs).await;
     assert!(dead.is_empty(), "{} records were dead-lettered", dead.len());
@@ -531,7 +534,7 @@ async fn a_broker_hung_for_30_seconds_loses_nothing_and_new_purchases_complete()
     println!("after a 30 s broker hang, a new purchase completed {took:?} after SIGCONT");
     settle(&d, &gateway, purchases).await;
     assert_check_passes(&d);
-    assert_no_sequence_gaps(&read_all(&tansu.brokers, &shared::topics::Topics::new("").all()).await);
+    assert_no_sequence_gaps(&read_all(&tansu.brokers, &messaging::topics::Topics::new("").all()).await);
     d.stop_all();
 }
 
@@ -554,7 +557,7 @@ async fn a_broker_hung_while_message_timeouts_fire_never_reorders_one_bookings_e
     new_purchase_completes(&d, &gateway, "order_after", "H1", Duration::from_secs(60)).await;
     settle(&d, &gateway, purchases).await;
     assert_check_passes(&d);
-    let records = read_all(&tansu.brokers, &shared::topics::Topics::new("").all()).await;
+    let records = read_all(&tansu.brokers, &messaging::topics::Topics::new("").all()).await;
     let keys = assert_no_sequence_gaps(&records);
     assert!(keys >= 34, "both topics' keys of 17 purchases were read: {keys}");
     d.stop_all();
@@ -594,7 +597,7 @@ async fn dev_with_no_database_running_brings_its_own_and_keeps_it_for_the_next_r
     let _serial = SERIAL.lock().await;
     let dir = workdir("faults_dev_pg");
     if ticketing::private_postgres::server_bindir().is_none() {
-        shared::testkit::skip_notice("dev's private PostgreSQL: no PostgreSQL server binaries on this machine");
+        testkit::skip_notice("dev's private PostgreSQL: no PostgreSQL server binaries on this machine");
         return;
     }
     let Some(tansu) = Tansu::start(&dir) else { return };
@@ -718,7 +721,7 @@ async fn a_crash_right_after_the_psp_charged_is_recorded_once_after_restart() {
     let Some(tansu) = Tansu::start(&dir) else { return };
     let mut d = Deployment::new(dir, &tansu.brokers, server_url());
     d.start("booking-a", &[]);
-    d.start("payment-a", &[(shared::failpoint::ENV, "payment.after_psp_charge")]);
+    d.start("payment-a", &[(runtime::failpoint::ENV, "payment.after_psp_charge")]);
     d.start("gateway-a", &[]);
     d.wait_ready('a').await;
     let gateway = d.gateway('a');
@@ -818,14 +821,14 @@ async fn a_broker_refusing_connections_for_30_seconds_loses_nothing() {
     let kafka = TestKafka::embedded().unwrap();
     let mut d = Deployment::new(workdir("faults_refused"), kafka.brokers(), server_url());
     // The embedded broker does not serve CreateTopics: create them here.
-    kafka.create_topics(&shared::topics::Topics::new("").all(), 3).await.unwrap();
+    kafka.create_topics(&messaging::topics::Topics::new("").all(), 3).await.unwrap();
     d.start_all().await;
     let gateway = d.gateway('a');
     let purchases = spawn_purchases(&d, std::slice::from_ref(&gateway), "refused", 16, 100);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    kafka.embedded_broker().unwrap().broker_down().unwrap();
+    kafka.broker_down();
     tokio::time::sleep(Duration::from_secs(30)).await;
-    kafka.embedded_broker().unwrap().broker_up().unwrap();
+    kafka.broker_up();
     new_purchase_completes(&d, &gateway, "refused_after", "H7", Duration::from_secs(90)).await;
     settle(&d, &gateway, purchases).await;
     assert_check_passes(&d);
@@ -837,7 +840,7 @@ async fn sigterm_fails_readiness_first_then_drains_then_exits_in_time() {
     let kafka = TestKafka::start().unwrap();
     let mut d = Deployment::new(workdir("faults_sigterm"), kafka.brokers(), server_url());
     let prefix = format!("{}.", unique_name("sigterm"));
-    kafka.create_topics(&shared::topics::Topics::new(&prefix).all(), 3).await.unwrap();
+    kafka.create_topics(&messaging::topics::Topics::new(&prefix).all(), 3).await.unwrap();
     d.env.push(("KAFKA_TOPIC_PREFIX".to_owned(), prefix));
     d.env.retain(|(k, _)| k != "SHUTDOWN_DRAIN_SECS");
     d.env.push(("SHUTDOWN_DRAIN_SECS".to_owned(), "3".to_owned()));

@@ -18,7 +18,7 @@ const CVV: &str = "9753";
 async fn one_purchase_is_one_trace_across_gateway_booking_kafka_and_payment() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    shared::telemetry::install(shared::telemetry::LogFormat::Text, provider.tracer("tests"));
+    edge::telemetry::install(edge::telemetry::LogFormat::Text, provider.tracer("tests"));
     let sys = support::System::start().await;
     let token = sys.token("traced");
     let send = |path: &str, parent: &str, body: Value| {
@@ -62,7 +62,7 @@ async fn one_purchase_is_one_trace_across_gateway_booking_kafka_and_payment() {
     assert_eq!(read.status(), StatusCode::OK);
 
     let mut names = Vec::new();
-    let found = shared::testkit::eventually(std::time::Duration::from_secs(20), || {
+    let found = testkit::eventually(std::time::Duration::from_secs(20), || {
         let spans = exporter.get_finished_spans().unwrap();
         names = spans
             .iter()
@@ -87,7 +87,7 @@ async fn one_purchase_is_one_trace_across_gateway_booking_kafka_and_payment() {
     for span in exporter.get_finished_spans().unwrap() {
         for attribute in &span.attributes {
             let value = attribute.value.to_string();
-            assert!(!shared::testkit::contains_token(&value, CVV), "span {} carries the CVV: {value}", span.name);
+            assert!(!testkit::contains_token(&value, CVV), "span {} carries the CVV: {value}", span.name);
         }
     }
     sys.stop().await;

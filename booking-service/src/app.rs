@@ -5,15 +5,22 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use agreements::PaymentPolicy;
 use anyhow::Context;
+use edge::auth::Verifier;
+use edge::config::SecurityArgs;
+use edge::shutdown::sleep_or_shutdown;
+use edge::shutdown::Shutdown;
+use kernel::projection;
+use messaging::config::KafkaArgs;
+use messaging::kafka;
+use messaging::outbox;
+use messaging::topics;
 use proto::booking::booking_service_server::BookingServiceServer;
-use shared::{
-    auth::Verifier,
-    config::{DatabaseArgs, KafkaArgs, PaymentPolicy, SecurityArgs},
-    db, grpc, kafka, outbox, projection, service,
-    shutdown::{sleep_or_shutdown, Shutdown},
-    topics,
-};
+use runtime::config::DatabaseArgs;
+use runtime::db;
+use runtime::grpc;
+use runtime::service;
 use sqlx::PgPool;
 
 use crate::{
@@ -128,7 +135,7 @@ impl BookingApp {
         let pool = background.clone();
         let decided = move |ids: Vec<String>| {
             let pool = pool.clone();
-            async move { shared::aggregate::having_event::<Booking>(&pool, &ids, &booking::DECIDING_EVENTS).await }
+            async move { kernel::aggregate::having_event::<Booking>(&pool, &ids, &booking::DECIDING_EVENTS).await }
         };
         tasks.push(tokio::spawn(self.bookings.decisions().clone().watch(decided, shutdown.clone())));
         tasks.push(tokio::spawn(sweep(

@@ -5,29 +5,26 @@
 
 use std::sync::Arc;
 
+use agreements::PaymentPolicy;
 use chrono::{DateTime, Duration, Utc};
-use shared::{
-    aggregate::{self, retry_on_contention},
-    arrivals::Arrivals,
-    config::PaymentPolicy,
-    event_store::EventMetadata,
-    grpc::idempotent::ok_outcome,
-    idempotency::{self, Claim},
-};
+use futures::future::BoxFuture;
+use kernel::aggregate;
+use kernel::event_store::EventMetadata;
+use runtime::arrivals::Arrivals;
+use runtime::idempotency;
+use runtime::idempotency::Claim;
+use runtime::idempotent::ok_outcome;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
     config::BookingSettings,
     domain::{
-        booking::{
-            decide, Booking, BookingCommand, BookingEvent, BookingRejection, BookingStatus, Caller, PaymentMethod,
-            SeatLocked,
-        },
+        booking::{Booking, BookingCommand, BookingRejection, BookingStatus, Caller, PaymentMethod, SeatLocked},
         catalog::{expand_rows, validate_performance_id, validate_seat_request, RowSpec},
     },
     error::BookingError,
-    store::{catalog, holds, views},
+    store::{catalog, effects::BookingEffects, holds, views},
 };
 
 /// The booking-service's use cases over its database.
@@ -173,7 +170,7 @@ impl Bookings {
         let created = SeatLocked {
             booking_id: booking_id.to_string(),
             // Derived, so a payment sent before the intent exists finds its booking.
-            payment_intent_id: shared::ids::payment_intent_of(booking_id).to_string(),
+            payment_intent_id: agreements::ids::payment_intent_of(booking_id).to_string(),
             user_id: caller.user_id.clone(),
             performance_id: request.performance_id.clone(),
             seat_ids: request.seat_ids.clone(),
@@ -201,8 +198,9 @@ impl Bookings {
                 return Err(BookingError::SeatUnavailable(seat));
             }
         }
-        let events = decide(None, BookingCommand::Create(created.clone()))?;
-        record(&mut tx, None, 0, &events, metadata).await?;
+        let booking_id = created.booking_id.clone();
+        aggregate::start_in(&mut tx, &booking_id, metadata, &BookingEffects, BookingCommand::Create(created.clone()))
+            .await?;
         let result = CreatedBooking {
             booking_id: created.booking_id,
             payment_intent_id: created.payment_intent_id,
@@ -213,8 +211,7 @@ impl Bookings {
             let outcome = ok_outcome(&result).map_err(|e| BookingError::Internal(e.to_string()))?;
             idempotency::complete(&mut tx, claim, &outcome).await?;
         }
-        tx.commit().await?;
-        shared::global_log::committed();
+        aggregate::commit(tx).await?;
         Ok(result)
     }
 
@@ -234,8 +231,10 @@ impl Bookings {
     /// Reads one booking from its stream (always current), for its owner or an admin.
     pub async fn get(&self, caller: &Caller, booking_id: &str) -> Result<Booking, BookingError> {
         let mut conn = self.pool.acquire().await?;
-        let booking =
-            aggregate::load::<Booking>(&mut conn, booking_id).await?.state.ok_or(BookingRejection::NotFound)?;
+        let booking = aggregate::load::<Booking, BookingError>(&mut conn, booking_id)
+            .await?
+            .state
+            .ok_or(BookingRejection::NotFound)?;
         if booking.created.user_id != caller.user_id && !caller.admin {
             return Err(BookingError::NotYourBooking);
         }
@@ -357,14 +356,18 @@ impl Bookings {
         Ok(expired)
     }
 
-    /// Applies a command with retries on lost races, in its own transaction.
+    /// Applies a command in its own transaction, deciding again on a lost race.
     async fn execute(
         &self,
         booking_id: &str,
         metadata: &EventMetadata,
         command: impl Fn(&Booking, DateTime<Utc>) -> BookingCommand + Send + Sync,
     ) -> Result<Booking, BookingError> {
-        retry_on_contention(&self.pool, |conn, _| Box::pin(execute_in(conn, booking_id, metadata, &command))).await
+        let executed = aggregate::execute(&self.pool, booking_id, metadata, &BookingEffects, |conn, state, _| {
+            at_db_now(conn, state, &command)
+        })
+        .await?;
+        Ok(executed.state)
     }
 
     /// The maximum client-error declines before a booking fails.
@@ -373,19 +376,33 @@ impl Bookings {
     }
 }
 
-/// Loads the booking, decides `command` and records the events with their
-/// seat-hold effects on `conn` (the caller's transaction). Returns the new state.
+/// Runs a command on the booking `id` in the caller's transaction (a
+/// consumer's inbox transaction); the command is built from the booking and
+/// the database clock.
 pub async fn execute_in(
     conn: &mut PgConnection,
     booking_id: &str,
     metadata: &EventMetadata,
-    command: impl Fn(&Booking, DateTime<Utc>) -> BookingCommand,
+    command: impl Fn(&Booking, DateTime<Utc>) -> BookingCommand + Send + Sync,
 ) -> Result<Booking, BookingError> {
-    let loaded = aggregate::load::<Booking>(conn, booking_id).await?;
-    let booking = loaded.state.ok_or(BookingRejection::NotFound)?;
-    let now = db_now(conn).await?;
-    let events = decide(Some(&booking), command(&booking, now))?;
-    record(conn, Some(booking.clone()), loaded.version, &events, metadata).await
+    let executed = aggregate::execute_in(conn, booking_id, metadata, &BookingEffects, |conn, state, _| {
+        at_db_now(conn, state, &command)
+    })
+    .await?;
+    Ok(executed.state)
+}
+
+/// `command` of `state` at the database's clock; a missing booking is not found.
+fn at_db_now<'c>(
+    conn: &'c mut PgConnection,
+    state: Option<&'c Booking>,
+    command: &'c (impl Fn(&Booking, DateTime<Utc>) -> BookingCommand + Send + Sync),
+) -> BoxFuture<'c, Result<BookingCommand, BookingError>> {
+    Box::pin(async move {
+        let booking = state.ok_or(BookingRejection::NotFound)?;
+        let now = db_now(conn).await?;
+        Ok(command(booking, now))
+    })
 }
 
 /// Records a payment success: confirms if paid in time and the seats are
@@ -397,55 +414,19 @@ pub async fn record_payment_succeeded(
     processed_at: DateTime<Utc>,
     metadata: &EventMetadata,
 ) -> Result<Booking, BookingError> {
-    let loaded = aggregate::load::<Booking>(conn, booking_id).await?;
-    let booking = loaded.state.ok_or(BookingRejection::NotFound)?;
-    let seats_held = holds::still_holds_all(conn, &booking).await?;
-    let command = BookingCommand::RecordPaymentSucceeded {
-        payment_intent_id: payment_intent_id.to_owned(),
-        processed_at,
-        seats_held,
-    };
-    let events = decide(Some(&booking), command)?;
-    record(conn, Some(booking), loaded.version, &events, metadata).await
-}
-
-/// Appends `events` and makes the seat holds and the booking list follow them.
-async fn record(
-    conn: &mut PgConnection,
-    state: Option<Booking>,
-    version: i64,
-    events: &[BookingEvent],
-    metadata: &EventMetadata,
-) -> Result<Booking, BookingError> {
-    let booking_id = match (&state, events.first()) {
-        (Some(booking), _) => booking.created.booking_id.clone(),
-        (None, Some(BookingEvent::SeatLocked(created))) => created.booking_id.clone(),
-        (None, _) => return Err(BookingRejection::NotFound.into()),
-    };
-    if !events.is_empty() {
-        aggregate::append::<Booking>(conn, &booking_id, version, events, metadata).await?;
-    }
-    let mut state = state;
-    for (n, event) in (1..).zip(events) {
-        views::follow(conn, &booking_id, version + n, event).await?;
-        let outcome = match event {
-            BookingEvent::SeatLocked(_) => Some("created"),
-            BookingEvent::BookingConfirmed { .. } => Some("confirmed"),
-            BookingEvent::BookingCancelled { .. } => Some("cancelled"),
-            BookingEvent::BookingExpired { .. } => Some("expired"),
-            BookingEvent::BookingFailed { .. } => Some("failed"),
-            BookingEvent::BookingRefunded { .. } => Some("refunded"),
-            BookingEvent::PaymentAdmitted { .. } | BookingEvent::PaymentDeclined { .. } => None,
-        };
-        if let Some(outcome) = outcome {
-            metrics::counter!("bookings_total", "outcome" => outcome).increment(1);
-        }
-        state = crate::domain::booking::apply(state, event);
-        if let Some(booking) = &state {
-            holds::follow(conn, booking, event).await?;
-        }
-    }
-    state.ok_or_else(|| BookingError::Internal(format!("booking {booking_id} has no state after its events")))
+    let executed = aggregate::execute_in(conn, booking_id, metadata, &BookingEffects, |conn, state, _| {
+        Box::pin(async move {
+            let booking = state.ok_or(BookingRejection::NotFound)?;
+            let seats_held = holds::still_holds_all(conn, booking).await?;
+            Ok(BookingCommand::RecordPaymentSucceeded {
+                payment_intent_id: payment_intent_id.to_owned(),
+                processed_at,
+                seats_held,
+            })
+        })
+    })
+    .await?;
+    Ok(executed.state)
 }
 
 /// The database clock: the one time authority of the booking-service.

@@ -3,11 +3,12 @@
 //! refunded), a decline counts an attempt, a refund marks the booking.
 
 use async_trait::async_trait;
+use messaging::inbox::EventHandler;
+use messaging::inbox::HandlerError;
+use messaging::inbox::IncomingEvent;
+use messaging::topics::payment_type;
 use proto::events as pb;
-use shared::{
-    inbox::{EventHandler, HandlerError, IncomingEvent},
-    topics::{from_timestamp, payment_type},
-};
+use proto::time::from_timestamp;
 use sqlx::PgConnection;
 
 use crate::{
@@ -22,7 +23,7 @@ pub struct PaymentEventHandler {
     /// Client-error declines after which a booking fails.
     pub max_payment_attempts: i32,
     /// Who waits for which booking's decision.
-    pub decisions: std::sync::Arc<shared::arrivals::Arrivals>,
+    pub decisions: std::sync::Arc<runtime::arrivals::Arrivals>,
 }
 
 /// The payment events this service reacts to, decoded once. Every other

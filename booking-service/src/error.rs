@@ -61,7 +61,19 @@ impl From<CatalogRejection> for BookingError {
     }
 }
 
-shared::store_failure!(BookingError);
+impl kernel::aggregate::CommandFailure for BookingError {
+    fn contention() -> Self {
+        Self::Contention
+    }
+
+    fn is_contention(&self) -> bool {
+        matches!(self, Self::Contention)
+    }
+
+    fn broken(reason: String) -> Self {
+        Self::Internal(reason)
+    }
+}
 
 impl From<BookingError> for Status {
     fn from(error: BookingError) -> Self {

@@ -2,13 +2,15 @@
 //! events (protobuf). Internal events (payment admissions, declines,
 //! refund bookkeeping) are not published.
 
+use kernel::event_store::StoredEvent;
+use messaging::outbox::own_event;
+use messaging::outbox::IntegrationMapper;
+use messaging::outbox::MappingError;
+use messaging::outbox::OutgoingRecord;
+use messaging::topics::booking_type;
 use prost::Message;
 use proto::events as pb;
-use shared::{
-    event_store::StoredEvent,
-    outbox::{own_event, IntegrationMapper, MappingError, OutgoingRecord},
-    topics::{booking_type, timestamp},
-};
+use proto::time::timestamp;
 
 use crate::domain::booking::{Booking, BookingEvent, CancelReason, PaymentMethod};
 

@@ -7,15 +7,13 @@
 
 use std::sync::Arc;
 
+use edge::auth::Verifier;
 use proto::booking::{self as pb, booking_service_server::BookingService};
-use shared::{
-    auth::Verifier,
-    grpc::{
-        authenticate, event_metadata,
-        idempotent::{self, Step},
-    },
-    topics::timestamp,
-};
+use proto::time::timestamp;
+use runtime::grpc::authenticate;
+use runtime::grpc::event_metadata;
+use runtime::idempotent;
+use runtime::idempotent::Step;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -187,7 +185,7 @@ impl BookingService for BookingGrpc {
         let body = request.into_inner();
         let starts_at = match body.starts_at {
             Some(ts) => Some(
-                shared::topics::from_timestamp(&ts)
+                proto::time::from_timestamp(&ts)
                     .ok_or_else(|| Status::from(BookingError::Invalid("startsAt is out of range.".into())))?,
             ),
             None => None,

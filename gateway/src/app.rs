@@ -11,10 +11,10 @@ use axum::{
     routing::{get, post},
     Router,
 };
+use edge::shutdown::Shutdown;
 use proto::{
     booking::booking_service_client::BookingServiceClient, payment::payment_service_client::PaymentServiceClient,
 };
-use shared::shutdown::Shutdown;
 use tonic::transport::Channel;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -50,7 +50,7 @@ pub struct AppState {
     /// Channel to the payment-service (health checks).
     pub payment_channel: Channel,
     /// Token verification.
-    pub auth: Arc<shared::auth::Verifier>,
+    pub auth: Arc<edge::auth::Verifier>,
     /// Cancelled when the process is stopping (readiness fails first).
     pub shutting_down: Shutdown,
     /// Permits for requests in flight (load shedding beyond them).
@@ -82,7 +82,7 @@ pub struct GatewayApp {
     header_read_timeout: Duration,
 }
 
-fn channel(tls: &shared::grpc::tls::GrpcTlsSettings, url: &str, name: &str) -> anyhow::Result<Channel> {
+fn channel(tls: &edge::tls::GrpcTlsSettings, url: &str, name: &str) -> anyhow::Result<Channel> {
     Ok(tls
         .endpoint(name, url)?
         .connect_timeout(Duration::from_secs(3))
@@ -94,7 +94,7 @@ fn channel(tls: &shared::grpc::tls::GrpcTlsSettings, url: &str, name: &str) -> a
 impl GatewayApp {
     /// Binds the address and wires the clients.
     pub async fn build(settings: &GatewaySettings, shutdown: &Shutdown) -> anyhow::Result<Self> {
-        shared::metrics::install();
+        edge::metrics::install();
         let auth = settings.security.auth.verifier().await?;
         let tls = &settings.security.grpc_tls;
         let booking_channel = channel(tls, &settings.booking_grpc_url, "BOOKING_GRPC_URL")?;
@@ -167,7 +167,7 @@ impl GatewayApp {
         let state = self.state.clone();
         let forgetting = shutdown.clone();
         tokio::spawn(async move {
-            while shared::shutdown::sleep_or_shutdown(crate::rate_limit::FORGET_EVERY, &forgetting).await {
+            while edge::shutdown::sleep_or_shutdown(crate::rate_limit::FORGET_EVERY, &forgetting).await {
                 state.rate_limit.forget_idle();
             }
         });
@@ -262,7 +262,7 @@ async fn record_http_metrics(
 
 /// The REST router of the contract.
 pub fn router(state: Arc<AppState>) -> Router {
-    let request_id = HeaderName::from_static(shared::grpc::REQUEST_ID);
+    let request_id = HeaderName::from_static(edge::wire::REQUEST_ID);
     // The dev-token route exists only in `ticketing dev`.
     let dev = match state.dev_token_secret {
         Some(_) => Router::new().route("/dev/token", post(box_office::dev_token)),
@@ -285,7 +285,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        .route("/metrics", get(|| async { shared::metrics::render() }))
+        .route("/metrics", get(|| async { edge::metrics::render() }))
         .fallback(|| async { ApiError::not_found("Not found.") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
@@ -298,8 +298,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<_>| {
-                    let id =
-                        request.headers().get(shared::grpc::REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    let id = request.headers().get(edge::wire::REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
                     // Inside the router, so the route template is known: the
                     // span is named after it, never after the raw path.
                     let (method, route) = route_labels(request);
@@ -313,7 +312,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                         request_id = %id,
                         trace_id = tracing::field::Empty,
                     );
-                    shared::trace_context::adopt(&span, shared::trace_context::from_headers(request.headers()));
+                    edge::trace_context::adopt(&span, edge::trace_context::from_headers(request.headers()));
                     span
                 })
                 // One access-log line per request: status and latency.

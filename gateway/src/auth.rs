@@ -1,6 +1,6 @@
 //! The REST edge of authentication: the `AuthUser` extractor verifies the
 //! `Authorization: Bearer` token with the shared verifier
-//! ([`shared::auth`]), the same one each service runs again on the token the
+//! ([`edge::auth`]), the same one each service runs again on the token the
 //! gateway forwards in gRPC metadata.
 
 use std::sync::Arc;
@@ -10,10 +10,10 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 
 /// The caller of a REST request, named by its verified token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthUser(pub shared::auth::AuthUser);
+pub struct AuthUser(pub edge::auth::AuthUser);
 
 impl std::ops::Deref for AuthUser {
-    type Target = shared::auth::AuthUser;
+    type Target = edge::auth::AuthUser;
 
     fn deref(&self) -> &Self::Target {
         &self.0
@@ -38,7 +38,7 @@ impl AuthUser {
         let token = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(shared::auth::bearer)
+            .and_then(edge::auth::bearer)
             .ok_or_else(ApiError::unauthenticated)?;
         state.auth.verify(token).await.map(AuthUser).map_err(|error| {
             tracing::debug!(%error, "bearer token refused");

@@ -4,7 +4,17 @@
 use std::net::SocketAddr;
 
 use clap::Args;
-use shared::config::SecurityArgs;
+use edge::config::SecurityArgs;
+
+/// What `gateway` (and `ticketing gateway`) takes: how it stops, and the
+/// gateway's own settings.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub lifecycle: edge::config::ShutdownArgs,
+    #[command(flatten)]
+    pub gateway: GatewaySettings,
+}
 
 /// Settings of the REST gateway.
 #[derive(Debug, Clone, Args)]
@@ -26,7 +36,7 @@ pub struct GatewaySettings {
     /// reads it shares between callers (seat maps). Unset, the gateway signs
     /// its own with JWT_SECRET; with neither, each read uses its caller's token.
     #[arg(long, env = "GATEWAY_SERVICE_TOKEN", hide_env_values = true)]
-    pub gateway_service_token: Option<shared::auth::Secret>,
+    pub gateway_service_token: Option<edge::auth::Secret>,
     /// `ticketing dev` sets this: the box-office page may ask
     /// `POST /dev/token` for a token. Never a flag or an env var.
     #[arg(skip)]

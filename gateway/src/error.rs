@@ -64,9 +64,9 @@ impl ApiError {
 
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        let reason = status.metadata().get(shared::idempotency::ERROR_REASON_METADATA).and_then(|v| v.to_str().ok());
-        let key_reused = reason == Some(shared::idempotency::KEY_REUSED_REASON);
-        if reason == Some(shared::grpc::RETRY_SHORTLY_REASON) {
+        let reason = status.metadata().get(edge::wire::ERROR_REASON).and_then(|v| v.to_str().ok());
+        let key_reused = reason == Some(edge::wire::KEY_REUSED_REASON);
+        if reason == Some(edge::wire::RETRY_SHORTLY_REASON) {
             return Self::new(StatusCode::SERVICE_UNAVAILABLE, status.message()).retry_after(1);
         }
         let http = match status.code() {
@@ -92,7 +92,7 @@ impl From<tonic::Status> for ApiError {
             _ => status.message().to_owned(),
         };
         let mut error = Self::new(http, message);
-        error.replayed = status.metadata().contains_key(shared::idempotency::REPLAYED_METADATA);
+        error.replayed = status.metadata().contains_key(edge::wire::REPLAYED);
         error
     }
 }

@@ -32,4 +32,11 @@ pub mod seat_watch;
 pub mod serve;
 
 pub use app::{AppState, GatewayApp};
-pub use config::GatewaySettings;
+pub use config::{GatewayArgs, GatewaySettings};
+
+/// Runs the gateway until SIGTERM or Ctrl-C, then drains.
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let shutdown = edge::shutdown::on_signal(args.lifecycle.bound());
+    let app = GatewayApp::build(&args.gateway, &shutdown).await?;
+    app.run(shutdown, args.lifecycle.drain()).await
+}

@@ -70,7 +70,7 @@ impl MapState {
 /// The id of a map state: FNV-1a over every seat's id and state.
 pub fn version_of(states: &BTreeMap<String, String>) -> String {
     use std::hash::Hasher;
-    let mut hash = shared::fnv::Fnv1a::default();
+    let mut hash = fnv::FnvHasher::default();
     for (seat, state) in states {
         hash.write(seat.as_bytes());
         hash.write(&[0]);
@@ -92,7 +92,7 @@ pub enum ServiceCredential {
     /// before it expires.
     Minted {
         /// The token settings every component shares.
-        auth: shared::auth::AuthSettings,
+        auth: edge::auth::AuthSettings,
         /// The current token and its expiry.
         current: Mutex<Option<(String, i64)>>,
     },
@@ -109,7 +109,7 @@ pub const GATEWAY_SUBJECT: &str = "system:gateway";
 
 impl ServiceCredential {
     /// What `auth` and a configured token allow.
-    pub fn from_settings(auth: &shared::auth::AuthSettings, configured: Option<&str>) -> Self {
+    pub fn from_settings(auth: &edge::auth::AuthSettings, configured: Option<&str>) -> Self {
         match configured.filter(|t| !t.is_empty()) {
             Some(token) => Self::Configured(token.to_owned()),
             None if auth.service_token(GATEWAY_SUBJECT, 60).is_some() => {
@@ -236,7 +236,7 @@ impl SeatMaps {
         let (request, callers_token) = match self.credential.token() {
             Some(token) => {
                 let mut request = grpc_request(message, &without_authorization(headers));
-                shared::grpc::forward_bearer(&mut request, &token);
+                edge::wire::forward_bearer(&mut request, &token);
                 (request, false)
             }
             None => (grpc_request(message, headers), true),

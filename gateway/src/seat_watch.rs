@@ -17,7 +17,7 @@ use std::{
 
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
-use shared::shutdown::Shutdown;
+use edge::shutdown::Shutdown;
 use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::{

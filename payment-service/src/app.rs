@@ -4,17 +4,22 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use agreements::PaymentPolicy;
 use anyhow::Context;
+use edge::auth::Verifier;
+use edge::config::SecurityArgs;
+use edge::shutdown::Shutdown;
+use messaging::config::KafkaArgs;
+use messaging::kafka;
+use messaging::outbox;
+use messaging::topics;
 use proto::{
     booking::booking_service_client::BookingServiceClient, payment::payment_service_server::PaymentServiceServer,
 };
-use shared::{
-    auth::Verifier,
-    config::{DatabaseArgs, KafkaArgs, PaymentPolicy, SecurityArgs},
-    db, grpc, kafka, outbox, service,
-    shutdown::Shutdown,
-    topics,
-};
+use runtime::config::DatabaseArgs;
+use runtime::db;
+use runtime::grpc;
+use runtime::service;
 use sqlx::PgPool;
 
 use crate::{
@@ -44,7 +49,7 @@ async fn run_refunds(payments: Payments, worker: RefundWorker, shutdown: Shutdow
         if let Err(error) = payments.refund_due(worker.max_attempts).await {
             tracing::warn!(%error, "refund pass failed");
         }
-        if !shared::shutdown::sleep_or_shutdown(worker.interval, &shutdown).await {
+        if !edge::shutdown::sleep_or_shutdown(worker.interval, &shutdown).await {
             return;
         }
     }
@@ -59,7 +64,7 @@ async fn run_reconciler(payments: Payments, shutdown: Shutdown) {
             Ok(settled) => tracing::info!(settled, "reconciler settled charge attempts with the PSP"),
             Err(error) => tracing::warn!(%error, "reconciler pass failed"),
         }
-        if !shared::shutdown::sleep_or_shutdown(Duration::from_secs(1), &shutdown).await {
+        if !edge::shutdown::sleep_or_shutdown(Duration::from_secs(1), &shutdown).await {
             return;
         }
     }
@@ -78,7 +83,7 @@ pub struct PaymentApp {
     outbox_stall: Duration,
     verifier: Arc<Verifier>,
     server: tonic::transport::Server,
-    arrivals: Arc<shared::arrivals::Arrivals>,
+    arrivals: Arc<runtime::arrivals::Arrivals>,
 }
 
 impl PaymentApp {
@@ -116,7 +121,7 @@ impl PaymentApp {
         .with_context(|| format!("creating Kafka topics on KAFKA_BROKERS {brokers}"))?;
         let channel =
             booking_endpoint.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(10)).connect_lazy();
-        let arrivals = Arc::new(shared::arrivals::Arrivals::default());
+        let arrivals = Arc::new(runtime::arrivals::Arrivals::default());
         let psp = Arc::new(SimulatedPsp::new(
             pool.clone(),
             Duration::from_millis(settings.mock_pg_timeout_ms),
@@ -186,7 +191,7 @@ impl PaymentApp {
         let pool = background.clone();
         let find = move |ids: Vec<String>| {
             let pool = pool.clone();
-            async move { shared::aggregate::existing::<PaymentIntent>(&pool, &ids).await }
+            async move { kernel::aggregate::existing::<PaymentIntent>(&pool, &ids).await }
         };
         tasks.push(tokio::spawn(self.arrivals.clone().watch(find, shutdown.clone())));
         let router = service::grpc_router(self.server, health, proto::FILE_DESCRIPTOR_SET)?

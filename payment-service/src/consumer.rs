@@ -6,24 +6,25 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use messaging::inbox::EventHandler;
+use messaging::inbox::HandlerError;
+use messaging::inbox::IncomingEvent;
+use messaging::topics::booking_type;
 use proto::events as pb;
-use shared::{
-    inbox::{EventHandler, HandlerError, IncomingEvent},
-    topics::{booking_type, from_timestamp},
-};
+use proto::time::from_timestamp;
 use sqlx::PgConnection;
 
 use crate::{
     domain::intent::{BookingEnd, IntentCreated, PaymentCommand, PaymentRejection},
     error::PaymentError,
-    payments::execute_in,
+    store::effects::IntentEffects,
 };
 
 /// Handles booking events inside the inbox transaction, and announces each
 /// intent it created to the requests waiting for it.
 pub struct BookingEventHandler {
     /// Who waits for which intent.
-    pub arrivals: Arc<shared::arrivals::Arrivals>,
+    pub arrivals: Arc<runtime::arrivals::Arrivals>,
 }
 
 /// The booking events this service reacts to, decoded once. Every other
@@ -68,6 +69,16 @@ fn outcome(result: Result<impl Sized, PaymentError>) -> Result<(), HandlerError>
         Err(PaymentError::Internal(reason)) => Err(HandlerError::Permanent(reason)),
         Err(error) => Err(HandlerError::Transient(anyhow::anyhow!(error.to_string()))),
     }
+}
+
+/// Runs `command` on the intent `id` in the inbox transaction.
+async fn execute_in(
+    tx: &mut PgConnection,
+    id: &str,
+    metadata: &kernel::event_store::EventMetadata,
+    command: PaymentCommand,
+) -> Result<(), PaymentError> {
+    kernel::aggregate::execute_in(tx, id, metadata, &IntentEffects, kernel::aggregate::just(command)).await.map(|_| ())
 }
 
 async fn end(

@@ -45,7 +45,19 @@ pub enum PaymentError {
     Database(#[from] sqlx::Error),
 }
 
-shared::store_failure!(PaymentError);
+impl kernel::aggregate::CommandFailure for PaymentError {
+    fn contention() -> Self {
+        Self::Contention
+    }
+
+    fn is_contention(&self) -> bool {
+        matches!(self, Self::Contention)
+    }
+
+    fn broken(reason: String) -> Self {
+        Self::Internal(reason)
+    }
+}
 
 impl PaymentError {
     /// True when money may have moved without a recorded outcome: the
@@ -84,7 +96,7 @@ impl From<PaymentError> for Status {
                 Status::internal("Internal server error.")
             }
             Code::Unavailable if matches!(error, PaymentError::NotReady) => {
-                shared::grpc::retry_shortly(Status::unavailable(error.to_string()))
+                edge::wire::retry_shortly(Status::unavailable(error.to_string()))
             }
             Code::Unavailable => {
                 tracing::warn!(%error, "payment-service dependency unavailable");

@@ -2,13 +2,15 @@
 //! events (protobuf), keyed by booking id so a booking's payment events
 //! stay in order. `PaymentIntentClosed`, the charge attempts and the refund bookkeeping are internal.
 
+use kernel::event_store::StoredEvent;
+use messaging::outbox::own_event;
+use messaging::outbox::IntegrationMapper;
+use messaging::outbox::MappingError;
+use messaging::outbox::OutgoingRecord;
+use messaging::topics::payment_type;
 use prost::Message;
 use proto::events as pb;
-use shared::{
-    event_store::StoredEvent,
-    outbox::{own_event, IntegrationMapper, MappingError, OutgoingRecord},
-    topics::{payment_type, timestamp},
-};
+use proto::time::timestamp;
 
 use crate::domain::intent::{FailureConcept, PaymentEvent, PaymentIntent};
 

@@ -6,15 +6,13 @@
 
 use std::sync::Arc;
 
+use edge::auth::Verifier;
 use proto::payment::{self as pb, payment_service_server::PaymentService};
-use shared::{
-    auth::Verifier,
-    grpc::{
-        authenticate, event_metadata,
-        idempotent::{self, Step},
-    },
-    topics::timestamp,
-};
+use proto::time::timestamp;
+use runtime::grpc::authenticate;
+use runtime::grpc::event_metadata;
+use runtime::idempotent;
+use runtime::idempotent::Step;
 use tonic::{Request, Response, Status};
 
 use crate::{

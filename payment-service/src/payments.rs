@@ -18,27 +18,23 @@
 
 use std::{sync::Arc, time::Duration};
 
+use agreements::PaymentPolicy;
+use kernel::aggregate;
+use kernel::event_store::EventMetadata;
 use proto::booking::{booking_service_client::BookingServiceClient, AdmitPaymentRequest, GetBookingRequest};
-use shared::{
-    aggregate::{self, retry_on_contention},
-    config::PaymentPolicy,
-    event_store::EventMetadata,
-    failpoint,
-    grpc::idempotent::ok_outcome,
-    grpc::Credentials,
-    idempotency::{self, Claim},
-};
-use sqlx::{PgConnection, PgPool};
+use runtime::failpoint;
+use runtime::grpc::Credentials;
+use runtime::idempotency;
+use runtime::idempotency::Claim;
+use runtime::idempotent::ok_outcome;
+use sqlx::PgPool;
 use tonic::{transport::Channel, Code};
 
 use crate::{
-    domain::{
-        intent::{decide, IntentStatus, PaymentCommand, PaymentEvent, PaymentIntent, PaymentRejection, PspOutcome},
-        ledger,
-    },
+    domain::intent::{IntentStatus, PaymentCommand, PaymentEvent, PaymentIntent, PaymentRejection, PspOutcome},
     error::PaymentError,
     psp::{Charge, Cvv, Psp, Refund},
-    store::{ledger as ledger_store, work},
+    store::{effects::IntentEffects, work},
 };
 
 const REQUIRED_FIELDS: &str = "paymentIntentId, paymentMethodToken and cvv are required.";
@@ -106,7 +102,7 @@ struct Inner {
     policy: PaymentPolicy,
     intent_wait: Duration,
     reconciliation: Reconciliation,
-    arrivals: Arc<shared::arrivals::Arrivals>,
+    arrivals: Arc<runtime::arrivals::Arrivals>,
 }
 
 impl Payments {
@@ -118,7 +114,7 @@ impl Payments {
         policy: PaymentPolicy,
         intent_wait: Duration,
         reconciliation: Reconciliation,
-        arrivals: Arc<shared::arrivals::Arrivals>,
+        arrivals: Arc<runtime::arrivals::Arrivals>,
     ) -> Self {
         Self { inner: Arc::new(Inner { pool, psp, booking, policy, intent_wait, reconciliation, arrivals }) }
     }
@@ -228,10 +224,11 @@ impl Payments {
         metadata: &EventMetadata,
         command: PaymentCommand,
     ) -> Result<Vec<PaymentEvent>, PaymentError> {
-        retry_on_contention(&self.inner.pool, |conn, _| {
-            Box::pin(execute_in(conn, payment_intent_id, metadata, command.clone()))
+        let executed = aggregate::execute(&self.inner.pool, payment_intent_id, metadata, &IntentEffects, |_, _, _| {
+            Box::pin(std::future::ready(Ok(command.clone())))
         })
-        .await
+        .await?;
+        Ok(executed.events)
     }
 
     /// Charges under the attempt key, asking again (same key, so never a
@@ -269,11 +266,11 @@ impl Payments {
             payment_intent_id: intent.created.payment_intent_id.clone(),
             ..AdmitPaymentRequest::default()
         });
-        shared::grpc::forward_bearer(&mut request, token);
+        edge::wire::forward_bearer(&mut request, token);
         if let Some(value) = metadata.correlation_id.as_deref().and_then(|v| v.parse().ok()) {
-            request.metadata_mut().insert(shared::grpc::REQUEST_ID, value);
+            request.metadata_mut().insert(edge::wire::REQUEST_ID, value);
         }
-        shared::trace_context::inject_grpc(request.metadata_mut());
+        edge::trace_context::inject_grpc(request.metadata_mut());
         match self.inner.booking.clone().admit_payment(request).await {
             Ok(_) => Ok(()),
             Err(status) => match status.code() {
@@ -300,12 +297,18 @@ impl Payments {
             let recorded = async {
                 let mut tx = self.inner.pool.begin().await?;
                 let command = PaymentCommand::RecordOutcome { attempt, outcome: executed.outcome.clone() };
-                execute_in(&mut tx, &executed.payment_intent_id, metadata, command).await?;
+                aggregate::execute_in(
+                    &mut tx,
+                    &executed.payment_intent_id,
+                    metadata,
+                    &IntentEffects,
+                    aggregate::just(command),
+                )
+                .await?;
                 if let Some(claim) = claim {
                     idempotency::complete(&mut tx, claim, &stored).await?;
                 }
-                tx.commit().await?;
-                shared::global_log::committed();
+                aggregate::commit(tx).await?;
                 Ok::<_, PaymentError>(())
             }
             .await;
@@ -331,12 +334,12 @@ impl Payments {
     /// that ended names it (no longer payable), another user's booking does
     /// (not theirs), or none does (not found).
     async fn missing_intent(&self, payment_intent_id: &str, token: &str) -> PaymentError {
-        let Some(booking_id) = shared::ids::booking_of(payment_intent_id) else {
+        let Some(booking_id) = agreements::ids::booking_of(payment_intent_id) else {
             return PaymentRejection::NotFound.into();
         };
         let mut request = tonic::Request::new(GetBookingRequest { booking_id, ..GetBookingRequest::default() });
-        shared::grpc::forward_bearer(&mut request, token);
-        shared::trace_context::inject_grpc(request.metadata_mut());
+        edge::wire::forward_bearer(&mut request, token);
+        edge::trace_context::inject_grpc(request.metadata_mut());
         match self.inner.booking.clone().get_booking(request).await {
             Ok(booking) => {
                 let booking = booking.into_inner();
@@ -367,7 +370,7 @@ impl Payments {
             arrived.as_mut().enable();
             let loaded = {
                 let mut conn = self.inner.pool.acquire().await?;
-                aggregate::load::<PaymentIntent>(&mut conn, payment_intent_id).await?.state
+                aggregate::load::<PaymentIntent, PaymentError>(&mut conn, payment_intent_id).await?.state
             };
             if loaded.is_some() {
                 return Ok(loaded);
@@ -402,7 +405,7 @@ impl Payments {
     async fn settle_attempt(&self, due: &work::DueCharge) -> Result<(), PaymentError> {
         let intent = {
             let mut conn = self.inner.pool.acquire().await?;
-            aggregate::load::<PaymentIntent>(&mut conn, &due.payment_intent_id)
+            aggregate::load::<PaymentIntent, PaymentError>(&mut conn, &due.payment_intent_id)
                 .await?
                 .state
                 .ok_or(PaymentRejection::NotFound)?
@@ -458,7 +461,7 @@ impl Payments {
     async fn refund_once(&self, payment_intent_id: &str, max_attempts: i32) -> Result<(), PaymentError> {
         let intent = {
             let mut conn = self.inner.pool.acquire().await?;
-            aggregate::load::<PaymentIntent>(&mut conn, payment_intent_id)
+            aggregate::load::<PaymentIntent, PaymentError>(&mut conn, payment_intent_id)
                 .await?
                 .state
                 .ok_or(PaymentRejection::NotFound)?
@@ -493,7 +496,7 @@ impl Payments {
         payment_intent_id: &str,
     ) -> Result<PaymentIntent, PaymentError> {
         let mut conn = self.inner.pool.acquire().await?;
-        let intent = aggregate::load::<PaymentIntent>(&mut conn, payment_intent_id)
+        let intent = aggregate::load::<PaymentIntent, PaymentError>(&mut conn, payment_intent_id)
             .await?
             .state
             .ok_or(PaymentRejection::NotFound)?;
@@ -502,65 +505,4 @@ impl Payments {
         }
         Ok(intent)
     }
-}
-
-/// Loads the intent, decides `command`, appends the events and keeps the
-/// ledger and the work queues in step with them, all on `conn` (the
-/// caller's transaction).
-pub async fn execute_in(
-    conn: &mut PgConnection,
-    payment_intent_id: &str,
-    metadata: &EventMetadata,
-    command: PaymentCommand,
-) -> Result<Vec<PaymentEvent>, PaymentError> {
-    let loaded = aggregate::load::<PaymentIntent>(conn, payment_intent_id).await?;
-    let events = decide(loaded.state.as_ref(), command)?;
-    if events.is_empty() {
-        return Ok(events);
-    }
-    aggregate::append::<PaymentIntent>(conn, payment_intent_id, loaded.version, &events, metadata).await?;
-    for event in &events {
-        match event {
-            PaymentEvent::ChargeRequested { attempt, attempt_key, .. } => {
-                work::open_charge(conn, payment_intent_id, *attempt, attempt_key).await?;
-            }
-            PaymentEvent::ChargeAbandoned { attempt, .. } => {
-                work::close_charge(conn, payment_intent_id, *attempt).await?;
-            }
-            PaymentEvent::PaymentSucceeded { attempt, amount, currency, .. } => {
-                metrics::counter!("payments_total", "outcome" => "success", "failure_code" => "").increment(1);
-                work::close_charge(conn, payment_intent_id, *attempt).await?;
-                ledger_store::post(conn, &ledger::capture(payment_intent_id, *amount, currency)).await?;
-            }
-            PaymentEvent::PaymentFailed { attempt, failure_code, .. } => {
-                metrics::counter!("payments_total", "outcome" => "failure", "failure_code" => failure_code.clone())
-                    .increment(1);
-                work::close_charge(conn, payment_intent_id, *attempt).await?;
-            }
-            PaymentEvent::PaymentRefundRequested { .. } => work::open_refund(conn, payment_intent_id).await?,
-            PaymentEvent::RefundAttemptFailed { attempt, .. } => {
-                metrics::counter!("refunds_total", "outcome" => "attempt_failed").increment(1);
-                // Exponential backoff from 500 ms, capped at a minute.
-                let delay_ms = 500_u64.saturating_mul(1_u64 << (*attempt - 1).clamp(0, 7)).min(60_000);
-                work::retry_refund_after(conn, payment_intent_id, *attempt, Duration::from_millis(delay_ms)).await?;
-            }
-            PaymentEvent::RefundNeedsReview { attempts, reason } => {
-                metrics::counter!("refunds_total", "outcome" => "needs_review").increment(1);
-                tracing::error!(
-                    payment_intent_id,
-                    attempts,
-                    reason = reason.as_str(),
-                    "refund needs review: the PSP kept refusing it"
-                );
-                work::close_refund(conn, payment_intent_id).await?;
-            }
-            PaymentEvent::PaymentRefunded { amount, currency, .. } => {
-                ledger_store::post(conn, &ledger::refund(payment_intent_id, *amount, currency)).await?;
-                metrics::counter!("refunds_total", "outcome" => "refunded").increment(1);
-                work::close_refund(conn, payment_intent_id).await?;
-            }
-            PaymentEvent::PaymentIntentCreated(_) | PaymentEvent::PaymentIntentClosed { .. } => {}
-        }
-    }
-    Ok(events)
 }

@@ -4,6 +4,8 @@
 
 #![allow(clippy::all, clippy::pedantic)]
 
+pub mod time;
+
 /// Integration events (`ticketing.events.v1`), the value of every Kafka record.
 pub mod events {
     tonic::include_proto!("ticketing.events.v1");

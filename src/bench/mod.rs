@@ -123,7 +123,7 @@ pub struct Target {
 
 impl Target {
     fn token(&self, user: &str) -> String {
-        shared::auth::issue_token(&self.secret, user, user.starts_with("admin"), 3600).unwrap_or_default()
+        edge::auth::issue_token(&self.secret, user, user.starts_with("admin"), 3600).unwrap_or_default()
     }
 }
 
@@ -405,7 +405,7 @@ pub async fn http_ceiling(target: Arc<Target>, clients: usize, duration: Duratio
 /// lag, gRPC calls) from this process's metrics, in milliseconds: where the
 /// time between a commit and a visible read model goes.
 pub fn pipeline_means() -> BTreeMap<String, f64> {
-    let text = shared::metrics::render();
+    let text = edge::metrics::render();
     let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for line in text.lines() {
         let Some((name, value)) = line.rsplit_once(' ') else { continue };

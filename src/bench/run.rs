@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use shared::shutdown::Shutdown;
+use edge::shutdown::Shutdown;
 
 use super::pgbench;
 use crate::{
@@ -211,7 +211,7 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
     let (booking_db, payment_db) = (format!("bench_booking_{id}"), format!("bench_payment_{id}"));
     let secret = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("bench_{id}.");
-    let kafka = shared::config::KafkaArgs {
+    let kafka = messaging::config::KafkaArgs {
         kafka_brokers: args.kafka_brokers.clone(),
         kafka_topic_partitions: 3,
         kafka_replication_factor: 1,
@@ -279,8 +279,8 @@ async fn check_stores(
     booking_db: &str,
     payment_db: &str,
 ) -> anyhow::Result<(sqlx::PgPool, Vec<check::Violation>)> {
-    let booking = shared::db::connect_service_db(url, booking_db, 4, &booking_service::store::MIGRATIONS).await?;
-    let payment = shared::db::connect_service_db(url, payment_db, 4, &payment_service::store::MIGRATIONS).await?;
+    let booking = runtime::db::connect_service_db(url, booking_db, 4, &booking_service::store::MIGRATIONS).await?;
+    let payment = runtime::db::connect_service_db(url, payment_db, 4, &payment_service::store::MIGRATIONS).await?;
     let found = check::check(&booking, &payment).await?;
     Ok((booking, found))
 }

@@ -10,7 +10,7 @@ pub async fn run(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let connect = |name: &str, migrator| {
         let url = args.database.url().to_owned();
         let name = name.to_owned();
-        async move { shared::db::connect_service_db(&url, &name, 2, migrator).await }
+        async move { runtime::db::connect_service_db(&url, &name, 2, migrator).await }
     };
     let booking = connect(&args.booking_database, &booking_service::store::MIGRATIONS).await?;
     let payment = connect(&args.payment_database, &payment_service::store::MIGRATIONS).await?;

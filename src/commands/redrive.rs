@@ -4,10 +4,10 @@ use crate::cli::RedriveArgs;
 
 /// Re-publishes the topic's dead letters to it once their cause is fixed.
 pub async fn run(args: &RedriveArgs) -> anyhow::Result<()> {
-    let sent = shared::inbox::redrive::redrive(
+    let sent = messaging::inbox::redrive::redrive(
         &args.kafka_brokers,
         &args.topic,
-        shared::inbox::redrive::REDRIVE_GROUP,
+        messaging::inbox::redrive::REDRIVE_GROUP,
         args.idle,
     )
     .await?;

@@ -8,7 +8,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
         (&args.booking_database, &booking_service::store::MIGRATIONS),
         (&args.payment_database, &payment_service::store::MIGRATIONS),
     ] {
-        shared::db::connect_service_db(args.database.url(), name, 2, migrator).await?.close().await;
+        runtime::db::connect_service_db(args.database.url(), name, 2, migrator).await?.close().await;
         tracing::info!(database = name, "migrated");
     }
     Ok(())
@@ -16,14 +16,14 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
 
 /// Rebuilds the booking read models from the event store (blue/green swap).
 pub async fn rebuild_projections(args: &MigrateArgs) -> anyhow::Result<()> {
-    let pool = shared::db::connect_service_db(
+    let pool = runtime::db::connect_service_db(
         args.database.url(),
         &args.booking_database,
         4,
         &booking_service::store::MIGRATIONS,
     )
     .await?;
-    let replayed = shared::projection::rebuild(&pool, &booking_service::store::views::BookingViews).await?;
+    let replayed = kernel::projection::rebuild(&pool, &booking_service::store::views::BookingViews).await?;
     println!("rebuilt booking_views from {replayed} events");
     Ok(())
 }

@@ -13,6 +13,6 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
             .context("JWT_SECRET is unset and `ticketing dev` has not generated one yet")?,
     };
     let ttl = i64::try_from(args.ttl.as_secs()).unwrap_or(i64::MAX);
-    println!("{}", shared::auth::issue_token(&secret, &args.user_id, args.admin, ttl)?);
+    println!("{}", edge::auth::issue_token(&secret, &args.user_id, args.admin, ttl)?);
     Ok(())
 }

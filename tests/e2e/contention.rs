@@ -143,7 +143,7 @@ async fn pay_late_after_cancel(sys: &System, user: &str, seat: &str) -> (String,
     };
     // Cancel as soon as the charge has been admitted (deterministic under load).
     let booking_db = sys.booking_pool().await;
-    let admitted = shared::testkit::eventually(Duration::from_secs(10), || async {
+    let admitted = testkit::eventually(Duration::from_secs(10), || async {
         let n: i64 =
             sqlx::query_scalar("select count(*) from events where stream_id = $1 and event_type = 'PaymentAdmitted'")
                 .bind(&booking)
@@ -160,7 +160,7 @@ async fn pay_late_after_cancel(sys: &System, user: &str, seat: &str) -> (String,
         (StatusCode::CONFLICT, Some("A payment for this booking is in progress.")),
         "the admission protects the hold while the gateway works"
     );
-    let cancelled = shared::testkit::eventually(Duration::from_secs(10), || async {
+    let cancelled = testkit::eventually(Duration::from_secs(10), || async {
         let reply = sys.delete(&format!("/bookings/{booking}"), user).await;
         (reply.status == StatusCode::OK).then_some(())
     })
@@ -230,7 +230,7 @@ async fn a_refund_that_keeps_failing_ends_in_a_visible_needs_review_state() {
     .await;
     let (booking, intent) = pay_late_after_cancel(&sys, "stuck", "A5").await;
     let client = sys.payment_grpc().await;
-    let review = shared::testkit::eventually(Duration::from_secs(30), || {
+    let review = testkit::eventually(Duration::from_secs(30), || {
         let mut client = client.clone();
         let request = sys.as_user(
             "stuck",
@@ -308,18 +308,18 @@ async fn a_forged_payment_succeeded_for_another_intent_leaves_the_booking_pendin
         user_id: victim.into(),
         amount: Some(proto::events::Money { amount: 30000, currency: "KRW".into() }),
         payment_method_token: "tok_visa".into(),
-        processed_at: Some(shared::topics::timestamp(chrono::Utc::now())),
+        processed_at: Some(proto::time::timestamp(chrono::Utc::now())),
     };
     let ce_id = uuid::Uuid::now_v7();
-    let headers = shared::kafka::CloudEventHeaders {
+    let headers = messaging::kafka::CloudEventHeaders {
         id: ce_id.to_string(),
         source: "/payment-service".into(),
-        event_type: shared::topics::payment_type("PaymentSucceeded"),
-        time: shared::kafka::CloudEventHeaders::format_time(chrono::Utc::now()),
+        event_type: messaging::topics::payment_type("PaymentSucceeded"),
+        time: messaging::kafka::CloudEventHeaders::format_time(chrono::Utc::now()),
         subject: booking.clone(),
         ..Default::default()
     };
-    let producer = shared::kafka::producer(&sys.brokers).unwrap();
+    let producer = messaging::kafka::producer(&sys.brokers).unwrap();
     let value = forged.encode_to_vec();
     producer
         .send(
@@ -330,7 +330,7 @@ async fn a_forged_payment_succeeded_for_another_intent_leaves_the_booking_pendin
         .unwrap();
     // The booking-service handled it (its inbox remembers the ce_id) ...
     let pool = sys.booking_pool().await;
-    let handled = shared::testkit::eventually(Duration::from_secs(30), || async {
+    let handled = testkit::eventually(Duration::from_secs(30), || async {
         let seen: bool = sqlx::query_scalar("select exists (select 1 from inbox where event_id = $1)")
             .bind(ce_id)
             .fetch_one(&pool)

@@ -88,7 +88,7 @@ async fn the_per_user_limit_counts_pending_and_confirmed_bookings() {
 async fn authentication_and_malformed_input_are_clean_4xx() {
     let sys = System::start().await;
     let unauthorized = "Missing or invalid bearer token.";
-    let expired = shared::auth::issue_token("wrong-secret", "u1", false, 3600).unwrap();
+    let expired = edge::auth::issue_token("wrong-secret", "u1", false, 3600).unwrap();
     for token in [None, Some("garbage"), Some(expired.as_str())] {
         let reply = sys.call(Method::GET, "/bookings/my", token, None).await;
         assert_eq!((reply.status, reply.body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some(unauthorized)));
@@ -196,7 +196,7 @@ async fn bad_payment_requests_get_the_contract_errors() {
         assert_eq!((reply.status, reply.body["error"].as_str()), (status, Some(message)), "{body}");
     }
     // The intent arrives over Kafka; with the short wait, ask until it exists.
-    let thief = shared::testkit::eventually(std::time::Duration::from_secs(20), || async {
+    let thief = testkit::eventually(std::time::Duration::from_secs(20), || async {
         let reply = sys.pay("thief", &intent, "tok_visa").await;
         (reply.status != StatusCode::NOT_FOUND).then_some(reply)
     })

@@ -215,7 +215,7 @@ async fn rebuilding_the_projections_reproduces_the_live_views() {
     };
     let live = snapshot(pool.clone()).await;
     assert_eq!(live.len(), 3);
-    shared::projection::rebuild(&pool, &booking_service::store::views::BookingViews).await.unwrap();
+    kernel::projection::rebuild(&pool, &booking_service::store::views::BookingViews).await.unwrap();
     assert_eq!(snapshot(pool.clone()).await, live);
     // The swapped-in view is written by new commands at once.
     let (b4, _) = sys.book("user_l", "perf_002", &["A4"]).await;
@@ -286,7 +286,16 @@ async fn the_invariant_checker_finds_an_oversold_seat_in_the_event_store_whateve
     ];
     let booking_db = sys.booking_pool().await;
     let mut conn = booking_db.acquire().await.unwrap();
-    shared::aggregate::append::<Booking>(&mut conn, "forged_booking", 0, &events, &Default::default()).await.unwrap();
+    kernel::event_store::append_typed(
+        &mut conn,
+        <Booking as kernel::aggregate::Aggregate>::STREAM_TYPE,
+        "forged_booking",
+        0,
+        &events,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let found = ticketing::check::check(&booking_db, &sys.payment_pool().await).await.unwrap();
     let oversold: Vec<_> = found.iter().filter(|v| v.invariant == ticketing::check::Invariant::SeatSoldOnce).collect();
     assert_eq!(oversold.len(), 1, "{found:?}");

@@ -11,9 +11,7 @@ async fn schemathesis_finds_no_server_error_or_schema_violation() {
     let installed = Command::new("schemathesis").arg("--version").output().is_ok_and(|o| o.status.success());
     if !installed {
         // CI installs it (.ci/run) and fails here without it.
-        shared::testkit::skip_notice(
-            "schemathesis is not installed (pip install schemathesis); the API fuzz test did not run",
-        );
+        testkit::skip_notice("schemathesis is not installed (pip install schemathesis); the API fuzz test did not run");
         return;
     }
     let sys = System::start_with(&["--intent-wait-ms=200"]).await;

@@ -18,9 +18,9 @@ fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -
 
 /// A request with a bearer token signed by someone who does not hold the key.
 fn forged<T>(message: T) -> Request<T> {
-    let token = shared::auth::issue_token("not-the-deployment-secret-but-long-enough", "victim", true, 600).unwrap();
+    let token = edge::auth::issue_token("not-the-deployment-secret-but-long-enough", "victim", true, 600).unwrap();
     let mut request = Request::new(message);
-    shared::grpc::forward_bearer(&mut request, &token);
+    edge::wire::forward_bearer(&mut request, &token);
     request
 }
 
@@ -149,7 +149,7 @@ async fn another_users_token_cannot_read_cancel_list_or_admit_and_the_body_names
         Code::PermissionDenied
     );
     let mut as_admin = Request::new(register);
-    shared::grpc::forward_bearer(&mut as_admin, &sys.admin_token());
+    edge::wire::forward_bearer(&mut as_admin, &sys.admin_token());
     assert_eq!(code(client.register_performance(as_admin).await), Code::Ok);
 
     // The victim's booking is untouched and still theirs to pay.
@@ -178,7 +178,7 @@ async fn payment_methods_take_the_caller_from_the_token_not_the_body() {
     assert_eq!(code(client.get_payment_intent(sys.as_user("grpc_other", read.clone())).await), Code::PermissionDenied);
     assert_eq!(code(client.get_payment_intent(sys.as_user("grpc_payer", read.clone())).await), Code::Ok);
     let mut as_admin = Request::new(read);
-    shared::grpc::forward_bearer(&mut as_admin, &sys.admin_token());
+    edge::wire::forward_bearer(&mut as_admin, &sys.admin_token());
     assert_eq!(code(client.get_payment_intent(as_admin).await), Code::Ok, "an admin's token reads any intent");
 
     #[allow(deprecated)]

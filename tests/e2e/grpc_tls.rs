@@ -52,7 +52,7 @@ async fn seat_map(sys: &System, ca: &str, identity: Option<Identity>) -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_mtls_the_system_works_and_a_client_without_a_valid_certificate_is_refused() {
-    let dir = std::env::temp_dir().join(shared::testkit::unique_name("grpc_tls"));
+    let dir = std::env::temp_dir().join(testkit::unique_name("grpc_tls"));
     std::fs::create_dir_all(&dir).unwrap();
     let ca = authority("ticketing test CA");
     let (cert, key) = leaf(&ca, "ticketing");

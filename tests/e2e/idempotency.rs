@@ -109,8 +109,8 @@ async fn a_replayed_payment_charges_once() {
     assert_eq!((again.0, &again.1, again.2.as_deref()), (StatusCode::OK, &paid.1, Some("true")));
     sys.wait_status("idem_f", &booking_id, "confirmed").await;
     // One capture in the ledger, one decline counted.
-    let pool = shared::db::connect_service_db(
-        &shared::testkit::server_url(),
+    let pool = runtime::db::connect_service_db(
+        &testkit::server_url(),
         &sys.payment_db,
         2,
         &payment_service::store::MIGRATIONS,
@@ -135,10 +135,12 @@ async fn a_replayed_payment_charges_once() {
 async fn a_retry_after_the_lease_of_an_unsettled_charge_keeps_its_key_and_gets_the_reconcilers_outcome() {
     use payment_service::{
         domain::intent::{attempt_key, PaymentCommand},
-        payments::{execute_fingerprint, execute_in, EXECUTE_OPERATION},
+        payments::{execute_fingerprint, EXECUTE_OPERATION},
         psp::{Charge, Cvv, Psp, SimulatedPsp},
+        store::effects::IntentEffects,
     };
-    use shared::idempotency::{self, Begin};
+    use runtime::idempotency;
+    use runtime::idempotency::Begin;
     use std::time::Duration;
 
     let sys = System::start_with(&["--payment-reconcile-after-secs=3"]).await;
@@ -162,7 +164,10 @@ async fn a_retry_after_the_lease_of_an_unsettled_charge_keeps_its_key_and_gets_t
         payment_method_token: "tok_visa".to_owned(),
         idempotency_key: Some(key.to_owned()),
     };
-    execute_in(&mut tx, &intent, &shared::event_store::EventMetadata::default(), request).await.unwrap();
+    let metadata = kernel::event_store::EventMetadata::default();
+    kernel::aggregate::execute_in(&mut tx, &intent, &metadata, &IntentEffects, kernel::aggregate::just(request))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let psp = SimulatedPsp::new(pool.clone(), Duration::from_secs(3), Duration::ZERO, 0);
     let charge = Charge {
@@ -190,7 +195,7 @@ async fn a_retry_after_the_lease_of_an_unsettled_charge_keeps_its_key_and_gets_t
 
     // The reconciler records the PSP's answer under the key (until then a
     // retry hears "in progress"): the retry gets it, never "already processed".
-    let replayed = shared::testkit::eventually(Duration::from_secs(30), || async {
+    let replayed = testkit::eventually(Duration::from_secs(30), || async {
         let reply = sys.post_keyed("/payments/execute", user, key, &body).await;
         let waiting = reply.0 == StatusCode::SERVICE_UNAVAILABLE
             || reply.1["error"] == "A request with this idempotency key is in progress.";

@@ -94,7 +94,7 @@ async fn seat_streams_are_capped_per_user_and_end_with_their_own_token() {
     assert_eq!(open_stream(&sys, "someone_else", "perf_002", None).await.status(), StatusCode::OK, "others may watch");
     drop(first);
     // The closed stream's place comes back.
-    let again = shared::testkit::eventually(Duration::from_secs(10), || async {
+    let again = testkit::eventually(Duration::from_secs(10), || async {
         let r = open_stream(&sys, "greedy", "perf_002", None).await;
         (r.status() == StatusCode::OK).then_some(r)
     })
@@ -103,7 +103,7 @@ async fn seat_streams_are_capped_per_user_and_end_with_their_own_token() {
 
     // A stream ends when its own token expires (plus the verifiers' leeway),
     // whatever the other streams do.
-    let short = shared::auth::issue_token(&sys.secret, "brief", false, 2).unwrap();
+    let short = edge::auth::issue_token(&sys.secret, "brief", false, 2).unwrap();
     let response = sys
         .client
         .get(format!("{}/performances/perf_002/seats/stream", sys.base))
@@ -211,7 +211,7 @@ impl ChromeDriver {
     async fn start() -> Option<Self> {
         let (driver, browser) = ("/usr/bin/chromedriver", "/usr/bin/chromium");
         if !std::path::Path::new(driver).exists() || !std::path::Path::new(browser).exists() {
-            shared::testkit::skip_notice(
+            testkit::skip_notice(
                 "the box-office browser test: Debian's chromium and chromium-driver are not installed",
             );
             return None;

@@ -170,7 +170,7 @@ async fn every_metric_the_dashboard_and_the_alert_rules_query_is_exported() {
     sys.wait_listed(user, &booking, "confirmed").await;
     assert_eq!(sys.try_book("obs_other", "perf_001", &["J7"]).await.status, reqwest::StatusCode::BAD_REQUEST);
 
-    let missing = shared::testkit::eventually(std::time::Duration::from_secs(30), || async {
+    let missing = testkit::eventually(std::time::Duration::from_secs(30), || async {
         let text = sys.client.get(format!("{}/metrics", sys.base)).send().await.ok()?.text().await.ok()?;
         let exported: BTreeSet<String> = text
             .lines()

@@ -8,7 +8,8 @@ use rdkafka::{
     message::{Header, Headers, Message, OwnedHeaders},
     producer::FutureRecord,
 };
-use shared::testkit::{eventually, unique_name};
+use testkit::eventually;
+use testkit::unique_name;
 
 use crate::support::System;
 
@@ -32,7 +33,7 @@ async fn state(sys: &System) -> Vec<String> {
 
 /// Re-publishes every record of `topic` with its key, value and headers.
 async fn replay_topic(sys: &System, topic: &str) -> usize {
-    let reader: StreamConsumer = shared::kafka::client_config(&sys.brokers)
+    let reader: StreamConsumer = messaging::kafka::client_config(&sys.brokers)
         .set("group.id", unique_name("replayer"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -51,7 +52,7 @@ async fn replay_topic(sys: &System, topic: &str) -> usize {
             .collect();
         records.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec), headers));
     }
-    let producer = shared::kafka::producer(&sys.brokers).unwrap();
+    let producer = messaging::kafka::producer(&sys.brokers).unwrap();
     let count = records.len();
     for (key, payload, headers) in &records {
         let mut owned = OwnedHeaders::new();
@@ -73,7 +74,7 @@ async fn replay_topic(sys: &System, topic: &str) -> usize {
 /// True once consumer `group`, whose offsets live in `db`, has handled
 /// every record of every partition of `topic`.
 async fn caught_up(sys: &System, db: &sqlx::PgPool, group: &str, topic: &str) -> bool {
-    let probe: BaseConsumer = shared::kafka::client_config(&sys.brokers).create().unwrap();
+    let probe: BaseConsumer = messaging::kafka::client_config(&sys.brokers).create().unwrap();
     let Ok(metadata) = probe.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return false };
     let Some(t) = metadata.topics().first() else { return false };
     let stored: Vec<(i32, Option<i64>)> =

@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use clap::Parser;
+use edge::shutdown::Shutdown;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use shared::{
-    shutdown::Shutdown,
-    testkit::{eventually, unique_name, TestKafka},
-};
+use testkit::eventually;
+use testkit::unique_name;
+use testkit::TestKafka;
 
 #[derive(Parser)]
 struct Harness {
@@ -25,7 +25,7 @@ pub struct System {
     pub payment_db: String,
     pub payment_addr: std::net::SocketAddr,
     pub booking_addr: std::net::SocketAddr,
-    pub topics: shared::topics::Topics,
+    pub topics: messaging::topics::Topics,
     pub brokers: String,
     pub secret: String,
     shutdown: Shutdown,
@@ -56,7 +56,7 @@ impl System {
 
     async fn start_configured(extra: &[&str], dev_tokens: bool) -> Self {
         // Kept for the whole test process: dropping it would stop span export.
-        std::mem::forget(shared::telemetry::init(shared::telemetry::LogFormat::Text, "ticketing-tests"));
+        std::mem::forget(edge::telemetry::init(edge::telemetry::LogFormat::Text, "ticketing-tests"));
         let kafka = TestKafka::start().unwrap();
         let prefix = format!("{}.", unique_name("e2e"));
         let booking_db = unique_name("t_e2e_booking");
@@ -126,11 +126,11 @@ impl System {
     }
 
     pub fn token(&self, user: &str) -> String {
-        shared::auth::issue_token(&self.secret, user, false, 3600).unwrap()
+        edge::auth::issue_token(&self.secret, user, false, 3600).unwrap()
     }
 
     pub fn admin_token(&self) -> String {
-        shared::auth::issue_token(&self.secret, "admin_1", true, 3600).unwrap()
+        edge::auth::issue_token(&self.secret, "admin_1", true, 3600).unwrap()
     }
 
     pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
@@ -225,7 +225,7 @@ impl System {
     /// A gRPC request carrying `user`'s bearer token, as the gateway sends it.
     pub fn as_user<T>(&self, user: &str, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        shared::grpc::forward_bearer(&mut request, &self.token(user));
+        edge::wire::forward_bearer(&mut request, &self.token(user));
         request
     }
 
@@ -276,8 +276,8 @@ impl System {
     }
 
     pub async fn payment_pool(&self) -> sqlx::PgPool {
-        shared::db::connect_service_db(
-            &shared::testkit::server_url(),
+        runtime::db::connect_service_db(
+            &testkit::server_url(),
             &self.payment_db,
             4,
             &payment_service::store::MIGRATIONS,
@@ -287,8 +287,8 @@ impl System {
     }
 
     pub async fn booking_pool(&self) -> sqlx::PgPool {
-        shared::db::connect_service_db(
-            &shared::testkit::server_url(),
+        runtime::db::connect_service_db(
+            &testkit::server_url(),
             &self.booking_db,
             4,
             &booking_service::store::MIGRATIONS,

@@ -336,151 +336,192 @@ pub enum BookingRejection {
     NotRefundable,
 }
 
-/// Decides what happens when `command` meets `state`.
-pub fn decide(state: Option<&Booking>, command: BookingCommand) -> Result<Vec<BookingEvent>, BookingRejection> {
-    use BookingCommand as C;
-    use BookingEvent as E;
-    let Some(booking) = state else {
-        return match command {
-            C::Create(created) => Ok(vec![E::SeatLocked(created)]),
-            _ => Err(BookingRejection::NotFound),
-        };
-    };
-    let pending = booking.status == BookingStatus::Pending;
-    match command {
-        C::Create(_) => Err(BookingRejection::AlreadyExists),
-        C::Cancel { caller, now } => {
-            if booking.created.user_id != caller.user_id && !caller.admin {
-                Err(BookingRejection::NotOwner)
-            } else if !pending {
-                Err(BookingRejection::NotPending)
-            } else if booking.payment_in_progress(now) {
-                Err(BookingRejection::PaymentInProgress)
-            } else {
-                Ok(vec![E::BookingCancelled {
-                    of: booking.reference(),
-                    reason: CancelReason::UserRequested,
-                    cancelled_at: now,
-                }])
-            }
-        }
-        C::AdmitPayment { payment_intent_id, user_id, now, admission, safety_margin } => {
-            if booking.created.user_id != user_id {
-                Err(BookingRejection::NotPayer)
-            } else if !pending
-                || payment_intent_id != booking.created.payment_intent_id
-                || !booking.hold_is_live(now + safety_margin)
-            {
-                Err(BookingRejection::NotPayable)
-            } else {
-                Ok(vec![E::PaymentAdmitted { payment_intent_id, admitted_until: now + admission }])
-            }
-        }
-        C::RecordPaymentSucceeded { payment_intent_id, .. }
-        | C::RecordPaymentFailed { payment_intent_id, .. }
-        | C::RecordRefund { payment_intent_id, .. }
-            if payment_intent_id != booking.created.payment_intent_id =>
-        {
-            Err(BookingRejection::ForeignPayment)
-        }
-        C::RecordPaymentSucceeded { payment_intent_id, processed_at, seats_held } => {
-            // Paid in time if the gateway processed it before the hold ended,
-            // or while an admission kept the seats.
-            let in_time = processed_at < booking.created.locked_until
-                || booking.admitted_until.is_some_and(|until| processed_at < until);
-            if pending && in_time && seats_held {
-                Ok(vec![E::BookingConfirmed { of: booking.reference(), payment_intent_id, confirmed_at: processed_at }])
-            } else if pending {
-                // The hold lapsed before the charge: the seats may be gone.
-                // Ending the booking makes the payment-service refund.
-                Ok(vec![E::BookingExpired { of: booking.reference(), expired_at: processed_at }])
-            } else {
-                Ok(vec![])
-            }
-        }
-        C::RecordPaymentFailed { failure_code, client_error, max_attempts, now, .. } => {
-            if !pending {
-                return Ok(vec![]);
-            }
-            let mut events = vec![E::PaymentDeclined { failure_code, client_error }];
-            let failures = booking.client_failures + i32::from(client_error);
-            if failures >= max_attempts {
-                events.push(E::BookingFailed { of: booking.reference(), failed_attempts: failures, failed_at: now });
-            }
-            Ok(events)
-        }
-        C::RecordRefund { now, .. } => match booking.status {
-            BookingStatus::Refunded => Ok(vec![]),
-            // A payment that came after the booking ended is given back.
-            BookingStatus::Cancelled | BookingStatus::Expired | BookingStatus::Failed => {
-                Ok(vec![E::BookingRefunded { refunded_at: now }])
-            }
-            // Nothing to give back for an unpaid booking, and a sale is final.
-            BookingStatus::Pending | BookingStatus::Confirmed => Err(BookingRejection::NotRefundable),
-        },
-        C::Expire { now } => {
-            if pending && !booking.hold_is_live(now) && !booking.payment_in_progress(now) {
-                Ok(vec![E::BookingExpired { of: booking.reference(), expired_at: now }])
-            } else {
-                Ok(vec![])
-            }
-        }
-    }
-}
-
-/// Folds one event into the state.
-pub fn apply(state: Option<Booking>, event: &BookingEvent) -> Option<Booking> {
-    use BookingEvent as E;
-    match (state, event) {
-        (None, E::SeatLocked(created)) => Some(Booking {
-            created: created.clone(),
-            status: BookingStatus::Pending,
-            admitted_until: None,
-            client_failures: 0,
-        }),
-        (None, _) => None,
-        (Some(mut booking), event) => {
-            match event {
-                E::SeatLocked(_) => {}
-                E::PaymentAdmitted { admitted_until, .. } => booking.admitted_until = Some(*admitted_until),
-                E::PaymentDeclined { client_error, .. } => {
-                    booking.admitted_until = None;
-                    if *client_error {
-                        booking.client_failures += 1;
-                    }
-                }
-                E::BookingConfirmed { .. } => {
-                    booking.status = BookingStatus::Confirmed;
-                    booking.admitted_until = None;
-                }
-                E::BookingCancelled { .. } => booking.status = BookingStatus::Cancelled,
-                E::BookingExpired { .. } => booking.status = BookingStatus::Expired,
-                E::BookingFailed { .. } => booking.status = BookingStatus::Failed,
-                E::BookingRefunded { .. } => booking.status = BookingStatus::Refunded,
-            }
-            Some(booking)
-        }
-    }
-}
-
-/// Bookings are event-sourced aggregates: the stream type, the types, and
-/// the pure `decide` / `apply` above.
-impl shared::aggregate::Aggregate for Booking {
+/// Bookings are event-sourced aggregates: `decide` hands each command to
+/// its rule below, `apply` folds an event; both pure.
+impl kernel::aggregate::Aggregate for Booking {
     const STREAM_TYPE: &'static str = "booking";
     type Event = BookingEvent;
     type Command = BookingCommand;
     type Rejection = BookingRejection;
 
     fn decide(state: Option<&Self>, command: BookingCommand) -> Result<Vec<BookingEvent>, BookingRejection> {
-        decide(state, command)
+        use BookingCommand as C;
+        let Some(booking) = state else {
+            return match command {
+                C::Create(created) => Ok(vec![BookingEvent::SeatLocked(created)]),
+                _ => Err(BookingRejection::NotFound),
+            };
+        };
+        match command {
+            C::Create(_) => Err(BookingRejection::AlreadyExists),
+            C::Cancel { caller, now } => booking.cancel(&caller, now),
+            C::AdmitPayment { payment_intent_id, user_id, now, admission, safety_margin } => {
+                booking.admit_payment(payment_intent_id, &user_id, now, admission, safety_margin)
+            }
+            C::RecordPaymentSucceeded { payment_intent_id, .. }
+            | C::RecordPaymentFailed { payment_intent_id, .. }
+            | C::RecordRefund { payment_intent_id, .. }
+                if payment_intent_id != booking.created.payment_intent_id =>
+            {
+                Err(BookingRejection::ForeignPayment)
+            }
+            C::RecordPaymentSucceeded { payment_intent_id, processed_at, seats_held } => {
+                Ok(booking.record_payment_succeeded(payment_intent_id, processed_at, seats_held))
+            }
+            C::RecordPaymentFailed { failure_code, client_error, max_attempts, now, .. } => {
+                Ok(booking.record_payment_failed(failure_code, client_error, max_attempts, now))
+            }
+            C::RecordRefund { now, .. } => booking.record_refund(now),
+            C::Expire { now } => Ok(booking.expire(now)),
+        }
     }
 
     fn apply(state: Option<Self>, event: &BookingEvent) -> Option<Self> {
-        apply(state, event)
+        use BookingEvent as E;
+        let Some(mut booking) = state else {
+            return match event {
+                E::SeatLocked(created) => Some(Booking {
+                    created: created.clone(),
+                    status: BookingStatus::Pending,
+                    admitted_until: None,
+                    client_failures: 0,
+                }),
+                _ => None,
+            };
+        };
+        match event {
+            E::SeatLocked(_) => {}
+            E::PaymentAdmitted { admitted_until, .. } => booking.admitted_until = Some(*admitted_until),
+            E::PaymentDeclined { client_error, .. } => {
+                booking.admitted_until = None;
+                if *client_error {
+                    booking.client_failures += 1;
+                }
+            }
+            E::BookingConfirmed { .. } => {
+                booking.status = BookingStatus::Confirmed;
+                booking.admitted_until = None;
+            }
+            E::BookingCancelled { .. } => booking.status = BookingStatus::Cancelled,
+            E::BookingExpired { .. } => booking.status = BookingStatus::Expired,
+            E::BookingFailed { .. } => booking.status = BookingStatus::Failed,
+            E::BookingRefunded { .. } => booking.status = BookingStatus::Refunded,
+        }
+        Some(booking)
     }
 }
 
-impl shared::event_store::DomainEvent for BookingEvent {
+/// The rules, one per command on an existing booking.
+impl Booking {
+    fn pending(&self) -> bool {
+        self.status == BookingStatus::Pending
+    }
+
+    /// The owner (or an admin) cancels a pending booking with no charge running.
+    fn cancel(&self, caller: &Caller, now: DateTime<Utc>) -> Result<Vec<BookingEvent>, BookingRejection> {
+        if self.created.user_id != caller.user_id && !caller.admin {
+            Err(BookingRejection::NotOwner)
+        } else if !self.pending() {
+            Err(BookingRejection::NotPending)
+        } else if self.payment_in_progress(now) {
+            Err(BookingRejection::PaymentInProgress)
+        } else {
+            Ok(vec![BookingEvent::BookingCancelled {
+                of: self.reference(),
+                reason: CancelReason::UserRequested,
+                cancelled_at: now,
+            }])
+        }
+    }
+
+    /// The owner's charge may start while the hold outlives it by the margin.
+    fn admit_payment(
+        &self,
+        payment_intent_id: String,
+        user_id: &str,
+        now: DateTime<Utc>,
+        admission: chrono::Duration,
+        safety_margin: chrono::Duration,
+    ) -> Result<Vec<BookingEvent>, BookingRejection> {
+        if self.created.user_id != user_id {
+            Err(BookingRejection::NotPayer)
+        } else if !self.pending()
+            || payment_intent_id != self.created.payment_intent_id
+            || !self.hold_is_live(now + safety_margin)
+        {
+            Err(BookingRejection::NotPayable)
+        } else {
+            Ok(vec![BookingEvent::PaymentAdmitted { payment_intent_id, admitted_until: now + admission }])
+        }
+    }
+
+    /// Paid in time, with the seats still this booking's: confirmed. Paid
+    /// too late: the booking ends, and its end makes the payment-service refund.
+    fn record_payment_succeeded(
+        &self,
+        payment_intent_id: String,
+        processed_at: DateTime<Utc>,
+        seats_held: bool,
+    ) -> Vec<BookingEvent> {
+        // Paid in time if the gateway processed it before the hold ended,
+        // or while an admission kept the seats.
+        let in_time =
+            processed_at < self.created.locked_until || self.admitted_until.is_some_and(|until| processed_at < until);
+        if !self.pending() {
+            vec![]
+        } else if in_time && seats_held {
+            vec![BookingEvent::BookingConfirmed { of: self.reference(), payment_intent_id, confirmed_at: processed_at }]
+        } else {
+            vec![BookingEvent::BookingExpired { of: self.reference(), expired_at: processed_at }]
+        }
+    }
+
+    /// A decline is counted; the last allowed client-error decline fails the booking.
+    fn record_payment_failed(
+        &self,
+        failure_code: String,
+        client_error: bool,
+        max_attempts: i32,
+        now: DateTime<Utc>,
+    ) -> Vec<BookingEvent> {
+        if !self.pending() {
+            return vec![];
+        }
+        let mut events = vec![BookingEvent::PaymentDeclined { failure_code, client_error }];
+        let failures = self.client_failures + i32::from(client_error);
+        if failures >= max_attempts {
+            events.push(BookingEvent::BookingFailed {
+                of: self.reference(),
+                failed_attempts: failures,
+                failed_at: now,
+            });
+        }
+        events
+    }
+
+    /// A payment that came after the booking ended is given back; nothing
+    /// is given back for an unpaid booking, and a sale is final.
+    fn record_refund(&self, now: DateTime<Utc>) -> Result<Vec<BookingEvent>, BookingRejection> {
+        match self.status {
+            BookingStatus::Refunded => Ok(vec![]),
+            BookingStatus::Cancelled | BookingStatus::Expired | BookingStatus::Failed => {
+                Ok(vec![BookingEvent::BookingRefunded { refunded_at: now }])
+            }
+            BookingStatus::Pending | BookingStatus::Confirmed => Err(BookingRejection::NotRefundable),
+        }
+    }
+
+    /// The sweeper ends a pending booking whose hold lapsed with no charge running.
+    fn expire(&self, now: DateTime<Utc>) -> Vec<BookingEvent> {
+        if self.pending() && !self.hold_is_live(now) && !self.payment_in_progress(now) {
+            vec![BookingEvent::BookingExpired { of: self.reference(), expired_at: now }]
+        } else {
+            vec![]
+        }
+    }
+}
+
+impl kernel::event_store::DomainEvent for BookingEvent {
     fn event_type(&self) -> &'static str {
         BookingEvent::event_type(self)
     }
@@ -503,10 +544,10 @@ impl shared::event_store::DomainEvent for BookingEvent {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use shared::aggregate::Aggregate;
+    use kernel::aggregate::Aggregate;
 
     fn t(secs: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(1_800_000_000 + secs, 0).single().unwrap_or_default()
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).single().unwrap()
     }
 
     fn created() -> SeatLocked {
@@ -552,7 +593,7 @@ mod tests {
 
     /// Given `history`, when `command`, then the result.
     fn given(history: &[BookingEvent], command: BookingCommand) -> Result<Vec<BookingEvent>, BookingRejection> {
-        decide(Booking::replay(history).as_ref(), command)
+        Booking::decide(Booking::replay(history).as_ref(), command)
     }
 
     fn admit(now: i64) -> BookingCommand {
@@ -816,7 +857,7 @@ mod tests {
     #[test]
     fn events_round_trip_through_json_with_their_type_tag() {
         let event = BookingEvent::SeatLocked(created());
-        let json = serde_json::to_value(&event).unwrap_or_default();
+        let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["type"], "SeatLocked");
         assert_eq!(serde_json::from_value::<BookingEvent>(json).ok(), Some(event));
     }

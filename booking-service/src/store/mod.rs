@@ -1,8 +1,10 @@
 //! PostgreSQL adapters of the booking-service: the catalog, the seat holds
 //! that enforce "no seat sold twice", and the projections behind the read
-//! endpoints. Booking streams are loaded and appended by `shared::aggregate`.
+//! endpoints, and what a booking's events change in them (`effects`).
+//! Booking streams are loaded and appended by `kernel::aggregate`.
 
 pub mod catalog;
+pub mod effects;
 pub mod holds;
 pub mod views;
 

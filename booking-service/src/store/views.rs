@@ -10,10 +10,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use shared::{
-    event_store::StoredEvent,
-    projection::{Projection, ProjectionError},
-};
+use kernel::event_store::StoredEvent;
+use kernel::projection::Projection;
+use kernel::projection::ProjectionError;
 use sqlx::PgConnection;
 
 use crate::domain::booking::{BookingEvent, BookingStatus};
@@ -72,7 +71,7 @@ impl Projection for BookingViews {
     }
 
     async fn apply(&self, conn: &mut PgConnection, stored: &StoredEvent) -> Result<(), ProjectionError> {
-        if stored.stream_type != <crate::domain::booking::Booking as shared::aggregate::Aggregate>::STREAM_TYPE {
+        if stored.stream_type != <crate::domain::booking::Booking as kernel::aggregate::Aggregate>::STREAM_TYPE {
             return Ok(());
         }
         let event: BookingEvent = stored.decode().map_err(|e| ProjectionError::decode(stored, e))?;

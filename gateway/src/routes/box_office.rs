@@ -54,7 +54,7 @@ pub async fn dev_token(
     if !valid {
         return Err(ApiError::bad_request("userId must be 1-64 letters, digits, '_', '-' or '.'."));
     }
-    let token = shared::auth::issue_token(secret, &user, false, 3600).map_err(|error| {
+    let token = edge::auth::issue_token(secret, &user, false, 3600).map_err(|error| {
         tracing::error!(%error, "signing a dev token");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
     })?;

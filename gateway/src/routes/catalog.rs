@@ -133,7 +133,7 @@ pub async fn register_performance(
     let request = pb::RegisterPerformanceRequest {
         performance_id,
         title: body.title.unwrap_or_default(),
-        starts_at: starts_at.map(shared::topics::timestamp),
+        starts_at: starts_at.map(proto::time::timestamp),
         rows: rows.into_iter().map(|r| pb::SeatRow { row: r.row, seats: r.seats, price: r.price }).collect(),
         ..Default::default()
     };

@@ -15,17 +15,16 @@ pub fn grpc_request<T>(message: T, headers: &HeaderMap) -> tonic::Request<T> {
     // The caller's own token (verified by the `AuthUser` extractor): the
     // services verify it again and take the caller from it, not from us.
     if let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(token) = shared::auth::bearer(value) {
-            shared::grpc::forward_bearer(&mut request, token);
+        if let Some(token) = edge::auth::bearer(value) {
+            edge::wire::forward_bearer(&mut request, token);
         }
     }
-    if let Some(value) =
-        headers.get(shared::grpc::REQUEST_ID).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    if let Some(value) = headers.get(edge::wire::REQUEST_ID).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
     {
-        request.metadata_mut().insert(shared::grpc::REQUEST_ID, value);
+        request.metadata_mut().insert(edge::wire::REQUEST_ID, value);
     }
     // The handler runs inside the request's span: its context goes along.
-    shared::trace_context::inject_grpc(request.metadata_mut());
+    edge::trace_context::inject_grpc(request.metadata_mut());
     request
 }
 
@@ -36,11 +35,11 @@ pub fn idempotent_grpc_request<T>(
 ) -> Result<tonic::Request<T>, crate::error::ApiError> {
     let mut request = grpc_request(message, headers);
     if let Some(value) = headers.get("idempotency-key") {
-        let key = value.to_str().ok().filter(|k| shared::idempotency::valid_key(k));
+        let key = value.to_str().ok().filter(|k| edge::wire::valid_idempotency_key(k));
         let Some(key) = key.and_then(|k| k.parse().ok()) else {
             return Err(crate::error::ApiError::bad_request("Idempotency-Key must be 1-255 visible ASCII characters."));
         };
-        request.metadata_mut().insert(shared::idempotency::METADATA_KEY, key);
+        request.metadata_mut().insert(edge::wire::IDEMPOTENCY_KEY, key);
     }
     Ok(request)
 }
@@ -48,7 +47,7 @@ pub fn idempotent_grpc_request<T>(
 /// `Idempotent-Replayed: true` when the service replayed a stored outcome.
 pub fn replay_headers(metadata: &tonic::metadata::MetadataMap) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    if metadata.contains_key(shared::idempotency::REPLAYED_METADATA) {
+    if metadata.contains_key(edge::wire::REPLAYED) {
         headers.insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
     }
     headers

@@ -42,7 +42,7 @@ struct Viewer {
     first: Option<Bytes>,
     /// The token's expiry plus the verifiers' leeway.
     until: tokio::time::Instant,
-    shutting_down: shared::shutdown::Shutdown,
+    shutting_down: edge::shutdown::Shutdown,
 }
 
 /// `GET /performances/{id}/seats/stream`: the seat map, live.
@@ -59,7 +59,7 @@ pub async fn seat_stream(
     let now = &map.state;
     let resumed = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let first = (resumed != Some(now.version.as_str())).then(|| now.snapshot.clone());
-    let left = u64::try_from(user.expires_at - chrono::Utc::now().timestamp()).unwrap_or(0) + shared::auth::LEEWAY_SECS;
+    let left = u64::try_from(user.expires_at - chrono::Utc::now().timestamp()).unwrap_or(0) + edge::auth::LEEWAY_SECS;
     let viewer = Viewer {
         viewing,
         shown: now.version.clone(),

@@ -364,110 +364,203 @@ pub enum PaymentRejection {
     ChargeInProgress,
 }
 
-/// Decides what happens when `command` meets `state`.
-pub fn decide(state: Option<&PaymentIntent>, command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentRejection> {
-    use PaymentCommand as C;
-    use PaymentEvent as E;
-    let Some(intent) = state else {
-        return match command {
-            C::Create(created) => Ok(vec![E::PaymentIntentCreated(created)]),
-            _ => Err(PaymentRejection::NotFound),
-        };
-    };
-    let c = &intent.created;
-    match command {
-        C::Create(_) => Err(PaymentRejection::AlreadyExists),
-        C::RequestCharge { user_id, now, safety_margin, max_attempts, payment_method_token, idempotency_key } => {
-            if user_id != c.user_id {
-                Err(PaymentRejection::NotOwner)
-            } else if intent.status != IntentStatus::RequiresPayment {
-                Err(PaymentRejection::AlreadyProcessed)
-            } else if intent.pending_charge.is_some() {
-                Err(PaymentRejection::ChargeInProgress)
-            } else if intent.booking_end.is_some()
-                || intent.client_failures >= max_attempts
-                || now + safety_margin >= c.payable_until
-            {
-                Err(PaymentRejection::NotPayable)
-            } else {
-                let attempt = intent.charge_attempts + 1;
-                Ok(vec![E::ChargeRequested {
-                    attempt,
-                    attempt_key: attempt_key(&c.payment_intent_id, attempt),
-                    payment_method_token,
-                    idempotency_key,
-                    requested_at: now,
-                }])
-            }
-        }
-        C::AbandonCharge { attempt, reason } => match &intent.pending_charge {
-            Some(pending) if pending.attempt == attempt => Ok(vec![E::ChargeAbandoned { attempt, reason }]),
-            _ => Ok(vec![]),
-        },
-        C::RecordOutcome { attempt, outcome } => {
-            let Some(pending) = intent.pending_charge.as_ref().filter(|p| p.attempt == attempt) else {
-                // Recorded already (a retry after a lost commit, or the
-                // reconciler got there first): nothing to add.
-                return Ok(vec![]);
+/// Payment intents are event-sourced aggregates: `decide` hands each
+/// command to its rule below, `apply` folds an event; both pure.
+impl kernel::aggregate::Aggregate for PaymentIntent {
+    const STREAM_TYPE: &'static str = "payment_intent";
+    type Event = PaymentEvent;
+    type Command = PaymentCommand;
+    type Rejection = PaymentRejection;
+
+    fn decide(state: Option<&Self>, command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentRejection> {
+        use PaymentCommand as C;
+        let Some(intent) = state else {
+            return match command {
+                C::Create(created) => Ok(vec![PaymentEvent::PaymentIntentCreated(created)]),
+                _ => Err(PaymentRejection::NotFound),
             };
-            if intent.status != IntentStatus::RequiresPayment {
-                // Never a second capture.
-                return Err(PaymentRejection::AlreadyProcessed);
+        };
+        match command {
+            C::Create(_) => Err(PaymentRejection::AlreadyExists),
+            C::RequestCharge { user_id, now, safety_margin, max_attempts, payment_method_token, idempotency_key } => {
+                intent.request_charge(&user_id, now, safety_margin, max_attempts, payment_method_token, idempotency_key)
             }
-            let payment_method_token = pending.payment_method_token.clone();
-            match outcome {
-                PspOutcome::Success { processed_at } => {
-                    let mut events = vec![E::PaymentSucceeded {
-                        attempt,
-                        booking_id: c.booking_id.clone(),
-                        user_id: c.user_id.clone(),
-                        amount: c.amount,
-                        currency: c.currency.clone(),
-                        payment_method_token,
-                        processed_at,
-                    }];
-                    if intent.booking_end.is_some() {
-                        // The booking ended while the PSP was charging.
-                        events.push(E::PaymentRefundRequested { requested_at: processed_at });
-                    }
-                    Ok(events)
+            C::AbandonCharge { attempt, reason } => Ok(intent.abandon_charge(attempt, reason)),
+            C::RecordOutcome { attempt, outcome } => intent.record_outcome(attempt, outcome),
+            C::BookingEnded { end, now } => Ok(intent.booking_ended(end, now)),
+            C::RecordRefund { outcome, max_attempts } => Ok(intent.record_refund(outcome, max_attempts)),
+        }
+    }
+
+    fn apply(state: Option<Self>, event: &PaymentEvent) -> Option<Self> {
+        let Some(mut intent) = state else {
+            return match event {
+                PaymentEvent::PaymentIntentCreated(created) => Some(PaymentIntent {
+                    created: created.clone(),
+                    status: IntentStatus::RequiresPayment,
+                    client_failures: 0,
+                    booking_end: None,
+                    refund_attempts: 0,
+                    charge_attempts: 0,
+                    pending_charge: None,
+                }),
+                _ => None,
+            };
+        };
+        match event {
+            PaymentEvent::PaymentIntentCreated(_) => {}
+            PaymentEvent::ChargeRequested {
+                attempt,
+                attempt_key,
+                payment_method_token,
+                idempotency_key,
+                requested_at,
+            } => {
+                intent.charge_attempts = *attempt;
+                intent.pending_charge = Some(PendingCharge {
+                    attempt: *attempt,
+                    attempt_key: attempt_key.clone(),
+                    payment_method_token: payment_method_token.clone(),
+                    idempotency_key: idempotency_key.clone(),
+                    requested_at: *requested_at,
+                });
+            }
+            PaymentEvent::ChargeAbandoned { .. } => intent.pending_charge = None,
+            PaymentEvent::PaymentSucceeded { .. } => {
+                intent.status = IntentStatus::Succeeded;
+                intent.pending_charge = None;
+            }
+            PaymentEvent::PaymentFailed { client_failures, .. } => {
+                intent.client_failures = *client_failures;
+                intent.pending_charge = None;
+            }
+            PaymentEvent::PaymentIntentClosed { booking_end, .. } => intent.booking_end = Some(*booking_end),
+            PaymentEvent::PaymentRefundRequested { .. } => intent.status = IntentStatus::RefundPending,
+            PaymentEvent::RefundAttemptFailed { attempt, .. } => intent.refund_attempts = *attempt,
+            PaymentEvent::RefundNeedsReview { .. } => intent.status = IntentStatus::RefundNeedsReview,
+            PaymentEvent::PaymentRefunded { .. } => intent.status = IntentStatus::Refunded,
+        }
+        Some(intent)
+    }
+}
+
+/// The rules, one per command on an existing intent.
+impl PaymentIntent {
+    /// The owner may start a charge while the intent is payable and no
+    /// other attempt is with the PSP.
+    fn request_charge(
+        &self,
+        user_id: &str,
+        now: DateTime<Utc>,
+        safety_margin: chrono::Duration,
+        max_attempts: i32,
+        payment_method_token: String,
+        idempotency_key: Option<String>,
+    ) -> Result<Vec<PaymentEvent>, PaymentRejection> {
+        let c = &self.created;
+        if user_id != c.user_id {
+            Err(PaymentRejection::NotOwner)
+        } else if self.status != IntentStatus::RequiresPayment {
+            Err(PaymentRejection::AlreadyProcessed)
+        } else if self.pending_charge.is_some() {
+            Err(PaymentRejection::ChargeInProgress)
+        } else if self.booking_end.is_some()
+            || self.client_failures >= max_attempts
+            || now + safety_margin >= c.payable_until
+        {
+            Err(PaymentRejection::NotPayable)
+        } else {
+            let attempt = self.charge_attempts + 1;
+            Ok(vec![PaymentEvent::ChargeRequested {
+                attempt,
+                attempt_key: attempt_key(&c.payment_intent_id, attempt),
+                payment_method_token,
+                idempotency_key,
+                requested_at: now,
+            }])
+        }
+    }
+
+    /// A charge that never reached the PSP is given up.
+    fn abandon_charge(&self, attempt: i32, reason: String) -> Vec<PaymentEvent> {
+        match &self.pending_charge {
+            Some(pending) if pending.attempt == attempt => vec![PaymentEvent::ChargeAbandoned { attempt, reason }],
+            _ => vec![],
+        }
+    }
+
+    /// The PSP's answer to the pending attempt; a success after the booking
+    /// ended is refunded at once.
+    fn record_outcome(&self, attempt: i32, outcome: PspOutcome) -> Result<Vec<PaymentEvent>, PaymentRejection> {
+        let c = &self.created;
+        let Some(pending) = self.pending_charge.as_ref().filter(|p| p.attempt == attempt) else {
+            // Recorded already (a retry after a lost commit, or the
+            // reconciler got there first): nothing to add.
+            return Ok(vec![]);
+        };
+        if self.status != IntentStatus::RequiresPayment {
+            // Never a second capture.
+            return Err(PaymentRejection::AlreadyProcessed);
+        }
+        let payment_method_token = pending.payment_method_token.clone();
+        match outcome {
+            PspOutcome::Success { processed_at } => {
+                let mut events = vec![PaymentEvent::PaymentSucceeded {
+                    attempt,
+                    booking_id: c.booking_id.clone(),
+                    user_id: c.user_id.clone(),
+                    amount: c.amount,
+                    currency: c.currency.clone(),
+                    payment_method_token,
+                    processed_at,
+                }];
+                if self.booking_end.is_some() {
+                    // The booking ended while the PSP was charging.
+                    events.push(PaymentEvent::PaymentRefundRequested { requested_at: processed_at });
                 }
-                PspOutcome::Failure { failure_code, failure_concept, processed_at } => Ok(vec![E::PaymentFailed {
+                Ok(events)
+            }
+            PspOutcome::Failure { failure_code, failure_concept, processed_at } => {
+                Ok(vec![PaymentEvent::PaymentFailed {
                     attempt,
                     booking_id: c.booking_id.clone(),
                     user_id: c.user_id.clone(),
                     failure_code,
                     failure_concept,
-                    client_failures: intent.client_failures + i32::from(failure_concept == FailureConcept::ClientError),
+                    client_failures: self.client_failures + i32::from(failure_concept == FailureConcept::ClientError),
                     processed_at,
-                }]),
+                }])
             }
         }
-        C::BookingEnded { end, now } => {
-            if intent.booking_end.is_some() {
-                return Ok(vec![]);
-            }
-            let mut events = vec![E::PaymentIntentClosed { booking_end: end, closed_at: now }];
-            if intent.status == IntentStatus::Succeeded {
-                // Paid, but the booking ended (late payment): give the money back.
-                events.push(E::PaymentRefundRequested { requested_at: now });
-            }
-            Ok(events)
+    }
+
+    /// The booking ended: the intent closes; money already taken goes back.
+    fn booking_ended(&self, end: BookingEnd, now: DateTime<Utc>) -> Vec<PaymentEvent> {
+        if self.booking_end.is_some() {
+            return vec![];
         }
-        C::RecordRefund { outcome, max_attempts } => {
-            if intent.status != IntentStatus::RefundPending {
-                return Ok(vec![]);
-            }
-            match outcome {
-                RefundOutcome::Refunded { processed_at } => Ok(vec![refund(intent, processed_at)]),
-                RefundOutcome::Failed { reason } => {
-                    let attempt = intent.refund_attempts + 1;
-                    let mut events = vec![E::RefundAttemptFailed { attempt, reason: reason.clone() }];
-                    if attempt >= max_attempts {
-                        events.push(E::RefundNeedsReview { attempts: attempt, reason });
-                    }
-                    Ok(events)
+        let mut events = vec![PaymentEvent::PaymentIntentClosed { booking_end: end, closed_at: now }];
+        if self.status == IntentStatus::Succeeded {
+            // Paid, but the booking ended (late payment): give the money back.
+            events.push(PaymentEvent::PaymentRefundRequested { requested_at: now });
+        }
+        events
+    }
+
+    /// The PSP's answer to a refund; too many failures need a person.
+    fn record_refund(&self, outcome: RefundOutcome, max_attempts: i32) -> Vec<PaymentEvent> {
+        if self.status != IntentStatus::RefundPending {
+            return vec![];
+        }
+        match outcome {
+            RefundOutcome::Refunded { processed_at } => vec![refund(self, processed_at)],
+            RefundOutcome::Failed { reason } => {
+                let attempt = self.refund_attempts + 1;
+                let mut events = vec![PaymentEvent::RefundAttemptFailed { attempt, reason: reason.clone() }];
+                if attempt >= max_attempts {
+                    events.push(PaymentEvent::RefundNeedsReview { attempts: attempt, reason });
                 }
+                events
             }
         }
     }
@@ -483,76 +576,7 @@ fn refund(intent: &PaymentIntent, at: DateTime<Utc>) -> PaymentEvent {
     }
 }
 
-/// Folds one event into the state.
-pub fn apply(state: Option<PaymentIntent>, event: &PaymentEvent) -> Option<PaymentIntent> {
-    match (state, event) {
-        (None, PaymentEvent::PaymentIntentCreated(created)) => Some(PaymentIntent {
-            created: created.clone(),
-            status: IntentStatus::RequiresPayment,
-            client_failures: 0,
-            booking_end: None,
-            refund_attempts: 0,
-            charge_attempts: 0,
-            pending_charge: None,
-        }),
-        (None, _) => None,
-        (Some(mut intent), event) => {
-            match event {
-                PaymentEvent::PaymentIntentCreated(_) => {}
-                PaymentEvent::ChargeRequested {
-                    attempt,
-                    attempt_key,
-                    payment_method_token,
-                    idempotency_key,
-                    requested_at,
-                } => {
-                    intent.charge_attempts = *attempt;
-                    intent.pending_charge = Some(PendingCharge {
-                        attempt: *attempt,
-                        attempt_key: attempt_key.clone(),
-                        payment_method_token: payment_method_token.clone(),
-                        idempotency_key: idempotency_key.clone(),
-                        requested_at: *requested_at,
-                    });
-                }
-                PaymentEvent::ChargeAbandoned { .. } => intent.pending_charge = None,
-                PaymentEvent::PaymentSucceeded { .. } => {
-                    intent.status = IntentStatus::Succeeded;
-                    intent.pending_charge = None;
-                }
-                PaymentEvent::PaymentFailed { client_failures, .. } => {
-                    intent.client_failures = *client_failures;
-                    intent.pending_charge = None;
-                }
-                PaymentEvent::PaymentIntentClosed { booking_end, .. } => intent.booking_end = Some(*booking_end),
-                PaymentEvent::PaymentRefundRequested { .. } => intent.status = IntentStatus::RefundPending,
-                PaymentEvent::RefundAttemptFailed { attempt, .. } => intent.refund_attempts = *attempt,
-                PaymentEvent::RefundNeedsReview { .. } => intent.status = IntentStatus::RefundNeedsReview,
-                PaymentEvent::PaymentRefunded { .. } => intent.status = IntentStatus::Refunded,
-            }
-            Some(intent)
-        }
-    }
-}
-
-/// Payment intents are event-sourced aggregates: the stream type, the
-/// types, and the pure `decide` / `apply` above.
-impl shared::aggregate::Aggregate for PaymentIntent {
-    const STREAM_TYPE: &'static str = "payment_intent";
-    type Event = PaymentEvent;
-    type Command = PaymentCommand;
-    type Rejection = PaymentRejection;
-
-    fn decide(state: Option<&Self>, command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentRejection> {
-        decide(state, command)
-    }
-
-    fn apply(state: Option<Self>, event: &PaymentEvent) -> Option<Self> {
-        apply(state, event)
-    }
-}
-
-impl shared::event_store::DomainEvent for PaymentEvent {
+impl kernel::event_store::DomainEvent for PaymentEvent {
     fn event_type(&self) -> &'static str {
         PaymentEvent::event_type(self)
     }
@@ -579,10 +603,10 @@ impl shared::event_store::DomainEvent for PaymentEvent {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use shared::aggregate::Aggregate;
+    use kernel::aggregate::Aggregate;
 
     fn t(secs: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(1_800_000_000 + secs, 0).single().unwrap_or_default()
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).single().unwrap()
     }
 
     fn created() -> IntentCreated {
@@ -598,7 +622,7 @@ mod tests {
     }
 
     fn given(history: &[PaymentEvent], command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentRejection> {
-        decide(PaymentIntent::replay(history).as_ref(), command)
+        PaymentIntent::decide(PaymentIntent::replay(history).as_ref(), command)
     }
 
     fn check(user: &str, now: i64) -> PaymentCommand {
@@ -622,7 +646,7 @@ mod tests {
 
     fn apply_all(history: &[PaymentEvent], command: PaymentCommand) -> Vec<PaymentEvent> {
         let mut all = history.to_vec();
-        all.extend(given(history, command).unwrap_or_default());
+        all.extend(given(history, command).unwrap());
         all
     }
 
@@ -698,7 +722,7 @@ mod tests {
         // The attempt was requested before the booking ended.
         let requested = apply_all(&[PaymentEvent::PaymentIntentCreated(created())], check("user_123", 4));
         let ended = apply_all(&requested, PaymentCommand::BookingEnded { end: BookingEnd::Expired, now: t(5) });
-        let events = given(&ended, PaymentCommand::RecordOutcome { attempt: 1, outcome: ok(6) }).unwrap_or_default();
+        let events = given(&ended, PaymentCommand::RecordOutcome { attempt: 1, outcome: ok(6) }).unwrap();
         assert!(matches!(
             events.as_slice(),
             [PaymentEvent::PaymentSucceeded { .. }, PaymentEvent::PaymentRefundRequested { .. }]
@@ -710,7 +734,7 @@ mod tests {
     fn a_booking_that_ends_after_it_was_paid_refunds_once() {
         let paid = pay(&[PaymentEvent::PaymentIntentCreated(created())], ok(20));
         let ended = PaymentCommand::BookingEnded { end: BookingEnd::Expired, now: t(30) };
-        let events = given(&paid, ended.clone()).unwrap_or_default();
+        let events = given(&paid, ended.clone()).unwrap();
         assert!(matches!(
             events.as_slice(),
             [PaymentEvent::PaymentIntentClosed { .. }, PaymentEvent::PaymentRefundRequested { .. }]

@@ -1,7 +1,9 @@
 //! PostgreSQL adapters of the payment-service: the ledger and the work
-//! queues of the reconciler and the refund worker. Intent streams are loaded
-//! and appended by `shared::aggregate`.
+//! queues of the reconciler and the refund worker, and what an intent's
+//! events change in them (`effects`). Intent streams are loaded and
+//! appended by `kernel::aggregate`.
 
+pub mod effects;
 pub mod ledger;
 pub mod work;
 

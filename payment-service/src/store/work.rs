@@ -140,7 +140,7 @@ pub async fn intent_of_booking(conn: &mut PgConnection, booking_id: &str) -> Res
         "select stream_id from events where stream_type = $1 and stream_version = 1 \
            and payload->>'booking_id' = $2 limit 1",
     )
-    .bind(<crate::domain::intent::PaymentIntent as shared::aggregate::Aggregate>::STREAM_TYPE)
+    .bind(<crate::domain::intent::PaymentIntent as kernel::aggregate::Aggregate>::STREAM_TYPE)
     .bind(booking_id)
     .fetch_optional(conn)
     .await

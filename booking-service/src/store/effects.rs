@@ -1,0 +1,45 @@
+//! What a booking's events change besides its stream, in the same
+//! transaction: its user's booking list, the seat holds that keep a seat
+//! from being sold twice, and the booking metrics.
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+
+use crate::{
+    domain::booking::{Booking, BookingEvent},
+    error::BookingError,
+    store::{holds, views},
+};
+
+/// The booking-service's [`kernel::aggregate::Effects`] of a booking.
+pub struct BookingEffects;
+
+#[async_trait]
+impl kernel::aggregate::Effects<Booking> for BookingEffects {
+    type Error = BookingError;
+
+    async fn follow(
+        &self,
+        conn: &mut PgConnection,
+        id: &str,
+        version: i64,
+        event: &BookingEvent,
+        after: &Booking,
+    ) -> Result<(), BookingError> {
+        views::follow(conn, id, version, event).await?;
+        let outcome = match event {
+            BookingEvent::SeatLocked(_) => Some("created"),
+            BookingEvent::BookingConfirmed { .. } => Some("confirmed"),
+            BookingEvent::BookingCancelled { .. } => Some("cancelled"),
+            BookingEvent::BookingExpired { .. } => Some("expired"),
+            BookingEvent::BookingFailed { .. } => Some("failed"),
+            BookingEvent::BookingRefunded { .. } => Some("refunded"),
+            BookingEvent::PaymentAdmitted { .. } | BookingEvent::PaymentDeclined { .. } => None,
+        };
+        if let Some(outcome) = outcome {
+            metrics::counter!("bookings_total", "outcome" => outcome).increment(1);
+        }
+        holds::follow(conn, after, event).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,277 @@
+//! The relay's loop: one active relay per database (a session advisory
+//! lock), reading the global log past what it sent, sending what may go
+//! now, and moving its checkpoint only over batches acknowledged with all
+//! before them.
+
+use std::{collections::VecDeque, time::Duration};
+
+use edge::shutdown::{sleep_or_shutdown, Shutdown};
+use kernel::global_log::{self, LogPosition, WakeUp};
+use sqlx::{PgConnection, PgPool};
+
+use super::{
+    order::{ready_records, Unacknowledged},
+    producer::{send_batch, Delivery, RelayProducer},
+    IntegrationMapper, RelaySettings,
+};
+
+/// Publishes the event store to Kafka until `shutdown`, then flushes.
+/// `leading` is true while this relay is the database's active publisher
+/// (its process then needs no notification of its own commits).
+pub async fn run_relay(
+    pool: PgPool,
+    mut producer: RelayProducer,
+    mapper: impl IntegrationMapper,
+    settings: RelaySettings,
+    leading: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    shutdown: Shutdown,
+) {
+    let lock_key = kernel::advisory_key(&format!("outbox-relay:{}", settings.name));
+    let mut wake = WakeUp::listening(&pool, settings.poll_interval).await;
+    while !shutdown.is_cancelled() {
+        let Some(leader) = acquire_leadership(&pool, lock_key, &shutdown).await else {
+            break;
+        };
+        tracing::info!(relay = settings.name, "outbox relay is the active publisher");
+        leading.store(true, std::sync::atomic::Ordering::Relaxed);
+        let published =
+            publish_while_leader(&pool, &mut producer, &mapper, &settings, &mut wake, leader, &shutdown).await;
+        leading.store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Err(error) = published {
+            tracing::error!(relay = settings.name, %error, "outbox relay interrupted; resuming from its checkpoint");
+            if !sleep_or_shutdown(settings.retry_backoff, &shutdown).await {
+                break;
+            }
+        }
+    }
+    producer.flush().await;
+    tracing::info!(relay = settings.name, "outbox relay stopped");
+}
+
+/// Waits until this process holds the relay's advisory lock; `None` on
+/// shutdown. The lock lives on a connection detached from the pool, so
+/// whatever ends the relay (shutdown, abort, crash) closes the session and
+/// releases the lock; a pooled connection would keep it after an abort.
+async fn acquire_leadership(pool: &PgPool, key: i64, shutdown: &Shutdown) -> Option<PgConnection> {
+    loop {
+        let attempt = async {
+            let mut conn = pool.acquire().await?.detach();
+            let locked: bool =
+                sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(key).fetch_one(&mut conn).await?;
+            Ok::<_, sqlx::Error>(locked.then_some(conn))
+        };
+        match attempt.await {
+            Ok(Some(conn)) => return Some(conn),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "outbox relay cannot reach PostgreSQL"),
+        }
+        if !sleep_or_shutdown(Duration::from_secs(1), shutdown).await {
+            return None;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("event store: {0}")]
+    Store(#[from] kernel::event_store::EventStoreError),
+    #[error("leadership lost")]
+    LeadershipLost,
+}
+
+/// How often an idle relay proves its leadership connection alive.
+const PROVE_LEADERSHIP_EVERY: Duration = Duration::from_secs(10);
+
+/// Batches sent and not yet fully acknowledged at once: the relay reads and
+/// sends the next batch while the broker acknowledges the earlier ones.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
+/// A sent batch: where the checkpoint moves once all of it is acknowledged,
+/// when its events were recorded (for the publish-latency histogram), the
+/// keys it holds records of, and its delivery.
+struct SentBatch {
+    last: LogPosition,
+    recorded: Vec<chrono::DateTime<chrono::Utc>>,
+    keys: Vec<String>,
+    delivery: std::pin::Pin<Box<dyn std::future::Future<Output = Delivery> + Send>>,
+}
+
+/// One leadership term's state: what is sent, what is acknowledged, and
+/// what is in flight between them.
+struct Publisher<'a, M> {
+    pool: &'a PgPool,
+    producer: &'a mut RelayProducer,
+    mapper: &'a M,
+    settings: &'a RelaySettings,
+    /// Acknowledged with everything before it: where a resend starts.
+    checkpoint: LogPosition,
+    /// Everything up to here is in `in_flight` or acknowledged.
+    sent: LogPosition,
+    in_flight: VecDeque<SentBatch>,
+    unacknowledged: Unacknowledged,
+    /// The next event's key has a record in flight: read again only after an ack.
+    blocked: bool,
+    /// Failed batches in a row.
+    failures: u32,
+}
+
+/// What became of a delivery.
+#[derive(PartialEq, Eq)]
+enum Settled {
+    /// The checkpoint moved.
+    Acknowledged,
+    /// Everything in flight is dropped; send again from the checkpoint after a pause.
+    SendAgain,
+}
+
+impl<M: IntegrationMapper> Publisher<'_, M> {
+    fn has_room(&self) -> bool {
+        self.in_flight.len() < MAX_BATCHES_IN_FLIGHT && !self.blocked
+    }
+
+    /// Reads past what is sent and sends what may go now; false when the
+    /// log had nothing more.
+    async fn send_next(&mut self, wake: &mut WakeUp) -> Result<bool, RelayError> {
+        let batch = {
+            let mut conn = self.pool.acquire().await?;
+            let read = global_log::read_after(&mut conn, self.sent, self.settings.batch_size).await?;
+            wake.held_back(read.held_back);
+            read.events
+        };
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        let ready = ready_records(self.mapper, self.settings, &batch, &self.unacknowledged);
+        self.blocked = ready.blocked;
+        let Some(last) = ready.upto.checked_sub(1).and_then(|i| batch.get(i)) else {
+            return Ok(true);
+        };
+        let last = LogPosition::of(last);
+        let keys: Vec<String> = ready.records.iter().map(|(_, record)| record.key.clone()).collect();
+        let delivery = match (ready.unmappable, self.producer.get()) {
+            (true, _) => Box::pin(std::future::ready(Delivery::Unmappable)),
+            (false, Ok(current)) => send_batch(current, &ready.records),
+            (false, Err(error)) => {
+                tracing::warn!(%error, "outbox relay cannot build a Kafka producer");
+                Box::pin(std::future::ready(Delivery::Failed { fatal: false }))
+            }
+        };
+        self.unacknowledged.sent(&keys);
+        let recorded = batch.iter().take(ready.upto).map(|e| e.recorded_at).collect();
+        self.in_flight.push_back(SentBatch { last, recorded, keys, delivery });
+        self.sent = last;
+        Ok(true)
+    }
+
+    /// Takes the oldest batch's delivery report.
+    async fn settle(&mut self, delivered: Delivery) -> Result<Settled, RelayError> {
+        self.blocked = false;
+        if let Delivery::All = delivered {
+            self.failures = 0;
+            let Some(done) = self.in_flight.pop_front() else { return Ok(Settled::Acknowledged) };
+            self.unacknowledged.acknowledged(&done.keys);
+            let mut conn = self.pool.acquire().await?;
+            global_log::save_checkpoint(&mut conn, &self.settings.name, done.last).await?;
+            self.checkpoint = done.last;
+            record_published(&mut conn, self.settings, self.checkpoint, &done.recorded).await?;
+            return Ok(Settled::Acknowledged);
+        }
+        // Never skip: send again from the checkpoint (what followed the
+        // failed batch may arrive twice). A record that cannot be mapped
+        // stalls the relay loudly instead.
+        self.in_flight.clear();
+        self.unacknowledged = Unacknowledged::default();
+        self.sent = self.checkpoint;
+        if let Delivery::Failed { fatal } = delivered {
+            self.failures += 1;
+            if fatal {
+                self.producer.rebuild(&self.settings.name, "fatal producer error");
+                self.failures = 0;
+            } else if self.failures >= self.settings.rebuild_after_failures {
+                self.producer.rebuild(&self.settings.name, "batches keep failing");
+                self.failures = 0;
+            }
+        }
+        Ok(Settled::SendAgain)
+    }
+}
+
+async fn publish_while_leader(
+    pool: &PgPool,
+    producer: &mut RelayProducer,
+    mapper: &impl IntegrationMapper,
+    settings: &RelaySettings,
+    wake: &mut WakeUp,
+    mut leader: PgConnection,
+    shutdown: &Shutdown,
+) -> Result<(), RelayError> {
+    let checkpoint = {
+        let mut conn = pool.acquire().await?;
+        global_log::load_checkpoint(&mut conn, &settings.name).await?
+    };
+    let mut publisher = Publisher {
+        pool,
+        producer,
+        mapper,
+        settings,
+        checkpoint,
+        sent: checkpoint,
+        in_flight: VecDeque::new(),
+        unacknowledged: Unacknowledged::default(),
+        blocked: false,
+        failures: 0,
+    };
+    let mut last_proof = tokio::time::Instant::now();
+    while !shutdown.is_cancelled() {
+        if publisher.has_room() && publisher.send_next(wake).await? {
+            continue;
+        }
+        let room = publisher.has_room();
+        let Some(head) = publisher.in_flight.front_mut() else {
+            // Idle: prove the lock connection is alive now and then, then sleep until woken.
+            publisher.blocked = false;
+            publisher.producer.let_go_if_idle();
+            if last_proof.elapsed() >= PROVE_LEADERSHIP_EVERY {
+                sqlx::query("select 1").execute(&mut leader).await.map_err(|_| RelayError::LeadershipLost)?;
+                last_proof = tokio::time::Instant::now();
+            }
+            tokio::select! {
+                () = wake.wait() => {}
+                () = shutdown.cancelled() => {}
+            }
+            continue;
+        };
+        // New events committed (or shutdown): send them beside the head.
+        let delivered = tokio::select! {
+            delivered = &mut head.delivery => delivered,
+            () = wake.wait(), if room => continue,
+            () = shutdown.cancelled() => continue,
+        };
+        if publisher.settle(delivered).await? == Settled::SendAgain
+            && !sleep_or_shutdown(settings.retry_backoff, shutdown).await
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Publish latency of the events of an acknowledged batch, and the backlog.
+async fn record_published(
+    conn: &mut PgConnection,
+    settings: &RelaySettings,
+    checkpoint: LogPosition,
+    recorded: &[chrono::DateTime<chrono::Utc>],
+) -> Result<(), sqlx::Error> {
+    let now = chrono::Utc::now();
+    for at in recorded {
+        let age = (now - *at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::histogram!("outbox_publish_seconds", "relay" => settings.name.clone()).record(age);
+    }
+    let head: Option<i64> = sqlx::query_scalar("select max(global_position) from events").fetch_one(conn).await?;
+    let backlog = head.unwrap_or(0).saturating_sub(checkpoint.position).max(0) as f64;
+    metrics::gauge!("outbox_backlog_events", "relay" => settings.name.clone()).set(backlog);
+    Ok(())
+}
