@@ -42,11 +42,11 @@ pub enum Command {
     /// Print a signed HS256 dev JWT for a user.
     Token(TokenArgs),
     /// Create the service databases if missing and run their migrations.
-    Migrate(MigrateArgs),
+    Migrate(StoresArgs),
     /// Rebuild the booking read models from the event store (blue/green swap).
-    RebuildProjections(MigrateArgs),
+    RebuildProjections(StoresArgs),
     /// Check both stores for broken invariants; exits 1 if any is found.
-    Check(MigrateArgs),
+    Check(StoresArgs),
     /// Re-publish the dead letters of a topic to it (after fixing their cause).
     RedriveDlq(RedriveArgs),
     /// Load-test the whole system (started in-process on fresh databases) beside a pgbench baseline.
@@ -240,7 +240,7 @@ pub struct RedriveArgs {
 
 /// `ticketing migrate` and `ticketing rebuild-projections`.
 #[derive(Debug, Args)]
-pub struct MigrateArgs {
+pub struct StoresArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// The booking-service database.

@@ -8,18 +8,18 @@
 //! | `cli.rs` | the clap types: every subcommand and setting |
 //! | `commands/` | what each subcommand does, one module per command |
 //! | `system.rs` | the three components in one process (`dev`, bench, tests) and the broker choice |
-//! | `check.rs` | the invariants `ticketing check` verifies, folded from the event stores |
+//! | `audit.rs` | the invariants `ticketing check` verifies, folded from the event stores |
 //! | `bench/` | the load generator, its pgbench baseline and the report |
 //! | `private_postgres.rs` | `dev`'s own PostgreSQL cluster when none is running |
 
+pub mod audit;
 pub mod bench;
-pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod private_postgres;
 pub mod system;
 
-pub use cli::{BenchArgs, BookingArgs, Cli, Command, DevArgs, MigrateArgs, PaymentArgs, RedriveArgs, TokenArgs};
+pub use cli::{BenchArgs, BookingArgs, Cli, Command, DevArgs, PaymentArgs, RedriveArgs, StoresArgs, TokenArgs};
 pub use commands::{main_with, main_with_subcommand, run};
 pub use system::{dev_secret_path, start_system, DevSystem};
 

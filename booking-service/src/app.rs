@@ -24,14 +24,14 @@ use runtime::service;
 use sqlx::PgPool;
 
 use crate::{
-    bookings::Bookings,
     config::BookingSettings,
     consumer::PaymentEventHandler,
     domain::booking::{self, Booking},
-    events::BookingEventMapper,
     grpc::BookingGrpc,
+    publish::BookingEventMapper,
     store,
     store::views::BookingViews,
+    use_cases::Bookings,
 };
 
 /// A built, not yet running, booking-service.
@@ -123,7 +123,7 @@ impl BookingApp {
                 relay: outbox::RelaySettings::new("booking-outbox", topics::BOOKING_SOURCE),
                 handler: PaymentEventHandler {
                     max_payment_attempts: self.bookings.max_payment_attempts(),
-                    decisions: self.bookings.decisions().clone(),
+                    decision_waiters: self.bookings.decision_waiters().clone(),
                 },
                 consumer,
                 outbox_stall: self.outbox_stall,
@@ -137,7 +137,7 @@ impl BookingApp {
             let pool = pool.clone();
             async move { kernel::aggregate::having_event::<Booking>(&pool, &ids, &booking::DECIDING_EVENTS).await }
         };
-        tasks.push(tokio::spawn(self.bookings.decisions().clone().watch(decided, shutdown.clone())));
+        tasks.push(tokio::spawn(self.bookings.decision_waiters().clone().watch(decided, shutdown.clone())));
         tasks.push(tokio::spawn(sweep(
             self.bookings.on_pool(background.clone()),
             Duration::from_millis(self.settings.sweep_interval_ms),

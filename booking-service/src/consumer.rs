@@ -12,9 +12,9 @@ use proto::time::from_timestamp;
 use sqlx::PgConnection;
 
 use crate::{
-    bookings::{execute_in, record_payment_succeeded},
     domain::booking::{BookingCommand, BookingRejection},
     error::BookingError,
+    use_cases::{execute_in, record_payment_succeeded},
 };
 
 /// Handles payment events inside the inbox transaction, and announces the
@@ -23,7 +23,7 @@ pub struct PaymentEventHandler {
     /// Client-error declines after which a booking fails.
     pub max_payment_attempts: i32,
     /// Who waits for which booking's decision.
-    pub decisions: std::sync::Arc<runtime::arrivals::Arrivals>,
+    pub decision_waiters: std::sync::Arc<runtime::waiters::Waiters>,
 }
 
 /// The payment events this service reacts to, decoded once. Every other
@@ -130,6 +130,6 @@ impl EventHandler for PaymentEventHandler {
             PaymentEventIn::Failed(e) => &e.booking_id,
             PaymentEventIn::Refunded(e) => &e.booking_id,
         };
-        self.decisions.announce(booking_id);
+        self.decision_waiters.announce(booking_id);
     }
 }

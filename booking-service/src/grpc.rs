@@ -17,13 +17,13 @@ use runtime::idempotent::Step;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    bookings::{Bookings, CreatedBooking, NewBooking, NewPerformance},
     domain::{
         booking::{Booking, Caller},
         catalog::RowSpec,
     },
     error::BookingError,
     store::views::BookingRow,
+    use_cases::{Bookings, CreatedBooking, NewBooking, NewPerformance},
 };
 
 /// gRPC front of the booking use cases.

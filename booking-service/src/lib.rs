@@ -3,23 +3,24 @@
 //! | path | what it holds |
 //! |---|---|
 //! | `domain/` | the Booking aggregate (`decide`/`apply`) and catalog rules: pure, no I/O |
-//! | `bookings.rs` | use cases: load → decide → append events + seat holds in one transaction |
+//! | `use_cases.rs` | what callers ask: create, cancel, admit a payment, get, list; each command runs through `kernel::aggregate::execute` |
 //! | `store/holds.rs` | **where "no seat is sold twice" is enforced** (one row per seat) |
-//! | `store/` | catalog, booking streams, projections (`booking_view`, `occupied_seats`) |
-//! | `events.rs` | domain events → public protobuf events on `booking.events.v1` |
+//! | `store/effects.rs` | what a booking's events change besides its stream: the list view, the seat holds |
+//! | `store/` | catalog, seat holds, the `booking_view` read model |
+//! | `publish.rs` | domain events → public protobuf events on `booking.events.v1` |
 //! | `consumer.rs` | reactions to `payment.events.v1` |
 //! | `grpc.rs` | the `BookingService` gRPC adapter |
 //! | `app.rs` | start-up, background tasks, shutdown |
 
 pub mod app;
-pub mod bookings;
 pub mod config;
 pub mod consumer;
 pub mod domain;
 pub mod error;
-pub mod events;
 pub mod grpc;
+pub mod publish;
 pub mod store;
+pub mod use_cases;
 
 pub use app::BookingApp;
 pub use config::BookingSettings;

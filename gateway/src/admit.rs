@@ -15,7 +15,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{auth::AuthUser, error::ApiError, AppState};
+use crate::{auth::AuthUser, error::ApiError, state::AppState};
+
+/// Request bodies above this are refused with 400 (docs/API.md).
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// `POST /performances` accepts up to 1 MiB.
+pub const PERFORMANCE_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Routes whose requests count against their user's rate limit.
 fn rate_limited(method: &Method, path: &str) -> Option<&'static str> {
@@ -50,9 +55,9 @@ pub async fn admit(State(state): State<Arc<AppState>>, request: Request, next: N
 /// The largest body a route accepts.
 fn body_limit(uri: &axum::http::Uri) -> usize {
     if uri.path() == "/performances" {
-        crate::app::PERFORMANCE_BODY_LIMIT
+        PERFORMANCE_BODY_LIMIT
     } else {
-        crate::app::BODY_LIMIT
+        BODY_LIMIT
     }
 }
 

@@ -30,48 +30,11 @@ use crate::{
     error::ApiError,
     openapi::ApiDoc,
     routes::{bookings, box_office, catalog, health, payments, seat_stream},
+    state::AppState,
 };
 
-/// Request bodies above this are refused with 400 (docs/API.md).
-pub const BODY_LIMIT: usize = 64 * 1024;
 /// The largest gRPC answer the gateway reads (a 100,000-seat map).
 const SEAT_MAP_MAX_BYTES: usize = 32 * 1024 * 1024;
-/// `POST /performances` accepts up to 1 MiB.
-pub const PERFORMANCE_BODY_LIMIT: usize = 1024 * 1024;
-
-/// What every handler shares.
-pub struct AppState {
-    /// booking-service client.
-    pub booking: BookingServiceClient<Channel>,
-    /// payment-service client.
-    pub payment: PaymentServiceClient<Channel>,
-    /// Channel to the booking-service (health checks).
-    pub booking_channel: Channel,
-    /// Channel to the payment-service (health checks).
-    pub payment_channel: Channel,
-    /// Token verification.
-    pub auth: Arc<edge::auth::Verifier>,
-    /// Cancelled when the process is stopping (readiness fails first).
-    pub shutting_down: Shutdown,
-    /// Permits for requests in flight (load shedding beyond them).
-    pub in_flight: Arc<tokio::sync::Semaphore>,
-    /// Longest a request may take.
-    pub request_timeout: Duration,
-    /// How long a request beyond the in-flight limit waits for a slot.
-    pub queue_wait: Duration,
-    /// Per-user limits on the writes.
-    pub rate_limit: crate::rate_limit::UserRateLimit,
-    /// Longest a client may take to send a request body.
-    pub body_read_timeout: Duration,
-    /// Current seat maps, loads shared between readers.
-    pub seat_maps: Arc<crate::seat_maps::SeatMaps>,
-    /// The seat streams' watchers and caps.
-    pub seat_watch: Arc<crate::seat_watch::SeatWatch>,
-    /// How long a successful payment waits for its booking to show it.
-    pub read_your_writes_ms: u32,
-    /// `ticketing dev` only: the HS256 secret `POST /dev/token` signs with.
-    pub dev_token_secret: Option<String>,
-}
 
 /// A built, not yet running, gateway.
 pub struct GatewayApp {
@@ -279,7 +242,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/occupiedSeats/{doc_id}", get(catalog::occupied_seat))
         .route(
             "/performances",
-            post(catalog::register_performance).layer(DefaultBodyLimit::max(PERFORMANCE_BODY_LIMIT)),
+            post(catalog::register_performance).layer(DefaultBodyLimit::max(crate::admit::PERFORMANCE_BODY_LIMIT)),
         )
         .route("/performances/{id}/seats", get(catalog::seat_map))
         .route("/healthz", get(health::healthz))
@@ -290,7 +253,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
         })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(crate::admit::BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(state.clone(), shed_and_time_out))
         // Before a request takes a slot: its whole body, and its user's rate.
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::admit::admit))

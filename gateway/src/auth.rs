@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::{error::ApiError, AppState};
+use crate::{error::ApiError, state::AppState};
 use axum::{extract::FromRequestParts, http::request::Parts};
 
 /// The caller of a REST request, named by its verified token.

@@ -5,9 +5,11 @@
 //! | path | what it holds |
 //! |---|---|
 //! | `app.rs` | router, middleware (request id, access log, in-flight line, timeouts), start-up |
+//! | `state.rs` | what every handler and middleware shares |
 //! | `admit.rs` | before a request takes a slot: its body within a time and size limit, its user's rate |
 //! | `auth.rs` | the `AuthUser` extractor over the shared token verifier |
 //! | `routes/` | one module per resource of the contract, the seat stream, the box-office page |
+//! | `upstream.rs` | an HTTP request's token, request id, trace context and Idempotency-Key on its gRPC calls |
 //! | `error.rs` | the JSON error shape; gRPC → HTTP status, once |
 //! | `json.rs` | a JSON extractor whose rejections are 400s naming the problem |
 //! | `rate_limit.rs` | per-user token buckets on the writes (429 + `Retry-After`) |
@@ -30,9 +32,12 @@ pub mod routes;
 pub mod seat_maps;
 pub mod seat_watch;
 pub mod serve;
+pub mod state;
+pub mod upstream;
 
-pub use app::{AppState, GatewayApp};
+pub use app::GatewayApp;
 pub use config::{GatewayArgs, GatewaySettings};
+pub use state::AppState;
 
 /// Runs the gateway until SIGTERM or Ctrl-C, then drains.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {

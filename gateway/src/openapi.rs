@@ -25,17 +25,6 @@ use crate::routes::{bookings, catalog, health, payments};
 )]
 pub struct ApiDoc;
 
-/// The optional `Idempotency-Key` header of the two POST commands.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-pub struct IdempotencyKey {
-    /// 1-255 visible ASCII characters; the same key and body within 24 h
-    /// replays the first response with `Idempotent-Replayed: true`.
-    #[param(rename = "Idempotency-Key")]
-    #[allow(dead_code)]
-    idempotency_key: Option<String>,
-}
-
 struct BearerAuth;
 
 impl Modify for BearerAuth {

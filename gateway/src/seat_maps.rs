@@ -17,16 +17,41 @@ use std::{
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use proto::booking::{self as pb, booking_service_client::BookingServiceClient};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tonic::transport::Channel;
+use utoipa::ToSchema;
 
 use crate::{
     error::ApiError,
-    routes::{
-        catalog::{SeatBody, SeatMapBody},
-        grpc_request, seed_time,
-    },
+    upstream::{grpc_request, seed_time},
 };
+
+/// A seat on the seat map.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeatBody {
+    /// e.g. `A1`.
+    pub seat_id: String,
+    /// Won.
+    pub price: i64,
+    /// `available`, `locked` or `booked`.
+    pub state: String,
+}
+
+/// The seat map.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeatMapBody {
+    /// The performance.
+    pub performance_id: String,
+    /// Its title.
+    pub title: String,
+    /// RFC 3339, if known.
+    pub starts_at: Option<String>,
+    /// Every seat.
+    pub seats: Vec<SeatBody>,
+}
 
 /// One performance's seats as loaded: its JSON and the state viewers see,
 /// each made once per load and shared by every reader of it.

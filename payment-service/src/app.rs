@@ -26,11 +26,11 @@ use crate::{
     config::PaymentSettings,
     consumer::BookingEventHandler,
     domain::intent::PaymentIntent,
-    events::PaymentEventMapper,
     grpc::PaymentGrpc,
-    payments::{Payments, Reconciliation},
     psp::SimulatedPsp,
+    publish::PaymentEventMapper,
     store,
+    use_cases::{Payments, Reconciliation},
 };
 
 /// How the refund worker runs.
@@ -83,7 +83,7 @@ pub struct PaymentApp {
     outbox_stall: Duration,
     verifier: Arc<Verifier>,
     server: tonic::transport::Server,
-    arrivals: Arc<runtime::arrivals::Arrivals>,
+    intent_waiters: Arc<runtime::waiters::Waiters>,
 }
 
 impl PaymentApp {
@@ -121,7 +121,7 @@ impl PaymentApp {
         .with_context(|| format!("creating Kafka topics on KAFKA_BROKERS {brokers}"))?;
         let channel =
             booking_endpoint.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(10)).connect_lazy();
-        let arrivals = Arc::new(runtime::arrivals::Arrivals::default());
+        let intent_waiters = Arc::new(runtime::waiters::Waiters::default());
         let psp = Arc::new(SimulatedPsp::new(
             pool.clone(),
             Duration::from_millis(settings.mock_pg_timeout_ms),
@@ -135,7 +135,7 @@ impl PaymentApp {
             policy,
             Duration::from_millis(settings.intent_wait_ms),
             Reconciliation { grace: Duration::from_secs(settings.payment_reconcile_after_secs) },
-            arrivals.clone(),
+            intent_waiters.clone(),
         );
         let (listener, addr) = grpc::bind(settings.payment_grpc_addr).await?;
         let refunds = RefundWorker {
@@ -154,7 +154,7 @@ impl PaymentApp {
             outbox_stall: Duration::from_secs(kafka_args.outbox_stall_secs),
             verifier,
             server,
-            arrivals,
+            intent_waiters,
         })
     }
 
@@ -179,7 +179,7 @@ impl PaymentApp {
                 brokers: self.brokers.clone(),
                 mapper: PaymentEventMapper { topic: self.topics.payment.clone() },
                 relay: outbox::RelaySettings::new("payment-outbox", topics::PAYMENT_SOURCE),
-                handler: BookingEventHandler { arrivals: self.arrivals.clone() },
+                handler: BookingEventHandler { intent_waiters: self.intent_waiters.clone() },
                 consumer,
                 outbox_stall: self.outbox_stall,
                 health_service: <PaymentServiceServer<PaymentGrpc> as tonic::server::NamedService>::NAME.to_owned(),
@@ -193,7 +193,7 @@ impl PaymentApp {
             let pool = pool.clone();
             async move { kernel::aggregate::existing::<PaymentIntent>(&pool, &ids).await }
         };
-        tasks.push(tokio::spawn(self.arrivals.clone().watch(find, shutdown.clone())));
+        tasks.push(tokio::spawn(self.intent_waiters.clone().watch(find, shutdown.clone())));
         let router = service::grpc_router(self.server, health, proto::FILE_DESCRIPTOR_SET)?
             .add_service(PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone(), self.verifier)));
         service::serve_grpc(

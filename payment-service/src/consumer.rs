@@ -24,7 +24,7 @@ use crate::{
 /// intent it created to the requests waiting for it.
 pub struct BookingEventHandler {
     /// Who waits for which intent.
-    pub arrivals: Arc<runtime::arrivals::Arrivals>,
+    pub intent_waiters: Arc<runtime::waiters::Waiters>,
 }
 
 /// The booking events this service reacts to, decoded once. Every other
@@ -88,7 +88,7 @@ async fn end(
     end: BookingEnd,
 ) -> Result<(), HandlerError> {
     // The booking-service's SeatLocked names the intent; find it by booking.
-    let intent = crate::store::work::intent_of_booking(tx, booking_id).await?;
+    let intent = crate::store::queues::intent_of_booking(tx, booking_id).await?;
     let Some(intent) = intent else {
         return Err(HandlerError::Poison(format!("no payment intent for booking {booking_id}")));
     };
@@ -137,7 +137,7 @@ impl EventHandler for BookingEventHandler {
         if let Some(Ok(BookingEventIn::SeatLocked(locked))) =
             BookingEventIn::decoder(&event.headers.event_type).map(|decode| decode(event))
         {
-            self.arrivals.announce(&locked.payment_intent_id);
+            self.intent_waiters.announce(&locked.payment_intent_id);
         }
     }
 }

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::intent::PspOutcome,
-    payments::{execute_fingerprint, ExecutePayment, Executed, Payments, EXECUTE_OPERATION},
+    use_cases::{execute_fingerprint, ExecutePayment, Executed, Payments, EXECUTE_OPERATION},
 };
 
 /// gRPC front of the payment use cases.

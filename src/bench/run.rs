@@ -7,7 +7,7 @@ use edge::shutdown::Shutdown;
 
 use super::pgbench;
 use crate::{
-    bench, check,
+    audit, bench,
     cli::{BenchArgs, BenchScenario, DevArgs},
     system::{start_system, Broker},
 };
@@ -118,7 +118,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Oversell is one of check's invariants: one definition, folded from the event store.
     let (booking, found) = check_stores(args.database.url(), &booking_db, &payment_db).await?;
-    let oversold = found.iter().filter(|v| v.invariant == check::Invariant::SeatSoldOnce).count();
+    let oversold = found.iter().filter(|v| v.invariant == audit::Invariant::SeatSoldOnce).count();
     let violations: Vec<String> = found.into_iter().map(|v| v.message).collect();
     let rss_mib = bench::rss_mib();
     let pipeline_means_ms = bench::pipeline_means();
@@ -278,9 +278,9 @@ async fn check_stores(
     url: &str,
     booking_db: &str,
     payment_db: &str,
-) -> anyhow::Result<(sqlx::PgPool, Vec<check::Violation>)> {
+) -> anyhow::Result<(sqlx::PgPool, Vec<audit::Violation>)> {
     let booking = runtime::db::connect_service_db(url, booking_db, 4, &booking_service::store::MIGRATIONS).await?;
     let payment = runtime::db::connect_service_db(url, payment_db, 4, &payment_service::store::MIGRATIONS).await?;
-    let found = check::check(&booking, &payment).await?;
+    let found = audit::check(&booking, &payment).await?;
     Ok((booking, found))
 }

@@ -3,10 +3,10 @@
 
 use std::process::ExitCode;
 
-use crate::cli::MigrateArgs;
+use crate::cli::StoresArgs;
 
 /// Prints every broken invariant; exit 1 on any.
-pub async fn run(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &StoresArgs) -> anyhow::Result<ExitCode> {
     let connect = |name: &str, migrator| {
         let url = args.database.url().to_owned();
         let name = name.to_owned();
@@ -14,7 +14,7 @@ pub async fn run(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     };
     let booking = connect(&args.booking_database, &booking_service::store::MIGRATIONS).await?;
     let payment = connect(&args.payment_database, &payment_service::store::MIGRATIONS).await?;
-    let violations = crate::check::check(&booking, &payment).await?;
+    let violations = crate::audit::check(&booking, &payment).await?;
     for violation in &violations {
         println!("VIOLATION: {violation}");
     }

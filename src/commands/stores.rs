@@ -1,9 +1,9 @@
 //! `ticketing migrate` and `ticketing rebuild-projections`.
 
-use crate::cli::MigrateArgs;
+use crate::cli::StoresArgs;
 
 /// Creates the service databases if missing and migrates them.
-pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
+pub async fn migrate(args: &StoresArgs) -> anyhow::Result<()> {
     for (name, migrator) in [
         (&args.booking_database, &booking_service::store::MIGRATIONS),
         (&args.payment_database, &payment_service::store::MIGRATIONS),
@@ -15,7 +15,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
 }
 
 /// Rebuilds the booking read models from the event store (blue/green swap).
-pub async fn rebuild_projections(args: &MigrateArgs) -> anyhow::Result<()> {
+pub async fn rebuild_projections(args: &StoresArgs) -> anyhow::Result<()> {
     let pool = runtime::db::connect_service_db(
         args.database.url(),
         &args.booking_database,

@@ -239,7 +239,7 @@ async fn the_invariant_checker_reports_an_unbalanced_ledger_and_a_leaked_hold() 
         .unwrap();
     let booking_db = sys.booking_pool().await;
     sqlx::query("delete from seat_holds where booking_id = $1").bind(&booking).execute(&booking_db).await.unwrap();
-    let found = ticketing::check::check(&booking_db, &payment).await.unwrap();
+    let found = ticketing::audit::check(&booking_db, &payment).await.unwrap();
     let text: Vec<String> = found.iter().map(ToString::to_string).collect();
     assert!(text.iter().any(|v| v.contains("manual:1 is unbalanced")), "{text:?}");
     assert!(text.iter().any(|v| v.contains(&format!("confirmed booking {booking} does not own seat"))), "{text:?}");
@@ -296,8 +296,8 @@ async fn the_invariant_checker_finds_an_oversold_seat_in_the_event_store_whateve
     )
     .await
     .unwrap();
-    let found = ticketing::check::check(&booking_db, &sys.payment_pool().await).await.unwrap();
-    let oversold: Vec<_> = found.iter().filter(|v| v.invariant == ticketing::check::Invariant::SeatSoldOnce).collect();
+    let found = ticketing::audit::check(&booking_db, &sys.payment_pool().await).await.unwrap();
+    let oversold: Vec<_> = found.iter().filter(|v| v.invariant == ticketing::audit::Invariant::SeatSoldOnce).collect();
     assert_eq!(oversold.len(), 1, "{found:?}");
     assert!(oversold[0].message.contains("perf_001/E11 is sold to 2 bookings"), "{}", oversold[0]);
     sys.stop_without_check().await;
@@ -327,7 +327,7 @@ async fn the_invariant_checker_compares_the_psp_with_the_recorded_captures() {
         .execute(&payment)
         .await
         .unwrap();
-    let found = ticketing::check::check(&booking_db, &payment).await.unwrap();
+    let found = ticketing::audit::check(&booking_db, &payment).await.unwrap();
     let text: Vec<String> = found.iter().map(ToString::to_string).collect();
     assert!(text.iter().any(|v| v.contains(&format!("the PSP charged {intent}:7"))), "{text:?}");
     assert!(

@@ -135,9 +135,9 @@ async fn a_replayed_payment_charges_once() {
 async fn a_retry_after_the_lease_of_an_unsettled_charge_keeps_its_key_and_gets_the_reconcilers_outcome() {
     use payment_service::{
         domain::intent::{attempt_key, PaymentCommand},
-        payments::{execute_fingerprint, EXECUTE_OPERATION},
         psp::{Charge, Cvv, Psp, SimulatedPsp},
         store::effects::IntentEffects,
+        use_cases::{execute_fingerprint, EXECUTE_OPERATION},
     };
     use runtime::idempotency;
     use runtime::idempotency::Begin;

@@ -261,12 +261,12 @@ impl System {
     }
 
     /// The checker's findings once in-flight work (a refund, say) has settled.
-    pub async fn settled_violations(&self) -> Vec<ticketing::check::Violation> {
+    pub async fn settled_violations(&self) -> Vec<ticketing::audit::Violation> {
         let booking = self.booking_pool().await;
         let payment = self.payment_pool().await;
         let mut violations = Vec::new();
         for _ in 0..50 {
-            violations = ticketing::check::check(&booking, &payment).await.unwrap();
+            violations = ticketing::audit::check(&booking, &payment).await.unwrap();
             if violations.is_empty() {
                 break;
             }

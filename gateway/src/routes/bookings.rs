@@ -11,7 +11,7 @@ use proto::booking as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{grpc_request, idempotent_grpc_request, replay_headers, seed_time};
+use crate::upstream::{grpc_request, idempotent_grpc_request, replay_headers, seed_time};
 use crate::{auth::AuthUser, error::ApiError, json::JsonBody, path_id::PathId, AppState};
 
 /// `POST /bookings` body (every field optional here so a missing one gets the seed's message).
@@ -101,7 +101,7 @@ fn view(b: pb::Booking) -> BookingView {
 
 /// Locks the seats and starts a booking.
 #[utoipa::path(post, path = "/bookings", tag = "Bookings", request_body = CreateBookingBody,
-    security(("bearer" = [])), params(crate::openapi::IdempotencyKey),
+    security(("bearer" = [])), params(super::IdempotencyKey),
     responses(
         (status = 201, body = BookingCreated),
         (status = 400, body = crate::error::ErrorBody, description = "Missing fields, a taken or unknown seat, limits"),

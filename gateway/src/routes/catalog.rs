@@ -13,8 +13,8 @@ use proto::booking as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::grpc_request;
 use crate::{auth::AuthUser, error::ApiError, json::JsonBody, path_id::PathId, AppState};
+use crate::{seat_maps::SeatMapBody, upstream::grpc_request};
 
 /// A Firestore-style timestamp.
 #[derive(Debug, Serialize, ToSchema)]
@@ -142,32 +142,6 @@ pub async fn register_performance(
         StatusCode::CREATED,
         Json(PerformanceRegistered { performance_id: done.performance_id, seat_count: done.seat_count }),
     ))
-}
-
-/// A seat on the seat map.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SeatBody {
-    /// e.g. `A1`.
-    pub seat_id: String,
-    /// Won.
-    pub price: i64,
-    /// `available`, `locked` or `booked`.
-    pub state: String,
-}
-
-/// The seat map.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SeatMapBody {
-    /// The performance.
-    pub performance_id: String,
-    /// Its title.
-    pub title: String,
-    /// RFC 3339, if known.
-    pub starts_at: Option<String>,
-    /// Every seat.
-    pub seats: Vec<SeatBody>,
 }
 
 /// Every seat of a performance with its price and state.

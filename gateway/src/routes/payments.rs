@@ -12,7 +12,7 @@ use proto::payment as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{grpc_request, idempotent_grpc_request, replay_headers, seed_time};
+use crate::upstream::{grpc_request, idempotent_grpc_request, replay_headers, seed_time};
 use crate::{auth::AuthUser, error::ApiError, json::JsonBody, AppState};
 
 /// `POST /payments/execute` body. The CVV is passed on to the gateway only.
@@ -80,7 +80,7 @@ pub struct PaymentFailure {
 
 /// Charges a payment intent through the payment service provider (simulated in this build).
 #[utoipa::path(post, path = "/payments/execute", tag = "Payments", request_body = ExecutePaymentBody,
-    security(("bearer" = [])), params(crate::openapi::IdempotencyKey),
+    security(("bearer" = [])), params(super::IdempotencyKey),
     responses(
         (status = 200, body = PaymentSuccess),
         (status = 400, description = "Declined (PaymentFailure) or a bad request (ErrorBody)",

@@ -13,7 +13,7 @@ use crate::{
         ledger,
     },
     error::PaymentError,
-    store::{ledger as ledger_store, work},
+    store::{ledger as ledger_store, queues},
 };
 
 /// The payment-service's [`kernel::aggregate::Effects`] of a payment intent.
@@ -33,27 +33,27 @@ impl kernel::aggregate::Effects<PaymentIntent> for IntentEffects {
     ) -> Result<(), PaymentError> {
         match event {
             PaymentEvent::ChargeRequested { attempt, attempt_key, .. } => {
-                work::open_charge(conn, id, *attempt, attempt_key).await?;
+                queues::open_charge(conn, id, *attempt, attempt_key).await?;
             }
             PaymentEvent::ChargeAbandoned { attempt, .. } => {
-                work::close_charge(conn, id, *attempt).await?;
+                queues::close_charge(conn, id, *attempt).await?;
             }
             PaymentEvent::PaymentSucceeded { attempt, amount, currency, .. } => {
                 metrics::counter!("payments_total", "outcome" => "success", "failure_code" => "").increment(1);
-                work::close_charge(conn, id, *attempt).await?;
+                queues::close_charge(conn, id, *attempt).await?;
                 ledger_store::post(conn, &ledger::capture(id, *amount, currency)).await?;
             }
             PaymentEvent::PaymentFailed { attempt, failure_code, .. } => {
                 metrics::counter!("payments_total", "outcome" => "failure", "failure_code" => failure_code.clone())
                     .increment(1);
-                work::close_charge(conn, id, *attempt).await?;
+                queues::close_charge(conn, id, *attempt).await?;
             }
-            PaymentEvent::PaymentRefundRequested { .. } => work::open_refund(conn, id).await?,
+            PaymentEvent::PaymentRefundRequested { .. } => queues::open_refund(conn, id).await?,
             PaymentEvent::RefundAttemptFailed { attempt, .. } => {
                 metrics::counter!("refunds_total", "outcome" => "attempt_failed").increment(1);
                 // Exponential backoff from 500 ms, capped at a minute.
                 let delay_ms = 500_u64.saturating_mul(1_u64 << (*attempt - 1).clamp(0, 7)).min(60_000);
-                work::retry_refund_after(conn, id, *attempt, Duration::from_millis(delay_ms)).await?;
+                queues::retry_refund_after(conn, id, *attempt, Duration::from_millis(delay_ms)).await?;
             }
             PaymentEvent::RefundNeedsReview { attempts, reason } => {
                 metrics::counter!("refunds_total", "outcome" => "needs_review").increment(1);
@@ -63,12 +63,12 @@ impl kernel::aggregate::Effects<PaymentIntent> for IntentEffects {
                     reason = reason.as_str(),
                     "refund needs review: the PSP kept refusing it"
                 );
-                work::close_refund(conn, id).await?;
+                queues::close_refund(conn, id).await?;
             }
             PaymentEvent::PaymentRefunded { amount, currency, .. } => {
                 ledger_store::post(conn, &ledger::refund(id, *amount, currency)).await?;
                 metrics::counter!("refunds_total", "outcome" => "refunded").increment(1);
-                work::close_refund(conn, id).await?;
+                queues::close_refund(conn, id).await?;
             }
             PaymentEvent::PaymentIntentCreated(_) | PaymentEvent::PaymentIntentClosed { .. } => {}
         }

@@ -5,7 +5,7 @@
 
 pub mod effects;
 pub mod ledger;
-pub mod work;
+pub mod queues;
 
 /// The payment-service's own migrations (the shared event-store ones run first).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

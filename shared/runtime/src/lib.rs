@@ -15,10 +15,9 @@
 //! | [`grpc`] | caller identity from forwarded tokens, event metadata of a request, bind, reflection |
 //! | [`idempotency`] | Idempotency-Key claims, outcomes and purge |
 //! | [`idempotent`] | the same, as the gRPC adapters use it |
-//! | [`arrivals`] | waiting for an aggregate's change: woken by its commit, one watcher for other replicas |
+//! | [`waiters`] | requests waiting for an aggregate's change: woken by its commit, one watcher for other replicas |
 //! | [`failpoint`] | named crash points for fault tests (`TICKETING_FAILPOINTS`) |
 
-pub mod arrivals;
 pub mod config;
 pub mod db;
 pub mod failpoint;
@@ -27,6 +26,7 @@ pub mod health;
 pub mod idempotency;
 pub mod idempotent;
 pub mod service;
+pub mod waiters;
 
 /// The migrations of the runtime's tables (idempotency keys).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -10,10 +10,10 @@ use chrono::{DateTime, Duration, Utc};
 use futures::future::BoxFuture;
 use kernel::aggregate;
 use kernel::event_store::EventMetadata;
-use runtime::arrivals::Arrivals;
 use runtime::idempotency;
 use runtime::idempotency::Claim;
 use runtime::idempotent::ok_outcome;
+use runtime::waiters::Waiters;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -33,7 +33,7 @@ pub struct Bookings {
     pool: PgPool,
     settings: BookingSettings,
     policy: PaymentPolicy,
-    decisions: Arc<Arrivals>,
+    decision_waiters: Arc<Waiters>,
 }
 
 /// A `POST /bookings` request.
@@ -80,7 +80,7 @@ const REQUIRED_FIELDS: &str = "User, performance, and seats are required.";
 impl Bookings {
     /// Use cases over `pool` with `settings`.
     pub fn new(pool: PgPool, settings: BookingSettings, policy: PaymentPolicy) -> Self {
-        Self { pool, settings, policy, decisions: Arc::new(Arrivals::default()) }
+        Self { pool, settings, policy, decision_waiters: Arc::new(Waiters::default()) }
     }
 
     /// The same use cases over another pool of the same database (the
@@ -90,8 +90,8 @@ impl Bookings {
     }
 
     /// Who waits for which booking's decision (the consumer announces them).
-    pub fn decisions(&self) -> &Arc<Arrivals> {
-        &self.decisions
+    pub fn decision_waiters(&self) -> &Arc<Waiters> {
+        &self.decision_waiters
     }
 
     /// Waits, up to `timeout`, until the booking is no longer pending and
@@ -104,7 +104,7 @@ impl Bookings {
     ) -> Result<Booking, BookingError> {
         let deadline = tokio::time::Instant::now() + timeout;
         // Registered before the first look, so a decision in between wakes us.
-        let waiting = self.decisions.wait_for(booking_id);
+        let waiting = self.decision_waiters.wait_for(booking_id);
         loop {
             let decided = waiting.signal().notified();
             tokio::pin!(decided);

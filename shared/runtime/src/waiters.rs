@@ -24,20 +24,20 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Ids being waited for, each with the signal its waiters wait on.
 #[derive(Default)]
-pub struct Arrivals {
+pub struct Waiters {
     waiting: Mutex<HashMap<String, Arc<Notify>>>,
     someone_waits: Notify,
 }
 
-/// One waiter's registration; dropping it forgets the intent when it was the last.
+/// One waiter's registration; dropping it forgets the id when it was the last.
 pub struct Waiting<'a> {
-    arrivals: &'a Arrivals,
-    intent: String,
+    waiters: &'a Waiters,
+    id: String,
     signal: Arc<Notify>,
 }
 
 impl Waiting<'_> {
-    /// The signal that fires when the intent may have arrived.
+    /// The signal that fires when the aggregate may have changed.
     pub fn signal(&self) -> &Notify {
         &self.signal
     }
@@ -45,30 +45,30 @@ impl Waiting<'_> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut waiting = self.arrivals.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        // The map's handle and ours: nobody else waits for this intent.
+        let mut waiting = self.waiters.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        // The map's handle and ours: nobody else waits for this id.
         if Arc::strong_count(&self.signal) <= 2 {
-            waiting.remove(&self.intent);
+            waiting.remove(&self.id);
         }
     }
 }
 
-impl Arrivals {
-    /// Registers interest in `intent` (before looking at the store, so an
-    /// arrival in between is not missed).
-    pub fn wait_for(&self, intent: &str) -> Waiting<'_> {
+impl Waiters {
+    /// Registers interest in `id` (before looking at the store, so a
+    /// change in between is not missed).
+    pub fn wait_for(&self, id: &str) -> Waiting<'_> {
         let signal = {
             let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-            waiting.entry(intent.to_owned()).or_default().clone()
+            waiting.entry(id.to_owned()).or_default().clone()
         };
         self.someone_waits.notify_one();
-        Waiting { arrivals: self, intent: intent.to_owned(), signal }
+        Waiting { waiters: self, id: id.to_owned(), signal }
     }
 
-    /// Something happened to `intent` (committed): wakes its waiters.
-    pub fn announce(&self, intent: &str) {
+    /// Something happened to `id` (committed): wakes its waiters.
+    pub fn announce(&self, id: &str) {
         let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(signal) = waiting.get(intent) {
+        if let Some(signal) = waiting.get(id) {
             signal.notify_waiters();
         }
     }
@@ -94,7 +94,7 @@ impl Arrivals {
             }
             match find(awaited).await {
                 Ok(found) => found.iter().for_each(|id| self.announce(id)),
-                Err(error) => tracing::debug!(%error, "looking for awaited arrivals"),
+                Err(error) => tracing::debug!(%error, "looking for awaited changes"),
             }
             if !edge::shutdown::sleep_or_shutdown(WATCH_INTERVAL, &shutdown).await {
                 return;
@@ -111,25 +111,25 @@ mod tests {
 
     #[tokio::test]
     async fn an_announcement_wakes_the_waiters_of_that_intent_only_and_registrations_are_forgotten() {
-        let arrivals = Arrivals::default();
-        let first = arrivals.wait_for("pi_1");
-        let second = arrivals.wait_for("pi_1");
-        let other = arrivals.wait_for("pi_2");
+        let waiters = Waiters::default();
+        let first = waiters.wait_for("pi_1");
+        let second = waiters.wait_for("pi_1");
+        let other = waiters.wait_for("pi_2");
         {
             let (a, b, c) = (first.signal().notified(), second.signal().notified(), other.signal().notified());
             tokio::pin!(a, b, c);
             a.as_mut().enable();
             b.as_mut().enable();
             c.as_mut().enable();
-            arrivals.announce("pi_1");
+            waiters.announce("pi_1");
             tokio::time::timeout(Duration::from_millis(100), a).await.expect("the first waiter is woken");
             tokio::time::timeout(Duration::from_millis(100), b).await.expect("the second waiter is woken");
             assert!(tokio::time::timeout(Duration::from_millis(50), c).await.is_err(), "pi_2 not woken");
         }
         drop(first);
-        assert_eq!(arrivals.awaited().len(), 2, "pi_1 still awaited by the second");
+        assert_eq!(waiters.awaited().len(), 2, "pi_1 still awaited by the second");
         drop(second);
         drop(other);
-        assert!(arrivals.awaited().is_empty());
+        assert!(waiters.awaited().is_empty());
     }
 }

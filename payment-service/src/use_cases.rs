@@ -34,7 +34,7 @@ use crate::{
     domain::intent::{IntentStatus, PaymentCommand, PaymentEvent, PaymentIntent, PaymentRejection, PspOutcome},
     error::PaymentError,
     psp::{Charge, Cvv, Psp, Refund},
-    store::{effects::IntentEffects, work},
+    store::{effects::IntentEffects, queues},
 };
 
 const REQUIRED_FIELDS: &str = "paymentIntentId, paymentMethodToken and cvv are required.";
@@ -102,7 +102,7 @@ struct Inner {
     policy: PaymentPolicy,
     intent_wait: Duration,
     reconciliation: Reconciliation,
-    arrivals: Arc<runtime::arrivals::Arrivals>,
+    intent_waiters: Arc<runtime::waiters::Waiters>,
 }
 
 impl Payments {
@@ -114,9 +114,9 @@ impl Payments {
         policy: PaymentPolicy,
         intent_wait: Duration,
         reconciliation: Reconciliation,
-        arrivals: Arc<runtime::arrivals::Arrivals>,
+        intent_waiters: Arc<runtime::waiters::Waiters>,
     ) -> Self {
-        Self { inner: Arc::new(Inner { pool, psp, booking, policy, intent_wait, reconciliation, arrivals }) }
+        Self { inner: Arc::new(Inner { pool, psp, booking, policy, intent_wait, reconciliation, intent_waiters }) }
     }
 
     /// Checks the request's shape; nothing is recorded for a malformed one.
@@ -363,7 +363,7 @@ impl Payments {
     async fn wait_for_intent(&self, payment_intent_id: &str) -> Result<Option<PaymentIntent>, PaymentError> {
         let deadline = tokio::time::Instant::now() + self.inner.intent_wait;
         // Registered before the first look, so an arrival in between wakes us.
-        let waiting = self.inner.arrivals.wait_for(payment_intent_id);
+        let waiting = self.inner.intent_waiters.wait_for(payment_intent_id);
         loop {
             let arrived = waiting.signal().notified();
             tokio::pin!(arrived);
@@ -386,7 +386,7 @@ impl Payments {
     /// reconciler's pass); returns how many it settled.
     pub async fn reconcile(&self) -> Result<usize, PaymentError> {
         let grace = self.inner.reconciliation.grace;
-        let due = work::take_due_charges(&self.inner.pool, 50, grace, grace).await?;
+        let due = queues::take_due_charges(&self.inner.pool, 50, grace, grace).await?;
         let mut settled = 0;
         for charge in &due {
             match self.settle_attempt(charge).await {
@@ -402,7 +402,7 @@ impl Payments {
         Ok(settled)
     }
 
-    async fn settle_attempt(&self, due: &work::DueCharge) -> Result<(), PaymentError> {
+    async fn settle_attempt(&self, due: &queues::DueCharge) -> Result<(), PaymentError> {
         let intent = {
             let mut conn = self.inner.pool.acquire().await?;
             aggregate::load::<PaymentIntent, PaymentError>(&mut conn, &due.payment_intent_id)
@@ -449,7 +449,7 @@ impl Payments {
 
     /// Makes every due refund once (the refund worker's pass); returns how many were tried.
     pub async fn refund_due(&self, max_attempts: i32) -> Result<usize, PaymentError> {
-        let due = work::take_due_refunds(&self.inner.pool, 50, Duration::from_secs(30)).await?;
+        let due = queues::take_due_refunds(&self.inner.pool, 50, Duration::from_secs(30)).await?;
         for payment_intent_id in &due {
             if let Err(error) = self.refund_once(payment_intent_id, max_attempts).await {
                 tracing::warn!(payment_intent_id, %error, "refund attempt could not be recorded");
