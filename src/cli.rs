@@ -101,6 +101,10 @@ pub struct DevArgs {
     /// Set by `dev` itself (never a flag): the gateway serves `POST /dev/token`.
     #[arg(skip)]
     pub dev_tokens: bool,
+    /// Set by `dev` itself (never a flag): the broker is the embedded one,
+    /// new with this process, so offsets stored by an earlier run are void.
+    #[arg(skip)]
+    pub fresh_broker: bool,
 }
 
 impl DevArgs {

@@ -25,6 +25,14 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// True for the embedded broker: it started empty, whatever the
+    /// databases remember of an earlier run.
+    pub fn is_new(&self) -> bool {
+        self._embedded.is_some()
+    }
+}
+
+impl Broker {
     /// Uses `requested`, or starts an embedded broker with `kafka`'s topics.
     pub fn start(requested: Option<&str>, kafka: &KafkaArgs) -> anyhow::Result<Self> {
         if let Some(brokers) = requested.filter(|b| !b.trim().is_empty()) {
@@ -86,6 +94,20 @@ pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> a
         &args.service.security,
     )
     .await?;
+    if args.fresh_broker {
+        // The embedded broker starts empty: what the last run's broker held
+        // is gone. Publish every event again and read the topics from the
+        // start; consumers drop the repeats.
+        for (pool, relay) in
+            [(booking.pool(), booking_service::app::RELAY), (payment.pool(), payment_service::app::RELAY)]
+        {
+            messaging::outbox::publish_again_from_start(pool, relay).await?;
+            messaging::inbox::dedupe::forget_offsets(pool).await?;
+        }
+        tracing::info!(
+            "the embedded broker is new: every event is published to it again, consumers read it from the start"
+        );
+    }
     let payment_addr = payment.grpc_addr();
     let gateway_settings = GatewaySettings {
         gateway_addr: args.gateway_addr,
@@ -135,6 +157,7 @@ pub async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
     }
     // The box-office page may mint tokens for typed-in user names: dev only.
     args.dev_tokens = true;
+    args.fresh_broker = broker.is_new();
     let system = start_system(args, &brokers, shutdown.clone()).await?;
     tracing::info!(
         gateway = %system.gateway_addr,

@@ -34,6 +34,9 @@ use crate::{
     use_cases::Bookings,
 };
 
+/// The name of this service's outbox relay (its checkpoint).
+pub const RELAY: &str = "booking-outbox";
+
 /// A built, not yet running, booking-service.
 pub struct BookingApp {
     pool: PgPool,
@@ -120,7 +123,7 @@ impl BookingApp {
                 pool: background.clone(),
                 brokers: self.brokers.clone(),
                 mapper: BookingEventMapper { topic: self.topics.booking.clone() },
-                relay: outbox::RelaySettings::new("booking-outbox", topics::BOOKING_SOURCE),
+                relay: outbox::RelaySettings::new(RELAY, topics::BOOKING_SOURCE),
                 handler: PaymentEventHandler {
                     max_payment_attempts: self.bookings.max_payment_attempts(),
                     decision_waiters: self.bookings.decision_waiters().clone(),

@@ -33,6 +33,9 @@ use crate::{
     use_cases::{Payments, Reconciliation},
 };
 
+/// The name of this service's outbox relay (its checkpoint).
+pub const RELAY: &str = "payment-outbox";
+
 /// How the refund worker runs.
 struct RefundWorker {
     max_attempts: i32,
@@ -178,7 +181,7 @@ impl PaymentApp {
                 pool: background.clone(),
                 brokers: self.brokers.clone(),
                 mapper: PaymentEventMapper { topic: self.topics.payment.clone() },
-                relay: outbox::RelaySettings::new("payment-outbox", topics::PAYMENT_SOURCE),
+                relay: outbox::RelaySettings::new(RELAY, topics::PAYMENT_SOURCE),
                 handler: BookingEventHandler { intent_waiters: self.intent_waiters.clone() },
                 consumer,
                 outbox_stall: self.outbox_stall,

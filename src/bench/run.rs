@@ -217,6 +217,7 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
         kafka_replication_factor: 1,
         outbox_stall_secs: 30,
         kafka_topic_prefix: prefix.clone(),
+        kafka_fetch_wait_ms: messaging::inbox::settings::DEFAULT_FETCH_WAIT_MS,
     };
     let broker = Broker::start(args.kafka_brokers.as_deref(), &kafka)?;
     let shared = bench::separate::Shared {

@@ -91,13 +91,24 @@ async fn one_user_firing_concurrent_requests_never_exceeds_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancels_racing_payments_end_confirmed_cancelled_or_refunded_never_half_done() {
     let sys = System::start().await;
+    // How long a payment takes here, so the cancels can be spread from
+    // "at once" to "after the payment answered": both sides must win.
+    // (The first payment of a run also opens connections: time the second.)
+    let mut payment_takes = Duration::ZERO;
+    for seat in ["J19", "J20"] {
+        let (_, warm_up) = sys.book("racer_warm_up", "perf_001", &[seat]).await;
+        let started = std::time::Instant::now();
+        assert_eq!(sys.pay("racer_warm_up", &warm_up, "tok_visa").await.status, StatusCode::OK);
+        payment_takes = started.elapsed();
+    }
     let mut outcomes: HashMap<String, usize> = HashMap::new();
-    for n in 0..12 {
+    for n in 0..12_u32 {
         let user = format!("racer_{n}");
         let seat = format!("J{}", n + 1);
         let (booking, intent) = sys.book(&user, "perf_001", &[&seat]).await;
+        let delay = payment_takes * 3 * n / (2 * 11);
         let (paid, cancelled) = tokio::join!(sys.pay(&user, &intent, "tok_visa"), async {
-            tokio::time::sleep(Duration::from_millis(n * 3)).await;
+            tokio::time::sleep(delay).await;
             sys.delete(&format!("/bookings/{booking}"), &user).await
         });
         // What the two answers promise: charged and kept, cancelled with no
@@ -117,7 +128,9 @@ async fn cancels_racing_payments_end_confirmed_cancelled_or_refunded_never_half_
         };
         *outcomes.entry(end.to_owned()).or_default() += 1;
     }
-    println!("cancel racing pay, 12 rounds: {outcomes:?}");
+    println!("cancel racing pay, 12 rounds (a payment takes {payment_takes:?}): {outcomes:?}");
+    let cancel_won = outcomes.get("cancelled").or(outcomes.get("refunded")).is_some();
+    assert!(cancel_won && outcomes.contains_key("confirmed"), "no race happened: {outcomes:?}");
     // The money matches every end state: one capture per confirmed booking,
     // none kept for a cancelled one, capture plus refund for a refunded one
     // (`check`, run by `stop`, compares the event stores and the ledger).

@@ -21,6 +21,13 @@ pub struct KafkaArgs {
     /// Prefix for every topic and consumer group (to share a cluster between environments).
     #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "")]
     pub kafka_topic_prefix: String,
+    /// How long (ms) the broker may hold a consumer's fetch that finds
+    /// nothing. Kafka answers as soon as a record arrives; tansu and the
+    /// embedded broker answer only when the wait ends, so on them this is
+    /// added to every hop. An idle consumer asks once per wait.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = crate::inbox::settings::DEFAULT_FETCH_WAIT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=5_000))]
+    pub kafka_fetch_wait_ms: u64,
 }
 
 impl KafkaArgs {
@@ -31,6 +38,9 @@ impl KafkaArgs {
 
     /// Settings of a consumer in `group` of `topics` under this configuration.
     pub fn consumer(&self, group: &str, topics: &[&str]) -> crate::inbox::ConsumerSettings {
-        crate::inbox::ConsumerSettings::new(group, topics)
+        crate::inbox::ConsumerSettings {
+            fetch_wait: std::time::Duration::from_millis(self.kafka_fetch_wait_ms),
+            ..crate::inbox::ConsumerSettings::new(group, topics)
+        }
     }
 }

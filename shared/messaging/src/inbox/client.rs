@@ -23,23 +23,16 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
 /// The consumer's client: offsets live in PostgreSQL (`consumer_partitions`),
 /// so nothing is committed to Kafka and nothing auto-resets past a gap.
 pub fn build(brokers: &str, settings: &ConsumerSettings) -> Result<StreamConsumer, KafkaError> {
-    client_config_with(
-        brokers,
-        &[
-            // The broker answers a fetch as soon as a record arrives; when
-            // nothing does, one answer every half second per broker costs little.
-            ("fetch.wait.max.ms", "500"),
-            ("topic.metadata.refresh.interval.ms", "30000"),
-        ],
-    )
-    // Names the group whose committed offsets seed a first start; the
-    // client never joins it.
-    .set("group.id", &settings.group)
-    .set("enable.auto.commit", "false")
-    .set("enable.auto.offset.store", "false")
-    .set("auto.offset.reset", "earliest")
-    .create()
-    .map_err(|source| KafkaError::Client { context: "creating the Kafka consumer", source })
+    let fetch_wait = settings.fetch_wait.as_millis().to_string();
+    client_config_with(brokers, &[("fetch.wait.max.ms", &fetch_wait), ("topic.metadata.refresh.interval.ms", "30000")])
+        // Names the group whose committed offsets seed a first start; the
+        // client never joins it.
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|source| KafkaError::Client { context: "creating the Kafka consumer", source })
 }
 
 /// Every partition of `topics`, sorted; `None` while the broker does not answer.

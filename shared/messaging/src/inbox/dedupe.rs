@@ -87,6 +87,19 @@ pub async fn store_offset_alone(
     store_offset(&mut conn, consumer, at, next).await
 }
 
+/// Forgets where every consumer of this database stood, for a broker that
+/// is new: the embedded broker of `ticketing dev` starts empty each time,
+/// and offsets stored against its last run point into a log that is gone
+/// (read from there, the new log's first records would be skipped). The
+/// consumers start at the beginning; the inbox drops what they handled
+/// before. Returns the partitions forgotten.
+pub async fn forget_offsets(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let forgotten = sqlx::query("update consumer_partitions set next_offset = null where next_offset is not null")
+        .execute(pool)
+        .await?;
+    Ok(forgotten.rows_affected())
+}
+
 /// Deletes inbox rows older than the retention, hourly, until `shutdown`.
 pub async fn purge_inbox(pool: PgPool, settings: ConsumerSettings, shutdown: Shutdown) {
     let retention = chrono::Duration::from_std(settings.inbox_retention).unwrap_or(chrono::Duration::days(7));

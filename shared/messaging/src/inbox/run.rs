@@ -331,12 +331,28 @@ impl<H: EventHandler> Worker<H> {
                 }
             };
             let partition = (message.topic().to_owned(), message.partition());
-            let current =
-                self.owned.get(&partition).is_some_and(|o| o.next.is_none_or(|next| message.offset() >= next));
-            // Not leased here (any more), fetched before a pause took
-            // effect, or handled already: read again when it matters.
-            if !current || self.held.contains_key(&partition) {
+            // Not leased here (any more), or fetched before a pause took
+            // effect: read again when it matters.
+            if self.held.contains_key(&partition) {
                 continue;
+            }
+            let Some(owned) = self.owned.get_mut(&partition) else { continue };
+            if owned.next.is_some_and(|next| message.offset() < next) {
+                // librdkafka only goes back when the broker's log no longer
+                // reaches our place (it restarted empty, or the topic was
+                // made again) and it reset to the beginning: the log we
+                // stood in is gone, so read the new one; the inbox drops
+                // what was handled before.
+                tracing::warn!(
+                    group = self.settings.group,
+                    topic = partition.0,
+                    partition = partition.1,
+                    stood_at = owned.next,
+                    offset = message.offset(),
+                    "the broker's log restarted behind this consumer's place; reading it from where the broker is"
+                );
+                owned.next = Some(message.offset());
+                owned.stored = None;
             }
             match lanes.iter_mut().find(|(at, _)| at.partition == partition) {
                 Some((_, records)) => records.push(message),
@@ -431,7 +447,7 @@ impl<H: EventHandler> Worker<H> {
         }
         if let Some(owned) = self.owned.get_mut(partition) {
             let next = message.offset() + 1;
-            owned.next = Some(owned.next.map_or(next, |at| at.max(next)));
+            owned.next = Some(next);
             if stored {
                 owned.stored = Some(owned.stored.map_or(next, |at| at.max(next)));
             }

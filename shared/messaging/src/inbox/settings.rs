@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The default of [`ConsumerSettings::fetch_wait`] (`KAFKA_FETCH_WAIT_MS`).
+pub const DEFAULT_FETCH_WAIT_MS: u64 = 100;
+
 /// Tuning of a consumer.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -24,6 +27,11 @@ pub struct ConsumerSettings {
     /// and the lease connection is checked: a dead member's partitions move
     /// within about this long.
     pub rebalance_interval: Duration,
+    /// How long the broker may hold a fetch that finds nothing. Kafka
+    /// answers the moment a record arrives, whatever this is; brokers that
+    /// answer only when the wait ends (tansu, the embedded broker) add up
+    /// to this to every hop. An idle consumer asks once per wait.
+    pub fetch_wait: Duration,
 }
 
 impl ConsumerSettings {
@@ -39,6 +47,7 @@ impl ConsumerSettings {
             permanent_failure_tries: 3,
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
             rebalance_interval: Duration::from_secs(1),
+            fetch_wait: Duration::from_millis(DEFAULT_FETCH_WAIT_MS),
         }
     }
 }

@@ -126,3 +126,13 @@ impl RelaySettings {
         }
     }
 }
+
+/// Makes the relay `name` publish the whole event store again, for a
+/// broker that is new: the embedded broker of `ticketing dev` starts empty
+/// each time, and events the relay handed to the broker of an earlier run
+/// may never have been read. Consumers drop the repeats by `ce_id` (and
+/// the domains ignore a fact they already know).
+pub async fn publish_again_from_start(pool: &sqlx::PgPool, name: &str) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    kernel::global_log::save_checkpoint(&mut conn, name, kernel::LogPosition::default()).await
+}
