@@ -23,12 +23,10 @@ use tower_http::{
     LatencyUnit,
 };
 use tracing::Level;
-use utoipa::OpenApi;
 
 use crate::{
     config::GatewaySettings,
     error::ApiError,
-    openapi::ApiDoc,
     routes::{bookings, box_office, catalog, health, payments, seat_stream},
     state::AppState,
 };
@@ -247,7 +245,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/performances/{id}/seats", get(catalog::seat_map))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .external_url_unchecked("/openapi.json", crate::openapi::document()),
+        )
         .route("/metrics", get(|| async { edge::metrics::render() }))
         .fallback(|| async { ApiError::not_found("Not found.") })
         .method_not_allowed_fallback(|| async {

@@ -11,6 +11,9 @@ use crate::error::ApiError;
 
 /// The longest id accepted.
 pub const MAX_ID_CHARS: usize = 128;
+/// [`valid_id`] as the OpenAPI document states it (no C0 or C1 control
+/// character, 1 to 128 characters).
+pub const ID_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,128}$";
 
 /// A validated path id.
 pub struct PathId(pub String);

@@ -1,6 +1,10 @@
-//! Schemathesis against `/openapi.json` with valid tokens: no 5xx, and every
-//! response conforms to the documented status codes, content types and
-//! schemas. Bounded so the suite stays fast.
+//! Schemathesis against `/openapi.json` with an admin token, every check
+//! (`tests/e2e/schemathesis.toml`): no 5xx; every response conforms to the
+//! documented statuses, content types, headers and schemas; every request
+//! the document calls valid is accepted (`positive_data_acceptance`) and
+//! every invalid one refused; and the stateful phase follows the
+//! document's links (book, read, pay, cancel). Bounded so the suite stays
+//! fast.
 
 use std::process::Command;
 
@@ -19,16 +23,17 @@ async fn schemathesis_finds_no_server_error_or_schema_violation() {
     let url = format!("{}/openapi.json", sys.base);
     let output = tokio::task::spawn_blocking(move || {
         Command::new("schemathesis")
+            .args(["--config-file", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/schemathesis.toml")])
             .args(["run", &url, "-H", &format!("Authorization: Bearer {token}")])
             .args([
                 "--checks",
-                "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance",
+                "all",
                 "--max-examples",
                 "25",
                 "--request-timeout",
                 "10",
                 "--phases",
-                "examples,coverage,fuzzing",
+                "examples,coverage,fuzzing,stateful",
                 "--generation-deterministic",
             ])
             .output()
@@ -39,5 +44,18 @@ async fn schemathesis_finds_no_server_error_or_schema_violation() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "schemathesis failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains(" passed"), "{stdout}");
+    // Every phase ran, the stateful one too, over every operation.
+    for phase in ["Coverage", "Fuzzing", "Stateful"] {
+        assert!(stdout.contains(&format!("✅ {phase}")), "phase {phase} did not pass:\n{stdout}");
+    }
+    let operations = openapi_operations(&sys).await;
+    assert!(stdout.contains(&format!("Tested: {operations}")), "not every operation was tested:\n{stdout}");
+    eprintln!("{stdout}");
     sys.stop().await;
+}
+
+async fn openapi_operations(sys: &System) -> usize {
+    let doc: serde_json::Value =
+        sys.client.get(format!("{}/openapi.json", sys.base)).send().await.unwrap().json().await.unwrap();
+    doc["paths"].as_object().unwrap().values().map(|item| item.as_object().unwrap().len()).sum()
 }

@@ -32,6 +32,48 @@ pub struct CreateBookingBody {
     pub user_id: Option<String>,
 }
 
+/// `POST /bookings` as the server checks it (the body above is lenient so
+/// that a missing field gets the contract's message). The seats must also
+/// exist and be free, and the user's seats for the performance stay within
+/// the per-user limit: refused with 400, as the contract says.
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct CreateBooking {
+    /// An existing performance (1-64 letters, digits, `_`, `-`).
+    #[schema(example = "perf_001", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
+    performance_id: String,
+    /// 1 to `MAX_SEATS_PER_USER` (10 unless configured) different seats of
+    /// the performance (a seat listed twice is refused).
+    #[schema(example = json!(["A2"]), min_items = 1, max_items = 10)]
+    seat_ids: Vec<SeatId>,
+    /// `CREDIT_CARD` when absent.
+    #[schema(example = "CREDIT_CARD")]
+    payment_method: Option<PaymentMethod>,
+    /// The token's subject.
+    #[schema(example = "user_123", min_length = 1, max_length = 128, pattern = "\\S")]
+    user_id: String,
+}
+
+/// A seat: its row label (1-3 capital letters) and number.
+#[derive(ToSchema)]
+#[schema(pattern = "^[A-Z]{1,3}[1-9][0-9]{0,2}$", example = "A2")]
+#[allow(dead_code)]
+pub struct SeatId(String);
+
+/// How the booking will be paid.
+#[derive(ToSchema)]
+#[schema(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(dead_code)]
+pub enum PaymentMethod {
+    /// A card.
+    CreditCard,
+    /// A bank transfer.
+    BankTransfer,
+    /// Easy pay.
+    EasyPay,
+}
+
 /// `201` answer of `POST /bookings`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -82,8 +124,11 @@ pub struct MessageBody {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// 1-500 (default 100).
+    #[param(value_type = u32, required = false, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     /// A bookingId: list bookings created before it.
+    #[param(value_type = String, required = false, min_length = 1, max_length = 128,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,128}$")]
     pub before: Option<String>,
 }
 
@@ -100,10 +145,15 @@ fn view(b: pb::Booking) -> BookingView {
 }
 
 /// Locks the seats and starts a booking.
-#[utoipa::path(post, path = "/bookings", tag = "Bookings", request_body = CreateBookingBody,
+#[utoipa::path(post, path = "/bookings", tag = "Bookings", request_body = CreateBooking,
     security(("bearer" = [])), params(super::IdempotencyKey),
     responses(
-        (status = 201, body = BookingCreated),
+        (status = 201, body = BookingCreated, links(
+            ("GetBooking" = (operation_id = "get_booking", parameters(("id" = "$response.body#/bookingId")))),
+            ("CancelBooking" = (operation_id = "cancel_booking", parameters(("id" = "$response.body#/bookingId")))),
+            ("PayBooking" = (operation_id = "execute_payment",
+                request_body = json!({"paymentIntentId": "$response.body#/paymentIntentId"}))),
+        )),
         (status = 400, body = crate::error::ErrorBody, description = "Missing fields, a taken or unknown seat, limits"),
         (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody, description = "Unknown performance"),
@@ -171,6 +221,9 @@ pub async fn my_bookings(
             .filter(|n| (1..=500).contains(n))
             .ok_or_else(|| ApiError::bad_request("limit must be an integer from 1 to 500."))?,
     };
+    if params.before.as_deref().is_some_and(|before| !crate::path_id::valid_id(before)) {
+        return Err(ApiError::bad_request("before must be a bookingId: 1-128 characters without control characters."));
+    }
     let request =
         pb::ListUserBookingsRequest { limit, before: params.before.unwrap_or_default(), ..Default::default() };
     let list = state.booking.clone().list_user_bookings(grpc_request(request, &headers)).await?.into_inner();

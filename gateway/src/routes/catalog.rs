@@ -94,6 +94,42 @@ pub struct RegisterPerformanceBody {
     pub rows: Option<Vec<RowBody>>,
 }
 
+/// `POST /performances` as the server checks it (the body above is lenient
+/// so that a missing field gets the contract's message). Row labels must
+/// also differ, and a performance holds at most 100,000 seats: 400s.
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct RegisterPerformance {
+    /// A new id (1-64 letters, digits, `_`, `-`).
+    #[schema(example = "perf_x", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
+    performance_id: String,
+    /// At most 200 characters.
+    #[schema(example = "Hamlet", max_length = 200)]
+    title: Option<String>,
+    /// When it starts.
+    #[schema(example = "2027-01-15T19:30:00Z", format = DateTime)]
+    starts_at: Option<String>,
+    /// 1 or more rows of seats.
+    #[schema(min_items = 1)]
+    rows: Vec<Row>,
+}
+
+/// One row of a new performance, as the server checks it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Row {
+    /// 1-3 capital letters.
+    #[schema(example = "A", pattern = "^[A-Z]{1,3}$")]
+    row: String,
+    /// 1-500 seats.
+    #[schema(example = 20, minimum = 1, maximum = 500)]
+    seats: u32,
+    /// Won, more than 0.
+    #[schema(example = 30000, minimum = 1)]
+    price: i64,
+}
+
 /// `201` answer.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -105,9 +141,13 @@ pub struct PerformanceRegistered {
 }
 
 /// Registers a performance and its seats (admin).
-#[utoipa::path(post, path = "/performances", tag = "Performances", request_body = RegisterPerformanceBody,
+#[utoipa::path(post, path = "/performances", tag = "Performances", request_body = RegisterPerformance,
     security(("bearer" = [])),
-    responses((status = 201, body = PerformanceRegistered), (status = 400, body = crate::error::ErrorBody),
+    responses((status = 201, body = PerformanceRegistered, links(
+            ("SeatMap" = (operation_id = "seat_map", parameters(("id" = "$response.body#/performanceId")))),
+            ("Book" = (operation_id = "create_booking",
+                request_body = json!({"performanceId": "$response.body#/performanceId"}))),
+        )), (status = 400, body = crate::error::ErrorBody),
         (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody)))]
 pub async fn register_performance(

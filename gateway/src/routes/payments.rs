@@ -30,6 +30,25 @@ pub struct ExecutePaymentBody {
     pub cvv: Option<String>,
 }
 
+/// `POST /payments/execute` as the server checks it (the body above is
+/// lenient so that a missing field gets the contract's message). The token
+/// must also be one the PSP issued, and the PSP may decline: both are 400s,
+/// as the contract says.
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct ExecutePayment {
+    /// From `POST /bookings`.
+    #[schema(example = "01a22c6a-1e1b-74bf-bc5f-6220fbd251c3", min_length = 1, max_length = 128, pattern = "\\S")]
+    payment_intent_id: String,
+    /// A payment method token of the PSP, e.g. `tok_visa`.
+    #[schema(example = "tok_visa", min_length = 1, max_length = 256, pattern = "\\S")]
+    payment_method_token: String,
+    /// 3 or 4 digits.
+    #[schema(example = "123", pattern = "^[0-9]{3,4}$")]
+    cvv: String,
+}
+
 /// What the simulated PSP answered (`pgMockData` in the contract).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -79,7 +98,7 @@ pub struct PaymentFailure {
 }
 
 /// Charges a payment intent through the payment service provider (simulated in this build).
-#[utoipa::path(post, path = "/payments/execute", tag = "Payments", request_body = ExecutePaymentBody,
+#[utoipa::path(post, path = "/payments/execute", tag = "Payments", request_body = ExecutePayment,
     security(("bearer" = [])), params(super::IdempotencyKey),
     responses(
         (status = 200, body = PaymentSuccess),

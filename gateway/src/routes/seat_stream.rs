@@ -28,6 +28,19 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::{auth::AuthUser, error::ApiError, path_id::PathId, seat_watch::Viewing, AppState};
 
+/// One event of the stream, as a client's EventSource sees it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SeatEvent {
+    /// `snapshot` (the whole map, a SeatMapBody) or `seats` (the seats that changed).
+    #[schema(pattern = "^(snapshot|seats)$")]
+    event: String,
+    /// The state of the whole map after this event (send it back as `Last-Event-ID`).
+    id: String,
+    /// The event's JSON.
+    data: String,
+}
+
 /// A comment that keeps an idle connection open.
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 /// How often a quiet stream sends it.
@@ -45,7 +58,22 @@ struct Viewer {
     shutting_down: edge::shutdown::Shutdown,
 }
 
-/// `GET /performances/{id}/seats/stream`: the seat map, live.
+/// The seat map as Server-Sent Events: a `snapshot`, then `seats` events
+/// with the seats whose state changed, until the caller's token expires.
+#[utoipa::path(get, path = "/performances/{id}/seats/stream", tag = "Performances",
+    params(("id" = String, Path, description = "performanceId"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received: no snapshot if the map is unchanged since")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = SeatEvent,
+            description = "`event: snapshot` (a SeatMapBody), then `event: seats` (the changed seats); each `id` names the map's state"),
+        (status = 400, body = crate::error::ErrorBody, description = "Invalid id"),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody, description = "Unknown performance"),
+        (status = 429, body = crate::error::ErrorBody, description = "This user watches too many streams",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, body = crate::error::ErrorBody, description = "This gateway serves as many streams as it may",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn seat_stream(
     State(state): State<Arc<AppState>>,
     user: AuthUser,
