@@ -68,9 +68,31 @@ struct IntentFacts {
 
 /// Runs every check; an empty list means the stores are consistent.
 pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Violation>> {
-    let mut violations = Vec::new();
-    let mut flag = |invariant: Invariant, message: String| violations.push(Violation { invariant, message });
+    let mut report = Report::default();
+    let bookings = load_bookings(booking, &mut report).await?;
+    let intents = load_intents(payment, &mut report).await?;
+    let by_id: HashMap<&str, &BookingFacts> = bookings.iter().map(|b| (b.booking_id.as_str(), b)).collect();
+    check_seats(booking, &bookings, &by_id, &mut report).await?;
+    check_payments(&bookings, &intents, &by_id, &mut report);
+    check_ledger(payment, &intents, &mut report).await?;
+    check_psp(payment, &intents, &mut report).await?;
+    check_settled(&intents, &by_id, &mut report);
+    Ok(report.0)
+}
 
+/// The violations found so far.
+#[derive(Default)]
+struct Report(Vec<Violation>);
+
+impl Report {
+    fn flag(&mut self, invariant: Invariant, message: String) {
+        self.0.push(Violation { invariant, message });
+    }
+}
+
+type ById<'a> = HashMap<&'a str, &'a BookingFacts>;
+
+async fn load_bookings(booking: &PgPool, report: &mut Report) -> anyhow::Result<Vec<BookingFacts>> {
     // Booking states folded by the domain's own replay, never a projection.
     let mut bookings = Vec::new();
     for folded in aggregate::load_all::<Booking>(booking).await? {
@@ -82,14 +104,23 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
                 payment_intent_id: b.created.payment_intent_id,
                 status: b.status.as_str(),
             }),
-            None => flag(Invariant::StreamsFold, format!("booking stream {} does not fold to a booking", folded.id)),
+            None => {
+                report.flag(Invariant::StreamsFold, format!("booking stream {} does not fold to a booking", folded.id))
+            }
         }
     }
+    Ok(bookings)
+}
+
+async fn load_intents(payment: &PgPool, report: &mut Report) -> anyhow::Result<Vec<IntentFacts>> {
     // Payment intents likewise; captures and refunds are counted from their events.
     let mut intents = Vec::new();
     for folded in aggregate::load_all::<PaymentIntent>(payment).await? {
         let Some(intent) = folded.state else {
-            flag(Invariant::StreamsFold, format!("payment intent stream {} does not fold to an intent", folded.id));
+            report.flag(
+                Invariant::StreamsFold,
+                format!("payment intent stream {} does not fold to an intent", folded.id),
+            );
             continue;
         };
         let mut facts = IntentFacts {
@@ -112,6 +143,15 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
         intents.push(facts);
     }
 
+    Ok(intents)
+}
+
+async fn check_seats(
+    booking: &PgPool,
+    bookings: &[BookingFacts],
+    by_id: &ById<'_>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     // 1. No seat owned by two confirmed bookings.
     let mut owners: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for b in bookings.iter().filter(|b| b.status == "confirmed") {
@@ -121,7 +161,7 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
     }
     for ((performance, seat), ids) in &owners {
         if ids.len() > 1 {
-            flag(
+            report.flag(
                 Invariant::SeatSoldOnce,
                 format!("seat {performance}/{seat} is sold to {} bookings: {}", ids.len(), ids.join(", ")),
             );
@@ -131,17 +171,16 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
     // 2. Seat holds agree with the bookings' states.
     let holds: Vec<(String, String, String, String)> =
         sqlx::query_as("select performance_id, seat_id, booking_id, status from seat_holds").fetch_all(booking).await?;
-    let by_id: HashMap<&str, &BookingFacts> = bookings.iter().map(|b| (b.booking_id.as_str(), b)).collect();
     let mut held: HashMap<(&str, &str), (&str, &str)> = HashMap::new();
     for (performance, seat, booking_id, status) in &holds {
         held.insert((performance, seat), (booking_id, status));
         match by_id.get(booking_id.as_str()).map(|b| b.status) {
             Some("pending") | Some("confirmed") => {}
-            Some(other) => flag(
+            Some(other) => report.flag(
                 Invariant::HoldsMatchBookings,
                 format!("seat {performance}/{seat} is still held by {other} booking {booking_id}"),
             ),
-            None => flag(
+            None => report.flag(
                 Invariant::HoldsMatchBookings,
                 format!("seat {performance}/{seat} is held by unknown booking {booking_id}"),
             ),
@@ -152,7 +191,7 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
         for seat in &b.seat_ids {
             match held.get(&(b.performance_id.as_str(), seat.as_str())) {
                 Some((owner, "booked")) if *owner == b.booking_id => {}
-                other => flag(
+                other => report.flag(
                     Invariant::PaidBookingOwnsSeats,
                     format!(
                         "confirmed booking {} does not own seat {}/{seat} (found {other:?})",
@@ -163,10 +202,14 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
         }
     }
 
+    Ok(())
+}
+
+fn check_payments(bookings: &[BookingFacts], intents: &[IntentFacts], by_id: &ById<'_>, report: &mut Report) {
     let intent_by_id: HashMap<&str, &IntentFacts> = intents.iter().map(|i| (i.payment_intent_id.as_str(), i)).collect();
-    for intent in &intents {
+    for intent in intents {
         if intent.successes > 1 || intent.refunds > 1 || intent.refunds > intent.successes {
-            flag(
+            report.flag(
                 Invariant::PaymentsMatchBookings,
                 format!(
                     "intent {} has {} captures and {} refunds",
@@ -175,7 +218,7 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
             );
         }
     }
-    for b in &bookings {
+    for b in bookings {
         let intent = intent_by_id.get(b.payment_intent_id.as_str());
         let (successes, refunds) = intent.map_or((0, 0), |i| (i.successes, i.refunds));
         let problem = match b.status {
@@ -195,18 +238,20 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
             _ => None,
         };
         if let Some(problem) = problem {
-            flag(Invariant::PaymentsMatchBookings, problem);
+            report.flag(Invariant::PaymentsMatchBookings, problem);
         }
     }
-    for intent in &intents {
+    for intent in intents {
         if !by_id.contains_key(intent.booking_id.as_str()) {
-            flag(
+            report.flag(
                 Invariant::PaymentsMatchBookings,
                 format!("intent {} pays unknown booking {}", intent.payment_intent_id, intent.booking_id),
             );
         }
     }
+}
 
+async fn check_ledger(payment: &PgPool, intents: &[IntentFacts], report: &mut Report) -> anyhow::Result<()> {
     // 7. The ledger balances per transaction and in total, with one capture per intent.
     let unbalanced: Vec<(String, i64, i64)> = sqlx::query_as(
         "select transaction_id, \
@@ -219,7 +264,7 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
     .fetch_all(payment)
     .await?;
     for (transaction, debits, credits) in unbalanced {
-        flag(
+        report.flag(
             Invariant::LedgerBalances,
             format!("ledger transaction {transaction} is unbalanced: debits {debits}, credits {credits}"),
         );
@@ -231,12 +276,16 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
     .await?;
     let captured = intents.iter().filter(|i| i.successes > 0).count();
     if captures.len() != captured {
-        flag(
+        report.flag(
             Invariant::LedgerBalances,
             format!("{} capture postings for {captured} successful payments", captures.len()),
         );
     }
 
+    Ok(())
+}
+
+async fn check_psp(payment: &PgPool, intents: &[IntentFacts], report: &mut Report) -> anyhow::Result<()> {
     // 8. Money and records agree: every PSP charge is a recorded capture and
     //    every capture a PSP charge (attempt keys `{intent}:{attempt}`).
     let charged: Vec<(String, String)> =
@@ -252,7 +301,7 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
     let charged_keys: HashMap<&str, &str> = charged.iter().map(|(k, i)| (k.as_str(), i.as_str())).collect();
     for (key, intent) in &charged {
         if !recorded_keys.contains_key(key) {
-            flag(
+            report.flag(
                 Invariant::PspMatchesRecords,
                 format!("the PSP charged {key} (intent {intent}) but no capture is recorded"),
             );
@@ -260,21 +309,25 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
     }
     for (key, intent) in &recorded_keys {
         if !charged_keys.contains_key(key.as_str()) {
-            flag(
+            report.flag(
                 Invariant::PspMatchesRecords,
                 format!("intent {intent} records a capture ({key}) the PSP never charged"),
             );
         }
     }
 
+    Ok(())
+}
+
+fn check_settled(intents: &[IntentFacts], by_id: &ById<'_>, report: &mut Report) {
     // 9. A paid booking ends confirmed or refunded (after a grace for the
     //    events still on their way).
     let settled_before = chrono::Utc::now() - PAID_GRACE;
-    for intent in &intents {
+    for intent in intents {
         for (_, at) in intent.captures.iter().filter(|(_, at)| *at < settled_before) {
             let status = by_id.get(intent.booking_id.as_str()).map(|b| b.status);
             if !matches!(status, Some("confirmed" | "refunded")) {
-                flag(
+                report.flag(
                     Invariant::PaidBookingSettles,
                     format!(
                         "booking {} was paid at {at} (intent {}) but is {} rather than confirmed or refunded",
@@ -286,7 +339,6 @@ pub async fn check(booking: &PgPool, payment: &PgPool) -> anyhow::Result<Vec<Vio
             }
         }
     }
-    Ok(violations)
 }
 
 /// How long a payment may take to confirm or refund its booking before

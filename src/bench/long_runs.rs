@@ -207,10 +207,18 @@ async fn soak_purchase(target: &Target, performance: &str, seat: &str, user: &st
     }
 }
 
+/// The services' databases, whose connections a soak counts.
+#[derive(Clone, Copy)]
+pub struct ServiceDatabases<'a> {
+    /// A connection to the cluster that holds them.
+    pub pool: &'a sqlx::PgPool,
+    /// booking's and payment's database names.
+    pub names: [&'a str; 2],
+}
+
 /// `soak`: `clients` clients run the mix for `duration` beside 100
 /// viewers; every 10 s each process's memory and descriptors, the
 /// services' database connections and the window's p99 are sampled.
-#[allow(clippy::too_many_arguments)]
 pub async fn soak(
     target: Arc<Target>,
     performance: &str,
@@ -218,9 +226,9 @@ pub async fn soak(
     clients: usize,
     duration: Duration,
     watched: &Watched,
-    databases: &sqlx::PgPool,
-    names: [&str; 2],
+    databases: &ServiceDatabases<'_>,
 ) -> Value {
+    let ServiceDatabases { pool: databases, names } = *databases;
     let stop = Arc::new(AtomicBool::new(false));
     let (_, _, viewers) = open_viewers(&target, performance, 100, &stop);
     let next = Arc::new(AtomicUsize::new(0));

@@ -257,9 +257,11 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
         BenchScenario::Soak | BenchScenario::All => {
             let seats = Arc::new(bench::register_performance(&target, "perf_soak", 200).await?);
             let databases = sqlx::PgPool::connect(args.database.url()).await?;
-            let names = [booking_db.as_str(), payment_db.as_str()];
-            bench::long_runs::soak(target, "perf_soak", seats, args.clients, args.duration, &watched, &databases, names)
-                .await
+            let databases = bench::long_runs::ServiceDatabases {
+                pool: &databases,
+                names: [booking_db.as_str(), payment_db.as_str()],
+            };
+            bench::long_runs::soak(target, "perf_soak", seats, args.clients, args.duration, &watched, &databases).await
         }
     };
     system.stop();

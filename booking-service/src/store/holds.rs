@@ -79,7 +79,6 @@ pub enum Hold {
 /// if its hold has lapsed (`locked_until <= now()`) and no charge is
 /// admitted. The primary key does the rest. The caller runs this after
 /// [`prepare_booking`], in the transaction that appends `SeatLocked`.
-#[allow(clippy::too_many_arguments)]
 pub async fn hold_seats(
     conn: &mut PgConnection,
     performance_id: &str,
