@@ -88,6 +88,8 @@ pub struct DevArgs {
     pub gateway_addr: std::net::SocketAddr,
     #[command(flatten)]
     pub edge: gateway::config::EdgeLimits,
+    #[command(flatten)]
+    pub cors: gateway::config::CorsArgs,
     /// Run a private PostgreSQL cluster from the installed server binaries
     /// even where one answers on localhost:5432 (without this, `dev` does so
     /// only when DATABASE_URL is unset and nothing answers there).

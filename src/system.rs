@@ -115,6 +115,7 @@ pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> a
         payment_grpc_url: format!("{scheme}://{}", loopback(payment_addr)),
         security: args.service.security,
         edge: args.edge,
+        cors: args.cors,
         // dev signs with its HS256 secret: the gateway mints its own token.
         gateway_service_token: None,
         dev_tokens: args.dev_tokens,

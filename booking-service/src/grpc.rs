@@ -154,9 +154,9 @@ impl BookingService for BookingGrpc {
         &self,
         request: Request<pb::GetOccupiedSeatRequest>,
     ) -> Result<Response<pb::OccupiedSeat>, Status> {
-        self.caller(request.metadata()).await?;
+        let caller = self.caller(request.metadata()).await?;
         let body = request.into_inner();
-        let seat = self.bookings.occupied_seat(&body.performance_id, &body.seat_id).await?;
+        let seat = self.bookings.occupied_seat(&caller, &body.performance_id, &body.seat_id).await?;
         Ok(Response::new(pb::OccupiedSeat {
             booking_id: seat.booking_id,
             user_id: seat.user_id,
@@ -217,7 +217,8 @@ impl BookingService for BookingGrpc {
         let caller = self.caller(request.metadata()).await?;
         let body = request.into_inner();
         let timeout = std::time::Duration::from_millis(u64::from(body.timeout_ms.min(MAX_AWAIT_MS)));
-        let booking = self.bookings.await_decision(&caller, &body.booking_id, timeout).await?;
+        let booking =
+            self.bookings.await_decision(&caller, &body.booking_id, timeout, body.until_payment_settled).await?;
         Ok(Response::new(booking_to_pb(booking)))
     }
 

@@ -101,6 +101,7 @@ impl Bookings {
         caller: &Caller,
         booking_id: &str,
         timeout: std::time::Duration,
+        until_payment_settled: bool,
     ) -> Result<Booking, BookingError> {
         let deadline = tokio::time::Instant::now() + timeout;
         // Registered before the first look, so a decision in between wakes us.
@@ -110,7 +111,8 @@ impl Bookings {
             tokio::pin!(decided);
             decided.as_mut().enable();
             let booking = self.get(caller, booking_id).await?;
-            if booking.status != BookingStatus::Pending {
+            let settled = until_payment_settled && !booking.payment_in_progress(Utc::now());
+            if booking.status != BookingStatus::Pending || settled {
                 return Ok(booking);
             }
             if tokio::time::timeout_at(deadline, decided).await.is_err() {
@@ -254,16 +256,23 @@ impl Bookings {
         Ok(views::user_bookings(&mut conn, user_id, i64::from(limit), before).await?)
     }
 
-    /// The occupiedSeats document of a seat.
+    /// The occupiedSeats document of a seat. Only its holder and admins
+    /// learn who holds it: for anyone else the booking and user are empty.
     pub async fn occupied_seat(
         &self,
+        caller: &Caller,
         performance_id: &str,
         seat_id: &str,
     ) -> Result<holds::OccupiedSeatRow, BookingError> {
         let mut conn = self.pool.acquire().await?;
-        holds::occupied_seat(&mut conn, performance_id, seat_id)
+        let mut seat = holds::occupied_seat(&mut conn, performance_id, seat_id)
             .await?
-            .ok_or_else(|| BookingError::SeatNotOccupied(format!("{performance_id}_{seat_id}")))
+            .ok_or_else(|| BookingError::SeatNotOccupied(format!("{performance_id}_{seat_id}")))?;
+        if seat.user_id != caller.user_id && !caller.admin {
+            seat.booking_id.clear();
+            seat.user_id.clear();
+        }
+        Ok(seat)
     }
 
     /// The seat map of a performance.

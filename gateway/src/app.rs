@@ -88,6 +88,7 @@ impl GatewayApp {
             edge.gateway_max_streams_per_user as usize,
             shutdown.clone(),
         ));
+        let cors = crate::cors::layer(&settings.cors.gateway_cors_origins, settings.dev_tokens)?;
         let state = Arc::new(AppState {
             booking,
             payment: PaymentServiceClient::new(payment_channel.clone()),
@@ -107,6 +108,7 @@ impl GatewayApp {
             seat_watch,
             read_your_writes_ms: settings.edge.gateway_read_your_writes_ms,
             dev_token_secret: settings.dev_tokens.then(|| settings.security.auth.jwt_secret.clone()).flatten(),
+            cors,
         });
         let listener = tokio::net::TcpListener::bind(settings.gateway_addr)
             .await
@@ -223,6 +225,16 @@ async fn record_http_metrics(
 
 /// The REST router of the contract.
 pub fn router(state: Arc<AppState>) -> Router {
+    let cors = state.cors.clone();
+    let router = routes(state);
+    // Outermost: a preflight is answered before anything else looks at it.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+fn routes(state: Arc<AppState>) -> Router {
     let request_id = HeaderName::from_static(edge::wire::REQUEST_ID);
     // The dev-token route exists only in `ticketing dev`.
     let dev = match state.dev_token_secret {

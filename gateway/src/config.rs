@@ -37,10 +37,23 @@ pub struct GatewaySettings {
     /// its own with JWT_SECRET; with neither, each read uses its caller's token.
     #[arg(long, env = "GATEWAY_SERVICE_TOKEN", hide_env_values = true)]
     pub gateway_service_token: Option<edge::auth::Secret>,
+    #[command(flatten)]
+    pub cors: CorsArgs,
     /// `ticketing dev` sets this: the box-office page may ask
-    /// `POST /dev/token` for a token. Never a flag or an env var.
+    /// `POST /dev/token` for a token, and any localhost origin may call the
+    /// API. Never a flag or an env var.
     #[arg(skip)]
     pub dev_tokens: bool,
+}
+
+/// Which browser origins may call the API.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CorsArgs {
+    /// Browser origins that may call the API (CORS), comma-separated, e.g.
+    /// `https://tickets.example.com`. None by default; `dev` also allows
+    /// any localhost origin.
+    #[arg(long, env = "GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
+    pub gateway_cors_origins: Vec<String>,
 }
 
 /// What the edge sheds before it reaches the services.

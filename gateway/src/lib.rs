@@ -23,6 +23,7 @@ pub mod admit;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod json;
 pub mod openapi;

@@ -84,11 +84,45 @@ async fn cancelling_a_pending_booking_frees_its_seats_and_refuses_payment() {
     assert_eq!(pay.status, StatusCode::CONFLICT, "{}", pay.body);
     assert_eq!(pay.body["error"], "Payment intent is no longer payable.");
 
+    // A retried DELETE is not an error: the same 200, and nothing changes.
     let twice = sys.delete(&format!("/bookings/{booking}"), "user_a").await;
-    assert_eq!(twice.status, StatusCode::CONFLICT);
+    assert_eq!((twice.status, &twice.body), (cancel.status, &cancel.body));
+    let by_stranger = sys.delete(&format!("/bookings/{booking}"), "user_b").await;
+    assert_eq!(by_stranger.status, StatusCode::FORBIDDEN);
     let unknown = sys.delete("/bookings/no-such-booking", "user_a").await;
     assert_eq!((unknown.status, unknown.body["error"].as_str()), (StatusCode::NOT_FOUND, Some("Booking not found.")));
     sys.wait_listed("user_a", &booking, "cancelled").await;
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_right_after_a_declined_payments_answer_succeeds_at_once() {
+    let sys = System::start().await;
+    for round in 0..5 {
+        let seat = format!("C{}", round + 10);
+        let (booking, intent) = sys.book("user_decline", "perf_001", &[&seat]).await;
+        let declined = sys.pay("user_decline", &intent, "tok_insufficientFunds").await;
+        assert_eq!(declined.status, StatusCode::BAD_REQUEST, "{}", declined.body);
+        let cancel = sys.delete(&format!("/bookings/{booking}"), "user_decline").await;
+        assert_eq!(cancel.status, StatusCode::OK, "round {round}: {}", cancel.body);
+    }
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn occupied_seats_name_the_holder_only_to_the_holder_and_admins() {
+    let sys = System::start().await;
+    let (booking, _) = sys.book("user_holder", "perf_001", &["D7"]).await;
+    let own = sys.get("/occupiedSeats/perf_001_D7", "user_holder").await;
+    assert_eq!((own.body["bookingId"].as_str(), own.body["userId"].as_str()), (Some(&*booking), Some("user_holder")));
+    let admin = sys.call(reqwest::Method::GET, "/occupiedSeats/perf_001_D7", Some(&sys.admin_token()), None).await;
+    assert_eq!(admin.body["userId"], "user_holder");
+    let other = sys.get("/occupiedSeats/perf_001_D7", "user_curious").await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.body["bookingId"], serde_json::Value::Null);
+    assert_eq!(other.body["userId"], serde_json::Value::Null);
+    assert_eq!(other.body["status"], "locked");
+    assert_eq!(other.body["lockedUntil"], own.body["lockedUntil"]);
     sys.stop().await;
 }
 

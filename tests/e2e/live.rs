@@ -202,13 +202,13 @@ async fn the_box_office_page_is_served_and_dev_tokens_exist_only_in_dev() {
 // ---------------------------------------------------------------- the browser
 
 /// chromedriver on a free port, killed on drop.
-struct ChromeDriver {
+pub(crate) struct ChromeDriver {
     child: std::process::Child,
     url: String,
 }
 
 impl ChromeDriver {
-    async fn start() -> Option<Self> {
+    pub(crate) async fn start() -> Option<Self> {
         let (driver, browser) = ("/usr/bin/chromedriver", "/usr/bin/chromium");
         if !std::path::Path::new(driver).exists() || !std::path::Path::new(browser).exists() {
             testkit::skip_notice(
@@ -242,6 +242,23 @@ impl Drop for ChromeDriver {
     }
 }
 
+/// A headless Chromium session on `driver`.
+pub(crate) async fn open_browser(driver: &ChromeDriver) -> fantoccini::Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"],
+        }),
+    );
+    fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a WebDriver session in chromium")
+}
+
 /// Waits until `script` (a JavaScript expression) is truthy in the page.
 async fn wait_for(browser: &fantoccini::Client, script: &str, what: &str) {
     for _ in 0..150 {
@@ -259,19 +276,7 @@ async fn wait_for(browser: &fantoccini::Client, script: &str, what: &str) {
 async fn in_a_real_browser_a_user_books_pays_and_sees_the_seat_turn_sold_and_the_booking_confirmed() {
     let Some(driver) = ChromeDriver::start().await else { return };
     let sys = System::start_dev().await;
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"],
-        }),
-    );
-    let browser = fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .expect("a WebDriver session in chromium");
+    let browser = open_browser(&driver).await;
 
     browser.goto(&format!("{}/", sys.base)).await.unwrap();
     let user = browser.find(fantoccini::Locator::Id("user")).await.unwrap();

@@ -4,6 +4,7 @@
 
 mod contention;
 mod contract;
+mod cors;
 mod edge;
 mod flows;
 mod fuzz;

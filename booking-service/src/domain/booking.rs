@@ -421,6 +421,9 @@ impl Booking {
     fn cancel(&self, caller: &Caller, now: DateTime<Utc>) -> Result<Vec<BookingEvent>, BookingRejection> {
         if self.created.user_id != caller.user_id && !caller.admin {
             Err(BookingRejection::NotOwner)
+        } else if self.status == BookingStatus::Cancelled {
+            // A retried cancel: the booking is as its owner asked.
+            Ok(Vec::new())
         } else if !self.pending() {
             Err(BookingRejection::NotPending)
         } else if self.payment_in_progress(now) {
@@ -634,6 +637,20 @@ mod tests {
                 reason: CancelReason::UserRequested,
                 cancelled_at: t(10)
             }])
+        );
+    }
+
+    #[test]
+    fn a_retried_cancel_decides_nothing_and_is_not_refused() {
+        let history = [
+            BookingEvent::SeatLocked(created()),
+            BookingEvent::BookingCancelled { of: of(), reason: CancelReason::UserRequested, cancelled_at: t(10) },
+        ];
+        assert_eq!(given(&history, BookingCommand::Cancel { caller: owner(), now: t(11) }), Ok(vec![]));
+        let stranger = Caller { user_id: "user_999".into(), admin: false };
+        assert_eq!(
+            given(&history, BookingCommand::Cancel { caller: stranger, now: t(11) }),
+            Err(BookingRejection::NotOwner)
         );
     }
 

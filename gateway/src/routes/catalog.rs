@@ -29,10 +29,10 @@ pub struct LockedUntil {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OccupiedSeatDoc {
-    /// The holding booking.
-    pub booking_id: String,
-    /// Its owner.
-    pub user_id: String,
+    /// The holding booking; null unless the caller holds the seat or is an admin.
+    pub booking_id: Option<String>,
+    /// Its owner; null unless the caller holds the seat or is an admin.
+    pub user_id: Option<String>,
     /// End of the hold; null once booked.
     pub locked_until: Option<LockedUntil>,
     /// `locked` or `booked`.
@@ -62,8 +62,8 @@ pub async fn occupied_seat(
     };
     let seat = state.booking.clone().get_occupied_seat(grpc_request(request, &headers)).await?.into_inner();
     Ok(Json(OccupiedSeatDoc {
-        booking_id: seat.booking_id,
-        user_id: seat.user_id,
+        booking_id: Some(seat.booking_id).filter(|id| !id.is_empty()),
+        user_id: Some(seat.user_id).filter(|id| !id.is_empty()),
         locked_until: seat.locked_until.map(|t| LockedUntil { seconds: t.seconds, nanoseconds: t.nanos }),
         status: seat.status,
     }))

@@ -134,12 +134,15 @@ pub async fn execute_payment(
     let reply = state.payment.clone().execute_payment(idempotent_grpc_request(request, &headers)?).await?;
     let replayed = replay_headers(reply.metadata());
     let answer = reply.into_inner();
-    if answer.is_success && !answer.booking_id.is_empty() && state.read_your_writes_ms > 0 {
-        // Read-your-writes: answer once the booking shows the payment, so the
-        // client's next GET sees it (bounded; the payment stands either way).
+    if !answer.booking_id.is_empty() && state.read_your_writes_ms > 0 {
+        // Read-your-writes: answer once the booking shows the payment (a
+        // success confirms it; a decline ends its admission, so a cancel
+        // right after this answer is not refused as "in progress"). Bounded;
+        // the outcome stands either way.
         let wait = proto::booking::AwaitDecisionRequest {
             booking_id: answer.booking_id.clone(),
             timeout_ms: state.read_your_writes_ms,
+            until_payment_settled: !answer.is_success,
         };
         match state.booking.clone().await_decision(grpc_request(wait, &headers)).await {
             Ok(booking) => state.seat_watch.changed(&booking.into_inner().performance_id),
