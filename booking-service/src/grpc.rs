@@ -45,6 +45,24 @@ impl BookingGrpc {
     }
 }
 
+fn summary_to_pb(p: crate::store::catalog::PerformanceSummary) -> pb::PerformanceSummary {
+    let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    pb::PerformanceSummary {
+        performance_id: p.performance_id,
+        title: p.title,
+        starts_at: p.starts_at.map(timestamp),
+        currency: CURRENCY.to_owned(),
+        min_price: p.min_price,
+        max_price: p.max_price,
+        available: count(p.available),
+        held: count(p.held),
+        sold: count(p.sold),
+    }
+}
+
+/// Prices are won (KRW has no minor unit).
+const CURRENCY: &str = "KRW";
+
 fn created_to_pb(created: CreatedBooking) -> pb::CreateBookingResponse {
     pb::CreateBookingResponse {
         booking_id: created.booking_id,
@@ -175,6 +193,29 @@ impl BookingService for BookingGrpc {
             starts_at: performance.starts_at.map(timestamp),
             seats: seats.into_iter().map(|s| pb::Seat { seat_id: s.seat_id, price: s.price, state: s.state }).collect(),
         }))
+    }
+
+    async fn list_performances(
+        &self,
+        request: Request<pb::ListPerformancesRequest>,
+    ) -> Result<Response<pb::ListPerformancesResponse>, Status> {
+        self.caller(request.metadata()).await?;
+        let body = request.into_inner();
+        let after = Some(body.after.as_str()).filter(|a| !a.is_empty());
+        let (page, more) = self.bookings.performances(body.limit, after).await?;
+        Ok(Response::new(pb::ListPerformancesResponse {
+            performances: page.into_iter().map(summary_to_pb).collect(),
+            more,
+        }))
+    }
+
+    async fn get_performance(
+        &self,
+        request: Request<pb::GetPerformanceRequest>,
+    ) -> Result<Response<pb::PerformanceSummary>, Status> {
+        self.caller(request.metadata()).await?;
+        let body = request.into_inner();
+        Ok(Response::new(summary_to_pb(self.bookings.performance(&body.performance_id).await?)))
     }
 
     async fn register_performance(

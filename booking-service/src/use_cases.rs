@@ -288,6 +288,31 @@ impl Bookings {
         Ok((performance, seats))
     }
 
+    /// Performances soonest first with their availability, and whether
+    /// more follow.
+    pub async fn performances(
+        &self,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<(Vec<catalog::PerformanceSummary>, bool), BookingError> {
+        let limit = if limit == 0 { 20 } else { limit.min(100) };
+        let mut conn = self.pool.acquire().await?;
+        let mut page = catalog::list_performances(&mut conn, i64::from(limit) + 1, after)
+            .await?
+            .ok_or_else(|| BookingError::Invalid("after must be a performanceId from the list.".into()))?;
+        let more = page.len() > limit as usize;
+        page.truncate(limit as usize);
+        Ok((page, more))
+    }
+
+    /// One performance with its availability.
+    pub async fn performance(&self, performance_id: &str) -> Result<catalog::PerformanceSummary, BookingError> {
+        let mut conn = self.pool.acquire().await?;
+        catalog::performance_summary(&mut conn, performance_id)
+            .await?
+            .ok_or_else(|| BookingError::PerformanceNotFound(performance_id.to_owned()))
+    }
+
     /// An admin registers a performance and its seats.
     pub async fn register_performance(
         &self,

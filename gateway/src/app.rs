@@ -27,7 +27,7 @@ use tracing::Level;
 use crate::{
     config::GatewaySettings,
     error::ApiError,
-    routes::{bookings, box_office, catalog, health, payments, seat_stream},
+    routes::{bookings, box_office, catalog, health, payments, performances, seat_stream},
     state::AppState,
 };
 
@@ -252,8 +252,11 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/occupiedSeats/{doc_id}", get(catalog::occupied_seat))
         .route(
             "/performances",
-            post(catalog::register_performance).layer(DefaultBodyLimit::max(crate::admit::PERFORMANCE_BODY_LIMIT)),
+            get(performances::list_performances)
+                .post(catalog::register_performance)
+                .layer(DefaultBodyLimit::max(crate::admit::PERFORMANCE_BODY_LIMIT)),
         )
+        .route("/performances/{id}", get(performances::get_performance))
         .route("/performances/{id}/seats", get(catalog::seat_map))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -6,7 +6,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use crate::routes::{bookings, catalog, health, payments, seat_stream};
+use crate::routes::{bookings, catalog, health, payments, performances, seat_stream};
 
 /// The REST API description.
 #[derive(OpenApi)]
@@ -16,7 +16,7 @@ use crate::routes::{bookings, catalog, health, payments, seat_stream};
     paths(
         bookings::create_booking, bookings::my_bookings, bookings::get_booking, bookings::cancel_booking,
         payments::execute_payment,
-        catalog::occupied_seat, catalog::register_performance, catalog::seat_map, seat_stream::seat_stream,
+        catalog::occupied_seat, performances::list_performances, performances::get_performance, catalog::register_performance, catalog::seat_map, seat_stream::seat_stream,
         health::healthz, health::readyz,
     ),
     components(schemas(crate::error::ErrorBody)),

@@ -84,6 +84,18 @@ async fn every_booking_method_refuses_calls_without_valid_credentials() {
             ("ListUserBookings", code(client.list_user_bookings(unauthenticated(forge, list.clone())).await)),
             ("GetOccupiedSeat", code(client.get_occupied_seat(unauthenticated(forge, seat.clone())).await)),
             ("GetSeatMap", code(client.get_seat_map(unauthenticated(forge, map.clone())).await)),
+            (
+                "ListPerformances",
+                code(client.list_performances(unauthenticated(forge, bpb::ListPerformancesRequest::default())).await),
+            ),
+            (
+                "GetPerformance",
+                code(client.get_performance(unauthenticated(forge, bpb::GetPerformanceRequest::default())).await),
+            ),
+            (
+                "AwaitDecision",
+                code(client.await_decision(unauthenticated(forge, bpb::AwaitDecisionRequest::default())).await),
+            ),
             ("RegisterPerformance", code(client.register_performance(unauthenticated(forge, register.clone())).await)),
             ("AdmitPayment", code(client.admit_payment(unauthenticated(forge, admit.clone())).await)),
         ];

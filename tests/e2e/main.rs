@@ -2,6 +2,7 @@
 //! system (gateway, booking-service, payment-service, PostgreSQL, Kafka).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod catalog;
 mod contention;
 mod contract;
 mod cors;

@@ -16,6 +16,75 @@ pub struct Performance {
     pub starts_at: Option<DateTime<Utc>>,
 }
 
+/// A performance with its prices and how many seats are free, held, sold.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PerformanceSummary {
+    /// Its id.
+    pub performance_id: String,
+    /// Its title.
+    pub title: String,
+    /// When it starts.
+    pub starts_at: Option<DateTime<Utc>>,
+    /// The cheapest seat.
+    pub min_price: i64,
+    /// The dearest seat.
+    pub max_price: i64,
+    /// Seats free now.
+    pub available: i64,
+    /// Seats held (pending, or a payment being charged).
+    pub held: i64,
+    /// Seats sold.
+    pub sold: i64,
+}
+
+/// The summary columns of `p` (a `performances` row), counted the way the
+/// seat map states seats: a lapsed hold without a live admission is free.
+const SUMMARY: &str = "p.performance_id, p.title, p.starts_at, \
+       coalesce(prices.min_price, 0) as min_price, coalesce(prices.max_price, 0) as max_price, \
+       (p.seat_count - holds.held - holds.sold)::bigint as available, holds.held, holds.sold \
+     from performances p \
+     cross join lateral (select min(price) as min_price, max(price) as max_price \
+                           from seats s where s.performance_id = p.performance_id) prices \
+     cross join lateral (select count(*) filter (where h.status = 'locked' \
+                                  and (h.locked_until > now() or h.admitted_until > now())) as held, \
+                                count(*) filter (where h.status = 'booked') as sold \
+                           from seat_holds h where h.performance_id = p.performance_id) holds";
+
+/// Performances soonest first (unannounced ones last, then by id), at most
+/// `limit`, after the performance `after`. `None` when `after` is unknown.
+pub async fn list_performances(
+    conn: &mut PgConnection,
+    limit: i64,
+    after: Option<&str>,
+) -> Result<Option<Vec<PerformanceSummary>>, sqlx::Error> {
+    const ORDER: &str = "(coalesce(p.starts_at, 'infinity'::timestamptz), p.performance_id)";
+    let Some(after) = after else {
+        let sql = format!("select {SUMMARY} order by {ORDER} limit $1");
+        return Ok(Some(sqlx::query_as(&sql).bind(limit).fetch_all(conn).await?));
+    };
+    let known: Option<String> = sqlx::query_scalar("select performance_id from performances where performance_id = $1")
+        .bind(after)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if known.is_none() {
+        return Ok(None);
+    }
+    let sql = format!(
+        "select {SUMMARY} where {ORDER} > (select coalesce(c.starts_at, 'infinity'::timestamptz), c.performance_id \
+           from performances c where c.performance_id = $2) order by {ORDER} limit $1"
+    );
+    Ok(Some(sqlx::query_as(&sql).bind(limit).bind(after).fetch_all(conn).await?))
+}
+
+/// One performance's summary.
+pub async fn performance_summary(
+    conn: &mut PgConnection,
+    performance_id: &str,
+) -> Result<Option<PerformanceSummary>, sqlx::Error> {
+    let sql = format!("select {SUMMARY} where p.performance_id = $1");
+    sqlx::query_as(&sql).bind(performance_id).fetch_optional(conn).await
+}
+
 /// One seat on the seat map.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SeatState {

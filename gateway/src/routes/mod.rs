@@ -5,6 +5,7 @@ pub mod box_office;
 pub mod catalog;
 pub mod health;
 pub mod payments;
+pub mod performances;
 pub mod seat_stream;
 
 /// The optional `Idempotency-Key` header of the two POST commands.
