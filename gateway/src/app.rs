@@ -226,7 +226,7 @@ async fn record_http_metrics(
 /// The REST router of the contract.
 pub fn router(state: Arc<AppState>) -> Router {
     let cors = state.cors.clone();
-    let router = routes(state);
+    let router = routes(state).layer(axum::middleware::from_fn(crate::problem::negotiate));
     // Outermost: a preflight is answered before anything else looks at it.
     match cors {
         Some(cors) => router.layer(cors),

@@ -103,6 +103,11 @@ impl IntoResponse for ApiError {
         if self.replayed {
             response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
         }

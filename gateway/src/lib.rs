@@ -28,6 +28,7 @@ pub mod error;
 pub mod json;
 pub mod openapi;
 pub mod path_id;
+pub mod problem;
 pub mod rate_limit;
 pub mod routes;
 pub mod seat_maps;

@@ -14,5 +14,6 @@ mod grpc_tls;
 mod idempotency;
 mod live;
 mod observability;
+mod problems;
 mod replay;
 mod support;
