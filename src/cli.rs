@@ -49,6 +49,8 @@ pub enum Command {
     Check(StoresArgs),
     /// Re-publish the dead letters of a topic to it (after fixing their cause).
     RedriveDlq(RedriveArgs),
+    /// Print the REST API's OpenAPI document (what `/openapi.json` serves).
+    Openapi,
     /// Load-test the whole system (started in-process on fresh databases) beside a pgbench baseline.
     Bench(Box<BenchArgs>),
 }

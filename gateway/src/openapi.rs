@@ -20,7 +20,7 @@ use crate::routes::{bookings, catalog, health, payments, performances, seat_stre
         health::healthz, health::readyz,
     ),
     components(schemas(crate::error::ErrorBody)),
-    modifiers(&BearerAuth, &PathIds),
+    modifiers(&BearerAuth, &PathIds, &EdgeAnswers),
     tags((name = "Bookings"), (name = "Payments"), (name = "Seats"), (name = "Performances"), (name = "Health"))
 )]
 pub struct ApiDoc;
@@ -90,6 +90,116 @@ impl Modify for PathIds {
                             .pattern(Some(crate::path_id::ID_PATTERN));
                         parameter.schema = Some(id.into());
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Booking statuses (documentation only: the wire carries the string).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum BookingStatus {
+    Pending,
+    Confirmed,
+    Cancelled,
+    Expired,
+    Failed,
+    Refunded,
+}
+
+/// The status of an occupiedSeats document.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum HoldStatus {
+    Locked,
+    Booked,
+}
+
+/// A seat's state on the seat map.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum SeatState {
+    Available,
+    Locked,
+    Booked,
+}
+
+/// `SUCCESS`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "UPPERCASE")]
+pub enum Success {
+    Success,
+}
+
+/// `FAILURE`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "UPPERCASE")]
+pub enum Failure {
+    Failure,
+}
+
+/// Whether a decline may succeed on retry (`SERVER_ERROR`) or not.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailureConcept {
+    ClientError,
+    ServerError,
+}
+
+/// What the edge may answer on any operation behind it (`admit.rs` and
+/// the shedding layer), and the challenge of every 401.
+struct EdgeAnswers;
+
+impl Modify for EdgeAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            header::HeaderBuilder,
+            response::ResponseBuilder,
+            schema::{ObjectBuilder, Type},
+            ContentBuilder, Ref, RefOr,
+        };
+        let error = || ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+        let retry_after = || {
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
+                .description(Some("Seconds to wait before retrying"))
+                .build()
+        };
+        let challenge = || {
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some("`Bearer`"))
+                .build()
+        };
+        let busy = ResponseBuilder::new()
+            .description("The service is busy, or cannot be reached; retry")
+            .content("application/json", error())
+            .header("Retry-After", retry_after())
+            .build();
+        let timed_out = ResponseBuilder::new()
+            .description("The request took longer than the gateway allows")
+            .content("application/json", error())
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if matches!(path.as_str(), "/healthz" | "/readyz") {
+                continue;
+            }
+            let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                responses.entry("503".into()).or_insert_with(|| RefOr::T(busy.clone()));
+                if !path.ends_with("/seats/stream") {
+                    responses.entry("504".into()).or_insert_with(|| RefOr::T(timed_out.clone()));
+                }
+                if let Some(RefOr::T(unauthorized)) = responses.get_mut("401") {
+                    unauthorized.headers.insert("WWW-Authenticate".into(), challenge());
                 }
             }
         }

@@ -36,6 +36,7 @@ pub struct SeatBody {
     /// Won.
     pub price: i64,
     /// `available`, `locked` or `booked`.
+    #[schema(value_type = crate::openapi::SeatState)]
     pub state: String,
 }
 
@@ -48,6 +49,7 @@ pub struct SeatMapBody {
     /// Its title.
     pub title: String,
     /// RFC 3339, if known.
+    #[schema(format = DateTime)]
     pub starts_at: Option<String>,
     /// Every seat.
     pub seats: Vec<SeatBody>,

@@ -50,6 +50,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(_) => Ok(()),
         Command::Bench(args) => crate::bench::run::run(*args).await,
         Command::RedriveDlq(args) => redrive::run(&args).await,
+        Command::Openapi => print_openapi(),
     }
     .map(|()| ExitCode::SUCCESS)
+}
+
+/// `ticketing openapi`: the document as the gateway serves it, pretty-printed
+/// (docs/openapi.json is this output; a test keeps them equal).
+fn print_openapi() -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(&gateway::openapi::document())?);
+    Ok(())
 }

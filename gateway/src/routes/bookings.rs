@@ -103,12 +103,14 @@ pub struct BookingView {
     /// Total in won.
     pub total_amount: i64,
     /// pending | confirmed | cancelled | expired | failed | refunded
+    #[schema(value_type = crate::openapi::BookingStatus)]
     pub status: String,
     /// The owner.
     #[serde(rename = "userId")]
     pub user_id: String,
     /// RFC 3339 UTC, seconds precision.
     #[serde(rename = "createdAt")]
+    #[schema(format = DateTime, example = "2026-11-30T12:00:00Z")]
     pub created_at: String,
 }
 

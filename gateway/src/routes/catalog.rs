@@ -36,6 +36,7 @@ pub struct OccupiedSeatDoc {
     /// End of the hold; null once booked.
     pub locked_until: Option<LockedUntil>,
     /// `locked` or `booked`.
+    #[schema(value_type = crate::openapi::HoldStatus)]
     pub status: String,
 }
 

@@ -56,6 +56,7 @@ pub struct PgMockData {
     /// Always true here.
     pub is_success: bool,
     /// RFC 3339 UTC.
+    #[schema(format = DateTime, example = "2026-11-30T12:00:00Z")]
     pub processed_at: String,
 }
 
@@ -68,6 +69,7 @@ pub struct PaymentSuccess {
     /// The intent.
     pub payment_intent_id: String,
     /// "SUCCESS".
+    #[schema(value_type = crate::openapi::Success)]
     pub status: &'static str,
     /// The gateway's answer.
     pub pg_mock_data: PgMockData,
@@ -80,6 +82,7 @@ pub struct FailureDetail {
     /// e.g. `CARD_DECLINED`.
     pub failure_code: String,
     /// `CLIENT_ERROR` or `SERVER_ERROR` (retry on the latter).
+    #[schema(value_type = crate::openapi::FailureConcept)]
     pub failure_concept: String,
 }
 
@@ -92,9 +95,21 @@ pub struct PaymentFailure {
     /// The intent.
     pub payment_intent_id: String,
     /// "FAILURE".
+    #[schema(value_type = crate::openapi::Failure)]
     pub status: &'static str,
     /// The decline.
     pub error: FailureDetail,
+}
+
+/// A `400` of `POST /payments/execute`: a decline, or a bad request.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum PaymentBadRequest {
+    /// The PSP declined.
+    Declined(PaymentFailure),
+    /// The request was refused before any charge.
+    Invalid(crate::error::ErrorBody),
 }
 
 /// Charges a payment intent through the payment service provider (simulated in this build).
@@ -103,7 +118,7 @@ pub struct PaymentFailure {
     responses(
         (status = 200, body = PaymentSuccess),
         (status = 400, description = "Declined (PaymentFailure) or a bad request (ErrorBody)",
-            content((PaymentFailure = "application/json"), (crate::error::ErrorBody = "application/json"))),
+            body = PaymentBadRequest),
         (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody, description = "Someone else's intent"),
         (status = 404, body = crate::error::ErrorBody),
