@@ -70,7 +70,9 @@ pub struct DevSystem {
 }
 
 /// Builds and starts the three components against `brokers`.
-pub async fn start_system(args: DevArgs, brokers: &str, shutdown: Shutdown) -> anyhow::Result<DevSystem> {
+pub async fn start_system(mut args: DevArgs, brokers: &str, shutdown: Shutdown) -> anyhow::Result<DevSystem> {
+    // dev runs the simulated PSP unless told otherwise.
+    args.payment.psp.get_or_insert(payment_service::config::PspKind::Simulated);
     let metrics_addr = edge::metrics::serve(args.service.metrics.metrics_addr, shutdown.clone()).await?;
     let booking = BookingApp::build(
         &args.service.database,

@@ -40,6 +40,8 @@ pub const RELAY: &str = "booking-outbox";
 /// A built, not yet running, booking-service.
 pub struct BookingApp {
     pool: PgPool,
+    /// The pool of the work beside requests (relay, consumer, sweeper, ...).
+    background: PgPool,
     bookings: Bookings,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
@@ -66,14 +68,9 @@ impl BookingApp {
     ) -> anyhow::Result<Self> {
         let verifier = security.auth.verifier().await?;
         let server = security.grpc_tls.server()?;
-        let pool = db::connect_service_db(
-            database.url(),
-            &settings.booking_database,
-            database.database_max_connections,
-            &store::MIGRATIONS,
-        )
-        .await
-        .context("preparing the booking database")?;
+        let pool = db::open_service_db(database, &settings.booking_database, &store::MIGRATIONS)
+            .await
+            .context("preparing the booking database")?;
         projection::ensure(&pool, &BookingViews).await.context("preparing the booking projections")?;
         if settings.load_demo_catalog {
             store::catalog::load_demo_catalog(&pool).await.context("loading the demo catalog")?;
@@ -89,6 +86,7 @@ impl BookingApp {
         let (listener, addr) = grpc::bind(settings.booking_grpc_addr).await?;
         let bookings = Bookings::new(pool.clone(), settings.clone(), policy);
         Ok(Self {
+            background: db::background_pool(&pool, database.database_background_connections),
             pool,
             bookings,
             listener,
@@ -117,7 +115,7 @@ impl BookingApp {
     /// `drain` is how long gRPC keeps serving after readiness failed.
     pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
         let consumer = self.kafka.consumer(&self.topics.group("booking-service"), &[&self.topics.payment]);
-        let background = db::background_pool(&self.pool);
+        let background = self.background.clone();
         let (health, mut tasks) = service::start(
             service::Plumbing {
                 pool: background.clone(),

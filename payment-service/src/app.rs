@@ -77,6 +77,8 @@ async fn run_reconciler(payments: Payments, shutdown: Shutdown) {
 pub struct PaymentApp {
     refunds: RefundWorker,
     pool: PgPool,
+    /// The pool of the work beside requests (relay, consumer, sweeper, ...).
+    background: PgPool,
     payments: Payments,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
@@ -103,17 +105,19 @@ impl PaymentApp {
         booking_grpc_url: &str,
         security: &SecurityArgs,
     ) -> anyhow::Result<Self> {
+        // Before anything is touched: which provider takes the money.
+        let Some(psp_kind) = settings.psp else {
+            anyhow::bail!(
+                "PSP is not set: name the payment service provider. PSP=simulated runs the simulated one, \
+                 which moves no money (ticketing dev uses it; never in production)"
+            );
+        };
         let verifier = security.auth.verifier().await?;
         let server = security.grpc_tls.server()?;
         let booking_endpoint = security.grpc_tls.endpoint("BOOKING_GRPC_URL", booking_grpc_url)?;
-        let pool = db::connect_service_db(
-            database.url(),
-            &settings.payment_database,
-            database.database_max_connections,
-            &store::MIGRATIONS,
-        )
-        .await
-        .context("preparing the payment database")?;
+        let pool = db::open_service_db(database, &settings.payment_database, &store::MIGRATIONS)
+            .await
+            .context("preparing the payment database")?;
         kafka::ensure_topics(
             brokers,
             &kafka_args.topics().all(),
@@ -125,12 +129,17 @@ impl PaymentApp {
         let channel =
             booking_endpoint.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(10)).connect_lazy();
         let intent_waiters = Arc::new(runtime::waiters::Waiters::default());
-        let psp = Arc::new(SimulatedPsp::new(
-            pool.clone(),
-            Duration::from_millis(settings.mock_pg_timeout_ms),
-            Duration::from_millis(settings.mock_pg_latency_ms),
-            settings.mock_pg_refund_failures,
-        ));
+        let psp: Arc<dyn crate::psp::Psp> = match psp_kind {
+            crate::config::PspKind::Simulated => {
+                tracing::warn!("PSP=simulated: payments go to the simulated provider and no money moves");
+                Arc::new(SimulatedPsp::new(
+                    pool.clone(),
+                    Duration::from_millis(settings.mock_pg_timeout_ms),
+                    Duration::from_millis(settings.mock_pg_latency_ms),
+                    settings.mock_pg_refund_failures,
+                ))
+            }
+        };
         let payments = Payments::new(
             pool.clone(),
             psp,
@@ -146,6 +155,7 @@ impl PaymentApp {
             interval: Duration::from_millis(settings.refund_interval_ms),
         };
         Ok(Self {
+            background: db::background_pool(&pool, database.database_background_connections),
             refunds,
             pool,
             payments,
@@ -175,7 +185,7 @@ impl PaymentApp {
     /// `drain` is how long gRPC keeps serving after readiness failed.
     pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
         let consumer = self.kafka.consumer(&self.topics.group("payment-service"), &[&self.topics.booking]);
-        let background = db::background_pool(&self.pool);
+        let background = self.background.clone();
         let (health, mut tasks) = service::start(
             service::Plumbing {
                 pool: background.clone(),

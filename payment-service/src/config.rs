@@ -4,6 +4,14 @@ use std::net::SocketAddr;
 
 use clap::Args;
 
+/// The payment service providers this build can call (`PSP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PspKind {
+    /// The simulated PSP (`psp.rs`): answers by token, keeps its records in
+    /// the payment database's `psp` schema, and moves no money.
+    Simulated,
+}
+
 /// Settings specific to the payment-service.
 #[derive(Debug, Clone, Args)]
 pub struct PaymentSettings {
@@ -13,6 +21,11 @@ pub struct PaymentSettings {
     /// Database the payment-service creates and owns on the server.
     #[arg(long, env = "PAYMENT_DATABASE", default_value = "ticketing_payment")]
     pub payment_database: String,
+    /// The payment service provider. Required outside `ticketing dev` (which
+    /// uses `simulated`): a production deployment names its real adapter,
+    /// and running the simulated one is an explicit choice, logged at start.
+    #[arg(long, env = "PSP", value_enum)]
+    pub psp: Option<PspKind>,
     /// How long the simulated PSP takes to time out `tok_pgTimeout` (ms).
     #[arg(long, env = "MOCK_PG_TIMEOUT_MS", default_value_t = 3000)]
     pub mock_pg_timeout_ms: u64,

@@ -56,6 +56,7 @@ impl Separate {
             ("JWT_SECRET", shared.secret.to_owned()),
             ("SHUTDOWN_DRAIN_SECS", "0".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
+            ("PSP", "simulated".to_owned()),
             ("BOOKING_GRPC_ADDR", format!("127.0.0.1:{booking}")),
             ("PAYMENT_GRPC_ADDR", format!("127.0.0.1:{payment}")),
             ("BOOKING_GRPC_URL", format!("http://127.0.0.1:{booking}")),

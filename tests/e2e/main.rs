@@ -14,6 +14,7 @@ mod grpc_tls;
 mod idempotency;
 mod live;
 mod observability;
+mod operations;
 mod problems;
 mod replay;
 mod support;

@@ -123,6 +123,7 @@ impl Deployment {
             ("METRICS_ADDR", "127.0.0.1:0".to_owned()),
             ("SHUTDOWN_DRAIN_SECS", "0".to_owned()),
             ("SWEEP_INTERVAL_MS", "200".to_owned()),
+            ("PSP", "simulated".to_owned()),
             ("RUST_LOG", "info,librdkafka=warn".to_owned()),
         ]
         .into_iter()

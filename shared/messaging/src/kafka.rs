@@ -117,8 +117,17 @@ pub async fn ensure_topics(
     if names.is_empty() {
         return Ok(());
     }
-    let new_topics: Vec<NewTopic<'_>> =
-        names.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication))).collect();
+    // Writes need two in-sync copies once there are three (acks=all), and
+    // records stay as long as docs/asyncapi.yaml promises.
+    let min_insync = if replication >= 3 { "2" } else { "1" };
+    let new_topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| {
+            NewTopic::new(name, partitions, TopicReplication::Fixed(replication))
+                .set("retention.ms", TOPIC_RETENTION_MS)
+                .set("min.insync.replicas", min_insync)
+        })
+        .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(&new_topics, &options)
@@ -133,6 +142,9 @@ pub async fn ensure_topics(
     }
     Ok(())
 }
+
+/// How long topics keep records: 7 days, as docs/asyncapi.yaml states.
+pub const TOPIC_RETENTION_MS: &str = "604800000";
 
 fn with_dlq_twins(topics: &[&str]) -> Vec<String> {
     topics.iter().flat_map(|topic| [(*topic).to_owned(), dlq_topic(topic)]).collect()

@@ -16,6 +16,19 @@ pub struct DatabaseArgs {
     /// Maximum connections in this service's pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
+    /// Connections of this service's background pool (outbox relay,
+    /// consumer, sweeper, purge, readiness), beside the request pool. A
+    /// replica opens at most both pools plus two sessions (relay and
+    /// partition leases): see docs/PRODUCTION.md for the budget.
+    #[arg(long, env = "DATABASE_BACKGROUND_CONNECTIONS", default_value_t = 12,
+        value_parser = clap::value_parser!(u32).range(4..))]
+    pub database_background_connections: u32,
+    /// Whether a service creates its database and runs its migrations at
+    /// start. With false it only checks that they ran, so its role needs
+    /// neither CREATEDB nor ownership: `ticketing migrate`, run by a job
+    /// with the owner role, prepares the database before a rollout.
+    #[arg(long, env = "DATABASE_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub database_migrate: bool,
 }
 
 /// The server `DatabaseArgs` names when `DATABASE_URL` is unset.

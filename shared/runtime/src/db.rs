@@ -40,6 +40,22 @@ pub enum DbError {
     /// A migration failed.
     #[error("running migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database does not exist, and this caller may not create it.
+    #[error("database `{database}` does not exist on the server at DATABASE_URL {url}: run `ticketing migrate` first (or check the database name)")]
+    Missing {
+        /// The database asked for.
+        database: String,
+        /// The URL, its password masked.
+        url: String,
+    },
+    /// The database lacks migrations this build needs.
+    #[error("database `{database}` lacks migrations {missing:?}: run `ticketing migrate` (the migration job) first")]
+    NotMigrated {
+        /// The database.
+        database: String,
+        /// The versions not applied.
+        missing: Vec<i64>,
+    },
 }
 
 fn sql(context: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
@@ -58,25 +74,78 @@ pub async fn connect_service_db(
     own: &Migrator,
 ) -> Result<PgPool, DbError> {
     create_database_if_missing(server_url, database).await?;
-    let options = PgConnectOptions::from_str(server_url)
-        .map_err(DbError::InvalidUrl)?
-        .database(database)
-        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
-    let pool =
-        pool_options(max_connections).connect_with(options).await.map_err(sql("connecting to the service database"))?;
+    let pool = connect(server_url, database, max_connections).await?;
     migrate(&pool, own).await?;
     Ok(pool)
 }
 
-/// Connections of a service's background pool (see [`background_pool`]).
-pub const BACKGROUND_CONNECTIONS: u32 = 12;
+/// A service's pool on `database`: prepared (created if missing, migrated)
+/// when `args.database_migrate`, else only checked ([`connect_existing_db`]).
+pub async fn open_service_db(
+    args: &crate::config::DatabaseArgs,
+    database: &str,
+    own: &Migrator,
+) -> Result<PgPool, DbError> {
+    let (url, size) = (args.url(), args.database_max_connections);
+    if args.database_migrate {
+        connect_service_db(url, database, size, own).await
+    } else {
+        connect_existing_db(url, database, size, own).await
+    }
+}
+
+/// Connects to `database`, which must exist and carry every migration this
+/// build knows (the shared ones and `own`): never creates or migrates
+/// anything, for read commands and for services whose migrations a job
+/// with the owner role runs.
+pub async fn connect_existing_db(
+    server_url: &str,
+    database: &str,
+    max_connections: u32,
+    own: &Migrator,
+) -> Result<PgPool, DbError> {
+    let pool = connect(server_url, database, max_connections).await.map_err(|error| match error {
+        DbError::Sql { source: sqlx::Error::Database(e), .. } if e.code().as_deref() == Some("3D000") => {
+            DbError::Missing { database: database.to_owned(), url: masked(server_url) }
+        }
+        other => other,
+    })?;
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("select version from _sqlx_migrations where success").fetch_all(&pool).await {
+            Ok(applied) => applied,
+            // No migrations table: nothing was ever migrated.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Vec::new(),
+            Err(e) => return Err(sql("reading the applied migrations")(e)),
+        };
+    let missing: Vec<i64> = [&kernel::MIGRATIONS, &messaging::MIGRATIONS, &crate::MIGRATIONS, own]
+        .iter()
+        .flat_map(|migrator| migrator.iter())
+        .map(|migration| migration.version)
+        .filter(|version| !applied.contains(version))
+        .collect();
+    if !missing.is_empty() {
+        return Err(DbError::NotMigrated { database: database.to_owned(), missing });
+    }
+    Ok(pool)
+}
+
+async fn connect(server_url: &str, database: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    if database.is_empty() || !database.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(DbError::InvalidName(database.to_owned()));
+    }
+    let options = PgConnectOptions::from_str(server_url)
+        .map_err(DbError::InvalidUrl)?
+        .database(database)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+    pool_options(max_connections).connect_with(options).await.map_err(sql("connecting to the service database"))
+}
 
 /// A second, small pool on the same database for the work beside requests
 /// (outbox relay, consumer, projection, sweeper, purge, readiness), so that
 /// a burst of requests never waits behind it, nor it behind them.
 /// Connections open on first use.
-pub fn background_pool(requests: &PgPool) -> PgPool {
-    pool_options(BACKGROUND_CONNECTIONS).connect_lazy_with(requests.connect_options().as_ref().clone())
+pub fn background_pool(requests: &PgPool, connections: u32) -> PgPool {
+    pool_options(connections).connect_lazy_with(requests.connect_options().as_ref().clone())
 }
 
 fn pool_options(max_connections: u32) -> PgPoolOptions {
