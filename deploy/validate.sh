@@ -32,12 +32,26 @@ echo "== docker-compose.yml against the compose specification"
 JWT_SECRET=validate check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 echo "== Kubernetes manifests"
-manifests=$(ls deploy/k8s/base/*.yaml | grep -v kustomization.yaml)
+manifests=$(ls deploy/k8s/base/*.yaml deploy/k8s/examples/*.yaml deploy/k8s/overlays/*/*.yaml | grep -v kustomization.yaml)
 kubernetes-validate --strict $manifests
 # The kustomization names only files that exist.
 for f in $(sed -n 's/^  - \(.*\.yaml\)$/\1/p' deploy/k8s/base/kustomization.yaml); do
   test -f "deploy/k8s/base/$f" || { echo "kustomization lists missing $f"; exit 1; }
 done
+# The base agrees with docs/PRODUCTION.md.
+python3 - <<'PY'
+import re, glob
+config = dict(re.findall(r'^  ([A-Z_]+): "?([^"\n]*)"?$', open("deploy/k8s/base/configmap.yaml").read(), re.M))
+assert config["LOAD_DEMO_CATALOG"] == "false", "the base ships the demo catalog"
+assert config["KAFKA_REPLICATION_FACTOR"] == "3", "the base's topics are not replicated three times"
+assert config["DATABASE_MIGRATE"] == "false", "services in the base would need CREATEDB"
+assert "PSP" not in config, "the base names a PSP (the simulated one belongs in the demo overlay)"
+bound = int(config["SHUTDOWN_DRAIN_SECS"]) + int(config["SHUTDOWN_TIMEOUT_SECS"])
+for f in glob.glob("deploy/k8s/base/*.yaml"):
+    for grace in re.findall(r"terminationGracePeriodSeconds: (\d+)", open(f).read()):
+        assert int(grace) > bound, f"{f}: terminationGracePeriodSeconds {grace} is not longer than drain + shutdown ({bound} s)"
+print("the base agrees with docs/PRODUCTION.md")
+PY
 echo "== Prometheus alert rules"
 command -v promtool >/dev/null || { echo "promtool not found: install Debian's prometheus package"; exit 1; }
 promtool check rules deploy/observability/alerts.yml

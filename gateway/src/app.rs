@@ -264,7 +264,6 @@ fn routes(state: Arc<AppState>) -> Router {
             utoipa_swagger_ui::SwaggerUi::new("/docs")
                 .external_url_unchecked("/openapi.json", crate::openapi::document()),
         )
-        .route("/metrics", get(|| async { edge::metrics::render() }))
         .fallback(|| async { ApiError::not_found("Not found.") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")

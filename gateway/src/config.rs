@@ -12,6 +12,9 @@ use edge::config::SecurityArgs;
 pub struct GatewayArgs {
     #[command(flatten)]
     pub lifecycle: edge::config::ShutdownArgs,
+    /// `/metrics` listens here, never on the public port.
+    #[command(flatten)]
+    pub metrics: edge::config::MetricsArgs,
     #[command(flatten)]
     pub gateway: GatewaySettings,
 }

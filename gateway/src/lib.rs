@@ -44,6 +44,7 @@ pub use state::AppState;
 /// Runs the gateway until SIGTERM or Ctrl-C, then drains.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let shutdown = edge::shutdown::on_signal(args.lifecycle.bound());
+    edge::metrics::serve(args.metrics.metrics_addr, shutdown.clone()).await?;
     let app = GatewayApp::build(&args.gateway, &shutdown).await?;
     app.run(shutdown, args.lifecycle.drain()).await
 }

@@ -181,7 +181,7 @@ async fn a_user_beyond_the_rate_limit_gets_429_with_retry_after_and_others_go_on
     // After the wait, the user is served again.
     tokio::time::sleep(Duration::from_secs(wait)).await;
     assert_eq!(sys.try_book("flooder", "perf_002", &["A4"]).await.status, StatusCode::CREATED);
-    let metrics = sys.client.get(format!("{}/metrics", sys.base)).send().await.unwrap().text().await.unwrap();
+    let metrics = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("http_requests_rate_limited_total"), "counted");
     sys.stop().await;
 }
@@ -238,7 +238,7 @@ async fn the_seat_map_is_current_for_every_reader_shared_between_concurrent_ones
 
 /// How many GetSeatMap calls the booking-service has answered.
 async fn seat_map_calls(sys: &System) -> f64 {
-    let text = sys.client.get(format!("{}/metrics", sys.base)).send().await.unwrap().text().await.unwrap();
+    let text = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
     text.lines()
         .filter(|l| l.starts_with("grpc_requests_total{") && l.contains("BookingService/GetSeatMap"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -253,7 +253,7 @@ async fn metric_labels_and_span_names_use_route_templates_never_raw_paths() {
     let weird =
         sys.client.request(Method::from_bytes(b"BREW").unwrap(), format!("{}/bookings/x", sys.base)).send().await;
     assert!(weird.is_ok());
-    let metrics = sys.client.get(format!("{}/metrics", sys.base)).send().await.unwrap().text().await.unwrap();
+    let metrics = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"route="/bookings/{id}""#), "templated route label");
     assert!(!metrics.contains(&booking), "no raw id in any label");
     assert!(!metrics.contains("BREW"), "unknown methods are one label");

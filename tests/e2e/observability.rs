@@ -171,7 +171,7 @@ async fn every_metric_the_dashboard_and_the_alert_rules_query_is_exported() {
     assert_eq!(sys.try_book("obs_other", "perf_001", &["J7"]).await.status, reqwest::StatusCode::BAD_REQUEST);
 
     let missing = testkit::eventually(std::time::Duration::from_secs(30), || async {
-        let text = sys.client.get(format!("{}/metrics", sys.base)).send().await.ok()?.text().await.ok()?;
+        let text = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.ok()?.text().await.ok()?;
         let exported: BTreeSet<String> = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -185,7 +185,7 @@ async fn every_metric_the_dashboard_and_the_alert_rules_query_is_exported() {
     })
     .await;
     if missing.is_none() {
-        let text = sys.client.get(format!("{}/metrics", sys.base)).send().await.unwrap().text().await.unwrap();
+        let text = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
         let absent: Vec<&String> = wanted.iter().filter(|w| !text.contains(w.as_str())).collect();
         panic!("the pack queries metrics no running system exports: {absent:?}");
     }

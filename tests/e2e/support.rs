@@ -20,6 +20,8 @@ struct Harness {
 
 pub struct System {
     pub base: String,
+    /// `/metrics` of the whole system (its own listener, not the gateway's port).
+    pub metrics: String,
     pub client: reqwest::Client,
     pub booking_db: String,
     pub payment_db: String,
@@ -84,6 +86,7 @@ impl System {
         let shutdown = Shutdown::new();
         let system = ticketing::start_system(harness.dev, kafka.brokers(), shutdown.clone()).await.unwrap();
         let base = format!("http://{}", system.gateway_addr);
+        let metrics = format!("http://{}", system.metrics_addr);
         let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         let ready = eventually(Duration::from_secs(20), || async {
             let r = client.get(format!("{base}/readyz")).send().await.ok()?;
@@ -98,6 +101,7 @@ impl System {
             topics,
             brokers,
             base,
+            metrics,
             client,
             booking_db,
             payment_db,
