@@ -49,6 +49,8 @@ pub enum Command {
     Check(StoresArgs),
     /// Re-publish the dead letters of a topic to it (after fixing their cause).
     RedriveDlq(RedriveArgs),
+    /// Refunds the PSP kept refusing: list them, retry one, or record one made by hand.
+    Refunds(RefundsArgs),
     /// Print the REST API's OpenAPI document (what `/openapi.json` serves).
     Openapi,
     /// Load-test the whole system (started in-process on fresh databases) beside a pgbench baseline.
@@ -230,6 +232,45 @@ pub enum BenchScenario {
     Viewers,
     /// A long mixed run.
     Soak,
+}
+
+/// `ticketing refunds`.
+#[derive(Debug, Args)]
+pub struct RefundsArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The payment-service database.
+    #[arg(long, env = "PAYMENT_DATABASE", default_value = "ticketing_payment")]
+    pub payment_database: String,
+    #[command(subcommand)]
+    pub action: RefundsAction,
+}
+
+/// What to do with refunds that need review.
+#[derive(Debug, Subcommand)]
+pub enum RefundsAction {
+    /// List the refunds waiting for review, oldest first.
+    List,
+    /// Try one again under the same PSP key, once its cause is fixed.
+    Retry {
+        /// The payment intent.
+        payment_intent_id: String,
+        /// Who decides (recorded on the intent).
+        #[arg(long)]
+        operator: String,
+    },
+    /// Record a refund made by hand at the PSP: the booking becomes refunded
+    /// and the ledger posts the reversal.
+    Resolve {
+        /// The payment intent.
+        payment_intent_id: String,
+        /// Who did it (recorded on the intent).
+        #[arg(long)]
+        operator: String,
+        /// What was done, e.g. "refunded in the PSP console, ref 123".
+        #[arg(long)]
+        note: String,
+    },
 }
 
 /// `ticketing redrive-dlq`.

@@ -82,7 +82,7 @@ impl From<PaymentError> for Status {
             PaymentError::Rejected(R::NotFound) => Code::NotFound,
             PaymentError::Rejected(R::NotOwner) => Code::PermissionDenied,
             PaymentError::Rejected(R::AlreadyExists | R::AlreadyProcessed) => Code::AlreadyExists,
-            PaymentError::Rejected(R::NotPayable) => Code::FailedPrecondition,
+            PaymentError::Rejected(R::NotPayable | R::NoRefundInReview) => Code::FailedPrecondition,
             PaymentError::Contention | PaymentError::Rejected(R::ChargeInProgress) => Code::Aborted,
             PaymentError::BookingUnavailable(_)
             | PaymentError::PspUnavailable(_)

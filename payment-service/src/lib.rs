@@ -19,6 +19,7 @@ pub mod error;
 pub mod grpc;
 pub mod psp;
 pub mod publish;
+pub mod refund_review;
 pub mod store;
 pub mod use_cases;
 

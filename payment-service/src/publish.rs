@@ -99,7 +99,9 @@ impl IntegrationMapper for PaymentEventMapper {
             | PaymentEvent::PaymentIntentClosed { .. }
             | PaymentEvent::PaymentRefundRequested { .. }
             | PaymentEvent::RefundAttemptFailed { .. }
-            | PaymentEvent::RefundNeedsReview { .. } => return Ok(None),
+            | PaymentEvent::RefundNeedsReview { .. }
+            | PaymentEvent::RefundRetried { .. }
+            | PaymentEvent::RefundResolvedByHand { .. } => return Ok(None),
         };
         Ok(Some(OutgoingRecord::keyed(&self.topic, booking_id, payment_type(&stored.event_type), value)))
     }

@@ -3,6 +3,7 @@
 
 mod check;
 mod redrive;
+mod refunds;
 mod serve;
 mod stores;
 mod token;
@@ -50,6 +51,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(_) => Ok(()),
         Command::Bench(args) => crate::bench::run::run(*args).await,
         Command::RedriveDlq(args) => redrive::run(&args).await,
+        Command::Refunds(args) => refunds::run(args).await,
         Command::Openapi => print_openapi(),
     }
     .map(|()| ExitCode::SUCCESS)

@@ -265,7 +265,33 @@ async fn a_refund_that_keeps_failing_ends_in_a_visible_needs_review_state() {
         violations.iter().any(|v| v.to_string().contains(&format!("cancelled booking {booking} kept a payment"))),
         "{violations:?}"
     );
-    sys.stop_without_check().await;
+
+    // An operator lists it, and records the refund they made by hand at the PSP.
+    let refunds = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ticketing"))
+            .arg("refunds")
+            .args(args)
+            .env("DATABASE_URL", testkit::server_url())
+            .env("PAYMENT_DATABASE", &sys.payment_db)
+            .output()
+            .unwrap()
+    };
+    let list = refunds(&["list"]);
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.status.success() && listed.contains(&intent) && listed.contains("1 refund(s) need review"),
+        "{listed}"
+    );
+    let unknown = refunds(&["resolve", "no-such-intent", "--operator", "ops", "--note", "x"]);
+    assert!(!unknown.status.success());
+    let resolved = refunds(&["resolve", &intent, "--operator", "ops_alice", "--note", "refunded in the PSP console"]);
+    assert!(resolved.status.success(), "{}", String::from_utf8_lossy(&resolved.stderr));
+    assert!(String::from_utf8_lossy(&refunds(&["list"]).stdout).contains("0 refund(s) need review"));
+    let again = refunds(&["retry", &intent, "--operator", "ops_alice"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no refund waiting for review"));
+    // The booking shows it, and the books balance again.
+    sys.wait_status("stuck", &booking, "refunded").await;
+    sys.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,18 @@ impl kernel::aggregate::Effects<PaymentIntent> for IntentEffects {
                 );
                 queues::close_refund(conn, id).await?;
             }
+            PaymentEvent::RefundRetried { operator, .. } => {
+                tracing::info!(payment_intent_id = id, operator = operator.as_str(), "refund retried after review");
+                queues::open_refund(conn, id).await?;
+            }
+            PaymentEvent::RefundResolvedByHand { operator, note, .. } => {
+                tracing::info!(
+                    payment_intent_id = id,
+                    operator = operator.as_str(),
+                    note = note.as_str(),
+                    "refund recorded as made by hand"
+                );
+            }
             PaymentEvent::PaymentRefunded { amount, currency, .. } => {
                 ledger_store::post(conn, &ledger::refund(id, *amount, currency)).await?;
                 metrics::counter!("refunds_total", "outcome" => "refunded").increment(1);

@@ -296,6 +296,22 @@ pub async fn streams_having_event(
     .await
 }
 
+/// Every stream of `stream_type` that holds an event of `event_type` (a
+/// scan: for operator commands, not request paths).
+pub async fn streams_with_event(
+    pool: &sqlx::PgPool,
+    stream_type: &str,
+    event_type: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select distinct stream_id from events where stream_type = $1 and event_type = $2 order by stream_id",
+    )
+    .bind(stream_type)
+    .bind(event_type)
+    .fetch_all(pool)
+    .await
+}
+
 /// Which of `ids` (streams of `stream_type`) exist (one indexed query for all of them).
 pub async fn existing_streams(
     pool: &sqlx::PgPool,

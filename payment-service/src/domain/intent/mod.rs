@@ -9,184 +9,13 @@
 //! per-intent lock, so a concurrent execute is refused at once
 //! (`ChargeInProgress`) and money never moves without a record.
 
-use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
+mod commands;
+mod events;
 
-/// Whether a decline is the buyer's or the PSP's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum FailureConcept {
-    /// The card or data was refused: counts against the buyer's attempts.
-    ClientError,
-    /// PSP trouble: retryable, does not use up attempts.
-    ServerError,
-}
+use chrono::{DateTime, Utc};
 
-impl FailureConcept {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientError => "CLIENT_ERROR",
-            Self::ServerError => "SERVER_ERROR",
-        }
-    }
-}
-
-/// How the booking ended, as far as payment is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BookingEnd {
-    /// Cancelled by its owner.
-    Cancelled,
-    /// Its hold lapsed.
-    Expired,
-    /// Payment attempts were exhausted.
-    Failed,
-}
-
-/// The intent's facts at creation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IntentCreated {
-    /// The intent.
-    pub payment_intent_id: String,
-    /// The booking it pays.
-    pub booking_id: String,
-    /// The payer.
-    pub user_id: String,
-    /// Amount in won, from the booking-service.
-    pub amount: i64,
-    /// ISO 4217.
-    pub currency: String,
-    /// The booking's hold ends here.
-    pub payable_until: DateTime<Utc>,
-    /// When created.
-    pub created_at: DateTime<Utc>,
-}
-
-/// Everything that can happen to a payment intent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-pub enum PaymentEvent {
-    /// Created from SeatLocked.
-    PaymentIntentCreated(IntentCreated),
-    /// A charge attempt is about to go to the PSP under `attempt_key`.
-    /// (Internal: the reconciler's to-do list until its outcome is recorded.)
-    ChargeRequested {
-        /// 1 for the first attempt.
-        attempt: i32,
-        /// The PSP's idempotency key, `{intent}:{attempt}`.
-        attempt_key: String,
-        /// The token used (a reference, not card data).
-        payment_method_token: String,
-        /// The client's Idempotency-Key, so the reconciler can settle it.
-        #[serde(default)]
-        idempotency_key: Option<String>,
-        /// When.
-        requested_at: DateTime<Utc>,
-    },
-    /// An attempt that never reached the PSP (not admitted, or voided by
-    /// the reconciler). No money moved. (Internal.)
-    ChargeAbandoned {
-        /// Which attempt.
-        attempt: i32,
-        /// Why.
-        reason: String,
-    },
-    /// The PSP captured the money.
-    PaymentSucceeded {
-        /// The attempt that captured (0 in events older than attempts).
-        #[serde(default)]
-        attempt: i32,
-        /// The booking.
-        booking_id: String,
-        /// The payer.
-        user_id: String,
-        /// Captured amount.
-        amount: i64,
-        /// Currency.
-        currency: String,
-        /// The token used (a reference, not card data).
-        payment_method_token: String,
-        /// The PSP's processing time.
-        processed_at: DateTime<Utc>,
-    },
-    /// An attempt was declined.
-    PaymentFailed {
-        /// The attempt that was declined (0 in events older than attempts).
-        #[serde(default)]
-        attempt: i32,
-        /// The booking.
-        booking_id: String,
-        /// The payer.
-        user_id: String,
-        /// Stable code, e.g. `CARD_DECLINED`.
-        failure_code: String,
-        /// Whose fault.
-        failure_concept: FailureConcept,
-        /// Client-error declines so far, this one included.
-        client_failures: i32,
-        /// The PSP's processing time.
-        processed_at: DateTime<Utc>,
-    },
-    /// The booking ended; no further attempts. (Internal, not published.)
-    PaymentIntentClosed {
-        /// How it ended.
-        booking_end: BookingEnd,
-        /// When this service learned it.
-        closed_at: DateTime<Utc>,
-    },
-    /// The booking ended after its payment was captured: the money must go
-    /// back. (Internal; the refund worker acts on it.)
-    PaymentRefundRequested {
-        /// When it was decided.
-        requested_at: DateTime<Utc>,
-    },
-    /// The PSP did not refund this time; retried with the same key. (Internal.)
-    RefundAttemptFailed {
-        /// Which attempt.
-        attempt: i32,
-        /// The PSP's reason.
-        reason: String,
-    },
-    /// Refunding kept failing; a person must look. (Internal, alerted.)
-    RefundNeedsReview {
-        /// Attempts made.
-        attempts: i32,
-        /// The last reason.
-        reason: String,
-    },
-    /// The captured money went back: the booking had ended.
-    PaymentRefunded {
-        /// The booking.
-        booking_id: String,
-        /// The payer.
-        user_id: String,
-        /// Refunded amount.
-        amount: i64,
-        /// Currency.
-        currency: String,
-        /// When.
-        refunded_at: DateTime<Utc>,
-    },
-}
-
-impl PaymentEvent {
-    /// The stored event-type name.
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            Self::PaymentIntentCreated(_) => "PaymentIntentCreated",
-            Self::ChargeRequested { .. } => "ChargeRequested",
-            Self::ChargeAbandoned { .. } => "ChargeAbandoned",
-            Self::PaymentSucceeded { .. } => "PaymentSucceeded",
-            Self::PaymentFailed { .. } => "PaymentFailed",
-            Self::PaymentIntentClosed { .. } => "PaymentIntentClosed",
-            Self::PaymentRefundRequested { .. } => "PaymentRefundRequested",
-            Self::RefundAttemptFailed { .. } => "RefundAttemptFailed",
-            Self::RefundNeedsReview { .. } => "RefundNeedsReview",
-            Self::PaymentRefunded { .. } => "PaymentRefunded",
-        }
-    }
-}
+pub use commands::{PaymentCommand, PaymentRejection, RefundReview};
+pub use events::{BookingEnd, FailureConcept, IntentCreated, PaymentEvent, PspOutcome, RefundOutcome};
 
 /// Where an intent is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,114 +85,6 @@ pub fn attempt_key(payment_intent_id: &str, attempt: i32) -> String {
     format!("{payment_intent_id}:{attempt}")
 }
 
-/// What the PSP answered to a refund.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RefundOutcome {
-    /// The money went back.
-    Refunded {
-        /// When the PSP processed it.
-        processed_at: DateTime<Utc>,
-    },
-    /// Not this time.
-    Failed {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// What the payment service provider (simulated, or a real one) answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum PspOutcome {
-    /// Captured.
-    Success {
-        /// When the PSP processed it.
-        processed_at: DateTime<Utc>,
-    },
-    /// Declined.
-    Failure {
-        /// Stable code.
-        failure_code: String,
-        /// Whose fault.
-        failure_concept: FailureConcept,
-        /// When the PSP processed it.
-        processed_at: DateTime<Utc>,
-    },
-}
-
-/// Commands on an intent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PaymentCommand {
-    /// Create it from SeatLocked.
-    Create(IntentCreated),
-    /// `user_id` starts a charge attempt now.
-    RequestCharge {
-        /// The caller.
-        user_id: String,
-        /// The clock.
-        now: DateTime<Utc>,
-        /// No charge starts this close to `payable_until`.
-        safety_margin: Duration,
-        /// Client-error declines allowed.
-        max_attempts: i32,
-        /// The token to charge.
-        payment_method_token: String,
-        /// The client's Idempotency-Key, if any.
-        idempotency_key: Option<String>,
-    },
-    /// Record the PSP's answer to `attempt`.
-    RecordOutcome {
-        /// The attempt answered.
-        attempt: i32,
-        /// The answer.
-        outcome: PspOutcome,
-    },
-    /// `attempt` never reached the PSP.
-    AbandonCharge {
-        /// The attempt.
-        attempt: i32,
-        /// Why.
-        reason: String,
-    },
-    /// Record the PSP's answer to a refund.
-    RecordRefund {
-        /// The answer.
-        outcome: RefundOutcome,
-        /// Failed attempts after which the refund needs review.
-        max_attempts: i32,
-    },
-    /// The booking ended.
-    BookingEnded {
-        /// How.
-        end: BookingEnd,
-        /// The clock.
-        now: DateTime<Utc>,
-    },
-}
-
-/// Why a command was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PaymentRejection {
-    /// No such intent.
-    #[error("Payment intent not found.")]
-    NotFound,
-    /// Created twice.
-    #[error("Payment intent already exists.")]
-    AlreadyExists,
-    /// Someone else's intent.
-    #[error("Unauthorized to pay this payment intent.")]
-    NotOwner,
-    /// Paid already.
-    #[error("Payment already processed.")]
-    AlreadyProcessed,
-    /// The booking ended or the hold is about to lapse.
-    #[error("Payment intent is no longer payable.")]
-    NotPayable,
-    /// Another attempt of this intent is with the PSP right now.
-    #[error("A payment for this intent is in progress.")]
-    ChargeInProgress,
-}
-
 /// Payment intents are event-sourced aggregates: `decide` hands each
 /// command to its rule below, `apply` folds an event; both pure.
 impl kernel::aggregate::Aggregate for PaymentIntent {
@@ -389,6 +110,7 @@ impl kernel::aggregate::Aggregate for PaymentIntent {
             C::RecordOutcome { attempt, outcome } => intent.record_outcome(attempt, outcome),
             C::BookingEnded { end, now } => Ok(intent.booking_ended(end, now)),
             C::RecordRefund { outcome, max_attempts } => Ok(intent.record_refund(outcome, max_attempts)),
+            C::ReviewRefund { action, operator, now } => intent.review_refund(action, operator, now),
         }
     }
 
@@ -438,6 +160,11 @@ impl kernel::aggregate::Aggregate for PaymentIntent {
             PaymentEvent::PaymentRefundRequested { .. } => intent.status = IntentStatus::RefundPending,
             PaymentEvent::RefundAttemptFailed { attempt, .. } => intent.refund_attempts = *attempt,
             PaymentEvent::RefundNeedsReview { .. } => intent.status = IntentStatus::RefundNeedsReview,
+            PaymentEvent::RefundRetried { .. } => {
+                intent.status = IntentStatus::RefundPending;
+                intent.refund_attempts = 0;
+            }
+            PaymentEvent::RefundResolvedByHand { .. } => {}
             PaymentEvent::PaymentRefunded { .. } => intent.status = IntentStatus::Refunded,
         }
         Some(intent)
@@ -566,6 +293,27 @@ impl PaymentIntent {
     }
 }
 
+impl PaymentIntent {
+    /// A refund that needs review is tried again, or recorded as made by
+    /// hand (then refunded here too: the booking and the ledger follow).
+    fn review_refund(
+        &self,
+        action: RefundReview,
+        operator: String,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<PaymentEvent>, PaymentRejection> {
+        if self.status != IntentStatus::RefundNeedsReview {
+            return Err(PaymentRejection::NoRefundInReview);
+        }
+        Ok(match action {
+            RefundReview::Retry => vec![PaymentEvent::RefundRetried { operator, retried_at: now }],
+            RefundReview::RefundedByHand { note } => {
+                vec![PaymentEvent::RefundResolvedByHand { operator, note, resolved_at: now }, refund(self, now)]
+            }
+        })
+    }
+}
+
 fn refund(intent: &PaymentIntent, at: DateTime<Utc>) -> PaymentEvent {
     PaymentEvent::PaymentRefunded {
         booking_id: intent.created.booking_id.clone(),
@@ -576,33 +324,10 @@ fn refund(intent: &PaymentIntent, at: DateTime<Utc>) -> PaymentEvent {
     }
 }
 
-impl kernel::event_store::DomainEvent for PaymentEvent {
-    fn event_type(&self) -> &'static str {
-        PaymentEvent::event_type(self)
-    }
-
-    /// The payment facts other services see; the charge attempts, the
-    /// intent's closing and the refund bookkeeping are internal.
-    fn published(&self) -> bool {
-        match self {
-            Self::PaymentIntentCreated(_)
-            | Self::PaymentSucceeded { .. }
-            | Self::PaymentFailed { .. }
-            | Self::PaymentRefunded { .. } => true,
-            Self::ChargeRequested { .. }
-            | Self::ChargeAbandoned { .. }
-            | Self::PaymentIntentClosed { .. }
-            | Self::PaymentRefundRequested { .. }
-            | Self::RefundAttemptFailed { .. }
-            | Self::RefundNeedsReview { .. } => false,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use chrono::{Duration, TimeZone};
     use kernel::aggregate::Aggregate;
 
     fn t(secs: i64) -> DateTime<Utc> {
@@ -772,6 +497,33 @@ mod tests {
         assert!(matches!(history.last(), Some(PaymentEvent::RefundNeedsReview { attempts: 3, .. })));
         assert_eq!(PaymentIntent::replay(&history).map(|i| i.status), Some(IntentStatus::RefundNeedsReview));
         assert_eq!(given(&history, fail), Ok(vec![]), "review is terminal for the worker");
+    }
+
+    #[test]
+    fn a_refund_in_review_is_retried_or_recorded_as_refunded_by_hand_and_nothing_else_is() {
+        let mut history = pay(&[PaymentEvent::PaymentIntentCreated(created())], ok(20));
+        history = apply_all(&history, PaymentCommand::BookingEnded { end: BookingEnd::Cancelled, now: t(21) });
+        let review = |action| PaymentCommand::ReviewRefund { action, operator: "ops".into(), now: t(40) };
+        assert_eq!(given(&history, review(RefundReview::Retry)), Err(PaymentRejection::NoRefundInReview));
+        let fail = PaymentCommand::RecordRefund {
+            outcome: RefundOutcome::Failed { reason: "PG down".into() },
+            max_attempts: 1,
+        };
+        history = apply_all(&history, fail);
+
+        let retried = apply_all(&history, review(RefundReview::Retry));
+        assert_eq!(
+            PaymentIntent::replay(&retried).map(|i| (i.status, i.refund_attempts)),
+            Some((IntentStatus::RefundPending, 0))
+        );
+        let by_hand =
+            apply_all(&history, review(RefundReview::RefundedByHand { note: "refunded in the PSP console".into() }));
+        assert!(
+            matches!(&by_hand[by_hand.len() - 2], PaymentEvent::RefundResolvedByHand { note, .. } if note.contains("console"))
+        );
+        assert!(matches!(by_hand.last(), Some(PaymentEvent::PaymentRefunded { amount: 30000, .. })));
+        assert_eq!(PaymentIntent::replay(&by_hand).map(|i| i.status), Some(IntentStatus::Refunded));
+        assert_eq!(given(&by_hand, review(RefundReview::Retry)), Err(PaymentRejection::NoRefundInReview));
     }
 
     #[test]
