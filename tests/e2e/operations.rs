@@ -87,3 +87,38 @@ fn the_payment_service_refuses_to_start_without_a_named_provider() {
     assert!(!output.status.success());
     assert!(stderr.contains("PSP is not set") && stderr.contains("PSP=simulated"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_come_from_the_identity_providers_role_claim() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let sys = crate::support::System::start_with(&["--jwt-role-claim=realm_access.roles"]).await;
+    let now = chrono::Utc::now().timestamp();
+    let token = |roles: serde_json::Value| {
+        let claims = serde_json::json!({"sub": "kc_user", "exp": now + 600, "realm_access": {"roles": roles}});
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(sys.secret.as_bytes())).unwrap()
+    };
+    let register = |id: &str| serde_json::json!({"performanceId": id, "title": "x", "rows": [{"row": "A", "seats": 2, "price": 1000}]});
+    let admin = sys
+        .call(
+            reqwest::Method::POST,
+            "/performances",
+            Some(&token(serde_json::json!(["admin"]))),
+            Some(register("perf_kc")),
+        )
+        .await;
+    assert_eq!(admin.status, reqwest::StatusCode::CREATED, "{}", admin.body);
+    let user = sys
+        .call(
+            reqwest::Method::POST,
+            "/performances",
+            Some(&token(serde_json::json!(["user"]))),
+            Some(register("perf_kc2")),
+        )
+        .await;
+    assert_eq!(user.status, reqwest::StatusCode::FORBIDDEN);
+    // The plain `role` claim no longer grants anything.
+    let plain =
+        sys.call(reqwest::Method::POST, "/performances", Some(&sys.admin_token()), Some(register("perf_kc3"))).await;
+    assert_eq!(plain.status, reqwest::StatusCode::FORBIDDEN);
+    sys.stop().await;
+}

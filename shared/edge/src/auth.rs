@@ -48,6 +48,9 @@ pub struct Claims {
     /// The audience, when tokens must name one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<serde_json::Value>,
+    /// Every other claim (where `JWT_ROLE_CLAIM` may point).
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// An authenticated caller, as its verified token names it.
@@ -142,6 +145,8 @@ pub struct TokenRules {
     pub audience: Option<String>,
     /// Accept HS256 tokens even though a JWKS is configured.
     pub allow_hs256_with_jwks: bool,
+    /// Where the admin role is (`crate::roles`); `None`: the `role` claim.
+    pub role_claim: Option<String>,
 }
 
 /// How bearer tokens are verified (the gateway and both services read the same settings).
@@ -165,6 +170,11 @@ pub struct AuthSettings {
     /// Accept HS256 tokens (JWT_SECRET) even though a JWKS is configured.
     #[arg(long, env = "JWT_ALLOW_HS256", default_value_t = false)]
     pub jwt_allow_hs256: bool,
+    /// The claim that carries roles (`admin` marks an administrator): a
+    /// name (Auth0: `https://your.app/roles`) or a dotted path (Keycloak:
+    /// `realm_access.roles`); a string or an array of strings.
+    #[arg(long, env = "JWT_ROLE_CLAIM", default_value = "role")]
+    pub jwt_role_claim: String,
 }
 
 impl AuthSettings {
@@ -174,6 +184,7 @@ impl AuthSettings {
             issuer: self.jwt_issuer.clone().filter(|i| !i.is_empty()),
             audience: self.jwt_audience.clone().filter(|a| !a.is_empty()),
             allow_hs256_with_jwks: self.jwt_allow_hs256,
+            role_claim: Some(self.jwt_role_claim.clone()).filter(|c| !c.is_empty() && c != "role"),
         }
     }
 
@@ -196,6 +207,7 @@ impl AuthSettings {
             role: None,
             iss: rules.issuer,
             aud: rules.audience.map(serde_json::Value::String),
+            other: serde_json::Map::new(),
         };
         Some(encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())))
     }
@@ -362,7 +374,11 @@ impl Verifier {
                         return Err(TokenError::Subject);
                     }
                     return Ok(AuthUser {
-                        admin: claims.role.as_deref() == Some("admin"),
+                        admin: crate::roles::is_admin(
+                            claims.role.as_deref(),
+                            &claims.other,
+                            self.rules.role_claim.as_deref(),
+                        ),
                         user_id: claims.sub,
                         expires_at: claims.exp,
                     });
@@ -509,6 +525,7 @@ pub fn issue_token(
         role: admin.then(|| "admin".to_owned()),
         iss: None,
         aud: None,
+        other: serde_json::Map::new(),
     };
     encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
 }
@@ -577,6 +594,7 @@ mod tests {
             jwt_issuer: Some("https://idp.example".into()),
             jwt_audience: Some("ticketing".into()),
             jwt_allow_hs256: false,
+            jwt_role_claim: "role".into(),
         };
         let token = settings.service_token("system:gateway", 60).unwrap().unwrap();
         let verified = settings.verifier().await.unwrap().verify(&token).await.unwrap();
@@ -658,8 +676,15 @@ lPEgq3YDVcG6jOn3SyIaAHs8Zmtoj7/2lGWtb1YF9XaiKcGssvaa5oIG
         let mut header = Header::new(Algorithm::ES256);
         header.kid = kid.map(str::to_owned);
         let now = chrono::Utc::now().timestamp();
-        let claims =
-            Claims { sub: "user_es".into(), exp: now + exp_offset, iat: Some(now), role: None, iss: None, aud: None };
+        let claims = Claims {
+            sub: "user_es".into(),
+            exp: now + exp_offset,
+            iat: Some(now),
+            role: None,
+            iss: None,
+            aud: None,
+            other: serde_json::Map::new(),
+        };
         encode(&header, &claims, &EncodingKey::from_ec_pem(EC_PRIVATE_PEM.as_bytes()).unwrap()).unwrap()
     }
 

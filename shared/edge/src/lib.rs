@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod process;
+pub mod roles;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
