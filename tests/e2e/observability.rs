@@ -189,5 +189,32 @@ async fn every_metric_the_dashboard_and_the_alert_rules_query_is_exported() {
         let absent: Vec<&String> = wanted.iter().filter(|w| !text.contains(w.as_str())).collect();
         panic!("the pack queries metrics no running system exports: {absent:?}");
     }
+    // Every exported metric says what it means.
+    let text = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
+    let typed: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    assert!(typed.len() >= 20, "{text}");
+    let without_help: Vec<&&str> =
+        typed.iter().filter(|name| !text.lines().any(|l| l.starts_with(&format!("# HELP {name} ")))).collect();
+    assert!(
+        without_help.is_empty(),
+        "metrics without HELP text (add them to edge::metrics::CATALOGUE): {without_help:?}"
+    );
     sys.stop().await;
+}
+
+/// Every alert links its runbook section, and every section it names exists.
+#[test]
+fn every_alert_has_a_runbook_section() {
+    let rules =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/observability/alerts.yml")).unwrap();
+    let runbook = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/RUNBOOK.md")).unwrap();
+    let alerts: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).collect();
+    let urls: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("runbook_url: ")).collect();
+    assert!(alerts.len() >= 8, "{alerts:?}");
+    assert_eq!(alerts.len(), urls.len(), "an alert without runbook_url");
+    for (alert, url) in alerts.iter().zip(&urls) {
+        let anchor = alert.to_lowercase();
+        assert!(url.contains(&format!("docs/RUNBOOK.md#{anchor}")), "{alert}: {url}");
+        assert!(runbook.contains(&format!("### {alert}")), "docs/RUNBOOK.md has no section for {alert}");
+    }
 }

@@ -35,6 +35,7 @@ pub fn install() -> Option<PrometheusHandle> {
                 .and_then(|b| b.install_recorder());
             match built {
                 Ok(handle) => {
+                    describe();
                     let upkeep = handle.clone();
                     // Histograms need periodic upkeep; a plain thread works in and out of a runtime.
                     std::thread::spawn(move || loop {
@@ -50,6 +51,60 @@ pub fn install() -> Option<PrometheusHandle> {
             }
         })
         .clone()
+}
+
+/// Every metric of the platform, with its `# HELP` text: one catalogue, so
+/// an operator reading `/metrics` (or a dashboard) learns what each means.
+/// A test fails for an exported metric missing here.
+pub const CATALOGUE: &[(&str, &str)] = &[
+    ("bookings_total", "Booking requests by outcome (created, seat_taken, limit, invalid, ...)."),
+    ("seat_hold_conflicts_total", "Booking requests refused because a seat was held or sold."),
+    ("payments_total", "Payment outcomes by outcome and PSP failure code."),
+    ("payment_events_ignored_total", "Payment facts the booking-service ignored (about another intent, or too late)."),
+    ("refunds_total", "Refund steps by outcome: refunded, attempt_failed, needs_review."),
+    ("grpc_requests_total", "gRPC calls served, by method and status code."),
+    ("grpc_request_duration_seconds", "gRPC call latency, by method."),
+    ("http_requests_total", "REST requests, by method, route template and status."),
+    ("http_request_duration_seconds", "REST request latency, by method and route template."),
+    ("http_requests_queued_total", "REST requests that waited in line for an in-flight slot."),
+    ("http_requests_shed_total", "REST requests refused with 503 because no slot freed in time."),
+    ("http_requests_timed_out_total", "REST requests answered 504 after the request timeout."),
+    ("http_requests_rate_limited_total", "REST writes refused with 429 by a user's rate limit."),
+    ("http_requests_body_timed_out_total", "REST requests whose body was not received in time (408)."),
+    ("seat_streams_open", "Seat-map event streams open on this gateway."),
+    ("seat_stream_watchers", "Performances this gateway watches for seat streams."),
+    ("seat_streams_refused_total", "Seat streams refused: per-user (429) or per-gateway (503) cap."),
+    ("seat_streams_lagged_total", "Seat-stream viewers that fell behind and got a fresh snapshot."),
+    ("outbox_backlog_events", "Events committed but not yet published, by relay."),
+    ("outbox_oldest_unpublished_seconds", "Age of the oldest event waiting to be published, by relay."),
+    ("outbox_publish_seconds", "Time from an event's commit to its acknowledgement by Kafka."),
+    ("outbox_producer_rebuilds_total", "Times the relay dropped and rebuilt its Kafka producer."),
+    ("consumer_records_total", "Records a consumer handled, by group and outcome."),
+    ("consumer_lag_seconds", "Time from a record's publication to its handling, by group."),
+    ("consumer_retries_total", "Retries of a record, by group and kind (transient, permanent)."),
+    ("consumer_transactions_total", "Consumer transactions, by group and kind (shared, single)."),
+    ("consumer_receive_errors_total", "Errors receiving from Kafka, by group."),
+    ("consumer_assigned_partitions", "Partitions this member works (leased in PostgreSQL), by group."),
+    ("consumer_paused_partitions", "Partitions paused on a transient failure, by group."),
+    ("consumer_heartbeat_timestamp_seconds", "Last time the consumer loop ran (Unix seconds); stale means stopped."),
+    ("dlq_records_total", "Records sent to a dead-letter topic, by group and topic."),
+    ("projection_lag_seconds", "Time from an event's commit to its projection."),
+    ("service_ready", "1 while the service is ready (database, broker, outbox, consumer), else 0."),
+];
+
+fn describe() {
+    for (name, help) in CATALOGUE {
+        let (name, help) = (*name, *help);
+        if name.ends_with("_total") {
+            metrics::describe_counter!(name, help);
+        } else if name.ends_with("_duration_seconds")
+            || matches!(name, "outbox_publish_seconds" | "consumer_lag_seconds" | "projection_lag_seconds")
+        {
+            metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+        } else {
+            metrics::describe_gauge!(name, help);
+        }
+    }
 }
 
 /// The Prometheus text exposition of every metric.

@@ -167,6 +167,9 @@ impl<H: EventHandler> Worker<H> {
     /// Proves the lease session alive, then gives back partitions beyond a
     /// fair share and takes free ones up to it.
     async fn rebalance(&mut self) {
+        // Alive: alerts fire when this stops moving, records or not.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!("consumer_heartbeat_timestamp_seconds", "group" => self.settings.group.clone()).set(now);
         let members = match self.leases.members(&self.pool).await {
             Ok(members) => members,
             Err(error) => {
