@@ -215,17 +215,8 @@ pub async fn my_bookings(
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<BookingView>>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(format!("Invalid query: {}", e.body_text())))?;
-    let limit = match params.limit.as_deref() {
-        None => 100,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| ApiError::bad_request("limit must be an integer from 1 to 500."))?,
-    };
-    if params.before.as_deref().is_some_and(|before| !crate::path_id::valid_id(before)) {
-        return Err(ApiError::bad_request("before must be a bookingId: 1-128 characters without control characters."));
-    }
+    let limit = super::query_limit(params.limit.as_deref(), 100, 500)?;
+    super::query_cursor("before", "bookingId", params.before.as_deref())?;
     let request =
         pb::ListUserBookingsRequest { limit, before: params.before.unwrap_or_default(), ..Default::default() };
     let list = state.booking.clone().list_user_bookings(grpc_request(request, &headers)).await?.into_inner();

@@ -85,19 +85,8 @@ pub async fn list_performances(
     params: Result<Query<PerformanceListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<(HeaderMap, Json<Vec<PerformanceItem>>), ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(format!("Invalid query: {}", e.body_text())))?;
-    let limit = match params.limit.as_deref() {
-        None => 20,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| ApiError::bad_request("limit must be an integer from 1 to 100."))?,
-    };
-    if params.after.as_deref().is_some_and(|after| !crate::path_id::valid_id(after)) {
-        return Err(ApiError::bad_request(
-            "after must be a performanceId: 1-128 characters without control characters.",
-        ));
-    }
+    let limit = super::query_limit(params.limit.as_deref(), 20, 100)?;
+    super::query_cursor("after", "performanceId", params.after.as_deref())?;
     let request = pb::ListPerformancesRequest { limit, after: params.after.unwrap_or_default() };
     let page = state.booking.clone().list_performances(grpc_request(request, &headers)).await?.into_inner();
     let mut links = HeaderMap::new();
