@@ -4,3 +4,4 @@
 
 pub mod booking;
 pub mod catalog;
+pub mod waiting_room;
