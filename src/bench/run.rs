@@ -33,65 +33,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return over_time(args).await;
     }
     if let Some(gateway) = args.gateway.clone() {
-        let secret = args.jwt_secret.clone().context("--gateway needs JWT_SECRET")?;
-        let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
-        let target = Arc::new(bench::Target { base: gateway.trim_end_matches('/').to_owned(), secret, client });
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let (main, sale) = (format!("pb{}", &id[20..]), format!("po{}", &id[20..]));
-        let seats = Arc::new(bench::register_performance(&target, &main, 200).await?);
-        let onsale_seats: Arc<Vec<String>> = Arc::new(
-            bench::register_performance(&target, &sale, 1)
-                .await?
-                .into_iter()
-                .take(args.onsale_seats as usize)
-                .collect(),
-        );
-        let last_seat = seats.last().cloned().unwrap_or_default();
-        let scenarios = vec![
-            bench::warm_up(target.clone(), &main, &last_seat).await,
-            bench::flow(target.clone(), &main, seats.clone(), args.clients, args.duration).await,
-            bench::distinct(target.clone(), &main, seats, args.clients, args.duration).await,
-            bench::onsale(target.clone(), &sale, onsale_seats, args.onsale_clients).await,
-        ];
-        print_table(&scenarios);
-        for s in &scenarios {
-            println!("{}: {}", s.name, s.extra);
-        }
-        std::fs::write(&args.output, serde_json::to_string_pretty(&scenarios)?)?;
-        return Ok(());
+        return against_gateway(&args, gateway).await;
     }
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    let (booking_db, payment_db) = (format!("bench_booking_{id}"), format!("bench_payment_{id}"));
-    let secret = uuid::Uuid::new_v4().simple().to_string();
-    let dev = BenchSystem::try_parse_from([
-        "bench".to_owned(),
-        "--gateway-addr=127.0.0.1:0".into(),
-        "--metrics-addr=127.0.0.1:0".into(),
-        "--booking-grpc-addr=127.0.0.1:0".into(),
-        "--payment-grpc-addr=127.0.0.1:0".into(),
-        "--shutdown-drain-secs=0".into(),
-        format!("--database-url={}", args.database.url()),
-        format!("--database-max-connections={}", args.database.database_max_connections),
-        format!("--booking-database={booking_db}"),
-        format!("--payment-database={payment_db}"),
-        format!("--kafka-topic-prefix=bench_{id}."),
-        format!("--jwt-secret={secret}"),
-    ])?
-    .dev;
-    let broker = Broker::start(args.kafka_brokers.as_deref(), &dev.service.kafka)?;
-    let brokers = broker.bootstrap.clone();
-    let shutdown = Shutdown::new();
-    let system = start_system(dev, &brokers, shutdown.clone()).await?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
-    let target = Arc::new(bench::Target { base: format!("http://{}", system.gateway_addr), secret, client });
-    for _ in 0..100 {
-        let ready = target.client.get(format!("{}/readyz", target.base)).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    println!("bench: system up at {}; registering performances", target.base);
+    let InProcess { target, system, shutdown, booking_db, payment_db, _broker } = start_in_process(&args).await?;
     let seats = Arc::new(bench::register_performance(&target, "perf_bench", 200).await?);
     let onsale_seats: Arc<Vec<String>> = Arc::new(
         bench::register_performance(&target, "perf_onsale", 1)
@@ -143,6 +87,91 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         pipeline_means_ms,
     };
     std::fs::write(&args.output, serde_json::to_string_pretty(&report)?)?;
+    print_report(&report, &args.output);
+    anyhow::ensure!(
+        report.oversold_seats == 0 && report.violations.is_empty(),
+        "correctness check failed: {:?}",
+        report.violations
+    );
+    Ok(())
+}
+
+/// The whole system in this process, on fresh databases and topics.
+struct InProcess {
+    target: std::sync::Arc<bench::Target>,
+    system: crate::system::DevSystem,
+    shutdown: Shutdown,
+    booking_db: String,
+    payment_db: String,
+    /// Kept for the run: the embedded broker stops when dropped.
+    _broker: Broker,
+}
+
+async fn start_in_process(args: &BenchArgs) -> anyhow::Result<InProcess> {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let (booking_db, payment_db) = (format!("bench_booking_{id}"), format!("bench_payment_{id}"));
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let dev = BenchSystem::try_parse_from([
+        "bench".to_owned(),
+        "--gateway-addr=127.0.0.1:0".into(),
+        "--metrics-addr=127.0.0.1:0".into(),
+        "--booking-grpc-addr=127.0.0.1:0".into(),
+        "--payment-grpc-addr=127.0.0.1:0".into(),
+        "--shutdown-drain-secs=0".into(),
+        format!("--database-url={}", args.database.url()),
+        format!("--database-max-connections={}", args.database.database_max_connections),
+        format!("--booking-database={booking_db}"),
+        format!("--payment-database={payment_db}"),
+        format!("--kafka-topic-prefix=bench_{id}."),
+        format!("--jwt-secret={secret}"),
+    ])?
+    .dev;
+    let broker = Broker::start(args.kafka_brokers.as_deref(), &dev.service.kafka)?;
+    let brokers = broker.bootstrap.clone();
+    let shutdown = Shutdown::new();
+    let system = start_system(dev, &brokers, shutdown.clone()).await?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
+    let target = std::sync::Arc::new(bench::Target { base: format!("http://{}", system.gateway_addr), secret, client });
+    for _ in 0..100 {
+        let ready = target.client.get(format!("{}/readyz", target.base)).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("bench: system up at {}; registering performances", target.base);
+    Ok(InProcess { target, system, shutdown, booking_db, payment_db, _broker: broker })
+}
+
+/// The load scenarios against a system already running at `gateway`.
+async fn against_gateway(args: &BenchArgs, gateway: String) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let secret = args.jwt_secret.clone().context("--gateway needs JWT_SECRET")?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
+    let target = Arc::new(bench::Target { base: gateway.trim_end_matches('/').to_owned(), secret, client });
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let (main, sale) = (format!("pb{}", &id[20..]), format!("po{}", &id[20..]));
+    let seats = Arc::new(bench::register_performance(&target, &main, 200).await?);
+    let onsale_seats: Arc<Vec<String>> = Arc::new(
+        bench::register_performance(&target, &sale, 1).await?.into_iter().take(args.onsale_seats as usize).collect(),
+    );
+    let last_seat = seats.last().cloned().unwrap_or_default();
+    let scenarios = vec![
+        bench::warm_up(target.clone(), &main, &last_seat).await,
+        bench::flow(target.clone(), &main, seats.clone(), args.clients, args.duration).await,
+        bench::distinct(target.clone(), &main, seats, args.clients, args.duration).await,
+        bench::onsale(target.clone(), &sale, onsale_seats, args.onsale_clients).await,
+    ];
+    print_table(&scenarios);
+    for s in &scenarios {
+        println!("{}: {}", s.name, s.extra);
+    }
+    std::fs::write(&args.output, serde_json::to_string_pretty(&scenarios)?)?;
+    Ok(())
+}
+
+/// The report as people read it.
+fn print_report(report: &bench::BenchReport, output: &std::path::Path) {
     println!();
     print_table(&report.scenarios);
     if let Some(lag) = report.scenarios.iter().find(|s| s.name == "flow").map(|s| &s.extra["projection_lag"]) {
@@ -173,13 +202,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     {
         println!("  {name}: {ms:.1}");
     }
-    println!("report written to {}", args.output.display());
-    anyhow::ensure!(
-        report.oversold_seats == 0 && report.violations.is_empty(),
-        "correctness check failed: {:?}",
-        report.violations
-    );
-    Ok(())
+    println!("report written to {}", output.display());
 }
 
 /// One line per scenario: clients, throughput, latency percentiles, statuses.
