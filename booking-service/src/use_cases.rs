@@ -141,20 +141,8 @@ impl Bookings {
         if request.user_id != caller.user_id {
             return Err(BookingError::BookForAnotherUser);
         }
-        let payment_method = match request.payment_method.as_deref() {
-            None | Some("") => PaymentMethod::CreditCard,
-            Some(text) => PaymentMethod::parse(text).ok_or_else(|| {
-                BookingError::Invalid("paymentMethod must be one of CREDIT_CARD, BANK_TRANSFER, EASY_PAY.".into())
-            })?,
-        };
-        if request.seat_ids.iter().any(|s| s.trim().is_empty()) {
-            return Err(BookingError::Invalid(REQUIRED_FIELDS.into()));
-        }
+        let payment_method = self.check_request(&request)?;
         let max_seats = self.settings.max_seats_per_user as usize;
-        validate_seat_request(&request.seat_ids, max_seats)?;
-        if validate_performance_id(&request.performance_id).is_err() {
-            return Err(BookingError::PerformanceNotFound(request.performance_id));
-        }
 
         let mut tx = self.pool.begin().await?;
         let context =
@@ -215,6 +203,25 @@ impl Bookings {
         }
         aggregate::commit(tx).await?;
         Ok(result)
+    }
+
+    /// What can be refused before anything is locked: the payment method,
+    /// blank, repeated or too many seats, a malformed performance id.
+    fn check_request(&self, request: &NewBooking) -> Result<PaymentMethod, BookingError> {
+        let payment_method = match request.payment_method.as_deref() {
+            None | Some("") => PaymentMethod::CreditCard,
+            Some(text) => PaymentMethod::parse(text).ok_or_else(|| {
+                BookingError::Invalid("paymentMethod must be one of CREDIT_CARD, BANK_TRANSFER, EASY_PAY.".into())
+            })?,
+        };
+        if request.seat_ids.iter().any(|s| s.trim().is_empty()) {
+            return Err(BookingError::Invalid(REQUIRED_FIELDS.into()));
+        }
+        validate_seat_request(&request.seat_ids, self.settings.max_seats_per_user as usize)?;
+        if validate_performance_id(&request.performance_id).is_err() {
+            return Err(BookingError::PerformanceNotFound(request.performance_id.clone()));
+        }
+        Ok(payment_method)
     }
 
     /// The owner (or an admin) cancels a pending booking; its seats are free at once.
