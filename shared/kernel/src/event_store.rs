@@ -205,9 +205,21 @@ pub async fn append(
         // The version check failed: nothing was inserted, the transaction is intact.
         return Err(conflict(stream_version(conn, stream_type, stream_id).await?));
     }
+    stored_events(&rows, events, &event_ids, (stream_type, stream_id), metadata)
+}
+
+/// What an append returned, as stored events in version order: row `i`
+/// is the event sent at index `version - first version`.
+fn stored_events(
+    rows: &[sqlx::postgres::PgRow],
+    events: &[NewEvent],
+    event_ids: &[Uuid],
+    (stream_type, stream_id): (&str, &str),
+    metadata: &EventMetadata,
+) -> Result<Vec<StoredEvent>, EventStoreError> {
     // Event i (0-based) was inserted as version `first + i`.
     let mut versions = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         versions.push(row.try_get::<i64, _>("stream_version")?);
     }
     let first = versions.iter().copied().min().unwrap_or(1);
