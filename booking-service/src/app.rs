@@ -84,7 +84,7 @@ impl BookingApp {
         .await
         .with_context(|| format!("creating Kafka topics on KAFKA_BROKERS {brokers}"))?;
         let (listener, addr) = grpc::bind(settings.booking_grpc_addr).await?;
-        let bookings = Bookings::new(pool.clone(), settings.clone(), policy);
+        let bookings = Bookings::new(pool.clone(), settings.clone(), policy, security.auth.admission_key());
         Ok(Self {
             background: db::background_pool(&pool, database.database_background_connections),
             pool,
@@ -139,6 +139,8 @@ impl BookingApp {
             async move { kernel::aggregate::having_event::<Booking>(&pool, &ids, &booking::DECIDING_EVENTS).await }
         };
         tasks.push(tokio::spawn(self.bookings.decision_waiters().clone().watch(decided, shutdown.clone())));
+        let admitter = self.bookings.on_pool(background.clone()).waiting_room().clone();
+        tasks.push(tokio::spawn(admitter.run_admitter(shutdown.clone())));
         tasks.push(tokio::spawn(sweep(
             self.bookings.on_pool(background.clone()),
             Duration::from_millis(self.settings.sweep_interval_ms),

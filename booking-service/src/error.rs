@@ -39,6 +39,27 @@ pub enum BookingError {
     /// The seat has no occupiedSeats document (it is free).
     #[error("Seat {0} is not occupied.")]
     SeatNotOccupied(String),
+    /// The performance has an on-sale that has not opened.
+    #[error("This performance is not on sale yet.")]
+    NotOnSaleYet,
+    /// The performance's on-sale has opened and the request has no admission.
+    #[error("Join the queue for this performance first.")]
+    JoinQueueFirst,
+    /// The admission is expired, forged, or another user's or performance's.
+    #[error("Your admission is not valid for this booking.")]
+    AdmissionInvalid,
+    /// Joining a performance that has no on-sale.
+    #[error("This performance has no waiting room.")]
+    NoWaitingRoom,
+    /// Reading the on-sale of a performance that has none (or a closed one).
+    #[error("This performance has no waiting room.")]
+    NoOnSale,
+    /// Reading a place before joining.
+    #[error("You are not in the queue for this performance.")]
+    NotInQueue,
+    /// On-sales need a key for admission tokens.
+    #[error("On-sales need ADMISSION_SECRET (or JWT_SECRET) on the booking-service and the gateway.")]
+    NoAdmissionKey,
     /// The aggregate refused the command.
     #[error(transparent)]
     Rejected(#[from] BookingRejection),
@@ -85,12 +106,18 @@ impl From<BookingError> for Status {
             | BookingError::UserLimit(_) => Code::InvalidArgument,
             BookingError::PerformanceNotFound(_)
             | BookingError::SeatNotOccupied(_)
+            | BookingError::NotInQueue
+            | BookingError::NoOnSale
             | BookingError::Rejected(R::NotFound) => Code::NotFound,
             BookingError::PerformanceExists(_) | BookingError::Rejected(R::AlreadyExists) => Code::AlreadyExists,
             BookingError::AdminRequired
             | BookingError::BookForAnotherUser
             | BookingError::NotYourBooking
+            | BookingError::NotOnSaleYet
+            | BookingError::JoinQueueFirst
+            | BookingError::AdmissionInvalid
             | BookingError::Rejected(R::NotOwner | R::NotPayer) => Code::PermissionDenied,
+            BookingError::NoWaitingRoom | BookingError::NoAdmissionKey => Code::FailedPrecondition,
             BookingError::Rejected(
                 R::NotPending | R::PaymentInProgress | R::NotPayable | R::ForeignPayment | R::NotRefundable,
             ) => Code::FailedPrecondition,

@@ -16,6 +16,7 @@ use runtime::idempotent;
 use runtime::idempotent::Step;
 use tonic::{Request, Response, Status};
 
+use crate::domain::waiting_room::OnSaleSettings;
 use crate::{
     domain::{
         booking::{Booking, Caller},
@@ -62,6 +63,35 @@ fn summary_to_pb(p: crate::store::catalog::PerformanceSummary) -> pb::Performanc
 
 /// Prices are won (KRW has no minor unit).
 const CURRENCY: &str = "KRW";
+
+fn onsale_to_pb(view: crate::waiting_room::OnSaleView) -> pb::OnSale {
+    let s = view.onsale.settings();
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    pb::OnSale {
+        performance_id: view.onsale.performance_id,
+        opens_at: Some(timestamp(s.opens_at)),
+        max_active: s.max_active,
+        admit_per_minute: s.admit_per_minute,
+        admission_seconds: s.admission_seconds,
+        place_keep_seconds: s.place_keep_seconds,
+        waiting: count(view.figures.waiting),
+        active: count(view.figures.active),
+        admitted_total: count(view.figures.admitted_total),
+        sold_out: view.onsale.sold_out_at.is_some(),
+    }
+}
+
+fn place_to_pb(performance_id: String, place: crate::waiting_room::PlaceView) -> pb::QueuePlace {
+    pb::QueuePlace {
+        performance_id,
+        state: place.state.to_owned(),
+        position: place.position,
+        ahead: place.ahead,
+        estimated_wait_seconds: place.estimated_wait_seconds,
+        admission: place.admission.unwrap_or_default(),
+        admission_expires_at: place.admission_expires_at.map(timestamp),
+    }
+}
 
 fn created_to_pb(created: CreatedBooking) -> pb::CreateBookingResponse {
     pb::CreateBookingResponse {
@@ -126,6 +156,7 @@ impl BookingService for BookingGrpc {
             seat_ids: body.seat_ids,
             payment_method: Some(body.payment_method).filter(|m| !m.is_empty()),
             user_id: body.user_id,
+            admission: Some(body.admission).filter(|a| !a.is_empty()),
         };
         let created =
             self.bookings.create(&caller, request, &event_metadata(&metadata, &caller.user_id), claim.as_ref()).await;
@@ -216,6 +247,58 @@ impl BookingService for BookingGrpc {
         self.caller(request.metadata()).await?;
         let body = request.into_inner();
         Ok(Response::new(summary_to_pb(self.bookings.performance(&body.performance_id).await?)))
+    }
+
+    async fn set_up_on_sale(&self, request: Request<pb::SetUpOnSaleRequest>) -> Result<Response<pb::OnSale>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let body = request.into_inner();
+        let opens_at = body
+            .opens_at
+            .as_ref()
+            .and_then(proto::time::from_timestamp)
+            .ok_or_else(|| Status::from(BookingError::Invalid("opensAt is required (RFC 3339).".into())))?;
+        let settings = OnSaleSettings::new(
+            opens_at,
+            body.max_active,
+            body.admit_per_minute,
+            body.admission_seconds,
+            body.place_keep_seconds,
+        )
+        .map_err(|bad| Status::from(BookingError::Invalid(bad.0)))?;
+        let view = self.bookings.waiting_room().set_up(&caller, &body.performance_id, settings).await?;
+        Ok(Response::new(onsale_to_pb(view)))
+    }
+
+    async fn get_on_sale(&self, request: Request<pb::GetOnSaleRequest>) -> Result<Response<pb::OnSale>, Status> {
+        self.caller(request.metadata()).await?;
+        let view = self.bookings.waiting_room().get(&request.into_inner().performance_id).await?;
+        Ok(Response::new(onsale_to_pb(view)))
+    }
+
+    async fn close_on_sale(
+        &self,
+        request: Request<pb::CloseOnSaleRequest>,
+    ) -> Result<Response<pb::CloseOnSaleResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        self.bookings.waiting_room().close(&caller, &request.into_inner().performance_id).await?;
+        Ok(Response::new(pb::CloseOnSaleResponse {}))
+    }
+
+    async fn join_queue(&self, request: Request<pb::JoinQueueRequest>) -> Result<Response<pb::QueuePlace>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let performance_id = request.into_inner().performance_id;
+        let place = self.bookings.waiting_room().join(&caller, &performance_id).await?;
+        Ok(Response::new(place_to_pb(performance_id, place)))
+    }
+
+    async fn get_queue_place(
+        &self,
+        request: Request<pb::GetQueuePlaceRequest>,
+    ) -> Result<Response<pb::QueuePlace>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let performance_id = request.into_inner().performance_id;
+        let place = self.bookings.waiting_room().place(&caller, &performance_id).await?;
+        Ok(Response::new(place_to_pb(performance_id, place)))
     }
 
     async fn register_performance(

@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod publish;
 pub mod store;
 pub mod use_cases;
+pub mod waiting_room;
 
 pub use app::BookingApp;
 pub use config::BookingSettings;

@@ -34,6 +34,7 @@ pub struct Bookings {
     settings: BookingSettings,
     policy: PaymentPolicy,
     decision_waiters: Arc<Waiters>,
+    waiting_room: crate::waiting_room::WaitingRoom,
 }
 
 /// A `POST /bookings` request.
@@ -47,6 +48,8 @@ pub struct NewBooking {
     pub payment_method: Option<String>,
     /// Must equal the caller.
     pub user_id: String,
+    /// The waiting room's admission token, when the performance has an on-sale.
+    pub admission: Option<String>,
 }
 
 /// What a created booking reports.
@@ -79,14 +82,26 @@ const REQUIRED_FIELDS: &str = "User, performance, and seats are required.";
 
 impl Bookings {
     /// Use cases over `pool` with `settings`.
-    pub fn new(pool: PgPool, settings: BookingSettings, policy: PaymentPolicy) -> Self {
-        Self { pool, settings, policy, decision_waiters: Arc::new(Waiters::default()) }
+    pub fn new(
+        pool: PgPool,
+        settings: BookingSettings,
+        policy: PaymentPolicy,
+        admission_key: Option<edge::admission::AdmissionKey>,
+    ) -> Self {
+        let waiting_room = crate::waiting_room::WaitingRoom::new(pool.clone(), admission_key);
+        Self { pool, settings, policy, decision_waiters: Arc::new(Waiters::default()), waiting_room }
     }
 
     /// The same use cases over another pool of the same database (the
     /// sweeper runs on the background pool).
     pub fn on_pool(&self, pool: PgPool) -> Self {
-        Self { pool, ..self.clone() }
+        let waiting_room = self.waiting_room.on_pool(pool.clone());
+        Self { pool, waiting_room, ..self.clone() }
+    }
+
+    /// The on-sale waiting room.
+    pub fn waiting_room(&self) -> &crate::waiting_room::WaitingRoom {
+        &self.waiting_room
     }
 
     /// Who waits for which booking's decision (the consumer announces them).
@@ -143,6 +158,7 @@ impl Bookings {
         }
         let payment_method = self.check_request(&request)?;
         let max_seats = self.settings.max_seats_per_user as usize;
+        self.waiting_room.check_admission(caller, &request.performance_id, request.admission.as_deref()).await?;
 
         let mut tx = self.pool.begin().await?;
         let context =

@@ -8,7 +8,7 @@ use anyhow::Context;
 use axum::{
     extract::DefaultBodyLimit,
     http::{HeaderName, Request},
-    routing::{get, post},
+    routing::{get, post, put},
     Router,
 };
 use edge::shutdown::Shutdown;
@@ -27,7 +27,7 @@ use tracing::Level;
 use crate::{
     config::GatewaySettings,
     error::ApiError,
-    routes::{bookings, box_office, catalog, health, payments, performances, seat_stream},
+    routes::{bookings, box_office, catalog, health, payments, performances, seat_stream, waiting_room},
     state::AppState,
 };
 
@@ -109,6 +109,7 @@ impl GatewayApp {
             read_your_writes_ms: settings.edge.gateway_read_your_writes_ms,
             dev_token_secret: settings.dev_tokens.then(|| settings.security.auth.jwt_secret.clone()).flatten(),
             cors,
+            admission_key: settings.security.auth.admission_key(),
         });
         let listener = tokio::net::TcpListener::bind(settings.gateway_addr)
             .await
@@ -157,7 +158,10 @@ async fn shed_and_time_out(
     // long-lived by design, costs no work between its watcher's looks and
     // has caps of its own.
     let path = request.uri().path();
-    if matches!(path, "/healthz" | "/readyz" | "/metrics") || path.ends_with("/seats/stream") {
+    if matches!(path, "/healthz" | "/readyz" | "/metrics")
+        || path.ends_with("/seats/stream")
+        || path.ends_with("/queue/stream")
+    {
         return next.run(request).await;
     }
     let permit = match state.in_flight.clone().try_acquire_owned() {
@@ -244,6 +248,7 @@ fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(box_office::box_office))
         .route("/performances/{id}/seats/stream", get(seat_stream::seat_stream))
+        .route("/performances/{id}/queue/stream", get(waiting_room::queue_stream))
         .merge(dev)
         .route("/bookings", post(bookings::create_booking))
         .route("/bookings/my", get(bookings::my_bookings))
@@ -257,6 +262,11 @@ fn routes(state: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::max(crate::admit::PERFORMANCE_BODY_LIMIT)),
         )
         .route("/performances/{id}", get(performances::get_performance))
+        .route(
+            "/performances/{id}/onsale",
+            put(waiting_room::set_up_onsale).get(waiting_room::get_onsale).delete(waiting_room::close_onsale),
+        )
+        .route("/performances/{id}/queue", post(waiting_room::join_queue).get(waiting_room::get_queue_place))
         .route("/performances/{id}/seats", get(catalog::seat_map))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

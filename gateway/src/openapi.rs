@@ -6,7 +6,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use crate::routes::{bookings, catalog, health, payments, performances, seat_stream};
+use crate::routes::{bookings, catalog, health, payments, performances, seat_stream, waiting_room};
 
 /// The REST API description.
 #[derive(OpenApi)]
@@ -17,11 +17,13 @@ use crate::routes::{bookings, catalog, health, payments, performances, seat_stre
         bookings::create_booking, bookings::my_bookings, bookings::get_booking, bookings::cancel_booking,
         payments::execute_payment,
         catalog::occupied_seat, performances::list_performances, performances::get_performance, catalog::register_performance, catalog::seat_map, seat_stream::seat_stream,
+        waiting_room::set_up_onsale, waiting_room::get_onsale, waiting_room::close_onsale,
+        waiting_room::join_queue, waiting_room::get_queue_place, waiting_room::queue_stream,
         health::healthz, health::readyz,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth, &PathIds, &EdgeAnswers),
-    tags((name = "Bookings"), (name = "Payments"), (name = "Seats"), (name = "Performances"), (name = "Health"))
+    tags((name = "Bookings"), (name = "Payments"), (name = "Seats"), (name = "Performances"), (name = "Waiting room"), (name = "Health"))
 )]
 pub struct ApiDoc;
 

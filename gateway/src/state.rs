@@ -40,6 +40,8 @@ pub struct AppState {
     pub read_your_writes_ms: u32,
     /// `ticketing dev` only: the HS256 secret `POST /dev/token` signs with.
     pub dev_token_secret: Option<String>,
+    /// Key of the waiting room's admission tokens (checked at `POST /bookings`).
+    pub admission_key: Option<edge::admission::AdmissionKey>,
     /// Which browser origins may call (`None`: no CORS headers at all).
     pub cors: Option<tower_http::cors::CorsLayer>,
 }

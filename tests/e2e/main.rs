@@ -18,3 +18,4 @@ mod operations;
 mod problems;
 mod replay;
 mod support;
+mod waiting_room;

@@ -1,6 +1,7 @@
 //! What a booking's events change besides its stream, in the same
 //! transaction: its user's booking list, the seat holds that keep a seat
-//! from being sold twice, and the booking metrics.
+//! from being sold twice, the waiting-room admission it used, and the
+//! booking metrics.
 
 use async_trait::async_trait;
 use sqlx::PgConnection;
@@ -8,7 +9,7 @@ use sqlx::PgConnection;
 use crate::{
     domain::booking::{Booking, BookingEvent},
     error::BookingError,
-    store::{holds, views},
+    store::{holds, queue, views},
 };
 
 /// The booking-service's [`kernel::aggregate::Effects`] of a booking.
@@ -40,6 +41,16 @@ impl kernel::aggregate::Effects<Booking> for BookingEffects {
             metrics::counter!("bookings_total", "outcome" => outcome).increment(1);
         }
         holds::follow(conn, after, event).await?;
+        // A booking that ended gives its holder's waiting-room slot back.
+        if matches!(
+            event,
+            BookingEvent::BookingConfirmed { .. }
+                | BookingEvent::BookingCancelled { .. }
+                | BookingEvent::BookingExpired { .. }
+                | BookingEvent::BookingFailed { .. }
+        ) {
+            queue::end_admission(conn, &after.created.performance_id, &after.created.user_id).await?;
+        }
         Ok(())
     }
 }

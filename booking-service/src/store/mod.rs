@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod effects;
 pub mod holds;
+pub mod queue;
 pub mod views;
 
 /// The booking-service's own migrations (the shared event-store ones run first).

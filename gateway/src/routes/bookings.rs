@@ -181,11 +181,13 @@ pub async fn create_booking(
     if user_id != user.user_id {
         return Err(ApiError::forbidden("Unauthorized to book for another user."));
     }
+    let admission = super::waiting_room::admission_header(&state, &headers, &user.user_id, &performance_id)?;
     let request = pb::CreateBookingRequest {
         performance_id: performance_id.clone(),
         seat_ids,
         payment_method: body.payment_method.unwrap_or_default(),
         user_id,
+        admission,
         ..Default::default()
     };
     let reply = state.booking.clone().create_booking(idempotent_grpc_request(request, &headers)?).await?;

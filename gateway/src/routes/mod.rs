@@ -7,6 +7,7 @@ pub mod health;
 pub mod payments;
 pub mod performances;
 pub mod seat_stream;
+pub mod waiting_room;
 
 /// The optional `Idempotency-Key` header of the two POST commands.
 #[derive(utoipa::IntoParams)]

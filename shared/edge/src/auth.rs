@@ -175,9 +175,27 @@ pub struct AuthSettings {
     /// `realm_access.roles`); a string or an array of strings.
     #[arg(long, env = "JWT_ROLE_CLAIM", default_value = "role")]
     pub jwt_role_claim: String,
+    /// Key of the waiting room's admission tokens (at least 32 bytes), the
+    /// same on the gateway and the booking-service. Unset, it is derived
+    /// from JWT_SECRET; with neither, on-sales cannot be set up.
+    #[arg(long, env = "ADMISSION_SECRET", hide_env_values = true)]
+    pub admission_secret: Option<String>,
 }
 
 impl AuthSettings {
+    /// The key admission tokens are signed and verified with: the
+    /// admission secret, else one derived from the JWT secret (a different
+    /// key, so an admission token never passes as a bearer token).
+    pub fn admission_key(&self) -> Option<crate::admission::AdmissionKey> {
+        match (&self.admission_secret, &self.jwt_secret) {
+            (Some(secret), _) if secret.len() >= MIN_SECRET_BYTES => Some(crate::admission::AdmissionKey::new(secret)),
+            (None, Some(secret)) if secret.len() >= MIN_SECRET_BYTES => {
+                Some(crate::admission::AdmissionKey::new(&format!("{secret}:waiting-room-admission")))
+            }
+            _ => None,
+        }
+    }
+
     /// The token rules these settings ask for.
     pub fn rules(&self) -> TokenRules {
         TokenRules {
@@ -239,6 +257,7 @@ impl std::fmt::Debug for AuthSettings {
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
             .field("jwt_allow_hs256", &self.jwt_allow_hs256)
+            .field("admission_secret", &self.admission_secret.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -595,6 +614,7 @@ mod tests {
             jwt_audience: Some("ticketing".into()),
             jwt_allow_hs256: false,
             jwt_role_claim: "role".into(),
+            admission_secret: None,
         };
         let token = settings.service_token("system:gateway", 60).unwrap().unwrap();
         let verified = settings.verifier().await.unwrap().verify(&token).await.unwrap();

@@ -7,6 +7,7 @@
 //! within a bound, configures gRPC TLS, and names what travels on the wire
 //! between the gateway and the services.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod metrics;

@@ -1,0 +1,376 @@
+//! The waiting room's tables: on-sales, and the places in their queues.
+//! The rules are `domain::waiting_room`; this module reads and writes what
+//! they decide.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::domain::waiting_room::{OnSaleSettings, Round, Snapshot, WaitingPlace};
+
+/// An on-sale as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OnSaleRow {
+    /// The performance.
+    pub performance_id: String,
+    /// When it opens.
+    pub opens_at: DateTime<Utc>,
+    /// Unexpired admissions at most.
+    pub max_active: i32,
+    /// Admissions per minute at most.
+    pub admit_per_minute: i32,
+    /// How long an admission lasts.
+    pub admission_seconds: i32,
+    /// How long a place is kept unlooked-at.
+    pub place_keep_seconds: i32,
+    /// The shuffle's seed, once opened.
+    pub seed: Option<i64>,
+    /// When the pre-queue was shuffled.
+    pub opened_at: Option<DateTime<Utc>>,
+    /// The largest position the admitter admitted or skipped.
+    pub reached: i64,
+    /// Since when every seat is sold.
+    pub sold_out_at: Option<DateTime<Utc>>,
+    /// When an admin closed it.
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+impl OnSaleRow {
+    /// Its settings.
+    pub fn settings(&self) -> OnSaleSettings {
+        let u = |v: i32| u32::try_from(v).unwrap_or(0);
+        OnSaleSettings {
+            opens_at: self.opens_at,
+            max_active: u(self.max_active),
+            admit_per_minute: u(self.admit_per_minute),
+            admission_seconds: u(self.admission_seconds),
+            place_keep_seconds: u(self.place_keep_seconds),
+        }
+    }
+}
+
+const ONSALE_COLUMNS: &str = "performance_id, opens_at, max_active, admit_per_minute, admission_seconds, \
+     place_keep_seconds, seed, opened_at, reached, sold_out_at, closed_at";
+
+/// Sets up (or changes, or reopens) the on-sale of a performance; `None`
+/// when the performance does not exist.
+pub async fn upsert_onsale(
+    conn: &mut PgConnection,
+    performance_id: &str,
+    s: &OnSaleSettings,
+) -> Result<Option<OnSaleRow>, sqlx::Error> {
+    let sql = format!(
+        "insert into onsales (performance_id, opens_at, max_active, admit_per_minute, admission_seconds, place_keep_seconds) \
+         select performance_id, $2, $3, $4, $5, $6 from performances where performance_id = $1 \
+         on conflict (performance_id) do update set opens_at = excluded.opens_at, max_active = excluded.max_active, \
+           admit_per_minute = excluded.admit_per_minute, admission_seconds = excluded.admission_seconds, \
+           place_keep_seconds = excluded.place_keep_seconds, closed_at = null \
+         returning {ONSALE_COLUMNS}"
+    );
+    let i = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    sqlx::query_as(&sql)
+        .bind(performance_id)
+        .bind(s.opens_at)
+        .bind(i(s.max_active))
+        .bind(i(s.admit_per_minute))
+        .bind(i(s.admission_seconds))
+        .bind(i(s.place_keep_seconds))
+        .fetch_optional(conn)
+        .await
+}
+
+/// The on-sale of a performance, closed or not.
+pub async fn onsale(conn: &mut PgConnection, performance_id: &str) -> Result<Option<OnSaleRow>, sqlx::Error> {
+    let sql = format!("select {ONSALE_COLUMNS} from onsales where performance_id = $1");
+    sqlx::query_as(&sql).bind(performance_id).fetch_optional(conn).await
+}
+
+/// Closes an on-sale; false when there is none.
+pub async fn close(conn: &mut PgConnection, performance_id: &str) -> Result<bool, sqlx::Error> {
+    let closed = sqlx::query("update onsales set closed_at = coalesce(closed_at, now()) where performance_id = $1")
+        .bind(performance_id)
+        .execute(conn)
+        .await?;
+    Ok(closed.rows_affected() > 0)
+}
+
+/// Live figures of an on-sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figures {
+    /// Places waiting (or queued before the opening).
+    pub waiting: i64,
+    /// Unexpired admissions.
+    pub active: i64,
+    /// Admissions granted so far.
+    pub admitted_total: i64,
+}
+
+/// The figures of an on-sale.
+pub async fn figures(conn: &mut PgConnection, performance_id: &str) -> Result<Figures, sqlx::Error> {
+    let row = sqlx::query(
+        "select count(*) filter (where state = 'waiting') as waiting, \
+                count(*) filter (where state = 'admitted' and admission_expires_at > now()) as active, \
+                count(*) filter (where admitted_at is not null) as admitted_total \
+           from queue_places where performance_id = $1",
+    )
+    .bind(performance_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(Figures {
+        waiting: row.try_get("waiting")?,
+        active: row.try_get("active")?,
+        admitted_total: row.try_get("admitted_total")?,
+    })
+}
+
+/// A place as its holder sees it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PlaceRow {
+    /// Null before the opening's shuffle.
+    pub position: Option<i64>,
+    /// `waiting`, `admitted`, `done` or `lapsed`.
+    pub state: String,
+    /// With `admitted`.
+    pub admission_id: Option<Uuid>,
+    /// With `admitted`.
+    pub admission_expires_at: Option<DateTime<Utc>>,
+}
+
+/// Joins `user_id` to the queue, or finds their place; either way it
+/// counts as a look. A place that lapsed, or whose admission ended, joins
+/// the back (its turn has passed).
+pub async fn join(conn: &mut PgConnection, performance_id: &str, user_id: &str) -> Result<PlaceRow, sqlx::Error> {
+    sqlx::query(
+        "insert into queue_places (performance_id, user_id, position) \
+         select $1, $2, null from onsales where performance_id = $1 \
+         on conflict (performance_id, user_id) do nothing",
+    )
+    .bind(performance_id)
+    .bind(user_id)
+    .execute(&mut *conn)
+    .await?;
+    let place = look(conn, performance_id, user_id).await?;
+    place.ok_or_else(|| sqlx::Error::RowNotFound)
+}
+
+/// The caller's place, touched as looked at; `None` before joining. A
+/// place without a position after the opening, one that lapsed, and one
+/// whose admission ended take the next position at the back.
+pub async fn look(
+    conn: &mut PgConnection,
+    performance_id: &str,
+    user_id: &str,
+) -> Result<Option<PlaceRow>, sqlx::Error> {
+    sqlx::query_as(
+        "with sale as (select opened_at from onsales where performance_id = $1), \
+         place as (select state, position from queue_places where performance_id = $1 and user_id = $2 for update), \
+         back as ( \
+           update onsales set next_position = next_position + 1 \
+            where performance_id = $1 and opened_at is not null \
+              and exists (select 1 from place where state in ('lapsed', 'done') or position is null) \
+           returning next_position) \
+         update queue_places q set last_seen = now(), \
+                position = coalesce((select next_position from back), q.position), \
+                state = case when exists (select 1 from back) then 'waiting' else q.state end, \
+                admission_id = case when exists (select 1 from back) then null else q.admission_id end, \
+                admission_expires_at = case when exists (select 1 from back) then null else q.admission_expires_at end \
+          where q.performance_id = $1 and q.user_id = $2 \
+         returning q.position, q.state, q.admission_id, q.admission_expires_at",
+    )
+    .bind(performance_id)
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Places waiting in front of `position`.
+pub async fn ahead(conn: &mut PgConnection, performance_id: &str, position: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "select count(*) from queue_places where performance_id = $1 and state = 'waiting' and position < $2",
+    )
+    .bind(performance_id)
+    .bind(position)
+    .fetch_one(conn)
+    .await
+}
+
+/// Admissions per minute over the last five minutes.
+pub async fn admission_rate(conn: &mut PgConnection, performance_id: &str) -> Result<f64, sqlx::Error> {
+    let recent: i64 = sqlx::query_scalar(
+        "select count(*) from queue_places where performance_id = $1 and admitted_at > now() - interval '5 minutes'",
+    )
+    .bind(performance_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(recent as f64 / 5.0)
+}
+
+/// On-sales the admitter works: not closed.
+pub async fn live_onsales(conn: &mut PgConnection) -> Result<Vec<OnSaleRow>, sqlx::Error> {
+    let sql = format!("select {ONSALE_COLUMNS} from onsales where closed_at is null");
+    sqlx::query_as(&sql).fetch_all(conn).await
+}
+
+/// The pre-queue (places without a position), for the opening's shuffle.
+pub async fn pre_queue(conn: &mut PgConnection, performance_id: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("select user_id from queue_places where performance_id = $1 and position is null")
+        .bind(performance_id)
+        .fetch_all(conn)
+        .await
+}
+
+/// Opens an on-sale: `order` (the shuffled pre-queue) takes positions 1…N,
+/// the seed is kept.
+pub async fn open(conn: &mut PgConnection, performance_id: &str, seed: i64, order: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update queue_places q set position = o.n from unnest($2::text[]) with ordinality as o(user_id, n) \
+          where q.performance_id = $1 and q.user_id = o.user_id",
+    )
+    .bind(performance_id)
+    .bind(order)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("update onsales set seed = $2, opened_at = now(), next_position = $3 where performance_id = $1")
+        .bind(performance_id)
+        .bind(seed)
+        .bind(i64::try_from(order.len()).unwrap_or(i64::MAX))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Ends admissions past their expiry.
+pub async fn expire_admissions(conn: &mut PgConnection, performance_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update queue_places set state = 'done' \
+          where performance_id = $1 and state = 'admitted' and admission_expires_at <= now()",
+    )
+    .bind(performance_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What the admitter needs to decide a round: admissions and seats.
+pub async fn snapshot(conn: &mut PgConnection, performance_id: &str) -> Result<Snapshot, sqlx::Error> {
+    let row = sqlx::query(
+        "select (select count(*) from queue_places where performance_id = $1 and state = 'admitted' \
+                   and admission_expires_at > now()) as active, \
+                (select count(*) from queue_places where performance_id = $1 \
+                   and admitted_at > now() - interval '1 minute') as last_minute, \
+                (select count(*) from seat_holds h where h.performance_id = $1 and h.status = 'locked' \
+                   and (h.locked_until > now() or h.admitted_until > now())) as held, \
+                (select count(*) from seat_holds h where h.performance_id = $1 and h.status = 'booked') as sold, \
+                (select seat_count from performances where performance_id = $1) as seats",
+    )
+    .bind(performance_id)
+    .fetch_one(conn)
+    .await?;
+    let count = |name: &str| -> Result<u32, sqlx::Error> {
+        let n: i64 = row.try_get(name)?;
+        Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
+    };
+    let seats: i32 = row.try_get("seats")?;
+    let (held, sold) = (count("held")?, count("sold")?);
+    Ok(Snapshot {
+        active: count("active")?,
+        admitted_last_minute: count("last_minute")?,
+        seats_free: u32::try_from(seats.max(0)).unwrap_or(0).saturating_sub(held + sold),
+        seats_held: held,
+    })
+}
+
+/// The next `limit` waiting places, in position order.
+pub async fn waiting(
+    conn: &mut PgConnection,
+    performance_id: &str,
+    limit: i64,
+) -> Result<Vec<WaitingPlace>, sqlx::Error> {
+    let rows = sqlx::query(
+        "select user_id, position, last_seen from queue_places \
+          where performance_id = $1 and state = 'waiting' and position is not null \
+          order by position limit $2",
+    )
+    .bind(performance_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(WaitingPlace {
+                user_id: r.try_get("user_id")?,
+                position: r.try_get("position")?,
+                last_seen: r.try_get("last_seen")?,
+            })
+        })
+        .collect()
+}
+
+/// Writes a round: admissions, lapses, how far the admitter reached, and
+/// whether the sale is sold out.
+pub async fn apply_round(
+    conn: &mut PgConnection,
+    performance_id: &str,
+    round: &Round,
+    admission_seconds: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update queue_places set state = 'admitted', admission_id = gen_random_uuid(), admitted_at = now(), \
+                admission_expires_at = now() + make_interval(secs => $3) \
+          where performance_id = $1 and user_id = any($2) and state = 'waiting'",
+    )
+    .bind(performance_id)
+    .bind(&round.admit)
+    .bind(f64::from(admission_seconds))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("update queue_places set state = 'lapsed' where performance_id = $1 and user_id = any($2) and state = 'waiting'")
+        .bind(performance_id)
+        .bind(&round.lapse)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "update onsales set \
+           reached = greatest(reached, coalesce((select max(position) from queue_places \
+                      where performance_id = $1 and user_id = any($2)), 0)), \
+           sold_out_at = case when $3 then coalesce(sold_out_at, now()) else null end \
+          where performance_id = $1",
+    )
+    .bind(performance_id)
+    .bind([round.admit.as_slice(), round.lapse.as_slice()].concat())
+    .bind(round.sold_out)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The user's admission for the performance ends (their booking ended).
+pub async fn end_admission(conn: &mut PgConnection, performance_id: &str, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update queue_places set state = 'done' where performance_id = $1 and user_id = $2 and state = 'admitted'",
+    )
+    .bind(performance_id)
+    .bind(user_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether an admission is still active (unexpired, its booking not ended).
+pub async fn admission_active(
+    conn: &mut PgConnection,
+    performance_id: &str,
+    user_id: &str,
+    admission_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let Ok(admission_id) = Uuid::parse_str(admission_id) else { return Ok(false) };
+    sqlx::query_scalar(
+        "select exists (select 1 from queue_places where performance_id = $1 and user_id = $2 \
+           and admission_id = $3 and state = 'admitted' and admission_expires_at > now())",
+    )
+    .bind(performance_id)
+    .bind(user_id)
+    .bind(admission_id)
+    .fetch_one(conn)
+    .await
+}

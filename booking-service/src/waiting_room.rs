@@ -1,0 +1,249 @@
+//! The on-sale waiting room's use cases (docs/WAITING-ROOM.md): setting up
+//! and closing an on-sale, joining and reading a place, the admitter that
+//! lets people in, and the admission check of `POST /bookings`. The rules
+//! are `domain::waiting_room`; the tables `store::queue`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use edge::admission::AdmissionKey;
+use edge::shutdown::{sleep_or_shutdown, Shutdown};
+use sqlx::PgPool;
+
+use crate::domain::booking::Caller;
+use crate::domain::waiting_room::{self as rules, OnSaleSettings};
+use crate::error::BookingError;
+use crate::store::queue::{self, Figures, OnSaleRow};
+
+/// How often the admitter runs.
+pub const ADMITTER_EVERY: Duration = Duration::from_millis(250);
+
+/// An on-sale with its live figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnSaleView {
+    /// As stored.
+    pub onsale: OnSaleRow,
+    /// Waiting, active, admitted so far.
+    pub figures: Figures,
+}
+
+/// A place as its holder sees it (the contract's body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceView {
+    /// `queued`, `waiting`, `admitted`, `sold_out` or `closed`.
+    pub state: &'static str,
+    /// Null while queued.
+    pub position: Option<i64>,
+    /// Places waiting in front.
+    pub ahead: Option<i64>,
+    /// From the measured admission rate.
+    pub estimated_wait_seconds: Option<u64>,
+    /// With `admitted`.
+    pub admission: Option<String>,
+    /// With `admitted`.
+    pub admission_expires_at: Option<DateTime<Utc>>,
+}
+
+/// The waiting room of the booking database.
+#[derive(Clone)]
+pub struct WaitingRoom {
+    pool: PgPool,
+    key: Option<AdmissionKey>,
+}
+
+impl WaitingRoom {
+    /// Over `pool`, signing admissions with `key`.
+    pub fn new(pool: PgPool, key: Option<AdmissionKey>) -> Self {
+        Self { pool, key }
+    }
+
+    /// The same over another pool of the same database.
+    pub fn on_pool(&self, pool: PgPool) -> Self {
+        Self { pool, key: self.key.clone() }
+    }
+
+    /// An admin sets up (or changes, or reopens) an on-sale.
+    pub async fn set_up(
+        &self,
+        caller: &Caller,
+        performance_id: &str,
+        settings: OnSaleSettings,
+    ) -> Result<OnSaleView, BookingError> {
+        if !caller.admin {
+            return Err(BookingError::AdminRequired);
+        }
+        if self.key.is_none() {
+            return Err(BookingError::NoAdmissionKey);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let onsale = queue::upsert_onsale(&mut conn, performance_id, &settings)
+            .await?
+            .ok_or_else(|| BookingError::PerformanceNotFound(performance_id.to_owned()))?;
+        let figures = queue::figures(&mut conn, performance_id).await?;
+        Ok(OnSaleView { onsale, figures })
+    }
+
+    /// A live on-sale with its figures; a closed one is gone.
+    pub async fn get(&self, performance_id: &str) -> Result<OnSaleView, BookingError> {
+        let mut conn = self.pool.acquire().await?;
+        let onsale = queue::onsale(&mut conn, performance_id)
+            .await?
+            .filter(|o| o.closed_at.is_none())
+            .ok_or(BookingError::NoOnSale)?;
+        let figures = queue::figures(&mut conn, performance_id).await?;
+        Ok(OnSaleView { onsale, figures })
+    }
+
+    /// An admin closes an on-sale: open sale again, everyone told `closed`.
+    pub async fn close(&self, caller: &Caller, performance_id: &str) -> Result<(), BookingError> {
+        if !caller.admin {
+            return Err(BookingError::AdminRequired);
+        }
+        let mut conn = self.pool.acquire().await?;
+        if !queue::close(&mut conn, performance_id).await? {
+            return Err(BookingError::NoOnSale);
+        }
+        Ok(())
+    }
+
+    /// Joins the caller (idempotent) and returns the place.
+    pub async fn join(&self, caller: &Caller, performance_id: &str) -> Result<PlaceView, BookingError> {
+        let mut conn = self.pool.acquire().await?;
+        let onsale = queue::onsale(&mut conn, performance_id).await?.ok_or(BookingError::NoWaitingRoom)?;
+        let place = queue::join(&mut conn, performance_id, &caller.user_id).await?;
+        self.view(&mut conn, &onsale, &caller.user_id, place).await
+    }
+
+    /// The caller's place; looking keeps it.
+    pub async fn place(&self, caller: &Caller, performance_id: &str) -> Result<PlaceView, BookingError> {
+        let mut conn = self.pool.acquire().await?;
+        let onsale = queue::onsale(&mut conn, performance_id).await?.ok_or(BookingError::NotInQueue)?;
+        let place = queue::look(&mut conn, performance_id, &caller.user_id).await?.ok_or(BookingError::NotInQueue)?;
+        self.view(&mut conn, &onsale, &caller.user_id, place).await
+    }
+
+    async fn view(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        onsale: &OnSaleRow,
+        user_id: &str,
+        place: queue::PlaceRow,
+    ) -> Result<PlaceView, BookingError> {
+        let plain = |state| PlaceView {
+            state,
+            position: None,
+            ahead: None,
+            estimated_wait_seconds: None,
+            admission: None,
+            admission_expires_at: None,
+        };
+        if onsale.closed_at.is_some() {
+            return Ok(plain("closed"));
+        }
+        let now = Utc::now();
+        if place.state == "admitted" {
+            if let (Some(id), Some(expires), Some(key)) = (place.admission_id, place.admission_expires_at, &self.key) {
+                if expires > now {
+                    let token = key.sign(user_id, &onsale.performance_id, &id.to_string(), expires.timestamp());
+                    return Ok(PlaceView {
+                        position: place.position,
+                        admission: token,
+                        admission_expires_at: Some(expires),
+                        ..plain("admitted")
+                    });
+                }
+            }
+        }
+        if onsale.sold_out_at.is_some() {
+            return Ok(PlaceView { position: place.position, ..plain("sold_out") });
+        }
+        let Some(position) = place.position.filter(|_| onsale.opened_at.is_some()) else {
+            return Ok(plain("queued"));
+        };
+        let ahead = queue::ahead(conn, &onsale.performance_id, position).await?;
+        let measured = queue::admission_rate(conn, &onsale.performance_id).await?;
+        let rate = if measured > 0.0 { measured } else { f64::from(onsale.settings().admit_per_minute) };
+        Ok(PlaceView {
+            position: Some(position),
+            ahead: Some(ahead),
+            estimated_wait_seconds: rules::estimated_wait_seconds(u64::try_from(ahead).unwrap_or(0), rate),
+            ..plain("waiting")
+        })
+    }
+
+    /// The admission check of `POST /bookings`: nothing for a performance
+    /// without a live on-sale; before the opening, no booking at all; after
+    /// it, an admission token of this user for this performance that is
+    /// still active.
+    pub async fn check_admission(
+        &self,
+        caller: &Caller,
+        performance_id: &str,
+        admission: Option<&str>,
+    ) -> Result<(), BookingError> {
+        let mut conn = self.pool.acquire().await?;
+        let Some(onsale) = queue::onsale(&mut conn, performance_id).await? else { return Ok(()) };
+        if onsale.closed_at.is_some() {
+            return Ok(());
+        }
+        if Utc::now() < onsale.opens_at {
+            return Err(BookingError::NotOnSaleYet);
+        }
+        let token = admission.filter(|t| !t.is_empty()).ok_or(BookingError::JoinQueueFirst)?;
+        let key = self.key.as_ref().ok_or(BookingError::AdmissionInvalid)?;
+        let granted = key.verify(token, &caller.user_id, performance_id).ok_or(BookingError::AdmissionInvalid)?;
+        if !queue::admission_active(&mut conn, performance_id, &caller.user_id, &granted.adm).await? {
+            return Err(BookingError::AdmissionInvalid);
+        }
+        Ok(())
+    }
+
+    /// The admitter: every [`ADMITTER_EVERY`], in one replica at a time
+    /// (a transaction-scoped advisory lock), opens due on-sales, ends
+    /// lapsed admissions and admits the next places.
+    pub async fn run_admitter(self, shutdown: Shutdown) {
+        while sleep_or_shutdown(ADMITTER_EVERY, &shutdown).await {
+            if let Err(error) = self.admit_once().await {
+                tracing::warn!(%error, "waiting room admitter round failed; trying again");
+            }
+        }
+    }
+
+    /// One round over every live on-sale.
+    pub async fn admit_once(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let leader: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext('waiting-room-admitter'))")
+            .fetch_one(&mut *tx)
+            .await?;
+        if !leader {
+            return Ok(());
+        }
+        let now = Utc::now();
+        for onsale in queue::live_onsales(&mut tx).await? {
+            let id = onsale.performance_id.as_str();
+            if onsale.opened_at.is_none() {
+                if now < onsale.opens_at {
+                    continue;
+                }
+                let seed = rand_seed();
+                let pre_queue = queue::pre_queue(&mut tx, id).await?;
+                let order = rules::shuffled(seed as u64, pre_queue.iter().map(String::as_str));
+                queue::open(&mut tx, id, seed, &order).await?;
+                tracing::info!(performance_id = id, seed, pre_queue = order.len(), "on-sale opened");
+            }
+            queue::expire_admissions(&mut tx, id).await?;
+            let settings = onsale.settings();
+            let state = queue::snapshot(&mut tx, id).await?;
+            let room = i64::from(settings.max_active.min(settings.admit_per_minute));
+            let waiting = queue::waiting(&mut tx, id, room + 1_000).await?;
+            let round = rules::admit_round(&settings, now, &state, &waiting);
+            queue::apply_round(&mut tx, id, &round, onsale.admission_seconds).await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// A fresh seed for a shuffle.
+fn rand_seed() -> i64 {
+    i64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}

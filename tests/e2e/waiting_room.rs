@@ -1,0 +1,250 @@
+//! The on-sale waiting room over HTTP: set-up and its rules, the seeded
+//! shuffle of the pre-queue, admission in position order paced by
+//! `maxActive`, admissions that cannot be forged or shared, slots that come
+//! back when a booking ends, sold out, closing, and the place stream.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{Reply, System};
+
+async fn register(sys: &System, id: &str, seats: u32) {
+    let body = json!({"performanceId": id, "title": "On sale", "rows": [{"row": "A", "seats": seats, "price": 10000}]});
+    let reply = sys.call(Method::POST, "/performances", Some(&sys.admin_token()), Some(body)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+}
+
+async fn set_up(sys: &System, id: &str, opens_in_ms: i64, extra: Value) -> Reply {
+    let opens_at = (chrono::Utc::now() + chrono::Duration::milliseconds(opens_in_ms))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut body = json!({"opensAt": opens_at});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    sys.call(Method::PUT, &format!("/performances/{id}/onsale"), Some(&sys.admin_token()), Some(body)).await
+}
+
+async fn join(sys: &System, id: &str, user: &str) -> Value {
+    let reply = sys.call(Method::POST, &format!("/performances/{id}/queue"), Some(&sys.token(user)), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body
+}
+
+async fn place(sys: &System, id: &str, user: &str) -> Value {
+    sys.get(&format!("/performances/{id}/queue"), user).await.body
+}
+
+/// Waits until `user`'s place is in `state`.
+async fn wait_state(sys: &System, id: &str, user: &str, state: &str) -> Value {
+    let seen = testkit::eventually(Duration::from_secs(10), || async {
+        let body = place(sys, id, user).await;
+        (body["state"] == state).then_some(body)
+    })
+    .await;
+    match seen {
+        Some(body) => body,
+        None => panic!("{user} never became {state}: {}", place(sys, id, user).await),
+    }
+}
+
+async fn book(sys: &System, id: &str, user: &str, seat: &str, admission: Option<&str>) -> (StatusCode, Value) {
+    let mut request = sys
+        .client
+        .post(format!("{}/bookings", sys.base))
+        .bearer_auth(sys.token(user))
+        .json(&json!({"performanceId": id, "seatIds": [seat], "userId": user}));
+    if let Some(admission) = admission {
+        request = request.header("admission", admission);
+    }
+    let response = request.send().await.unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_sale_is_set_up_by_an_admin_with_the_contracts_defaults_and_names_a_bad_field() {
+    let sys = System::start().await;
+    register(&sys, "perf_wr_setup", 5).await;
+    let opens_at = json!({"opensAt": "2030-01-01T10:00:00Z"});
+    let path = "/performances/perf_wr_setup/onsale";
+    let user = sys.call(Method::PUT, path, Some(&sys.token("wr_user")), Some(opens_at.clone())).await;
+    assert_eq!((user.status, user.body["error"].as_str()), (StatusCode::FORBIDDEN, Some("Admin role required.")));
+    let unknown =
+        sys.call(Method::PUT, "/performances/perf_nope/onsale", Some(&sys.admin_token()), Some(opens_at)).await;
+    assert_eq!(
+        (unknown.status, unknown.body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("Performance perf_nope not found."))
+    );
+    let missing = sys.call(Method::PUT, path, Some(&sys.admin_token()), Some(json!({}))).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    let bad = set_up(&sys, "perf_wr_setup", 60_000, json!({"maxActive": 0})).await;
+    assert_eq!(
+        (bad.status, bad.body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("maxActive must be an integer from 1 to 100000."))
+    );
+
+    let stored = set_up(&sys, "perf_wr_setup", 60_000, json!({})).await;
+    assert_eq!(stored.status, StatusCode::OK, "{}", stored.body);
+    for (field, default) in
+        [("maxActive", 200), ("admitPerMinute", 1200), ("admissionSeconds", 600), ("placeKeepSeconds", 300)]
+    {
+        assert_eq!(stored.body[field], default, "{field}");
+    }
+    let read = sys.get(path, "wr_user").await;
+    assert_eq!(
+        (read.status, read.body["waiting"].as_u64(), read.body["soldOut"].as_bool()),
+        (StatusCode::OK, Some(0), Some(false))
+    );
+
+    let none = sys.call(Method::POST, "/performances/perf_001/queue", Some(&sys.token("wr_user")), None).await;
+    assert_eq!(
+        (none.status, none.body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("This performance has no waiting room."))
+    );
+    let before = sys.get("/performances/perf_wr_setup/queue", "wr_user").await;
+    assert_eq!(
+        (before.status, before.body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("You are not in the queue for this performance."))
+    );
+    // Before the opening: queued, and no booking at all.
+    let queued = join(&sys, "perf_wr_setup", "wr_user").await;
+    assert_eq!((queued["state"].as_str(), &queued["position"]), (Some("queued"), &Value::Null));
+    let (status, body) = book(&sys, "perf_wr_setup", "wr_user", "A1", None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("This performance is not on sale yet.")));
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pre_queue_is_shuffled_by_a_kept_seed_and_admission_follows_positions_paced_by_max_active() {
+    let sys = System::start().await;
+    let id = "perf_wr_order";
+    register(&sys, id, 20).await;
+    assert_eq!(set_up(&sys, id, 1_500, json!({"maxActive": 2})).await.status, StatusCode::OK);
+    let users: Vec<String> = (0..6).map(|n| format!("wr_fan{n}")).collect();
+    for user in &users {
+        assert_eq!(join(&sys, id, user).await["state"], "queued");
+    }
+    // At the opening: positions 1..6, in the order the kept seed gives.
+    let positions: Vec<(String, i64)> = {
+        let mut found = Vec::new();
+        for user in &users {
+            let body = testkit::eventually(Duration::from_secs(10), || async {
+                let body = place(&sys, id, user).await;
+                body["position"].as_i64().map(|p| (user.clone(), p))
+            })
+            .await
+            .expect("a position after the opening");
+            found.push(body);
+        }
+        found.sort_by_key(|(_, p)| *p);
+        found
+    };
+    assert_eq!(positions.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+    let pool = sys.booking_pool().await;
+    let seed: i64 = sqlx::query_scalar("select seed from onsales where performance_id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let expected = booking_service::domain::waiting_room::shuffled(seed as u64, users.iter().map(String::as_str));
+    assert_eq!(positions.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), expected, "auditable order");
+
+    let (first, second, third) = (&positions[0].0, &positions[1].0, &positions[2].0);
+    let admitted = wait_state(&sys, id, first, "admitted").await;
+    wait_state(&sys, id, second, "admitted").await;
+    let waiting = place(&sys, id, third).await;
+    assert_eq!((waiting["state"].as_str(), waiting["ahead"].as_i64()), (Some("waiting"), Some(0)), "maxActive 2");
+    assert!(waiting["estimatedWaitSeconds"].is_u64(), "{waiting}");
+    let token = admitted["admission"].as_str().unwrap().to_owned();
+    assert!(admitted["admissionExpiresAt"].is_string());
+
+    // No admission, another user's, another performance's: refused.
+    let (status, body) = book(&sys, id, third, "A3", None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("Join the queue for this performance first."))
+    );
+    let (status, body) = book(&sys, id, third, "A3", Some(&token)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("Your admission is not valid for this booking."))
+    );
+    let (status, _) = book(&sys, "perf_001", first, "J20", Some(&token)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an admission is for its performance only");
+    let (status, _) = book(&sys, id, first, "A1", Some("forged.token.here")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The admitted one books; joining again keeps everyone's place.
+    let (status, created) = book(&sys, id, first, "A1", Some(&token)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(join(&sys, id, third).await["position"], positions[2].1);
+    // Their booking ends: the slot goes to the next position.
+    let booking = created["bookingId"].as_str().unwrap();
+    assert_eq!(sys.delete(&format!("/bookings/{booking}"), first).await.status, StatusCode::OK);
+    wait_state(&sys, id, third, "admitted").await;
+    assert_eq!(place(&sys, id, &positions[3].0).await["state"], "waiting", "strict order, maxActive 2");
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_people_are_told_sold_out_only_when_nothing_is_free_or_held_and_closing_reopens_the_sale() {
+    let sys = System::start().await;
+    let id = "perf_wr_sold";
+    register(&sys, id, 1).await;
+    assert_eq!(set_up(&sys, id, 0, json!({"maxActive": 1})).await.status, StatusCode::OK);
+    join(&sys, id, "wr_buyer").await;
+    let admitted = wait_state(&sys, id, "wr_buyer", "admitted").await;
+    join(&sys, id, "wr_late").await;
+    let token = admitted["admission"].as_str().unwrap();
+    let (status, created) = book(&sys, id, "wr_buyer", "A1", Some(token)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    // Held, not sold: nobody is told sold out.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(place(&sys, id, "wr_late").await["state"], "waiting");
+    let intent = created["paymentIntentId"].as_str().unwrap();
+    sys.wait_intent("wr_buyer", intent).await;
+    assert_eq!(sys.pay("wr_buyer", intent, "tok_visa").await.status, StatusCode::OK);
+    // Sold: the one waiting learns it within 2 s.
+    let sold_at = std::time::Instant::now();
+    wait_state(&sys, id, "wr_late", "sold_out").await;
+    assert!(sold_at.elapsed() < Duration::from_secs(2), "told after {:?}", sold_at.elapsed());
+    let onsale = sys.get(&format!("/performances/{id}/onsale"), "wr_late").await;
+    assert_eq!(onsale.body["soldOut"], true);
+
+    // Closed: everyone is told so, and bookings need no admission again.
+    let closed = sys.call(Method::DELETE, &format!("/performances/{id}/onsale"), Some(&sys.admin_token()), None).await;
+    assert_eq!(closed.status, StatusCode::OK);
+    assert_eq!(place(&sys, id, "wr_late").await["state"], "closed");
+    let (status, body) = book(&sys, id, "wr_late", "A1", None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("Seat A1 is not available.")));
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_place_stream_sends_each_change_and_ends_with_the_admission() {
+    let sys = System::start().await;
+    let id = "perf_wr_stream";
+    register(&sys, id, 5).await;
+    assert_eq!(set_up(&sys, id, 1_500, json!({})).await.status, StatusCode::OK);
+    join(&sys, id, "wr_streamer").await;
+    let response = sys
+        .client
+        .get(format!("{}/performances/{id}/queue/stream", sys.base))
+        .bearer_auth(sys.token("wr_streamer"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = tokio::time::timeout(Duration::from_secs(10), response.text()).await.expect("the stream ended").unwrap();
+    let states: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str::<Value>(d).unwrap()["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(text.contains("event: place"), "{text}");
+    assert_eq!(states.first().map(String::as_str), Some("queued"), "{states:?}");
+    assert_eq!(states.last().map(String::as_str), Some("admitted"), "{states:?}");
+    let stranger = sys.get(&format!("/performances/{id}/queue/stream"), "wr_nobody").await;
+    assert_eq!(stranger.status, StatusCode::NOT_FOUND);
+    sys.stop().await;
+}
