@@ -68,6 +68,7 @@ impl BookingApp {
     ) -> anyhow::Result<Self> {
         let verifier = security.auth.verifier().await?;
         let server = security.grpc_tls.server()?;
+        crate::waiting_room::start_metrics();
         let pool = db::open_service_db(database, &settings.booking_database, &store::MIGRATIONS)
             .await
             .context("preparing the booking database")?;

@@ -231,15 +231,59 @@ impl WaitingRoom {
                 queue::open(&mut tx, id, seed, &order).await?;
                 tracing::info!(performance_id = id, seed, pre_queue = order.len(), "on-sale opened");
             }
-            queue::expire_admissions(&mut tx, id).await?;
+            let expired = queue::expire_admissions(&mut tx, id).await?;
             let settings = onsale.settings();
             let state = queue::snapshot(&mut tx, id).await?;
             let room = i64::from(settings.max_active.min(settings.admit_per_minute));
             let waiting = queue::waiting(&mut tx, id, room + 1_000).await?;
             let round = rules::admit_round(&settings, now, &state, &waiting);
-            queue::apply_round(&mut tx, id, &round, onsale.admission_seconds).await?;
+            let waited = queue::apply_round(&mut tx, id, &round, onsale.admission_seconds).await?;
+            let figures = queue::figures(&mut tx, id).await?;
+            record(&onsale, &round, &waited, expired, figures, now);
         }
         tx.commit().await
+    }
+}
+
+/// The metrics of one round (every one labelled by performance; on-sales
+/// are few at a time).
+fn record(
+    onsale: &OnSaleRow,
+    round: &rules::Round,
+    waited: &[f64],
+    expired: u64,
+    figures: Figures,
+    now: DateTime<Utc>,
+) {
+    let performance = onsale.performance_id.clone();
+    metrics::gauge!("waiting_room_waiting", "performance" => performance.clone()).set(figures.waiting as f64);
+    metrics::gauge!("waiting_room_active", "performance" => performance.clone()).set(figures.active as f64);
+    metrics::counter!("waiting_room_admitted_total", "performance" => performance.clone())
+        .increment(waited.len() as u64);
+    metrics::counter!("waiting_room_places_lapsed_total", "performance" => performance.clone())
+        .increment(round.lapse.len() as u64);
+    metrics::counter!("waiting_room_admissions_expired_total", "performance" => performance.clone()).increment(expired);
+    for seconds in waited {
+        metrics::histogram!("waiting_room_wait_seconds", "performance" => performance.clone()).record(*seconds);
+    }
+    if round.sold_out && onsale.sold_out_at.is_none() {
+        if let Some(opened) = onsale.opened_at {
+            let seconds = (now - opened).num_milliseconds() as f64 / 1000.0;
+            metrics::gauge!("waiting_room_sold_out_seconds", "performance" => performance).set(seconds);
+            tracing::info!(performance_id = onsale.performance_id, seconds, "on-sale sold out");
+        }
+    }
+}
+
+/// Counters and gauges alerts watch, at zero from the start.
+pub fn start_metrics() {
+    for counter in
+        ["waiting_room_admitted_total", "waiting_room_places_lapsed_total", "waiting_room_admissions_expired_total"]
+    {
+        metrics::counter!(counter).increment(0);
+    }
+    for gauge in ["waiting_room_waiting", "waiting_room_active"] {
+        metrics::gauge!(gauge).set(0.0);
     }
 }
 

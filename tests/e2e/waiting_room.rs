@@ -248,3 +248,23 @@ async fn the_place_stream_sends_each_change_and_ends_with_the_admission() {
     assert_eq!(stranger.status, StatusCode::NOT_FOUND);
     sys.stop().await;
 }
+
+/// A one-seat performance sold through its queue: set up, join, admitted,
+/// booked with the admission, paid (other tests use it to see the room work).
+pub(crate) async fn sell_out_one_seat_through_the_queue(sys: &System, id: &str, user: &str) {
+    register(sys, id, 1).await;
+    assert_eq!(set_up(sys, id, 0, json!({"maxActive": 1})).await.status, StatusCode::OK);
+    join(sys, id, user).await;
+    let admitted = wait_state(sys, id, user, "admitted").await;
+    let (status, created) = book(sys, id, user, "A1", admitted["admission"].as_str()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let intent = created["paymentIntentId"].as_str().unwrap();
+    sys.wait_intent(user, intent).await;
+    assert_eq!(sys.pay(user, intent, "tok_visa").await.status, StatusCode::OK);
+    let sold_out = testkit::eventually(Duration::from_secs(10), || async {
+        let onsale = sys.get(&format!("/performances/{id}/onsale"), user).await;
+        (onsale.body["soldOut"] == true).then_some(())
+    })
+    .await;
+    assert!(sold_out.is_some(), "{id} never sold out");
+}

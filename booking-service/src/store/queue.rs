@@ -239,16 +239,16 @@ pub async fn open(conn: &mut PgConnection, performance_id: &str, seed: i64, orde
     Ok(())
 }
 
-/// Ends admissions past their expiry.
-pub async fn expire_admissions(conn: &mut PgConnection, performance_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Ends admissions past their expiry; how many ended so.
+pub async fn expire_admissions(conn: &mut PgConnection, performance_id: &str) -> Result<u64, sqlx::Error> {
+    let expired = sqlx::query(
         "update queue_places set state = 'done' \
           where performance_id = $1 and state = 'admitted' and admission_expires_at <= now()",
     )
     .bind(performance_id)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(expired.rows_affected())
 }
 
 /// What the admitter needs to decide a round: admissions and seats.
@@ -307,22 +307,24 @@ pub async fn waiting(
 }
 
 /// Writes a round: admissions, lapses, how far the admitter reached, and
-/// whether the sale is sold out.
+/// whether the sale is sold out. Returns how long each admitted person
+/// waited since joining (seconds).
 pub async fn apply_round(
     conn: &mut PgConnection,
     performance_id: &str,
     round: &Round,
     admission_seconds: i32,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<Vec<f64>, sqlx::Error> {
+    let waited: Vec<f64> = sqlx::query_scalar(
         "update queue_places set state = 'admitted', admission_id = gen_random_uuid(), admitted_at = now(), \
                 admission_expires_at = now() + make_interval(secs => $3) \
-          where performance_id = $1 and user_id = any($2) and state = 'waiting'",
+          where performance_id = $1 and user_id = any($2) and state = 'waiting' \
+         returning extract(epoch from now() - joined_at)::float8",
     )
     .bind(performance_id)
     .bind(&round.admit)
     .bind(f64::from(admission_seconds))
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
     sqlx::query("update queue_places set state = 'lapsed' where performance_id = $1 and user_id = any($2) and state = 'waiting'")
         .bind(performance_id)
@@ -341,7 +343,7 @@ pub async fn apply_round(
     .bind(round.sold_out)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(waited)
 }
 
 /// The user's admission for the performance ends (their booking ended).

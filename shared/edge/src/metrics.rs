@@ -90,6 +90,16 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("dlq_records_total", "Records sent to a dead-letter topic, by group and topic."),
     ("projection_lag_seconds", "Time from an event's commit to its projection."),
     ("service_ready", "1 while the service is ready (database, broker, outbox, consumer), else 0."),
+    ("waiting_room_waiting", "People waiting in an on-sale's queue, by performance."),
+    ("waiting_room_active", "Unexpired admissions of an on-sale, by performance."),
+    ("waiting_room_admitted_total", "People admitted from an on-sale's queue, by performance."),
+    ("waiting_room_places_lapsed_total", "Places skipped because nobody looked at them in time, by performance."),
+    (
+        "waiting_room_admissions_expired_total",
+        "Admissions that ran out before their holder's booking ended, by performance.",
+    ),
+    ("waiting_room_wait_seconds", "Time from joining an on-sale's queue to admission, by performance."),
+    ("waiting_room_sold_out_seconds", "Time from an on-sale's opening to its last seat sold, by performance."),
 ];
 
 fn describe() {
@@ -98,7 +108,13 @@ fn describe() {
         if name.ends_with("_total") {
             metrics::describe_counter!(name, help);
         } else if name.ends_with("_duration_seconds")
-            || matches!(name, "outbox_publish_seconds" | "consumer_lag_seconds" | "projection_lag_seconds")
+            || matches!(
+                name,
+                "outbox_publish_seconds"
+                    | "consumer_lag_seconds"
+                    | "projection_lag_seconds"
+                    | "waiting_room_wait_seconds"
+            )
         {
             metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
         } else {
