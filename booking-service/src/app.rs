@@ -147,8 +147,9 @@ impl BookingApp {
             Duration::from_millis(self.settings.sweep_interval_ms),
             shutdown.clone(),
         )));
-        let router = service::grpc_router(self.server, health, proto::FILE_DESCRIPTOR_SET)?
-            .add_service(BookingServiceServer::new(BookingGrpc::new(self.bookings.clone(), self.verifier)));
+        let router = service::grpc_router(self.server, health, proto::FILE_DESCRIPTOR_SET)?.add_service(
+            BookingServiceServer::new(BookingGrpc::new(self.bookings.clone(), self.verifier, shutdown.clone())),
+        );
         service::serve_grpc(
             router,
             self.listener,

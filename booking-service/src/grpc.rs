@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use edge::auth::Verifier;
 use proto::booking::{self as pb, booking_service_server::BookingService};
 use proto::time::timestamp;
@@ -31,12 +33,14 @@ use crate::{
 pub struct BookingGrpc {
     bookings: Bookings,
     verifier: Arc<Verifier>,
+    /// Ends long streams when the service stops, so they never hold up its drain.
+    shutdown: edge::shutdown::Shutdown,
 }
 
 impl BookingGrpc {
     /// Serves `bookings` to callers whose tokens `verifier` accepts.
-    pub fn new(bookings: Bookings, verifier: Arc<Verifier>) -> Self {
-        Self { bookings, verifier }
+    pub fn new(bookings: Bookings, verifier: Arc<Verifier>, shutdown: edge::shutdown::Shutdown) -> Self {
+        Self { bookings, verifier, shutdown }
     }
 
     /// The caller, from the request's verified bearer token.
@@ -299,6 +303,25 @@ impl BookingService for BookingGrpc {
         let performance_id = request.into_inner().performance_id;
         let place = self.bookings.waiting_room().place(&caller, &performance_id).await?;
         Ok(Response::new(place_to_pb(performance_id, place)))
+    }
+
+    type StreamQueuePlaceStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::QueuePlace, Status>> + Send + 'static>>;
+
+    async fn stream_queue_place(
+        &self,
+        request: Request<pb::StreamQueuePlaceRequest>,
+    ) -> Result<Response<Self::StreamQueuePlaceStream>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let performance_id = request.into_inner().performance_id;
+        let room = self.bookings.waiting_room().clone();
+        // The first look answers "not in the queue" as a status.
+        let first = room.place(&caller, &performance_id).await?;
+        let stopping = self.shutdown.clone().cancelled_owned();
+        let places = crate::waiting_room::place_changes(room, caller, performance_id.clone(), first)
+            .take_until(stopping)
+            .map(move |place| Ok(place_to_pb(performance_id.clone(), place)));
+        Ok(Response::new(Box::pin(places)))
     }
 
     async fn register_performance(

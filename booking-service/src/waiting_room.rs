@@ -245,6 +245,46 @@ impl WaitingRoom {
     }
 }
 
+/// How often a place stream looks at the place.
+pub const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// A quiet place stream sends the place again at least this often.
+pub const RESEND_EVERY: Duration = Duration::from_secs(15);
+
+/// The caller's place as it changes, starting with `first`: sent when it
+/// changes and at least every [`RESEND_EVERY`]; the stream ends after
+/// `admitted`, `sold_out` or `closed`, or when a look fails.
+pub fn place_changes(
+    room: WaitingRoom,
+    caller: Caller,
+    performance_id: String,
+    first: PlaceView,
+) -> impl futures::Stream<Item = PlaceView> + Send + 'static {
+    let start = (Some(first), None::<PlaceView>, tokio::time::Instant::now(), false);
+    futures::stream::unfold(start, move |(mut next, mut last, mut sent_at, done)| {
+        let (room, caller, performance_id) = (room.clone(), caller.clone(), performance_id.clone());
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                let place = match next.take() {
+                    Some(place) => place,
+                    None => {
+                        tokio::time::sleep(LOOK_EVERY).await;
+                        room.place(&caller, &performance_id).await.ok()?
+                    }
+                };
+                if last.as_ref() != Some(&place) || sent_at.elapsed() >= RESEND_EVERY {
+                    let done = matches!(place.state, "admitted" | "sold_out" | "closed");
+                    sent_at = tokio::time::Instant::now();
+                    last = Some(place.clone());
+                    return Some((place, (None, last, sent_at, done)));
+                }
+            }
+        }
+    })
+}
+
 /// The metrics of one round (every one labelled by performance; on-sales
 /// are few at a time).
 fn record(

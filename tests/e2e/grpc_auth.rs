@@ -85,6 +85,24 @@ async fn every_booking_method_refuses_calls_without_valid_credentials() {
             ("GetOccupiedSeat", code(client.get_occupied_seat(unauthenticated(forge, seat.clone())).await)),
             ("GetSeatMap", code(client.get_seat_map(unauthenticated(forge, map.clone())).await)),
             (
+                "SetUpOnSale",
+                code(client.set_up_on_sale(unauthenticated(forge, bpb::SetUpOnSaleRequest::default())).await),
+            ),
+            ("GetOnSale", code(client.get_on_sale(unauthenticated(forge, bpb::GetOnSaleRequest::default())).await)),
+            (
+                "CloseOnSale",
+                code(client.close_on_sale(unauthenticated(forge, bpb::CloseOnSaleRequest::default())).await),
+            ),
+            ("JoinQueue", code(client.join_queue(unauthenticated(forge, bpb::JoinQueueRequest::default())).await)),
+            (
+                "GetQueuePlace",
+                code(client.get_queue_place(unauthenticated(forge, bpb::GetQueuePlaceRequest::default())).await),
+            ),
+            (
+                "StreamQueuePlace",
+                code(client.stream_queue_place(unauthenticated(forge, bpb::StreamQueuePlaceRequest::default())).await),
+            ),
+            (
                 "ListPerformances",
                 code(client.list_performances(unauthenticated(forge, bpb::ListPerformancesRequest::default())).await),
             ),

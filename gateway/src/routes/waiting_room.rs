@@ -3,7 +3,7 @@
 //! `POST /bookings` carries the admission (`Admission` header), checked here
 //! and again by the booking-service.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc};
 
 use axum::{
     body::Body,
@@ -233,14 +233,10 @@ pub struct PlaceEvent {
     data: String,
 }
 
-/// How often the stream looks at the place.
-const LOOK_EVERY: Duration = Duration::from_millis(500);
-/// A quiet stream sends the place again at least this often.
-const RESEND_EVERY: Duration = Duration::from_secs(15);
-
 /// The caller's place as Server-Sent Events named `place`: when it changes
 /// and at least every 15 s; the stream ends after `admitted`, `sold_out` or
-/// `closed`.
+/// `closed`. The booking-service's `StreamQueuePlace` decides what to send;
+/// this frames it, and ends it when the gateway stops.
 #[utoipa::path(get, path = "/performances/{id}/queue/stream", tag = "Waiting room",
     params(("id" = String, Path, description = "performanceId")), security(("bearer" = [])),
     responses((status = 200, content_type = "text/event-stream", body = PlaceEvent,
@@ -253,50 +249,18 @@ pub async fn queue_stream(
     headers: HeaderMap,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
-    let look = {
-        let (state, headers, id) = (state.clone(), headers.clone(), id.clone());
-        move || {
-            let (state, headers, id) = (state.clone(), headers.clone(), id.clone());
-            async move {
-                let request = pb::GetQueuePlaceRequest { performance_id: id };
-                state.booking.clone().get_queue_place(grpc_request(request, &headers)).await.map(|r| r.into_inner())
-            }
-        }
-    };
-    // The first look answers errors (not in the queue) as a status, before the stream starts.
-    let first = place_body(look().await?);
-    let shutting_down = state.shutting_down.clone();
-    let final_state = |p: &PlaceBody| matches!(p.state.as_str(), "admitted" | "sold_out" | "closed");
-    // (a place to consider first, the last one sent, when, whether it was final)
-    let start = (Some(first), None::<PlaceBody>, tokio::time::Instant::now(), false);
-    let events = futures::stream::unfold(start, move |(mut first, mut last, mut sent_at, done)| {
-        let look = look.clone();
-        let shutting_down = shutting_down.clone();
-        async move {
-            if done {
-                return None;
-            }
-            loop {
-                let place = match first.take() {
-                    Some(place) => place,
-                    None => {
-                        tokio::select! {
-                            () = tokio::time::sleep(LOOK_EVERY) => {}
-                            () = shutting_down.cancelled() => return None,
-                        }
-                        place_body(look().await.ok()?)
-                    }
-                };
-                if last.as_ref() != Some(&place) || sent_at.elapsed() >= RESEND_EVERY {
-                    let frame = format!("event: place\ndata: {}\n\n", serde_json::to_string(&place).ok()?);
-                    let done = final_state(&place);
-                    sent_at = tokio::time::Instant::now();
-                    last = Some(place);
-                    return Some((Ok::<_, Infallible>(Bytes::from(frame)), (None, last, sent_at, done)));
-                }
-            }
-        }
-    });
+    use futures::StreamExt;
+    let request = pb::StreamQueuePlaceRequest { performance_id: id };
+    // A refusal (not in the queue) is a status, before the stream starts.
+    let places = state.booking.clone().stream_queue_place(grpc_request(request, &headers)).await?.into_inner();
+    let events = places
+        .take_while(|place| std::future::ready(place.is_ok()))
+        .filter_map(|place| std::future::ready(place.ok()))
+        .map(|place| {
+            let body = serde_json::to_string(&place_body(place)).unwrap_or_default();
+            Ok::<_, Infallible>(Bytes::from(format!("event: place\ndata: {body}\n\n")))
+        })
+        .take_until(state.shutting_down.clone().cancelled_owned());
     let mut response = Body::from_stream(events).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
