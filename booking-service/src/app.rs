@@ -141,7 +141,8 @@ impl BookingApp {
         };
         tasks.push(tokio::spawn(self.bookings.decision_waiters().clone().watch(decided, shutdown.clone())));
         let admitter = self.bookings.on_pool(background.clone()).waiting_room().clone();
-        tasks.push(tokio::spawn(admitter.run_admitter(shutdown.clone())));
+        tasks.push(tokio::spawn(admitter.clone().run_admitter(shutdown.clone())));
+        tasks.push(tokio::spawn(admitter.run_warm_copy(shutdown.clone())));
         tasks.push(tokio::spawn(sweep(
             self.bookings.on_pool(background.clone()),
             Duration::from_millis(self.settings.sweep_interval_ms),

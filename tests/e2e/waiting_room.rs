@@ -249,6 +249,52 @@ async fn the_place_stream_sends_each_change_and_ends_with_the_admission() {
     sys.stop().await;
 }
 
+/// `waiting_room_looks_total` of a performance, by where looks were served from.
+async fn looks(sys: &System, id: &str, from: &str) -> u64 {
+    let text = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("waiting_room_looks_total{"))
+        .filter(|l| l.contains(&format!("performance=\"{id}\"")) && l.contains(&format!("served_from=\"{from}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_people_reading_their_place_cost_no_database_query_per_look() {
+    let sys = System::start().await;
+    let id = "perf_wr_cheap";
+    register(&sys, id, 10).await;
+    assert_eq!(set_up(&sys, id, 0, json!({"maxActive": 1, "admitPerMinute": 1})).await.status, StatusCode::OK);
+    let users: Vec<String> = (0..40).map(|n| format!("wr_reader{n}")).collect();
+    for user in &users {
+        join(&sys, id, user).await;
+    }
+    // Once every place has a position and the copy has caught up…
+    for user in &users {
+        let seen = testkit::eventually(Duration::from_secs(10), || async {
+            let body = place(&sys, id, user).await;
+            body["position"].as_i64()
+        })
+        .await;
+        assert!(seen.is_some(), "{user} got no position");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (database, memory) = (looks(&sys, id, "database").await, looks(&sys, id, "memory").await);
+    // …200 looks by 40 people are all served from memory, each one right.
+    for _ in 0..5 {
+        for user in &users {
+            let body = place(&sys, id, user).await;
+            assert!(matches!(body["state"].as_str(), Some("waiting" | "admitted")), "{body}");
+            if body["state"] == "waiting" {
+                assert_eq!(body["ahead"].as_i64(), body["position"].as_i64().map(|p| p - 2), "{body}");
+            }
+        }
+    }
+    assert_eq!(looks(&sys, id, "database").await, database, "a look reached the database");
+    assert_eq!(looks(&sys, id, "memory").await, memory + 200);
+    sys.stop().await;
+}
+
 /// A one-seat performance sold through its queue: set up, join, admitted,
 /// booked with the admission, paid (other tests use it to see the room work).
 pub(crate) async fn sell_out_one_seat_through_the_queue(sys: &System, id: &str, user: &str) {

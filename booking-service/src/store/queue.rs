@@ -183,6 +183,40 @@ pub async fn look(
     .await
 }
 
+/// Every place of an on-sale (the warm copy's load).
+pub async fn places(conn: &mut PgConnection, performance_id: &str) -> Result<Vec<(String, PlaceRow)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "select user_id, position, state, admission_id, admission_expires_at from queue_places \
+          where performance_id = $1",
+    )
+    .bind(performance_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("user_id")?,
+                PlaceRow {
+                    position: r.try_get("position")?,
+                    state: r.try_get("state")?,
+                    admission_id: r.try_get("admission_id")?,
+                    admission_expires_at: r.try_get("admission_expires_at")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Records that `users` looked at their places now (one statement).
+pub async fn touch(conn: &mut PgConnection, performance_id: &str, users: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query("update queue_places set last_seen = now() where performance_id = $1 and user_id = any($2)")
+        .bind(performance_id)
+        .bind(users)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Places waiting in front of `position`.
 pub async fn ahead(conn: &mut PgConnection, performance_id: &str, position: i64) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(

@@ -98,6 +98,10 @@ pub const CATALOGUE: &[(&str, &str)] = &[
         "waiting_room_admissions_expired_total",
         "Admissions that ran out before their holder's booking ended, by performance.",
     ),
+    (
+        "waiting_room_looks_total",
+        "Reads of a place, by where they were served from: memory (the warm copy) or database.",
+    ),
     ("waiting_room_wait_seconds", "Time from joining an on-sale's queue to admission, by performance."),
     ("waiting_room_sold_out_seconds", "Time from an on-sale's opening to its last seat sold, by performance."),
 ];

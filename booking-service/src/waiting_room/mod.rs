@@ -15,6 +15,8 @@ use crate::domain::waiting_room::{self as rules, OnSaleSettings};
 use crate::error::BookingError;
 use crate::store::queue::{self, Figures, OnSaleRow};
 
+mod warm;
+
 /// How often the admitter runs.
 pub const ADMITTER_EVERY: Duration = Duration::from_millis(250);
 
@@ -49,17 +51,18 @@ pub struct PlaceView {
 pub struct WaitingRoom {
     pool: PgPool,
     key: Option<AdmissionKey>,
+    warm: std::sync::Arc<warm::WarmCopy>,
 }
 
 impl WaitingRoom {
     /// Over `pool`, signing admissions with `key`.
     pub fn new(pool: PgPool, key: Option<AdmissionKey>) -> Self {
-        Self { pool, key }
+        Self { pool, key, warm: Default::default() }
     }
 
     /// The same over another pool of the same database.
     pub fn on_pool(&self, pool: PgPool) -> Self {
-        Self { pool, key: self.key.clone() }
+        Self { pool, key: self.key.clone(), warm: self.warm.clone() }
     }
 
     /// An admin sets up (or changes, or reopens) an on-sale.
@@ -80,6 +83,7 @@ impl WaitingRoom {
             .await?
             .ok_or_else(|| BookingError::PerformanceNotFound(performance_id.to_owned()))?;
         let figures = queue::figures(&mut conn, performance_id).await?;
+        self.warm.forget(performance_id);
         Ok(OnSaleView { onsale, figures })
     }
 
@@ -103,6 +107,7 @@ impl WaitingRoom {
         if !queue::close(&mut conn, performance_id).await? {
             return Err(BookingError::NoOnSale);
         }
+        self.warm.forget(performance_id);
         Ok(())
     }
 
@@ -111,24 +116,40 @@ impl WaitingRoom {
         let mut conn = self.pool.acquire().await?;
         let onsale = queue::onsale(&mut conn, performance_id).await?.ok_or(BookingError::NoWaitingRoom)?;
         let place = queue::join(&mut conn, performance_id, &caller.user_id).await?;
-        self.view(&mut conn, &onsale, &caller.user_id, place).await
+        self.view_from_database(&mut conn, &onsale, &caller.user_id, place).await
     }
 
-    /// The caller's place; looking keeps it.
+    /// The caller's place; looking keeps it. Served from this process's
+    /// warm copy, with no database query, whenever the copy holds the place
+    /// as it stands; the database answers the rest (a place to rejoin, or
+    /// one newer than the copy).
     pub async fn place(&self, caller: &Caller, performance_id: &str) -> Result<PlaceView, BookingError> {
+        if let Some(view) = self.place_from_memory(caller, performance_id) {
+            return Ok(view);
+        }
         let mut conn = self.pool.acquire().await?;
         let onsale = queue::onsale(&mut conn, performance_id).await?.ok_or(BookingError::NotInQueue)?;
         let place = queue::look(&mut conn, performance_id, &caller.user_id).await?.ok_or(BookingError::NotInQueue)?;
-        self.view(&mut conn, &onsale, &caller.user_id, place).await
+        self.view_from_database(&mut conn, &onsale, &caller.user_id, place).await
     }
 
-    async fn view(
+    fn place_from_memory(&self, caller: &Caller, performance_id: &str) -> Option<PlaceView> {
+        let (sale, place) = self.warm.usable(performance_id, &caller.user_id)?;
+        self.warm.seen(performance_id, &caller.user_id);
+        metrics::counter!("waiting_room_looks_total", "served_from" => "memory", "performance" => performance_id.to_owned())
+            .increment(1);
+        Some(self.view(&sale.onsale, &caller.user_id, &place, |position| (sale.ahead_of(position), sale.rate)))
+    }
+
+    /// The place as its holder sees it; `ahead` and the admission rate
+    /// (per minute) are asked for only while the place waits.
+    fn view(
         &self,
-        conn: &mut sqlx::PgConnection,
         onsale: &OnSaleRow,
         user_id: &str,
-        place: queue::PlaceRow,
-    ) -> Result<PlaceView, BookingError> {
+        place: &queue::PlaceRow,
+        ahead_and_rate: impl FnOnce(i64) -> (i64, f64),
+    ) -> PlaceView {
         let plain = |state| PlaceView {
             state,
             position: None,
@@ -138,37 +159,57 @@ impl WaitingRoom {
             admission_expires_at: None,
         };
         if onsale.closed_at.is_some() {
-            return Ok(plain("closed"));
+            return plain("closed");
         }
         let now = Utc::now();
         if place.state == "admitted" {
             if let (Some(id), Some(expires), Some(key)) = (place.admission_id, place.admission_expires_at, &self.key) {
                 if expires > now {
                     let token = key.sign(user_id, &onsale.performance_id, &id.to_string(), expires.timestamp());
-                    return Ok(PlaceView {
+                    return PlaceView {
                         position: place.position,
                         admission: token,
                         admission_expires_at: Some(expires),
                         ..plain("admitted")
-                    });
+                    };
                 }
             }
         }
         if onsale.sold_out_at.is_some() {
-            return Ok(PlaceView { position: place.position, ..plain("sold_out") });
+            return PlaceView { position: place.position, ..plain("sold_out") };
         }
         let Some(position) = place.position.filter(|_| onsale.opened_at.is_some()) else {
-            return Ok(plain("queued"));
+            return plain("queued");
         };
-        let ahead = queue::ahead(conn, &onsale.performance_id, position).await?;
-        let measured = queue::admission_rate(conn, &onsale.performance_id).await?;
+        let (ahead, measured) = ahead_and_rate(position);
         let rate = if measured > 0.0 { measured } else { f64::from(onsale.settings().admit_per_minute) };
-        Ok(PlaceView {
+        PlaceView {
             position: Some(position),
             ahead: Some(ahead),
             estimated_wait_seconds: rules::estimated_wait_seconds(u64::try_from(ahead).unwrap_or(0), rate),
             ..plain("waiting")
-        })
+        }
+    }
+
+    /// The place from the database (a join, a rejoin, or a place the warm
+    /// copy does not hold yet).
+    async fn view_from_database(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        onsale: &OnSaleRow,
+        user_id: &str,
+        place: queue::PlaceRow,
+    ) -> Result<PlaceView, BookingError> {
+        metrics::counter!("waiting_room_looks_total", "served_from" => "database", "performance" => onsale.performance_id.clone())
+            .increment(1);
+        let figures = match place.position {
+            Some(position) if place.state == "waiting" && onsale.opened_at.is_some() => Some((
+                queue::ahead(conn, &onsale.performance_id, position).await?,
+                queue::admission_rate(conn, &onsale.performance_id).await?,
+            )),
+            _ => None,
+        };
+        Ok(self.view(onsale, user_id, &place, |_| figures.unwrap_or((0, 0.0))))
     }
 
     /// The admission check of `POST /bookings`: nothing for a performance
@@ -205,6 +246,16 @@ impl WaitingRoom {
         while sleep_or_shutdown(ADMITTER_EVERY, &shutdown).await {
             if let Err(error) = self.admit_once().await {
                 tracing::warn!(%error, "waiting room admitter round failed; trying again");
+            }
+        }
+    }
+
+    /// Keeps this process's warm copy of every live on-sale fresh, and
+    /// writes back who looked, once per [`warm::REFRESH_EVERY`].
+    pub async fn run_warm_copy(self, shutdown: Shutdown) {
+        while sleep_or_shutdown(warm::REFRESH_EVERY, &shutdown).await {
+            if let Err(error) = self.warm.refresh(&self.pool).await {
+                tracing::warn!(%error, "waiting room copy not refreshed; trying again");
             }
         }
     }

@@ -1,0 +1,97 @@
+//! This process's warm copy of every live on-sale: its settings, every
+//! place, the waiting positions in order and the admission rate, loaded
+//! with one query per on-sale every [`REFRESH_EVERY`], so that tens of
+//! thousands of people reading their place cost no database query per
+//! look. Who looked is collected here and written back once per refresh,
+//! in one statement per on-sale. Every replica keeps its own copy from the
+//! same tables, so a joiner on one and a poller on another see the same
+//! place, at most one refresh apart.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::store::queue::{self, OnSaleRow, PlaceRow};
+
+/// How often the copy is reloaded and looks are written back.
+pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
+
+/// One on-sale as last loaded.
+pub struct Sale {
+    /// Its row.
+    pub onsale: OnSaleRow,
+    /// Every place, by user.
+    places: HashMap<String, PlaceRow>,
+    /// Positions of the waiting places, ascending.
+    waiting: Vec<i64>,
+    /// Admissions per minute lately.
+    pub rate: f64,
+}
+
+impl Sale {
+    /// Places waiting in front of `position`.
+    pub fn ahead_of(&self, position: i64) -> i64 {
+        i64::try_from(self.waiting.partition_point(|p| *p < position)).unwrap_or(i64::MAX)
+    }
+}
+
+/// The copies, and the looks not yet written back.
+#[derive(Default)]
+pub struct WarmCopy {
+    sales: RwLock<HashMap<String, Arc<Sale>>>,
+    seen: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl WarmCopy {
+    /// The sale and the user's place, when the copy can answer for it as it
+    /// stands: a place that must rejoin (lapsed, its admission ended, or
+    /// no position after the opening) needs the database.
+    pub fn usable(&self, performance_id: &str, user_id: &str) -> Option<(Arc<Sale>, PlaceRow)> {
+        let sale = self.sales.read().ok()?.get(performance_id)?.clone();
+        let place = sale.places.get(user_id)?.clone();
+        let rejoins = matches!(place.state.as_str(), "lapsed" | "done")
+            || (place.position.is_none() && sale.onsale.opened_at.is_some());
+        (!rejoins).then_some((sale, place))
+    }
+
+    /// Drops an on-sale from the copy (it was changed or closed here: the
+    /// database answers until the next refresh).
+    pub fn forget(&self, performance_id: &str) {
+        if let Ok(mut sales) = self.sales.write() {
+            sales.remove(performance_id);
+        }
+    }
+
+    /// Remembers that `user_id` looked at their place.
+    pub fn seen(&self, performance_id: &str, user_id: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.entry(performance_id.to_owned()).or_default().insert(user_id.to_owned());
+        }
+    }
+
+    /// Writes back the looks, then reloads every live on-sale.
+    pub async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let looks = self.seen.lock().map(|mut seen| std::mem::take(&mut *seen)).unwrap_or_default();
+        let mut conn = pool.acquire().await?;
+        for (performance_id, users) in looks {
+            let users: Vec<String> = users.into_iter().collect();
+            queue::touch(&mut conn, &performance_id, &users).await?;
+        }
+        let mut fresh = HashMap::new();
+        for onsale in queue::live_onsales(&mut conn).await? {
+            let places = queue::places(&mut conn, &onsale.performance_id).await?;
+            let mut waiting: Vec<i64> =
+                places.iter().filter(|(_, p)| p.state == "waiting").filter_map(|(_, p)| p.position).collect();
+            waiting.sort_unstable();
+            let rate = queue::admission_rate(&mut conn, &onsale.performance_id).await?;
+            let sale = Sale { places: places.into_iter().collect(), waiting, rate, onsale };
+            fresh.insert(sale.onsale.performance_id.clone(), Arc::new(sale));
+        }
+        if let Ok(mut sales) = self.sales.write() {
+            *sales = fresh;
+        }
+        Ok(())
+    }
+}
