@@ -260,7 +260,7 @@ pub(crate) async fn open_browser(driver: &ChromeDriver) -> fantoccini::Client {
 }
 
 /// Waits until `script` (a JavaScript expression) is truthy in the page.
-async fn wait_for(browser: &fantoccini::Client, script: &str, what: &str) {
+pub(crate) async fn wait_for(browser: &fantoccini::Client, script: &str, what: &str) {
     for _ in 0..150 {
         let value = browser.execute(&format!("return !!({script});"), vec![]).await.unwrap();
         if value == Value::Bool(true) {

@@ -314,3 +314,54 @@ pub(crate) async fn sell_out_one_seat_through_the_queue(sys: &System, id: &str, 
     .await;
     assert!(sold_out.is_some(), "{id} never sold out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_a_buyer_waits_their_turn_then_books_and_pays() {
+    use crate::live::{open_browser, wait_for, ChromeDriver};
+    let Some(driver) = ChromeDriver::start().await else { return };
+    let sys = System::start_dev().await;
+    let id = "perf_wr_page";
+    register(&sys, id, 5).await;
+    assert_eq!(set_up(&sys, id, 0, json!({"maxActive": 1})).await.status, StatusCode::OK);
+    // Someone is admitted first and holds the only slot; two more wait.
+    join(&sys, id, "wr_first").await;
+    wait_state(&sys, id, "wr_first", "admitted").await;
+    for user in ["wr_second", "wr_third"] {
+        join(&sys, id, user).await;
+        wait_state(&sys, id, user, "waiting").await;
+    }
+
+    let browser = open_browser(&driver).await;
+    browser.goto(&format!("{}/", sys.base)).await.unwrap();
+    let name = browser.find(fantoccini::Locator::Id("user")).await.unwrap();
+    name.clear().await.unwrap();
+    name.send_keys("web_queuer").await.unwrap();
+    browser.find(fantoccini::Locator::Id("signin")).await.unwrap().click().await.unwrap();
+    wait_for(&browser, "document.getElementById('who').textContent.includes('web_queuer')", "the signed-in user").await;
+    browser.execute(&format!("document.getElementById('performance').value = '{id}';"), vec![]).await.unwrap();
+    browser.find(fantoccini::Locator::Id("open")).await.unwrap().click().await.unwrap();
+    wait_for(&browser, "!document.getElementById('queue').hidden", "the waiting room").await;
+    wait_for(&browser, "document.getElementById('queue-position').textContent === 'Position 4'", "position 4").await;
+    wait_for(&browser, "document.getElementById('queue-ahead').textContent.startsWith('2 ahead')", "2 ahead").await;
+    wait_for(&browser, "document.getElementById('queue-state').textContent.includes('waiting')", "waiting").await;
+    assert!(
+        browser.execute("return document.querySelectorAll('button.seat').length;", vec![]).await.unwrap() == json!(0),
+        "no seat map while waiting"
+    );
+    let png = browser.screenshot().await.unwrap();
+    std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("waiting-room.png"), &png).unwrap();
+
+    // The admin lets more in at once: the page's buyer is admitted and buys.
+    assert_eq!(set_up(&sys, id, 0, json!({"maxActive": 10})).await.status, StatusCode::OK);
+    wait_for(&browser, "document.getElementById('queue-state').textContent.includes('your turn')", "the admission")
+        .await;
+    let seat = "document.querySelector('button.seat[data-seat=\"A2\"]')";
+    wait_for(&browser, &format!("{seat} && {seat}.dataset.state === 'available'"), "seat A2, free").await;
+    browser.execute(&format!("{seat}.click();"), vec![]).await.unwrap();
+    browser.find(fantoccini::Locator::Id("book")).await.unwrap().click().await.unwrap();
+    wait_for(&browser, "!document.getElementById('payment').hidden", "the payment form").await;
+    browser.find(fantoccini::Locator::Id("pay")).await.unwrap().click().await.unwrap();
+    wait_for(&browser, &format!("{seat}.dataset.state === 'booked'"), "A2 sold").await;
+    browser.close().await.unwrap();
+    sys.stop().await;
+}

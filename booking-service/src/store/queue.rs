@@ -228,15 +228,19 @@ pub async fn ahead(conn: &mut PgConnection, performance_id: &str, position: i64)
     .await
 }
 
-/// Admissions per minute over the last five minutes.
+/// Admissions per minute over the last five minutes (or since the
+/// opening, when that is shorter).
 pub async fn admission_rate(conn: &mut PgConnection, performance_id: &str) -> Result<f64, sqlx::Error> {
-    let recent: i64 = sqlx::query_scalar(
-        "select count(*) from queue_places where performance_id = $1 and admitted_at > now() - interval '5 minutes'",
+    let rate: Option<f64> = sqlx::query_scalar(
+        "select (select count(*) from queue_places q where q.performance_id = o.performance_id \
+                   and q.admitted_at > now() - interval '5 minutes')::float8 \
+                / greatest(extract(epoch from least(interval '5 minutes', now() - o.opened_at)) / 60.0, 1.0 / 60.0) \
+           from onsales o where o.performance_id = $1 and o.opened_at is not null",
     )
     .bind(performance_id)
-    .fetch_one(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(recent as f64 / 5.0)
+    Ok(rate.unwrap_or(0.0))
 }
 
 /// On-sales the admitter works: not closed.
