@@ -365,3 +365,73 @@ async fn in_chromium_a_buyer_waits_their_turn_then_books_and_pays() {
     browser.close().await.unwrap();
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_admission_is_refused_and_held_seats_coming_back_resume_admission_in_order() {
+    let sys = System::start().await;
+    let id = "perf_wr_back";
+    register(&sys, id, 2).await;
+    assert_eq!(set_up(&sys, id, 0, json!({"maxActive": 2})).await.status, StatusCode::OK);
+    for user in ["wr_a", "wr_b"] {
+        join(&sys, id, user).await;
+        wait_state(&sys, id, user, "admitted").await;
+    }
+    join(&sys, id, "wr_c").await;
+    let a = place(&sys, id, "wr_a").await;
+    let b = place(&sys, id, "wr_b").await;
+    let (status, held_a) = book(&sys, id, "wr_a", "A1", a["admission"].as_str()).await;
+    assert_eq!(status, StatusCode::CREATED, "{held_a}");
+    let (status, _) = book(&sys, id, "wr_b", "A2", b["admission"].as_str()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Every seat held, none sold: the one waiting is not told sold out.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(place(&sys, id, "wr_c").await["state"], "waiting");
+    // A held seat comes back: admission resumes, in order.
+    let booking = held_a["bookingId"].as_str().unwrap();
+    assert_eq!(sys.delete(&format!("/bookings/{booking}"), "wr_a").await.status, StatusCode::OK);
+    let c = wait_state(&sys, id, "wr_c", "admitted").await;
+
+    // An admission that ran out is refused, whatever its token says.
+    let pool = sys.booking_pool().await;
+    sqlx::query("update queue_places set admission_expires_at = now() - interval '1 second' where user_id = 'wr_c'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, body) = book(&sys, id, "wr_c", "A1", c["admission"].as_str()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("Your admission is not valid for this booking."))
+    );
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_racing_the_opening_each_get_one_place_and_nobody_gets_a_5xx() {
+    let sys = System::start().await;
+    let id = "perf_wr_race";
+    register(&sys, id, 10).await;
+    assert_eq!(set_up(&sys, id, 300, json!({"maxActive": 1})).await.status, StatusCode::OK);
+    let users: Vec<String> = (0..60).map(|n| format!("wr_racer{n}")).collect();
+    let joins = users.iter().enumerate().map(|(n, user)| {
+        let (client, url, token) =
+            (sys.client.clone(), format!("{}/performances/{id}/queue", sys.base), sys.token(user));
+        async move {
+            // Spread over the opening: some before, some after.
+            tokio::time::sleep(Duration::from_millis(10 * n as u64)).await;
+            let response = client.post(url).bearer_auth(token).send().await.unwrap();
+            response.status()
+        }
+    });
+    let statuses = futures::future::join_all(joins).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    let mut positions = Vec::new();
+    for user in &users {
+        let seen =
+            testkit::eventually(Duration::from_secs(10), || async { place(&sys, id, user).await["position"].as_i64() })
+                .await;
+        positions.push(seen.unwrap_or_else(|| panic!("{user} has no position")));
+    }
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=60).collect::<Vec<i64>>(), "every joiner one place, no two the same");
+    sys.stop().await;
+}

@@ -16,6 +16,7 @@ mod database;
 mod dev;
 mod processes;
 mod support;
+mod waiting_room;
 
 use support::*;
 
