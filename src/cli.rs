@@ -187,9 +187,14 @@ pub struct BenchArgs {
     /// Kafka bootstrap servers; an embedded broker when unset.
     #[arg(long, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
-    /// Concurrent clients of `distinct`, `flow`, the HTTP ceiling and pgbench.
-    #[arg(long, default_value_t = 64)]
-    pub clients: usize,
+    /// Concurrent clients of `distinct`, `flow`, the HTTP ceiling and
+    /// pgbench [default: 64]; people joining at once in `onsale-queue`
+    /// [default: 20000].
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// Seats on sale in `onsale-queue` [default: 500].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub seats: Option<u64>,
     /// Length of each timed scenario.
     #[arg(long, default_value = "10s", value_parser = runtime::config::parse_duration)]
     pub duration: std::time::Duration,
@@ -205,7 +210,8 @@ pub struct BenchArgs {
     /// What to run: the load scenarios (`all`), or one of the runs over
     /// time, each on the system as separate processes: `idle` (CPU of an
     /// idle system over `--duration`), `viewers` (`--viewers` seat streams
-    /// beside `distinct`), `soak` (a mixed run of `--duration`).
+    /// beside `distinct`), `soak` (a mixed run of `--duration`),
+    /// `onsale-queue` (`--clients` people queue for `--seats` seats).
     #[arg(long, value_enum, default_value_t = BenchScenario::All)]
     pub scenario: BenchScenario,
     /// Seat-stream viewers of the `viewers` scenario.
@@ -232,6 +238,15 @@ pub enum BenchScenario {
     Viewers,
     /// A long mixed run.
     Soak,
+    /// An on-sale through the waiting room (`--clients`, `--seats`).
+    OnsaleQueue,
+}
+
+impl BenchArgs {
+    /// The clients of the chosen scenario.
+    pub fn clients(&self) -> usize {
+        self.clients.unwrap_or(if self.scenario == BenchScenario::OnsaleQueue { 20_000 } else { 64 })
+    }
 }
 
 /// `ticketing refunds`.

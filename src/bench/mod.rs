@@ -9,6 +9,7 @@
 pub mod long_runs;
 pub mod pgbench;
 pub mod procs;
+pub mod queue;
 pub mod run;
 pub mod separate;
 
@@ -122,7 +123,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn token(&self, user: &str) -> String {
+    pub(crate) fn token(&self, user: &str) -> String {
         edge::auth::issue_token(&self.secret, user, user.starts_with("admin"), 3600).unwrap_or_default()
     }
 }

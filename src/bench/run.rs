@@ -24,7 +24,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     // Two descriptors per onsale client (its socket and the gateway's), plus
     // the services' own connections.
-    let needed = u64::try_from(args.onsale_clients).unwrap_or(u64::MAX).saturating_mul(2).saturating_add(4096);
+    let people = if args.scenario == BenchScenario::OnsaleQueue { args.clients() } else { args.onsale_clients };
+    let needed = u64::try_from(people).unwrap_or(u64::MAX).saturating_mul(2).saturating_add(4096);
     let limit = bench::raise_open_file_limit(needed);
     if limit < needed {
         println!("bench: open-file limit {limit} is below the {needed} onsale needs; raise `ulimit -n`");
@@ -50,15 +51,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("bench: warm-up (one purchase while the consumer groups form)");
     scenarios.push(bench::warm_up(target.clone(), "perf_bench", &last_seat).await);
     // flow first: distinct leaves the consumers a backlog that flow would measure.
-    println!("bench: flow ({} clients, {:?})", args.clients, args.duration);
-    scenarios.push(bench::flow(target.clone(), "perf_bench", seats.clone(), args.clients, args.duration).await);
-    println!("bench: distinct ({} clients, {:?})", args.clients, args.duration);
-    scenarios.push(bench::distinct(target.clone(), "perf_bench", seats.clone(), args.clients, args.duration).await);
+    println!("bench: flow ({} clients, {:?})", args.clients(), args.duration);
+    scenarios.push(bench::flow(target.clone(), "perf_bench", seats.clone(), args.clients(), args.duration).await);
+    println!("bench: distinct ({} clients, {:?})", args.clients(), args.duration);
+    scenarios.push(bench::distinct(target.clone(), "perf_bench", seats.clone(), args.clients(), args.duration).await);
     println!("bench: onsale ({} clients for {} seats)", args.onsale_clients, onsale_seats.len());
     scenarios.push(bench::onsale(target.clone(), "perf_onsale", onsale_seats, args.onsale_clients).await);
     println!("bench: HTTP ceiling (GET /healthz)");
     let http_ceiling_per_sec =
-        bench::http_ceiling(target.clone(), args.clients, std::time::Duration::from_secs(5)).await;
+        bench::http_ceiling(target.clone(), args.clients(), std::time::Duration::from_secs(5)).await;
 
     // Oversell is one of check's invariants: one definition, folded from the event store.
     let (booking, found) = check_stores(args.database.url(), &booking_db, &payment_db).await?;
@@ -71,8 +72,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = task.await;
     }
 
-    println!("bench: pgbench baseline ({} clients, {:?})", args.clients, args.duration);
-    let baseline = pgbench::baseline(&booking, args.database.url(), &booking_db, args.clients, args.duration).await;
+    println!("bench: pgbench baseline ({} clients, {:?})", args.clients(), args.duration);
+    let baseline = pgbench::baseline(&booking, args.database.url(), &booking_db, args.clients(), args.duration).await;
     let pgbench_tps = baseline.essential_tps;
     let distinct_rate = scenarios.iter().find(|s| s.name == "distinct").map_or(0.0, |s| s.throughput_per_sec);
     let report = bench::BenchReport {
@@ -130,7 +131,7 @@ async fn start_in_process(args: &BenchArgs) -> anyhow::Result<InProcess> {
     let brokers = broker.bootstrap.clone();
     let shutdown = Shutdown::new();
     let system = start_system(dev, &brokers, shutdown.clone()).await?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients().max(64)).build()?;
     let target = std::sync::Arc::new(bench::Target { base: format!("http://{}", system.gateway_addr), secret, client });
     for _ in 0..100 {
         let ready = target.client.get(format!("{}/readyz", target.base)).send().await;
@@ -147,7 +148,7 @@ async fn start_in_process(args: &BenchArgs) -> anyhow::Result<InProcess> {
 async fn against_gateway(args: &BenchArgs, gateway: String) -> anyhow::Result<()> {
     use std::sync::Arc;
     let secret = args.jwt_secret.clone().context("--gateway needs JWT_SECRET")?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients().max(64)).build()?;
     let target = Arc::new(bench::Target { base: gateway.trim_end_matches('/').to_owned(), secret, client });
     let id = uuid::Uuid::now_v7().simple().to_string();
     let (main, sale) = (format!("pb{}", &id[20..]), format!("po{}", &id[20..]));
@@ -158,8 +159,8 @@ async fn against_gateway(args: &BenchArgs, gateway: String) -> anyhow::Result<()
     let last_seat = seats.last().cloned().unwrap_or_default();
     let scenarios = vec![
         bench::warm_up(target.clone(), &main, &last_seat).await,
-        bench::flow(target.clone(), &main, seats.clone(), args.clients, args.duration).await,
-        bench::distinct(target.clone(), &main, seats, args.clients, args.duration).await,
+        bench::flow(target.clone(), &main, seats.clone(), args.clients(), args.duration).await,
+        bench::distinct(target.clone(), &main, seats, args.clients(), args.duration).await,
         bench::onsale(target.clone(), &sale, onsale_seats, args.onsale_clients).await,
     ];
     print_table(&scenarios);
@@ -260,7 +261,7 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
         postgres: true,
         broker: args.kafka_brokers.is_some().then(|| "tansu".to_owned()),
     };
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients.max(64)).build()?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients().max(64)).build()?;
     let target = Arc::new(bench::Target { base: system.gateway.clone(), secret: secret.clone(), client });
     let report = match args.scenario {
         BenchScenario::Idle => bench::long_runs::idle(&watched, args.duration).await,
@@ -272,10 +273,27 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
                 booked: ("perf_booked".to_owned(), seats),
                 watched: ("perf_watched".to_owned(), hall),
                 viewers: args.viewers,
-                clients: args.clients,
+                clients: args.clients(),
                 duration: args.duration,
             };
             bench::long_runs::viewers(run, &watched).await
+        }
+        BenchScenario::OnsaleQueue => {
+            let booking_db = runtime::db::connect_existing_db(
+                args.database.url(),
+                &booking_db,
+                2,
+                &booking_service::store::MIGRATIONS,
+            )
+            .await?;
+            let run = bench::queue::QueueRun {
+                target,
+                clients: args.clients(),
+                seats: args.seats.unwrap_or(500),
+                booking_db,
+                booking_metrics: system.metrics_url("booking").unwrap_or_default(),
+            };
+            bench::queue::onsale_queue(run, &watched).await?
         }
         BenchScenario::Soak | BenchScenario::All => {
             let seats = Arc::new(bench::register_performance(&target, "perf_soak", 200).await?);
@@ -284,7 +302,8 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
                 pool: &databases,
                 names: [booking_db.as_str(), payment_db.as_str()],
             };
-            bench::long_runs::soak(target, "perf_soak", seats, args.clients, args.duration, &watched, &databases).await
+            bench::long_runs::soak(target, "perf_soak", seats, args.clients(), args.duration, &watched, &databases)
+                .await
         }
     };
     system.stop();

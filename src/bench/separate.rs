@@ -33,6 +33,8 @@ pub struct Separate {
     pub gateway: String,
     /// Where their logs are.
     pub logs: PathBuf,
+    /// Each process's `/metrics` URL.
+    metrics: Vec<(String, String)>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -64,13 +66,16 @@ impl Separate {
             ("GATEWAY_ADDR", format!("127.0.0.1:{gateway}")),
         ];
         let mut children = Vec::new();
+        let mut metrics = Vec::new();
         for name in ["booking", "payment", "gateway"] {
+            let metrics_port = free_port()?;
+            metrics.push((name.to_owned(), format!("http://127.0.0.1:{metrics_port}/metrics")));
             let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
             let child = Command::new(&exe)
                 .arg(name)
                 .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
                 .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-                .env("METRICS_ADDR", format!("127.0.0.1:{}", free_port()?))
+                .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .stdin(Stdio::null())
@@ -82,7 +87,7 @@ impl Separate {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        let system = Self { children, gateway: format!("http://127.0.0.1:{gateway}"), logs };
+        let system = Self { children, gateway: format!("http://127.0.0.1:{gateway}"), logs, metrics };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -97,6 +102,11 @@ impl Separate {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The `/metrics` URL of process `name`.
+    pub fn metrics_url(&self, name: &str) -> Option<String> {
+        self.metrics.iter().find(|(n, _)| n == name).map(|(_, url)| url.clone())
     }
 
     /// Each process's name and pid.

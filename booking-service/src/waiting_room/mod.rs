@@ -116,7 +116,8 @@ impl WaitingRoom {
         let mut conn = self.pool.acquire().await?;
         let onsale = queue::onsale(&mut conn, performance_id).await?.ok_or(BookingError::NoWaitingRoom)?;
         let place = queue::join(&mut conn, performance_id, &caller.user_id).await?;
-        self.view_from_database(&mut conn, &onsale, &caller.user_id, place).await
+        self.warm.wrote(performance_id, &caller.user_id, &place);
+        self.view_from_database(&mut conn, &onsale, &caller.user_id, place, "join").await
     }
 
     /// The caller's place; looking keeps it. Served from this process's
@@ -130,7 +131,7 @@ impl WaitingRoom {
         let mut conn = self.pool.acquire().await?;
         let onsale = queue::onsale(&mut conn, performance_id).await?.ok_or(BookingError::NotInQueue)?;
         let place = queue::look(&mut conn, performance_id, &caller.user_id).await?.ok_or(BookingError::NotInQueue)?;
-        self.view_from_database(&mut conn, &onsale, &caller.user_id, place).await
+        self.view_from_database(&mut conn, &onsale, &caller.user_id, place, "database").await
     }
 
     fn place_from_memory(&self, caller: &Caller, performance_id: &str) -> Option<PlaceView> {
@@ -199,8 +200,9 @@ impl WaitingRoom {
         onsale: &OnSaleRow,
         user_id: &str,
         place: queue::PlaceRow,
+        served_from: &'static str,
     ) -> Result<PlaceView, BookingError> {
-        metrics::counter!("waiting_room_looks_total", "served_from" => "database", "performance" => onsale.performance_id.clone())
+        metrics::counter!("waiting_room_looks_total", "served_from" => served_from, "performance" => onsale.performance_id.clone())
             .increment(1);
         let figures = match place.position {
             Some(position) if place.state == "waiting" && onsale.opened_at.is_some() => Some((

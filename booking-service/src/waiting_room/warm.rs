@@ -42,6 +42,9 @@ impl Sale {
 pub struct WarmCopy {
     sales: RwLock<HashMap<String, Arc<Sale>>>,
     seen: Mutex<HashMap<String, HashSet<String>>>,
+    /// Places this replica wrote since the last refresh (joins), so their
+    /// holders' next looks need not wait for it.
+    recent: Mutex<HashMap<(String, String), PlaceRow>>,
 }
 
 impl WarmCopy {
@@ -50,7 +53,10 @@ impl WarmCopy {
     /// no position after the opening) needs the database.
     pub fn usable(&self, performance_id: &str, user_id: &str) -> Option<(Arc<Sale>, PlaceRow)> {
         let sale = self.sales.read().ok()?.get(performance_id)?.clone();
-        let place = sale.places.get(user_id)?.clone();
+        let place = match sale.places.get(user_id) {
+            Some(place) => place.clone(),
+            None => self.recent.lock().ok()?.get(&(performance_id.to_owned(), user_id.to_owned()))?.clone(),
+        };
         let rejoins = matches!(place.state.as_str(), "lapsed" | "done")
             || (place.position.is_none() && sale.onsale.opened_at.is_some());
         (!rejoins).then_some((sale, place))
@@ -61,6 +67,13 @@ impl WarmCopy {
     pub fn forget(&self, performance_id: &str) {
         if let Ok(mut sales) = self.sales.write() {
             sales.remove(performance_id);
+        }
+    }
+
+    /// Remembers a place this replica just wrote, until the next refresh.
+    pub fn wrote(&self, performance_id: &str, user_id: &str, place: &PlaceRow) {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.insert((performance_id.to_owned(), user_id.to_owned()), place.clone());
         }
     }
 
@@ -91,6 +104,14 @@ impl WarmCopy {
         }
         if let Ok(mut sales) = self.sales.write() {
             *sales = fresh;
+        }
+        // The reload holds every place written before it began.
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.retain(|(performance_id, user_id), _| {
+                self.sales
+                    .read()
+                    .map_or(true, |s| s.get(performance_id).is_none_or(|s| !s.places.contains_key(user_id)))
+            });
         }
         Ok(())
     }

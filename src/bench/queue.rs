@@ -1,0 +1,287 @@
+//! `onsale-queue`: an on-sale through the waiting room. `clients` people
+//! join at once a queue for `seats` seats, wait on their place (Server-Sent
+//! Events), and the admitted ones book one seat and pay, as a person would.
+//! Reported: join latency, errors and 5xx, position inversions (someone
+//! admitted while a smaller position still waited: must be 0), time from
+//! the opening to sold out, seats sold (all, none twice: `ticketing check`
+//! runs after), how late the last waiter learned `sold_out`, each process's
+//! memory and CPU, and how many place looks reached the database.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::{histogram, latency, micros, procs::Watched, Target};
+
+/// One run.
+pub struct QueueRun {
+    /// The system.
+    pub target: Arc<Target>,
+    /// People joining at once.
+    pub clients: usize,
+    /// Seats on sale.
+    pub seats: u64,
+    /// The booking-service's database, read after the run.
+    pub booking_db: sqlx::PgPool,
+    /// `/metrics` of the booking-service.
+    pub booking_metrics: String,
+}
+
+/// What happened to one person.
+#[derive(Default)]
+struct Outcome {
+    join_status: Option<u16>,
+    join_took: Duration,
+    bought: bool,
+    told_sold_out_at: Option<chrono::DateTime<chrono::Utc>>,
+    stream_failed: bool,
+}
+
+const PERFORMANCE: &str = "perf_queue";
+
+/// Runs it and returns the report.
+pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Value> {
+    register(&run.target, run.seats).await?;
+    let opens_at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let setup = json!({"opensAt": opens_at.to_rfc3339(), "maxActive": 200, "admitPerMinute": 6000});
+    let reply = run
+        .target
+        .client
+        .put(format!("{}/performances/{PERFORMANCE}/onsale", run.target.base))
+        .bearer_auth(run.target.token("admin_bench"))
+        .json(&setup)
+        .send()
+        .await?;
+    anyhow::ensure!(reply.status().is_success(), "setting up the on-sale: {}", reply.text().await?);
+    let free: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
+        (1..=run.seats).map(|n| format!("{}{}", row_label((n - 1) / 500), (n - 1) % 500 + 1)).collect(),
+    ));
+    let looks_before = looks(&run).await;
+    let before = watched.sample();
+    let started = Instant::now();
+    let people: Vec<_> =
+        (0..run.clients).map(|n| tokio::spawn(person(run.target.clone(), format!("q{n}"), free.clone()))).collect();
+    let mut outcomes = Vec::with_capacity(people.len());
+    for person in people {
+        outcomes.push(person.await.unwrap_or_default());
+    }
+    let took = started.elapsed();
+    let after = watched.sample();
+    let looks_after = looks(&run).await;
+    let looks = (looks_after.0.saturating_sub(looks_before.0), looks_after.1.saturating_sub(looks_before.1));
+    report(&run, &outcomes, took, &before, &after, watched, looks).await
+}
+
+async fn register(target: &Target, seats: u64) -> anyhow::Result<()> {
+    let rows: Vec<Value> = (0..seats.div_ceil(500))
+        .map(|r| json!({"row": row_label(r), "seats": (seats - r * 500).min(500), "price": 10000}))
+        .collect();
+    let body = json!({"performanceId": PERFORMANCE, "title": "bench on-sale", "rows": rows});
+    let reply = target
+        .client
+        .post(format!("{}/performances", target.base))
+        .bearer_auth(target.token("admin_bench"))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(reply.status().is_success(), "registering the on-sale's performance: {}", reply.text().await?);
+    Ok(())
+}
+
+fn row_label(r: u64) -> String {
+    char::from(b'A' + u8::try_from(r % 26).unwrap_or(0)).to_string()
+}
+
+/// One person: join, wait on the place stream, and when admitted book one
+/// free seat (another if it was just taken) and pay.
+async fn person(target: Arc<Target>, user: String, free: Arc<Mutex<Vec<String>>>) -> Outcome {
+    let token = target.token(&user);
+    let mut outcome = Outcome::default();
+    let sent = Instant::now();
+    let joined = target
+        .client
+        .post(format!("{}/performances/{PERFORMANCE}/queue", target.base))
+        .bearer_auth(&token)
+        .send()
+        .await;
+    outcome.join_took = sent.elapsed();
+    outcome.join_status = joined.as_ref().ok().map(|r| r.status().as_u16());
+    if outcome.join_status != Some(200) {
+        return outcome;
+    }
+    let Some(place) = wait_turn(&target, &token, &mut outcome).await else { return outcome };
+    if place["state"] == "admitted" {
+        outcome.bought = buy(&target, &token, &user, place["admission"].as_str().unwrap_or_default(), &free).await;
+    }
+    outcome
+}
+
+/// Follows the place stream until a final state; `None` if it broke.
+async fn wait_turn(target: &Target, token: &str, outcome: &mut Outcome) -> Option<Value> {
+    for _ in 0..20 {
+        let response = target
+            .client
+            .get(format!("{}/performances/{PERFORMANCE}/queue/stream", target.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?;
+        let mut body = response.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+                let place: Value = serde_json::from_str(data).ok()?;
+                match place["state"].as_str() {
+                    Some("sold_out") => {
+                        outcome.told_sold_out_at = Some(chrono::Utc::now());
+                        return Some(place);
+                    }
+                    Some("admitted" | "closed") => return Some(place),
+                    _ => {}
+                }
+            }
+        }
+        // The stream ended without a final state (a restart, a timeout): look again.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    outcome.stream_failed = true;
+    None
+}
+
+async fn buy(target: &Target, token: &str, user: &str, admission: &str, free: &Mutex<Vec<String>>) -> bool {
+    for _ in 0..5 {
+        let Some(seat) = free.lock().ok().and_then(|mut f| f.pop()) else { return false };
+        let body = json!({"performanceId": PERFORMANCE, "seatIds": [seat], "userId": user});
+        let Ok(reply) = target
+            .client
+            .post(format!("{}/bookings", target.base))
+            .bearer_auth(token)
+            .header("admission", admission)
+            .json(&body)
+            .send()
+            .await
+        else {
+            continue;
+        };
+        if reply.status().as_u16() != 201 {
+            continue;
+        }
+        let Ok(created) = reply.json::<Value>().await else { return false };
+        let pay =
+            json!({"paymentIntentId": created["paymentIntentId"], "paymentMethodToken": "tok_visa", "cvv": "123"});
+        for _ in 0..50 {
+            let paid = target
+                .client
+                .post(format!("{}/payments/execute", target.base))
+                .bearer_auth(token)
+                .json(&pay)
+                .send()
+                .await;
+            match paid.map(|r| r.status().as_u16()) {
+                Ok(200) => return true,
+                Ok(503) | Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => return false,
+            }
+        }
+        return false;
+    }
+    false
+}
+
+/// `waiting_room_looks_total` of the booking-service: looks at a place
+/// served from the database and from memory (joins are writes, not looks).
+async fn looks(run: &QueueRun) -> (u64, u64) {
+    let Ok(reply) = run.target.client.get(&run.booking_metrics).send().await else { return (0, 0) };
+    let text = reply.text().await.unwrap_or_default();
+    let served = |from: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("waiting_room_looks_total{") && l.contains(&format!("served_from=\"{from}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    (served("database"), served("memory"))
+}
+
+async fn report(
+    run: &QueueRun,
+    outcomes: &[Outcome],
+    took: Duration,
+    before: &super::procs::CpuSample,
+    after: &super::procs::CpuSample,
+    watched: &Watched,
+    (database_looks, memory_looks): (u64, u64),
+) -> anyhow::Result<Value> {
+    let mut joins = histogram();
+    for o in outcomes {
+        let _ = joins.record(micros(o.join_took));
+    }
+    let failed_joins = outcomes.iter().filter(|o| o.join_status != Some(200)).count();
+    let server_errors = outcomes.iter().filter(|o| o.join_status.is_some_and(|s| s >= 500)).count();
+    let (opened, sold_out): (Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("select opened_at, sold_out_at from onsales where performance_id = $1")
+            .bind(PERFORMANCE)
+            .fetch_one(&run.booking_db)
+            .await?;
+    let sold: i64 =
+        sqlx::query_scalar("select count(*) from seat_holds where performance_id = $1 and status = 'booked'")
+            .bind(PERFORMANCE)
+            .fetch_one(&run.booking_db)
+            .await?;
+    let last_told = outcomes.iter().filter_map(|o| o.told_sold_out_at).max();
+    let told_late_ms = match (sold_out, last_told) {
+        (Some(sold_out), Some(told)) => Some((told - sold_out).num_milliseconds()),
+        _ => None,
+    };
+    let people = outcomes.len() as u64;
+    Ok(json!({
+        "clients": run.clients,
+        "seats": run.seats,
+        "join": latency(&joins),
+        "joins_failed": failed_joins,
+        "joins_5xx": server_errors,
+        "streams_failed": outcomes.iter().filter(|o| o.stream_failed).count(),
+        "bought": outcomes.iter().filter(|o| o.bought).count(),
+        "seats_sold": sold,
+        "position_inversions": inversions(&run.booking_db).await?,
+        "open_to_sold_out_ms": opened.zip(sold_out).map(|(o, s)| (s - o).num_milliseconds()),
+        "last_waiter_told_sold_out_after_ms": told_late_ms,
+        "looks_from_database": database_looks,
+        "looks_from_memory": memory_looks,
+        "database_queries_per_look": database_looks as f64 / (database_looks + memory_looks).max(1) as f64,
+        "took_ms": took.as_millis() as u64,
+        "cpu_ms_per_person": after.ms_per_op_since(before, people, &Default::default()),
+        "rss_mib": watched.rss(),
+    }))
+}
+
+/// Admissions of a larger position while a smaller one still waited (and
+/// had not lapsed): must be 0. Places admitted in the same round count as
+/// simultaneous.
+async fn inversions(pool: &sqlx::PgPool) -> anyhow::Result<u64> {
+    let rows: Vec<(Option<i64>, Option<chrono::DateTime<chrono::Utc>>, String)> = sqlx::query_as(
+        "select position, admitted_at, state from queue_places where performance_id = $1 and position is not null",
+    )
+    .bind(PERFORMANCE)
+    .fetch_all(pool)
+    .await?;
+    let mut waiting: BTreeSet<i64> = rows.iter().filter(|(_, _, s)| s != "lapsed").filter_map(|(p, _, _)| *p).collect();
+    let mut admitted: Vec<(chrono::DateTime<chrono::Utc>, i64)> =
+        rows.iter().filter_map(|(p, at, _)| Some(((*at)?, (*p)?))).collect();
+    admitted.sort_unstable();
+    let mut count = 0;
+    for round in admitted.chunk_by(|a, b| a.0 == b.0) {
+        for (_, position) in round {
+            waiting.remove(position);
+        }
+        if let Some(first_waiting) = waiting.first() {
+            count += round.iter().filter(|(_, p)| p > first_waiting).count() as u64;
+        }
+    }
+    Ok(count)
+}
