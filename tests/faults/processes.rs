@@ -193,3 +193,27 @@ async fn the_bench_runs_every_scenario_and_its_baseline_and_reports_no_oversell(
     assert!(report["pgbench_tps"].as_f64().is_some_and(|tps| tps > 0.0), "{stdout}");
     assert!(report["scenarios"][2]["latency"]["p99_ms"].as_f64().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_onsale_queue_bench_sells_every_seat_once_in_position_order() {
+    let output = std::env::temp_dir().join(format!("{}.json", unique_name("bench_queue")));
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_ticketing"));
+    bench
+        .args(["bench", "--scenario", "onsale-queue", "--clients", "120", "--seats", "20", "--output"])
+        .arg(&output)
+        .env("DATABASE_URL", server_url())
+        .env("RUST_LOG", "error");
+    match std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()) {
+        Some(brokers) => bench.env("KAFKA_BROKERS", brokers),
+        None => bench.env_remove("KAFKA_BROKERS"),
+    };
+    let run = bench.output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
+    let r = &report["report"];
+    assert_eq!((r["seats_sold"].as_u64(), r["bought"].as_u64()), (Some(20), Some(20)), "{stdout}");
+    assert_eq!((r["position_inversions"].as_u64(), r["joins_5xx"].as_u64()), (Some(0), Some(0)), "{stdout}");
+    assert!(r["last_waiter_told_sold_out_after_ms"].as_i64().is_some_and(|ms| ms < 2_000), "{stdout}");
+    assert_eq!(report["violations"], json!([]));
+}
