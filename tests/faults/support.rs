@@ -108,6 +108,8 @@ pub(crate) struct Deployment {
     pub(crate) secret: String,
     pub(crate) ports: HashMap<char, Ports>,
     pub(crate) procs: HashMap<String, Child>,
+    /// Variables no process gets, even if this test process has them.
+    pub(crate) removed: Vec<String>,
     pub(crate) client: reqwest::Client,
 }
 
@@ -130,7 +132,7 @@ impl Deployment {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-        Self { env, dir, secret, ports: HashMap::new(), procs: HashMap::new(), client }
+        Self { env, dir, secret, ports: HashMap::new(), procs: HashMap::new(), removed: Vec::new(), client }
     }
 
     pub(crate) fn ports(&mut self, replica: char) -> Ports {
@@ -148,9 +150,12 @@ impl Deployment {
         let ports = self.ports(replica.chars().next().unwrap());
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ticketing"))
-            .arg(command)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        let mut process = Command::new(env!("CARGO_BIN_EXE_ticketing"));
+        process.arg(command).envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        for key in &self.removed {
+            process.env_remove(key);
+        }
+        let child = process
             .env("BOOKING_GRPC_ADDR", format!("127.0.0.1:{}", ports.booking))
             .env("PAYMENT_GRPC_ADDR", format!("127.0.0.1:{}", ports.payment))
             .env("GATEWAY_ADDR", format!("127.0.0.1:{}", ports.gateway))
@@ -218,8 +223,11 @@ impl Deployment {
     }
 
     /// Leaves `key` out of every process's environment from now on.
+    /// Starts processes without `key`, even when this test process has it
+    /// (CI exports KAFKA_BROKERS, which a child would otherwise inherit).
     pub(crate) fn unset(&mut self, key: &str) {
         self.env.retain(|(k, _)| k != key);
+        self.removed.push(key.to_owned());
     }
 
     pub(crate) fn stop_all(&mut self) {
