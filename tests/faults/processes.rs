@@ -165,24 +165,8 @@ async fn sigterm_fails_readiness_first_then_drains_then_exits_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_runs_every_scenario_and_its_baseline_and_reports_no_oversell() {
-    let output = std::env::temp_dir().join(format!("{}.json", unique_name("bench")));
-    // As a user runs it: against KAFKA_BROKERS when set (tansu in CI), else
-    // with the bench's own embedded broker.
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_ticketing"));
-    bench
-        .args(["bench", "--clients", "4", "--duration", "1s", "--onsale-clients", "40", "--onsale-seats", "5"])
-        .arg("--output")
-        .arg(&output)
-        .env("DATABASE_URL", server_url())
-        .env("RUST_LOG", "error");
-    match std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()) {
-        Some(brokers) => bench.env("KAFKA_BROKERS", brokers),
-        None => bench.env_remove("KAFKA_BROKERS"),
-    };
-    let run = bench.output().unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
+    let (stdout, report) =
+        run_bench(&["--clients", "4", "--duration", "1s", "--onsale-clients", "40", "--onsale-seats", "5"]);
     let names: Vec<&str> =
         report["scenarios"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["warm-up", "flow", "distinct", "onsale"]);
@@ -196,10 +180,24 @@ async fn the_bench_runs_every_scenario_and_its_baseline_and_reports_no_oversell(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_onsale_queue_bench_sells_every_seat_once_in_position_order() {
-    let output = std::env::temp_dir().join(format!("{}.json", unique_name("bench_queue")));
+    let (stdout, report) = run_bench(&["--scenario", "onsale-queue", "--clients", "120", "--seats", "20"]);
+    let r = &report["report"];
+    assert_eq!((r["seats_sold"].as_u64(), r["bought"].as_u64()), (Some(20), Some(20)), "{stdout}");
+    assert_eq!((r["position_inversions"].as_u64(), r["joins_5xx"].as_u64()), (Some(0), Some(0)), "{stdout}");
+    assert!(r["last_waiter_told_sold_out_after_ms"].as_i64().is_some_and(|ms| ms < 2_000), "{stdout}");
+    assert_eq!(report["violations"], json!([]));
+}
+
+/// `ticketing bench` with `args`, as a user runs it: against KAFKA_BROKERS
+/// when set (tansu in CI), else with the bench's own embedded broker.
+/// Returns its output and its JSON report; panics if it failed.
+fn run_bench(args: &[&str]) -> (String, Value) {
+    let output = std::env::temp_dir().join(format!("{}.json", unique_name("bench")));
     let mut bench = Command::new(env!("CARGO_BIN_EXE_ticketing"));
     bench
-        .args(["bench", "--scenario", "onsale-queue", "--clients", "120", "--seats", "20", "--output"])
+        .arg("bench")
+        .args(args)
+        .arg("--output")
         .arg(&output)
         .env("DATABASE_URL", server_url())
         .env("RUST_LOG", "error");
@@ -208,12 +206,8 @@ async fn the_onsale_queue_bench_sells_every_seat_once_in_position_order() {
         None => bench.env_remove("KAFKA_BROKERS"),
     };
     let run = bench.output().unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
-    let r = &report["report"];
-    assert_eq!((r["seats_sold"].as_u64(), r["bought"].as_u64()), (Some(20), Some(20)), "{stdout}");
-    assert_eq!((r["position_inversions"].as_u64(), r["joins_5xx"].as_u64()), (Some(0), Some(0)), "{stdout}");
-    assert!(r["last_waiter_told_sold_out_after_ms"].as_i64().is_some_and(|ms| ms < 2_000), "{stdout}");
-    assert_eq!(report["violations"], json!([]));
+    let report = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
+    (stdout, report)
 }
