@@ -435,3 +435,57 @@ async fn joiners_racing_the_opening_each_get_one_place_and_nobody_gets_a_5xx() {
     assert_eq!(positions, (1..=60).collect::<Vec<i64>>(), "every joiner one place, no two the same");
     sys.stop().await;
 }
+
+/// `waiting_room_join_batch_size` of a performance: batches and people.
+async fn join_batches(sys: &System, id: &str) -> (u64, u64) {
+    let text = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
+    let read = |suffix: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("waiting_room_join_batch_size_{suffix}{{")))
+            .filter(|l| l.contains(&format!("performance=\"{id}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    (read("count"), read("sum"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_joining_at_once_over_one_http2_connection_are_written_in_batches_each_with_a_place_of_their_own() {
+    let sys = System::start().await;
+    let id = "perf_wr_batch";
+    register(&sys, id, 10).await;
+    assert_eq!(set_up(&sys, id, 0, json!({"maxActive": 1})).await.status, StatusCode::OK);
+    // Once the sale is open, joiners take the back in order of arrival.
+    join(&sys, id, "wr_batch_first").await;
+    wait_state(&sys, id, "wr_batch_first", "admitted").await;
+    // A load balancer in front carries everyone over one HTTP/2 connection.
+    let balancer = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let users: Vec<String> = (0..200).map(|n| format!("wr_batch{n}")).collect();
+    let joins = users.iter().map(|user| {
+        let (client, url, token) = (balancer.clone(), format!("{}/performances/{id}/queue", sys.base), sys.token(user));
+        async move {
+            let response = client.post(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(response.version(), reqwest::Version::HTTP_2);
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    });
+    let replies = futures::future::join_all(joins).await;
+    let mut positions: Vec<i64> = replies
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, StatusCode::OK, "{body}");
+            assert_eq!(body["state"], "waiting", "{body}");
+            assert_eq!(body["ahead"].as_i64(), body["position"].as_i64().map(|p| p - 2), "{body}");
+            body["position"].as_i64().unwrap()
+        })
+        .collect();
+    positions.sort_unstable();
+    assert_eq!(positions, (2..=201).collect::<Vec<i64>>(), "every joiner one place, no two the same");
+    // Joining again is idempotent, in a batch or alone.
+    let again = join(&sys, id, &users[7]).await;
+    assert_eq!(again["position"], replies[7].1["position"], "{again}");
+    let (batches, people) = join_batches(&sys, id).await;
+    assert_eq!(people, 202, "every join written once");
+    assert!(batches < 150, "200 joins at once took {batches} transactions");
+    sys.stop().await;
+}

@@ -136,51 +136,92 @@ pub struct PlaceRow {
     pub admission_expires_at: Option<DateTime<Utc>>,
 }
 
-/// Joins `user_id` to the queue, or finds their place; either way it
-/// counts as a look. A place that lapsed, or whose admission ended, joins
-/// the back (its turn has passed).
-pub async fn join(conn: &mut PgConnection, performance_id: &str, user_id: &str) -> Result<PlaceRow, sqlx::Error> {
+/// Joins `users` (distinct, in order of arrival) to the queue, or finds
+/// their places, in one round trip per statement: a batch of joins costs
+/// two statements and one commit, not two per person. Either way it counts
+/// as a look. Returns each user's place, in no particular order.
+pub async fn join_many(
+    conn: &mut PgConnection,
+    performance_id: &str,
+    users: &[String],
+) -> Result<Vec<(String, PlaceRow)>, sqlx::Error> {
     sqlx::query(
         "insert into queue_places (performance_id, user_id, position) \
-         select $1, $2, null from onsales where performance_id = $1 \
+         select $1, u.user_id, null from unnest($2::text[]) with ordinality as u(user_id, n) \
+          where exists (select 1 from onsales where performance_id = $1) \
+          order by u.n \
          on conflict (performance_id, user_id) do nothing",
     )
     .bind(performance_id)
-    .bind(user_id)
+    .bind(users)
     .execute(&mut *conn)
     .await?;
-    let place = look(conn, performance_id, user_id).await?;
-    place.ok_or_else(|| sqlx::Error::RowNotFound)
+    look_many(conn, performance_id, users).await
 }
 
-/// The caller's place, touched as looked at; `None` before joining. A
-/// place without a position after the opening, one that lapsed, and one
-/// whose admission ended take the next position at the back.
+/// The places of `users` (distinct, in order of arrival), touched as looked
+/// at; a user who has not joined is left out. A place without a position
+/// after the opening, one that lapsed, and one whose admission ended take
+/// the next positions at the back, in the order of `users` (the on-sale's
+/// row is locked only then). The places are locked in user order, as the
+/// other writers of many places lock them, so batches do not deadlock.
+pub async fn look_many(
+    conn: &mut PgConnection,
+    performance_id: &str,
+    users: &[String],
+) -> Result<Vec<(String, PlaceRow)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "with input as (select u.user_id, u.n from unnest($2::text[]) with ordinality as u(user_id, n)), \
+         sale as (select opened_at from onsales where performance_id = $1), \
+         place as (select q.user_id, q.state, q.position from queue_places q \
+                    where q.performance_id = $1 and q.user_id = any($2) order by q.user_id for update), \
+         back as (select p.user_id, row_number() over (order by i.n) as k \
+                    from place p join input i using (user_id), sale s \
+                   where s.opened_at is not null and (p.state in ('lapsed', 'done') or p.position is null)), \
+         bump as (update onsales set next_position = next_position + (select count(*) from back) \
+                   where performance_id = $1 and exists (select 1 from back) \
+                  returning next_position - (select count(*) from back) as base) \
+         update queue_places q set last_seen = now(), \
+                position = coalesce((select u.base + b.k from bump u, back b where b.user_id = q.user_id), \
+                                    q.position), \
+                state = case when exists (select 1 from back b where b.user_id = q.user_id) then 'waiting' \
+                             else q.state end, \
+                admission_id = case when exists (select 1 from back b where b.user_id = q.user_id) then null \
+                                    else q.admission_id end, \
+                admission_expires_at = case when exists (select 1 from back b where b.user_id = q.user_id) \
+                                            then null else q.admission_expires_at end \
+           from place p \
+          where q.performance_id = $1 and q.user_id = p.user_id \
+         returning q.user_id, q.position, q.state, q.admission_id, q.admission_expires_at",
+    )
+    .bind(performance_id)
+    .bind(users)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(user_and_place).collect()
+}
+
+/// The caller's place, touched as looked at; `None` before joining (see
+/// [`look_many`]).
 pub async fn look(
     conn: &mut PgConnection,
     performance_id: &str,
     user_id: &str,
 ) -> Result<Option<PlaceRow>, sqlx::Error> {
-    sqlx::query_as(
-        "with sale as (select opened_at from onsales where performance_id = $1), \
-         place as (select state, position from queue_places where performance_id = $1 and user_id = $2 for update), \
-         back as ( \
-           update onsales set next_position = next_position + 1 \
-            where performance_id = $1 and opened_at is not null \
-              and exists (select 1 from place where state in ('lapsed', 'done') or position is null) \
-           returning next_position) \
-         update queue_places q set last_seen = now(), \
-                position = coalesce((select next_position from back), q.position), \
-                state = case when exists (select 1 from back) then 'waiting' else q.state end, \
-                admission_id = case when exists (select 1 from back) then null else q.admission_id end, \
-                admission_expires_at = case when exists (select 1 from back) then null else q.admission_expires_at end \
-          where q.performance_id = $1 and q.user_id = $2 \
-         returning q.position, q.state, q.admission_id, q.admission_expires_at",
-    )
-    .bind(performance_id)
-    .bind(user_id)
-    .fetch_optional(conn)
-    .await
+    let mut places = look_many(conn, performance_id, &[user_id.to_owned()]).await?;
+    Ok(places.pop().map(|(_, place)| place))
+}
+
+fn user_and_place(r: &sqlx::postgres::PgRow) -> Result<(String, PlaceRow), sqlx::Error> {
+    Ok((
+        r.try_get("user_id")?,
+        PlaceRow {
+            position: r.try_get("position")?,
+            state: r.try_get("state")?,
+            admission_id: r.try_get("admission_id")?,
+            admission_expires_at: r.try_get("admission_expires_at")?,
+        },
+    ))
 }
 
 /// Every place of an on-sale (the warm copy's load).
@@ -192,28 +233,23 @@ pub async fn places(conn: &mut PgConnection, performance_id: &str) -> Result<Vec
     .bind(performance_id)
     .fetch_all(conn)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get("user_id")?,
-                PlaceRow {
-                    position: r.try_get("position")?,
-                    state: r.try_get("state")?,
-                    admission_id: r.try_get("admission_id")?,
-                    admission_expires_at: r.try_get("admission_expires_at")?,
-                },
-            ))
-        })
-        .collect()
+    rows.iter().map(user_and_place).collect()
 }
 
 /// Records that `users` looked at their places now (one statement).
 pub async fn touch(conn: &mut PgConnection, performance_id: &str, users: &[String]) -> Result<(), sqlx::Error> {
-    sqlx::query("update queue_places set last_seen = now() where performance_id = $1 and user_id = any($2)")
-        .bind(performance_id)
-        .bind(users)
-        .execute(conn)
-        .await?;
+    // A place locked right now (a join, the admitter) is skipped, not waited
+    // for: its holder's next look is written by the next refresh.
+    sqlx::query(
+        "update queue_places q set last_seen = now() \
+           from (select user_id from queue_places where performance_id = $1 and user_id = any($2) \
+                  order by user_id for update skip locked) l \
+          where q.performance_id = $1 and q.user_id = l.user_id",
+    )
+    .bind(performance_id)
+    .bind(users)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -226,6 +262,27 @@ pub async fn ahead(conn: &mut PgConnection, performance_id: &str, position: i64)
     .bind(position)
     .fetch_one(conn)
     .await
+}
+
+/// How many wait in front of each of `positions`, counted once for all:
+/// the waiting places before the smallest, then each waiting position from
+/// there on (a batch of joins sits at the back, so these are few).
+pub async fn ahead_of_each(
+    conn: &mut PgConnection,
+    performance_id: &str,
+    positions: &[i64],
+) -> Result<Vec<i64>, sqlx::Error> {
+    let Some(from) = positions.iter().min().copied() else { return Ok(Vec::new()) };
+    let before = ahead(conn, performance_id, from).await?;
+    let behind: Vec<i64> = sqlx::query_scalar(
+        "select position from queue_places where performance_id = $1 and state = 'waiting' and position >= $2 \
+          order by position",
+    )
+    .bind(performance_id)
+    .bind(from)
+    .fetch_all(conn)
+    .await?;
+    Ok(positions.iter().map(|p| before + i64::try_from(behind.partition_point(|q| q < p)).unwrap_or(0)).collect())
 }
 
 /// Admissions per minute over the last five minutes (or since the

@@ -15,7 +15,10 @@ use crate::domain::waiting_room::{self as rules, OnSaleSettings};
 use crate::error::BookingError;
 use crate::store::queue::{self, Figures, OnSaleRow};
 
+mod joins;
 mod warm;
+
+use joins::JoinFailed;
 
 /// How often the admitter runs.
 pub const ADMITTER_EVERY: Duration = Duration::from_millis(250);
@@ -52,17 +55,18 @@ pub struct WaitingRoom {
     pool: PgPool,
     key: Option<AdmissionKey>,
     warm: std::sync::Arc<warm::WarmCopy>,
+    joins: std::sync::Arc<joins::Joins>,
 }
 
 impl WaitingRoom {
     /// Over `pool`, signing admissions with `key`.
     pub fn new(pool: PgPool, key: Option<AdmissionKey>) -> Self {
-        Self { pool, key, warm: Default::default() }
+        Self { pool, key, warm: Default::default(), joins: Default::default() }
     }
 
     /// The same over another pool of the same database.
     pub fn on_pool(&self, pool: PgPool) -> Self {
-        Self { pool, key: self.key.clone(), warm: self.warm.clone() }
+        Self { pool, key: self.key.clone(), warm: self.warm.clone(), joins: self.joins.clone() }
     }
 
     /// An admin sets up (or changes, or reopens) an on-sale.
@@ -111,13 +115,20 @@ impl WaitingRoom {
         Ok(())
     }
 
-    /// Joins the caller (idempotent) and returns the place.
+    /// Joins the caller (idempotent) and returns the place. Joins are
+    /// written in batches, each of which also counts who is in front
+    /// (see `joins`).
     pub async fn join(&self, caller: &Caller, performance_id: &str) -> Result<PlaceView, BookingError> {
-        let mut conn = self.pool.acquire().await?;
-        let onsale = queue::onsale(&mut conn, performance_id).await?.ok_or(BookingError::NoWaitingRoom)?;
-        let place = queue::join(&mut conn, performance_id, &caller.user_id).await?;
-        self.warm.wrote(performance_id, &caller.user_id, &place);
-        self.view_from_database(&mut conn, &onsale, &caller.user_id, place, "join").await
+        let joined =
+            self.joins.join(&self.pool, performance_id, &caller.user_id).await.map_err(|failed| match failed {
+                JoinFailed::NoWaitingRoom => BookingError::NoWaitingRoom,
+                JoinFailed::Database(reason) => BookingError::Internal(reason),
+            })?;
+        self.warm.wrote(performance_id, &caller.user_id, &joined.place);
+        metrics::counter!("waiting_room_looks_total", "served_from" => "join", "performance" => performance_id.to_owned())
+            .increment(1);
+        let ahead_and_rate = |_| (joined.ahead.unwrap_or(0), joined.rate);
+        Ok(self.view(&joined.onsale, &caller.user_id, &joined.place, ahead_and_rate))
     }
 
     /// The caller's place; looking keeps it. Served from this process's
@@ -215,7 +226,8 @@ impl WaitingRoom {
     }
 
     /// The admission check of `POST /bookings`: nothing for a performance
-    /// without a live on-sale; before the opening, no booking at all; after
+    /// without a live on-sale (the warm copy tells, with no query); before
+    /// the opening, no booking at all; after
     /// it, an admission token of this user for this performance that is
     /// still active.
     pub async fn check_admission(
@@ -224,6 +236,9 @@ impl WaitingRoom {
         performance_id: &str,
         admission: Option<&str>,
     ) -> Result<(), BookingError> {
+        if self.warm.has_onsale(performance_id) == Some(false) {
+            return Ok(());
+        }
         let mut conn = self.pool.acquire().await?;
         let Some(onsale) = queue::onsale(&mut conn, performance_id).await? else { return Ok(()) };
         if onsale.closed_at.is_some() {

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
@@ -17,6 +17,8 @@ use crate::store::queue::{self, OnSaleRow, PlaceRow};
 
 /// How often the copy is reloaded and looks are written back.
 pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// A copy older than this does not say which performances have no on-sale.
+const TRUSTED_FOR: Duration = Duration::from_secs(2);
 
 /// One on-sale as last loaded.
 pub struct Sale {
@@ -45,6 +47,11 @@ pub struct WarmCopy {
     /// Places this replica wrote since the last refresh (joins), so their
     /// holders' next looks need not wait for it.
     recent: Mutex<HashMap<(String, String), PlaceRow>>,
+    /// When the last refresh began, if one finished since.
+    loaded: Mutex<Option<Instant>>,
+    /// On-sales this replica changed since that refresh began: the copy
+    /// cannot answer for them until the next one.
+    changed: Mutex<HashMap<String, Instant>>,
 }
 
 impl WarmCopy {
@@ -65,9 +72,24 @@ impl WarmCopy {
     /// Drops an on-sale from the copy (it was changed or closed here: the
     /// database answers until the next refresh).
     pub fn forget(&self, performance_id: &str) {
+        if let Ok(mut changed) = self.changed.lock() {
+            changed.insert(performance_id.to_owned(), Instant::now());
+        }
         if let Ok(mut sales) = self.sales.write() {
             sales.remove(performance_id);
         }
+    }
+
+    /// Whether the performance has a live on-sale, when a fresh copy can
+    /// tell; `None` means ask the database (no fresh copy yet, or the
+    /// on-sale was just changed here). An on-sale set up on another replica
+    /// is seen here within one refresh.
+    pub fn has_onsale(&self, performance_id: &str) -> Option<bool> {
+        let loaded = (*self.loaded.lock().ok()?)?;
+        if loaded.elapsed() > TRUSTED_FOR || self.changed.lock().ok()?.contains_key(performance_id) {
+            return None;
+        }
+        Some(self.sales.read().ok()?.contains_key(performance_id))
     }
 
     /// Remembers a place this replica just wrote, until the next refresh.
@@ -86,6 +108,7 @@ impl WarmCopy {
 
     /// Writes back the looks, then reloads every live on-sale.
     pub async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let began = Instant::now();
         let looks = self.seen.lock().map(|mut seen| std::mem::take(&mut *seen)).unwrap_or_default();
         let mut conn = pool.acquire().await?;
         for (performance_id, users) in looks {
@@ -104,6 +127,12 @@ impl WarmCopy {
         }
         if let Ok(mut sales) = self.sales.write() {
             *sales = fresh;
+        }
+        if let Ok(mut changed) = self.changed.lock() {
+            changed.retain(|_, at| *at >= began);
+        }
+        if let Ok(mut loaded) = self.loaded.lock() {
+            *loaded = Some(began);
         }
         // The reload holds every place written before it began.
         if let Ok(mut recent) = self.recent.lock() {

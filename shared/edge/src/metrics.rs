@@ -104,6 +104,7 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ),
     ("waiting_room_wait_seconds", "Time from joining an on-sale's queue to admission, by performance."),
     ("waiting_room_sold_out_seconds", "Time from an on-sale's opening to its last seat sold, by performance."),
+    ("waiting_room_join_batch_size", "People whose joins were written in one transaction, by performance."),
 ];
 
 fn describe() {
@@ -121,6 +122,8 @@ fn describe() {
             )
         {
             metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+        } else if name.ends_with("_size") {
+            metrics::describe_histogram!(name, metrics::Unit::Count, help);
         } else {
             metrics::describe_gauge!(name, help);
         }
