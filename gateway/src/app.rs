@@ -40,7 +40,7 @@ pub struct GatewayApp {
     router: Router,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
-    header_read_timeout: Duration,
+    serve: crate::serve::ServeSettings,
 }
 
 fn channel(tls: &edge::tls::GrpcTlsSettings, url: &str, name: &str) -> anyhow::Result<Channel> {
@@ -115,8 +115,11 @@ impl GatewayApp {
             .await
             .with_context(|| format!("binding GATEWAY_ADDR {}", settings.gateway_addr))?;
         let addr = listener.local_addr()?;
-        let header_read_timeout = Duration::from_millis(settings.edge.gateway_header_read_timeout_ms);
-        Ok(Self { router: router(state.clone()), state, listener, addr, header_read_timeout })
+        let serve = crate::serve::ServeSettings {
+            header_read_timeout: Duration::from_millis(settings.edge.gateway_header_read_timeout_ms),
+            http2_max_streams: settings.edge.gateway_http2_max_streams,
+        };
+        Ok(Self { router: router(state.clone()), state, listener, addr, serve })
     }
 
     /// The bound address.
@@ -135,7 +138,7 @@ impl GatewayApp {
                 state.rate_limit.forget_idle();
             }
         });
-        crate::serve::serve(self.listener, self.router, self.header_read_timeout, async move {
+        crate::serve::serve(self.listener, self.router, self.serve, async move {
             shutdown.cancelled().await;
             tokio::time::sleep(drain).await;
         })

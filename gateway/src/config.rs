@@ -78,6 +78,10 @@ pub struct EdgeLimits {
     /// Longest a client may take to send a request's headers (ms); then the connection is closed.
     #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub gateway_header_read_timeout_ms: u64,
+    /// Requests and streams at once on one HTTP/2 connection (a load
+    /// balancer speaking h2c carries many people over one connection).
+    #[arg(long, env = "GATEWAY_HTTP2_MAX_STREAMS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub gateway_http2_max_streams: u32,
     /// Sustained `POST /bookings` and `POST /payments/execute` per user and
     /// route, per second; beyond it (and the burst) 429 with `Retry-After`. 0 turns it off.
     #[arg(long, env = "GATEWAY_USER_RATE_PER_SEC", default_value_t = 10)]

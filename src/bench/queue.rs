@@ -20,6 +20,11 @@ use super::{histogram, latency, micros, procs::Watched, Target};
 pub struct QueueRun {
     /// The system.
     pub target: Arc<Target>,
+    /// The connections people share: HTTP/2 clients (a load balancer's
+    /// few connections), or one HTTP/1.1 pool with a connection per person.
+    pub connections: Vec<reqwest::Client>,
+    /// How many of them are HTTP/2 (0: HTTP/1.1).
+    pub h2_connections: usize,
     /// People joining at once.
     pub clients: usize,
     /// Seats on sale.
@@ -62,8 +67,12 @@ pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Va
     let looks_before = looks(&run).await;
     let before = watched.sample();
     let started = Instant::now();
-    let people: Vec<_> =
-        (0..run.clients).map(|n| tokio::spawn(person(run.target.clone(), format!("q{n}"), free.clone()))).collect();
+    let people: Vec<_> = (0..run.clients)
+        .map(|n| {
+            let client = run.connections[n % run.connections.len()].clone();
+            tokio::spawn(person(run.target.clone(), client, format!("q{n}"), free.clone()))
+        })
+        .collect();
     let mut outcomes = Vec::with_capacity(people.len());
     for person in people {
         outcomes.push(person.await.unwrap_or_default());
@@ -97,33 +106,29 @@ fn row_label(r: u64) -> String {
 
 /// One person: join, wait on the place stream, and when admitted book one
 /// free seat (another if it was just taken) and pay.
-async fn person(target: Arc<Target>, user: String, free: Arc<Mutex<Vec<String>>>) -> Outcome {
+async fn person(target: Arc<Target>, client: reqwest::Client, user: String, free: Arc<Mutex<Vec<String>>>) -> Outcome {
     let token = target.token(&user);
     let mut outcome = Outcome::default();
     let sent = Instant::now();
-    let joined = target
-        .client
-        .post(format!("{}/performances/{PERFORMANCE}/queue", target.base))
-        .bearer_auth(&token)
-        .send()
-        .await;
+    let joined =
+        client.post(format!("{}/performances/{PERFORMANCE}/queue", target.base)).bearer_auth(&token).send().await;
     outcome.join_took = sent.elapsed();
     outcome.join_status = joined.as_ref().ok().map(|r| r.status().as_u16());
     if outcome.join_status != Some(200) {
         return outcome;
     }
-    let Some(place) = wait_turn(&target, &token, &mut outcome).await else { return outcome };
+    let Some(place) = wait_turn(&target, &client, &token, &mut outcome).await else { return outcome };
     if place["state"] == "admitted" {
-        outcome.bought = buy(&target, &token, &user, place["admission"].as_str().unwrap_or_default(), &free).await;
+        let admission = place["admission"].as_str().unwrap_or_default();
+        outcome.bought = buy(&target, &client, &token, &user, admission, &free).await;
     }
     outcome
 }
 
 /// Follows the place stream until a final state; `None` if it broke.
-async fn wait_turn(target: &Target, token: &str, outcome: &mut Outcome) -> Option<Value> {
+async fn wait_turn(target: &Target, client: &reqwest::Client, token: &str, outcome: &mut Outcome) -> Option<Value> {
     for _ in 0..20 {
-        let response = target
-            .client
+        let response = client
             .get(format!("{}/performances/{PERFORMANCE}/queue/stream", target.base))
             .bearer_auth(token)
             .send()
@@ -154,12 +159,18 @@ async fn wait_turn(target: &Target, token: &str, outcome: &mut Outcome) -> Optio
     None
 }
 
-async fn buy(target: &Target, token: &str, user: &str, admission: &str, free: &Mutex<Vec<String>>) -> bool {
+async fn buy(
+    target: &Target,
+    client: &reqwest::Client,
+    token: &str,
+    user: &str,
+    admission: &str,
+    free: &Mutex<Vec<String>>,
+) -> bool {
     for _ in 0..5 {
         let Some(seat) = free.lock().ok().and_then(|mut f| f.pop()) else { return false };
         let body = json!({"performanceId": PERFORMANCE, "seatIds": [seat], "userId": user});
-        let Ok(reply) = target
-            .client
+        let Ok(reply) = client
             .post(format!("{}/bookings", target.base))
             .bearer_auth(token)
             .header("admission", admission)
@@ -176,13 +187,8 @@ async fn buy(target: &Target, token: &str, user: &str, admission: &str, free: &M
         let pay =
             json!({"paymentIntentId": created["paymentIntentId"], "paymentMethodToken": "tok_visa", "cvv": "123"});
         for _ in 0..50 {
-            let paid = target
-                .client
-                .post(format!("{}/payments/execute", target.base))
-                .bearer_auth(token)
-                .json(&pay)
-                .send()
-                .await;
+            let paid =
+                client.post(format!("{}/payments/execute", target.base)).bearer_auth(token).json(&pay).send().await;
             match paid.map(|r| r.status().as_u16()) {
                 Ok(200) => return true,
                 Ok(503) | Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -241,6 +247,7 @@ async fn report(
     let people = outcomes.len() as u64;
     Ok(json!({
         "clients": run.clients,
+        "h2_connections": run.h2_connections,
         "seats": run.seats,
         "join": latency(&joins),
         "joins_failed": failed_joins,

@@ -24,7 +24,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     // Two descriptors per onsale client (its socket and the gateway's), plus
     // the services' own connections.
-    let people = if args.scenario == BenchScenario::OnsaleQueue { args.clients() } else { args.onsale_clients };
+    let people = match args.scenario {
+        BenchScenario::OnsaleQueue if args.h2_connections() > 0 => 0,
+        BenchScenario::OnsaleQueue => args.clients(),
+        _ => args.onsale_clients,
+    };
     let needed = u64::try_from(people).unwrap_or(u64::MAX).saturating_mul(2).saturating_add(4096);
     let limit = bench::raise_open_file_limit(needed);
     if limit < needed {
@@ -286,8 +290,18 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
                 &booking_service::store::MIGRATIONS,
             )
             .await?;
+            let connections = args.h2_connections();
+            let people = if connections == 0 {
+                vec![target.client.clone()]
+            } else {
+                (0..connections)
+                    .map(|_| reqwest::Client::builder().http2_prior_knowledge().build())
+                    .collect::<Result<_, _>>()?
+            };
             let run = bench::queue::QueueRun {
                 target,
+                connections: people,
+                h2_connections: connections,
                 clients: args.clients(),
                 seats: args.seats.unwrap_or(500),
                 booking_db,
