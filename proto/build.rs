@@ -3,8 +3,12 @@
 
 use std::{env, path::PathBuf};
 
-const PROTOS: &[&str] =
-    &["ticketing/events/v1/events.proto", "ticketing/booking/v1/booking.proto", "ticketing/payment/v1/payment.proto"];
+const PROTOS: &[&str] = &[
+    "ticketing/events/v1/events.proto",
+    "ticketing/booking/v1/booking.proto",
+    "ticketing/payment/v1/payment.proto",
+    "ticketing/feed/v1/feed.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

@@ -51,6 +51,9 @@ pub enum Command {
     RedriveDlq(RedriveArgs),
     /// Refunds the PSP kept refusing: list them, retry one, or record one made by hand.
     Refunds(RefundsArgs),
+    /// Read a service's event feed: history from a position, then live.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Print the REST API's OpenAPI document (what `/openapi.json` serves).
     Openapi,
     /// Load-test the whole system (started in-process on fresh databases) beside a pgbench baseline.
@@ -74,6 +77,8 @@ pub struct ServiceArgs {
     pub policy: PaymentPolicy,
     #[command(flatten)]
     pub security: SecurityArgs,
+    #[command(flatten)]
+    pub feed: runtime::feed::FeedSettings,
 }
 
 /// `ticketing dev`.
@@ -169,14 +174,66 @@ pub struct TokenArgs {
     /// The user id (the `sub` claim).
     pub user_id: String,
     /// Add `role: admin`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "role")]
     pub admin: bool,
+    /// Add this `role` instead, e.g. `events` for a reader of the event feed.
+    #[arg(long)]
+    pub role: Option<String>,
     /// Lifetime, e.g. 30m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = runtime::config::parse_duration)]
     pub ttl: std::time::Duration,
     /// HS256 secret; defaults to the one `ticketing dev` generated.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+}
+
+/// `ticketing events`.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print a service's events as JSON lines, with each payload decoded:
+    /// from `--from`, then live until interrupted (or `--count` events).
+    Tail(EventsTailArgs),
+}
+
+/// Whose feed `ticketing events tail` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FeedService {
+    /// The booking-service (`booking.events.v1`).
+    Booking,
+    /// The payment-service (`payment.events.v1`).
+    Payment,
+}
+
+/// `ticketing events tail`.
+#[derive(Debug, Args)]
+pub struct EventsTailArgs {
+    /// Whose events.
+    #[arg(long, value_enum, default_value_t = FeedService::Booking)]
+    pub service: FeedService,
+    /// The service's gRPC URL [default: http://127.0.0.1:50051 for the
+    /// booking-service, :50052 for the payment-service].
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Start after this position (a `position` printed earlier); 0: from
+    /// the first event ever recorded.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    pub from: i64,
+    /// Only events of this `ce_type` (repeatable), e.g.
+    /// `ticketing.booking.v1.SeatLocked`.
+    #[arg(long = "type")]
+    pub types: Vec<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// A bearer token with role `events` or `admin`; without it one is
+    /// signed with JWT_SECRET (or the secret `ticketing dev` generated).
+    #[arg(long, env = "FEED_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// HS256 secret to sign a token with.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    #[command(flatten)]
+    pub tls: edge::tls::GrpcTlsSettings,
 }
 
 /// `ticketing bench`.
@@ -192,6 +249,12 @@ pub struct BenchArgs {
     /// [default: 20000].
     #[arg(long)]
     pub clients: Option<usize>,
+    /// In `onsale-queue`, people reach the gateway as through a load
+    /// balancer that speaks HTTP/2 to it: over this many connections
+    /// [default: one per 500 people]; 0 gives each person their own
+    /// HTTP/1.1 connection (two open files per person, one on each side).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub h2_connections: Option<u32>,
     /// Seats on sale in `onsale-queue` [default: 500].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub seats: Option<u64>,
@@ -246,6 +309,11 @@ impl BenchArgs {
     /// The clients of the chosen scenario.
     pub fn clients(&self) -> usize {
         self.clients.unwrap_or(if self.scenario == BenchScenario::OnsaleQueue { 20_000 } else { 64 })
+    }
+
+    /// HTTP/2 connections of `onsale-queue` (0: HTTP/1.1, one per person).
+    pub fn h2_connections(&self) -> usize {
+        self.h2_connections.map_or_else(|| self.clients().div_ceil(500), |n| n as usize)
     }
 }
 

@@ -82,7 +82,8 @@ pub async fn start_system(mut args: DevArgs, brokers: &str, shutdown: Shutdown) 
         args.service.policy.clone(),
         &args.service.security,
     )
-    .await?;
+    .await?
+    .with_feed(args.service.feed);
     let booking_addr = booking.grpc_addr();
     let scheme = args.service.security.grpc_tls.scheme();
     let booking_url = format!("{scheme}://{}", loopback(booking_addr));
@@ -95,7 +96,8 @@ pub async fn start_system(mut args: DevArgs, brokers: &str, shutdown: Shutdown) 
         &booking_url,
         &args.service.security,
     )
-    .await?;
+    .await?
+    .with_feed(args.service.feed);
     if args.fresh_broker {
         // The embedded broker starts empty: what the last run's broker held
         // is gone. Publish every event again and read the topics from the

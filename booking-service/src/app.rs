@@ -52,6 +52,7 @@ pub struct BookingApp {
     settings: BookingSettings,
     verifier: Arc<Verifier>,
     server: tonic::transport::Server,
+    feed: runtime::feed::FeedSettings,
 }
 
 impl BookingApp {
@@ -99,7 +100,14 @@ impl BookingApp {
             settings,
             verifier,
             server,
+            feed: runtime::feed::FeedSettings::default(),
         })
+    }
+
+    /// Serves the event feed with `feed`.
+    pub fn with_feed(mut self, feed: runtime::feed::FeedSettings) -> Self {
+        self.feed = feed;
+        self
     }
 
     /// The bound gRPC address.
@@ -148,9 +156,20 @@ impl BookingApp {
             Duration::from_millis(self.settings.sweep_interval_ms),
             shutdown.clone(),
         )));
-        let router = service::grpc_router(self.server, health, proto::FILE_DESCRIPTOR_SET)?.add_service(
-            BookingServiceServer::new(BookingGrpc::new(self.bookings.clone(), self.verifier, shutdown.clone())),
+        let feed = runtime::feed::Feed::new(
+            self.pool.clone(),
+            Arc::new(BookingEventMapper { topic: self.topics.booking.clone() }),
+            self.verifier.clone(),
+            self.feed,
+            shutdown.clone(),
         );
+        let router = service::grpc_router(self.server, health, proto::FILE_DESCRIPTOR_SET)?
+            .add_service(BookingServiceServer::new(BookingGrpc::new(
+                self.bookings.clone(),
+                self.verifier,
+                shutdown.clone(),
+            )))
+            .add_service(runtime::feed::EventFeedServer::new(feed));
         service::serve_grpc(
             router,
             self.listener,

@@ -89,6 +89,7 @@ pub struct PaymentApp {
     verifier: Arc<Verifier>,
     server: tonic::transport::Server,
     intent_waiters: Arc<runtime::waiters::Waiters>,
+    feed: runtime::feed::FeedSettings,
 }
 
 impl PaymentApp {
@@ -168,7 +169,14 @@ impl PaymentApp {
             verifier,
             server,
             intent_waiters,
+            feed: runtime::feed::FeedSettings::default(),
         })
+    }
+
+    /// Serves the event feed with `feed`.
+    pub fn with_feed(mut self, feed: runtime::feed::FeedSettings) -> Self {
+        self.feed = feed;
+        self
     }
 
     /// The bound gRPC address.
@@ -207,8 +215,16 @@ impl PaymentApp {
             async move { kernel::aggregate::existing::<PaymentIntent>(&pool, &ids).await }
         };
         tasks.push(tokio::spawn(self.intent_waiters.clone().watch(find, shutdown.clone())));
+        let feed = runtime::feed::Feed::new(
+            self.pool.clone(),
+            Arc::new(PaymentEventMapper { topic: self.topics.payment.clone() }),
+            self.verifier.clone(),
+            self.feed,
+            shutdown.clone(),
+        );
         let router = service::grpc_router(self.server, health, proto::FILE_DESCRIPTOR_SET)?
-            .add_service(PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone(), self.verifier)));
+            .add_service(PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone(), self.verifier)))
+            .add_service(runtime::feed::EventFeedServer::new(feed));
         service::serve_grpc(
             router,
             self.listener,

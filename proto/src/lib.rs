@@ -1,5 +1,6 @@
 //! The project's protobuf contracts as Rust types: Kafka integration events
-//! (`events`), the booking and payment gRPC services, and the file
+//! (`events`), the booking and payment gRPC services, the event feed both
+//! serve (`feed`), and the file
 //! descriptor set that gRPC reflection serves.
 
 #![allow(clippy::all, clippy::pedantic)]
@@ -19,6 +20,11 @@ pub mod booking {
 /// The payment-service gRPC API (`ticketing.payment.v1`).
 pub mod payment {
     tonic::include_proto!("ticketing.payment.v1");
+}
+
+/// The event feed both services serve (`ticketing.feed.v1`).
+pub mod feed {
+    tonic::include_proto!("ticketing.feed.v1");
 }
 
 /// Encoded `FileDescriptorSet` of every .proto here, for gRPC reflection.

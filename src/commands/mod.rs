@@ -2,6 +2,7 @@
 //! module parses, sets up telemetry and dispatches.
 
 mod check;
+mod events;
 mod redrive;
 mod refunds;
 mod serve;
@@ -52,6 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => crate::bench::run::run(*args).await,
         Command::RedriveDlq(args) => redrive::run(&args).await,
         Command::Refunds(args) => refunds::run(args).await,
+        Command::Events(command) => events::run(command).await,
         Command::Openapi => print_openapi(),
     }
     .map(|()| ExitCode::SUCCESS)

@@ -21,7 +21,8 @@ pub async fn booking(args: BookingArgs) -> anyhow::Result<()> {
         args.service.policy,
         &args.service.security,
     )
-    .await?;
+    .await?
+    .with_feed(args.service.feed);
     app.run(shutdown, args.service.lifecycle.drain()).await
 }
 
@@ -39,6 +40,7 @@ pub async fn payment(args: PaymentArgs) -> anyhow::Result<()> {
         &args.booking_grpc_url,
         &args.service.security,
     )
-    .await?;
+    .await?
+    .with_feed(args.service.feed);
     app.run(shutdown, args.service.lifecycle.drain()).await
 }

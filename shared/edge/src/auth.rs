@@ -60,6 +60,8 @@ pub struct AuthUser {
     pub user_id: String,
     /// `role == "admin"`.
     pub admin: bool,
+    /// `role == "events"` (or an administrator): may read the event feed.
+    pub reads_events: bool,
     /// The `exp` claim: the token is refused from this second on (after
     /// [`LEEWAY_SECS`]).
     pub expires_at: i64,
@@ -392,12 +394,12 @@ impl Verifier {
                     if claims.sub.is_empty() || claims.sub.len() > MAX_SUBJECT_LEN {
                         return Err(TokenError::Subject);
                     }
+                    let (role, path) = (claims.role.as_deref(), self.rules.role_claim.as_deref());
+                    let admin = crate::roles::is_admin(role, &claims.other, path);
                     return Ok(AuthUser {
-                        admin: crate::roles::is_admin(
-                            claims.role.as_deref(),
-                            &claims.other,
-                            self.rules.role_claim.as_deref(),
-                        ),
+                        admin,
+                        reads_events: admin
+                            || crate::roles::has_role(role, &claims.other, path, crate::roles::EVENTS_ROLE),
                         user_id: claims.sub,
                         expires_at: claims.exp,
                     });
@@ -536,12 +538,22 @@ pub fn issue_token(
     admin: bool,
     ttl_secs: i64,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    issue_token_with_role(secret, user_id, admin.then_some(crate::roles::ADMIN_ROLE), ttl_secs)
+}
+
+/// [`issue_token`] with any `role` claim (`events` for a feed reader).
+pub fn issue_token_with_role(
+    secret: &str,
+    user_id: &str,
+    role: Option<&str>,
+    ttl_secs: i64,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let now = chrono::Utc::now().timestamp();
     let claims = Claims {
         sub: user_id.to_owned(),
         exp: now + ttl_secs,
         iat: Some(now),
-        role: admin.then(|| "admin".to_owned()),
+        role: role.map(str::to_owned),
         iss: None,
         aud: None,
         other: serde_json::Map::new(),

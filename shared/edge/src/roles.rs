@@ -4,17 +4,26 @@
 //! contain dots or slashes (an Auth0 namespaced claim such as
 //! `https://tickets.example.com/roles`), or else a dotted path into nested
 //! claims (Keycloak's `realm_access.roles`). The claim may be a string or
-//! an array of strings; `admin` among them marks an administrator.
+//! an array of strings; `admin` among them marks an administrator, and
+//! `events` a reader of the event feed (administrators read it too).
 
 use serde_json::{Map, Value};
 
 /// The role that grants administration.
 pub const ADMIN_ROLE: &str = "admin";
 
+/// The role that grants reading the event feed.
+pub const EVENTS_ROLE: &str = "events";
+
 /// Whether the claims grant the admin role, read at `path` (`None`: `role`).
 pub fn is_admin(role: Option<&str>, other: &Map<String, Value>, path: Option<&str>) -> bool {
+    has_role(role, other, path, ADMIN_ROLE)
+}
+
+/// Whether the claims grant `wanted`, read at `path` (`None`: `role`).
+pub fn has_role(role: Option<&str>, other: &Map<String, Value>, path: Option<&str>, wanted: &str) -> bool {
     let Some(path) = path.filter(|p| !p.is_empty() && *p != "role") else {
-        return role == Some(ADMIN_ROLE);
+        return role == Some(wanted);
     };
     let found = other.get(path).or_else(|| {
         let mut parts = path.split('.');
@@ -22,8 +31,8 @@ pub fn is_admin(role: Option<&str>, other: &Map<String, Value>, path: Option<&st
         parts.try_fold(first, |value, part| value.get(part))
     });
     match found {
-        Some(Value::String(role)) => role == ADMIN_ROLE,
-        Some(Value::Array(roles)) => roles.iter().any(|r| r.as_str() == Some(ADMIN_ROLE)),
+        Some(Value::String(role)) => role == wanted,
+        Some(Value::Array(roles)) => roles.iter().any(|r| r.as_str() == Some(wanted)),
         _ => false,
     }
 }
@@ -55,5 +64,14 @@ mod tests {
         assert!(is_admin(None, &plain, Some("groups")));
         let wrong_type = claims(json!({"groups": {"admin": true}}));
         assert!(!is_admin(None, &wrong_type, Some("groups")));
+    }
+
+    #[test]
+    fn the_events_role_is_read_where_the_admin_role_is() {
+        assert!(has_role(Some("events"), &Map::new(), None, EVENTS_ROLE));
+        assert!(!has_role(Some("admin"), &Map::new(), None, EVENTS_ROLE));
+        let keycloak = claims(json!({"realm_access": {"roles": ["events"]}}));
+        assert!(has_role(None, &keycloak, Some("realm_access.roles"), EVENTS_ROLE));
+        assert!(!is_admin(None, &keycloak, Some("realm_access.roles")));
     }
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, Row};
 
-use crate::event_store::{stored_event_from_row, EventStoreError, StoredEvent, LOGGED_EVENT_COLUMNS};
+use crate::event_store::{
+    stored_event_from_row, EventStoreError, StoredEvent, LOGGED_EVENT_COLUMNS, MAX_EVENTS_PER_TRANSACTION,
+};
 
 /// A reader's place in the global log: the last (tx_id, position) it consumed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -80,6 +82,40 @@ pub async fn read_after(conn: &mut PgConnection, after: LogPosition, limit: i64)
         }
     }
     Ok(read)
+}
+
+/// The reader's place just after the event at `position` (an event's
+/// [`crate::event_store::log_position`], as a subscriber of the event feed
+/// remembers it); 0 is the start. A position no event has puts the reader
+/// after every event of that position's transaction.
+pub async fn after_log_position(conn: &mut PgConnection, position: i64) -> Result<LogPosition, sqlx::Error> {
+    if position <= 0 {
+        return Ok(LogPosition::default());
+    }
+    let tx_id = position / MAX_EVENTS_PER_TRANSACTION;
+    let rank = position % MAX_EVENTS_PER_TRANSACTION;
+    let found: Option<i64> = sqlx::query_scalar(
+        "select global_position from events where tx_id = $1::bigint::text::xid8 \
+          order by global_position offset $2 limit 1",
+    )
+    .bind(tx_id)
+    .bind(rank)
+    .fetch_optional(conn)
+    .await?;
+    Ok(LogPosition { tx_id, position: found.unwrap_or(i64::MAX) })
+}
+
+/// The place after the last event a reader can see now (the start of an
+/// empty log): where a live-only reader begins.
+pub async fn log_end(conn: &mut PgConnection) -> Result<LogPosition, sqlx::Error> {
+    let last: Option<(i64, i64)> = sqlx::query_as(
+        "select tx_id::text::bigint, global_position from events \
+          where tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+          order by tx_id desc, global_position desc limit 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(last.map(|(tx_id, position)| LogPosition { tx_id, position }).unwrap_or_default())
 }
 
 /// Loads a subscription's checkpoint, creating it at the start if missing.

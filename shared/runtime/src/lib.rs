@@ -16,11 +16,13 @@
 //! | [`idempotency`] | Idempotency-Key claims, outcomes and purge |
 //! | [`idempotent`] | the same, as the gRPC adapters use it |
 //! | [`waiters`] | requests waiting for an aggregate's change: woken by its commit, one watcher for other replicas |
+//! | [`feed`] | the event feed (`ticketing.feed.v1.EventFeed`): history from any position, then live |
 //! | [`failpoint`] | named crash points for fault tests (`TICKETING_FAILPOINTS`) |
 
 pub mod config;
 pub mod db;
 pub mod failpoint;
+pub mod feed;
 pub mod grpc;
 pub mod health;
 pub mod idempotency;
