@@ -56,6 +56,7 @@ fn line(pool: &DescriptorPool, event: &FeedEvent) -> Value {
     let mut line = json!({
         "position": event.position,
         "streamId": event.stream_id,
+        "subject": event.subject,
         "sequence": event.sequence,
         "eventId": event.event_id,
         "type": event.r#type,

@@ -7,6 +7,7 @@ mod contention;
 mod contract;
 mod cors;
 mod edge;
+mod feed;
 mod flows;
 mod fuzz;
 mod grpc_auth;

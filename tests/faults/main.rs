@@ -14,6 +14,7 @@
 mod broker;
 mod database;
 mod dev;
+mod feed;
 mod processes;
 mod support;
 mod waiting_room;

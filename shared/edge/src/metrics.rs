@@ -104,6 +104,11 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ),
     ("waiting_room_wait_seconds", "Time from joining an on-sale's queue to admission, by performance."),
     ("waiting_room_sold_out_seconds", "Time from an on-sale's opening to its last seat sold, by performance."),
+    ("feed_subscribers", "Event-feed subscriptions this process serves now."),
+    (
+        "feed_subscribers_ended_total",
+        "Event-feed subscriptions ended by the service, by reason (stalled: read nothing for FEED_STALL_SECS).",
+    ),
     ("waiting_room_join_batch_size", "People whose joins were written in one transaction, by performance."),
 ];
 

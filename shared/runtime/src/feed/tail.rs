@@ -59,6 +59,7 @@ pub(super) fn encode(mapper: &dyn IntegrationMapper, stored: &StoredEvent) -> Re
             sequence: stored.sequence.unwrap_or_default(),
             event_id: stored.event_id.to_string(),
             r#type: record.ce_type,
+            subject: record.subject,
             time: Some(proto::time::timestamp(stored.recorded_at)),
             data: record.value,
             content_type: CONTENT_TYPE.to_owned(),
