@@ -274,9 +274,16 @@ pub struct BenchArgs {
     /// time, each on the system as separate processes: `idle` (CPU of an
     /// idle system over `--duration`), `viewers` (`--viewers` seat streams
     /// beside `distinct`), `soak` (a mixed run of `--duration`),
-    /// `onsale-queue` (`--clients` people queue for `--seats` seats).
+    /// `onsale-queue` (`--clients` people queue for `--seats` seats),
+    /// `feed` (the event feed's catch-up rate and live latency).
     #[arg(long, value_enum, default_value_t = BenchScenario::All)]
     pub scenario: BenchScenario,
+    /// Bookings made before the `feed` scenario's subscriber catches up.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub feed_history: u64,
+    /// Bookings per second while the `feed` scenario's subscriber is live (for `--duration`).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub feed_rate: u32,
     /// Seat-stream viewers of the `viewers` scenario.
     #[arg(long, default_value_t = 10_000)]
     pub viewers: usize,
@@ -303,6 +310,9 @@ pub enum BenchScenario {
     Soak,
     /// An on-sale through the waiting room (`--clients`, `--seats`).
     OnsaleQueue,
+    /// The event feed: catch-up from position 0 over `--feed-history`
+    /// bookings, then live latency at `--feed-rate` bookings/s.
+    Feed,
 }
 
 impl BenchArgs {

@@ -49,6 +49,11 @@ fn channel(tls: &edge::tls::GrpcTlsSettings, url: &str, name: &str) -> anyhow::R
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
+        // Everyone's calls share this connection: a window sized for that
+        // fan-in (h2 ends a connection whose unread small frames exceed
+        // half its window), as the services' servers have.
+        .initial_connection_window_size(16 << 20)
+        .initial_stream_window_size(1 << 20)
         .connect_lazy())
 }
 

@@ -309,6 +309,17 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
             };
             bench::queue::onsale_queue(run, &watched).await?
         }
+        BenchScenario::Feed => {
+            let run = bench::feed::FeedRun {
+                target,
+                booking_grpc: system.booking_grpc.clone(),
+                history: usize::try_from(args.feed_history).unwrap_or(usize::MAX),
+                rate: args.feed_rate,
+                live_for: args.duration,
+                clients: args.clients(),
+            };
+            bench::feed::feed(run, &watched).await?
+        }
         BenchScenario::Soak | BenchScenario::All => {
             let seats = Arc::new(bench::register_performance(&target, "perf_soak", 200).await?);
             let databases = sqlx::PgPool::connect(args.database.url()).await?;

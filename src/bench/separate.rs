@@ -31,6 +31,8 @@ pub struct Separate {
     children: Vec<(String, Child)>,
     /// `http://127.0.0.1:<port>` of the gateway.
     pub gateway: String,
+    /// `http://127.0.0.1:<port>` of the booking-service's gRPC.
+    pub booking_grpc: String,
     /// Where their logs are.
     pub logs: PathBuf,
     /// Each process's `/metrics` URL.
@@ -57,7 +59,8 @@ impl Separate {
             ("KAFKA_TOPIC_PREFIX", shared.topic_prefix.to_owned()),
             ("JWT_SECRET", shared.secret.to_owned()),
             ("SHUTDOWN_DRAIN_SECS", "0".to_owned()),
-            ("RUST_LOG", "warn".to_owned()),
+            // The processes log warnings unless BENCH_RUST_LOG says otherwise.
+            ("RUST_LOG", std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".to_owned())),
             ("PSP", "simulated".to_owned()),
             ("BOOKING_GRPC_ADDR", format!("127.0.0.1:{booking}")),
             ("PAYMENT_GRPC_ADDR", format!("127.0.0.1:{payment}")),
@@ -87,7 +90,13 @@ impl Separate {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        let system = Self { children, gateway: format!("http://127.0.0.1:{gateway}"), logs, metrics };
+        let system = Self {
+            children,
+            gateway: format!("http://127.0.0.1:{gateway}"),
+            booking_grpc: format!("http://127.0.0.1:{booking}"),
+            logs,
+            metrics,
+        };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {

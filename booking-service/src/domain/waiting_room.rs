@@ -45,6 +45,13 @@ pub const DEFAULT_ADMISSION_SECONDS: u32 = 600;
 /// The defaults of the contract.
 pub const DEFAULT_PLACE_KEEP_SECONDS: u32 = 300;
 
+/// How late a look may be written down: a replica writes a holder's look
+/// back only when the one on record is this old (so tens of thousands of
+/// people looking every half second cost a few writes, not thousands per
+/// second), and once per refresh. A place is kept for this much longer
+/// than `placeKeepSeconds`, so a holder who looked in time is never skipped.
+pub const LOOK_RECORDED_WITHIN: Duration = Duration::seconds(4);
+
 /// Why settings are refused (each names its field).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -154,7 +161,8 @@ pub fn admit_round(settings: &OnSaleSettings, now: DateTime<Utc>, state: &Snapsh
     let by_slots = settings.max_active.saturating_sub(state.active);
     let by_rate = settings.admit_per_minute.saturating_sub(state.admitted_last_minute);
     let mut room = by_slots.min(by_rate).min(state.seats_free);
-    let keep = Duration::seconds(i64::from(settings.place_keep_seconds));
+    // A look reaches the table up to LOOK_RECORDED_WITHIN after it happened.
+    let keep = Duration::seconds(i64::from(settings.place_keep_seconds)) + LOOK_RECORDED_WITHIN;
     let mut round = Round::default();
     for place in waiting {
         if room == 0 {
@@ -262,6 +270,14 @@ mod tests {
         let waiting = [place("a", 1, 10), place("b", 2, 100), place("c", 3, 100)];
         let round = admit_round(&settings(), t(100), &open(10), &waiting);
         assert_eq!((round.lapse, round.admit), (vec!["a".to_owned()], vec!["b".to_owned(), "c".to_owned()]));
+    }
+
+    #[test]
+    fn a_look_written_down_late_still_keeps_the_place() {
+        // placeKeepSeconds is 60; a look is recorded up to 4 s late.
+        let waiting = [place("late", 1, 100 - 63), place("gone", 2, 100 - 65)];
+        let round = admit_round(&settings(), t(100), &open(10), &waiting);
+        assert_eq!((round.admit, round.lapse), (vec!["late".to_owned()], vec!["gone".to_owned()]));
     }
 
     #[test]

@@ -182,15 +182,11 @@ pub async fn look_many(
                    where performance_id = $1 and exists (select 1 from back) \
                   returning next_position - (select count(*) from back) as base) \
          update queue_places q set last_seen = now(), \
-                position = coalesce((select u.base + b.k from bump u, back b where b.user_id = q.user_id), \
-                                    q.position), \
-                state = case when exists (select 1 from back b where b.user_id = q.user_id) then 'waiting' \
-                             else q.state end, \
-                admission_id = case when exists (select 1 from back b where b.user_id = q.user_id) then null \
-                                    else q.admission_id end, \
-                admission_expires_at = case when exists (select 1 from back b where b.user_id = q.user_id) \
-                                            then null else q.admission_expires_at end \
-           from place p \
+                position = coalesce(u.base + b.k, q.position), \
+                state = case when b.user_id is null then q.state else 'waiting' end, \
+                admission_id = case when b.user_id is null then q.admission_id end, \
+                admission_expires_at = case when b.user_id is null then q.admission_expires_at end \
+           from place p left join back b on b.user_id = p.user_id left join bump u on true \
           where q.performance_id = $1 and q.user_id = p.user_id \
          returning q.user_id, q.position, q.state, q.admission_id, q.admission_expires_at",
     )
@@ -224,16 +220,25 @@ fn user_and_place(r: &sqlx::postgres::PgRow) -> Result<(String, PlaceRow), sqlx:
     ))
 }
 
-/// Every place of an on-sale (the warm copy's load).
-pub async fn places(conn: &mut PgConnection, performance_id: &str) -> Result<Vec<(String, PlaceRow)>, sqlx::Error> {
+/// Every place of an on-sale and when its holder's last look was recorded
+/// (the warm copy's load).
+pub async fn places(
+    conn: &mut PgConnection,
+    performance_id: &str,
+) -> Result<Vec<(String, PlaceRow, DateTime<Utc>)>, sqlx::Error> {
     let rows = sqlx::query(
-        "select user_id, position, state, admission_id, admission_expires_at from queue_places \
+        "select user_id, position, state, admission_id, admission_expires_at, last_seen from queue_places \
           where performance_id = $1",
     )
     .bind(performance_id)
     .fetch_all(conn)
     .await?;
-    rows.iter().map(user_and_place).collect()
+    rows.iter()
+        .map(|r| {
+            let (user, place) = user_and_place(r)?;
+            Ok((user, place, r.try_get("last_seen")?))
+        })
+        .collect()
 }
 
 /// Records that `users` looked at their places now (one statement).

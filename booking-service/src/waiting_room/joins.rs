@@ -138,12 +138,16 @@ struct Batch {
     rate: f64,
 }
 
-/// One transaction: the on-sale (none: no waiting room), the joins, and
-/// for the waiting places how many are in front (as of this transaction).
+/// One transaction: the on-sale (none: no waiting room) and the joins;
+/// then, for the waiting places, how many are in front.
 async fn written(pool: &PgPool, performance_id: &str, users: &[String]) -> Result<Option<Batch>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let Some(onsale) = queue::onsale(&mut tx, performance_id).await? else { return Ok(None) };
     let places = queue::join_many(&mut tx, performance_id, users).await?;
+    // Committed before the counting: the on-sale's row, locked when the
+    // batch took places at the back, is not held while others are counted.
+    tx.commit().await?;
     let waiting: Vec<i64> = if onsale.opened_at.is_some() {
         places.iter().filter(|(_, p)| p.state == "waiting").filter_map(|(_, p)| p.position).collect()
     } else {
@@ -153,11 +157,10 @@ async fn written(pool: &PgPool, performance_id: &str, users: &[String]) -> Resul
         (Vec::new(), 0.0)
     } else {
         (
-            queue::ahead_of_each(&mut tx, performance_id, &waiting).await?,
-            queue::admission_rate(&mut tx, performance_id).await?,
+            queue::ahead_of_each(&mut conn, performance_id, &waiting).await?,
+            queue::admission_rate(&mut conn, performance_id).await?,
         )
     };
-    tx.commit().await?;
     let ahead: HashMap<i64, i64> = waiting.into_iter().zip(ahead).collect();
     let places = places
         .into_iter()

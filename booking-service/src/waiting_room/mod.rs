@@ -147,7 +147,7 @@ impl WaitingRoom {
 
     fn place_from_memory(&self, caller: &Caller, performance_id: &str) -> Option<PlaceView> {
         let (sale, place) = self.warm.usable(performance_id, &caller.user_id)?;
-        self.warm.seen(performance_id, &caller.user_id);
+        self.warm.seen(&sale, &caller.user_id);
         metrics::counter!("waiting_room_looks_total", "served_from" => "memory", "performance" => performance_id.to_owned())
             .increment(1);
         Some(self.view(&sale.onsale, &caller.user_id, &place, |position| (sale.ahead_of(position), sale.rate)))
@@ -298,6 +298,11 @@ impl WaitingRoom {
                 let order = rules::shuffled(seed as u64, pre_queue.iter().map(String::as_str));
                 queue::open(&mut tx, id, seed, &order).await?;
                 tracing::info!(performance_id = id, seed, pre_queue = order.len(), "on-sale opened");
+                // The opening commits alone: it locked the on-sale's row
+                // after its places, and a round locks places after that row
+                // was taken; joins lock places, then the row. Admission
+                // starts with the next round.
+                return tx.commit().await;
             }
             let expired = queue::expire_admissions(&mut tx, id).await?;
             let settings = onsale.settings();
@@ -313,22 +318,40 @@ impl WaitingRoom {
     }
 }
 
-/// How often a place stream looks at the place.
+/// How often a place stream looks at a place near the front (and at one
+/// whose position is not known yet).
 pub const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// How often it looks at a place far back: there, a look every half second
+/// would mostly tell the holder that one more person went in. Sold out and
+/// closed reach every stream at once whatever its pace (`WarmCopy::alerts`).
+pub const LOOK_FAR_BACK_EVERY: Duration = Duration::from_secs(3);
+/// Places with at least this many in front are far back.
+const FAR_BACK: i64 = 2_000;
 /// A quiet place stream sends the place again at least this often.
 pub const RESEND_EVERY: Duration = Duration::from_secs(15);
 
+/// How long a stream waits before looking at `place` again.
+fn look_again_after(place: &PlaceView) -> Duration {
+    match place.ahead {
+        Some(ahead) if ahead >= FAR_BACK => LOOK_FAR_BACK_EVERY,
+        _ => LOOK_EVERY,
+    }
+}
+
 /// The caller's place as it changes, starting with `first`: sent when it
-/// changes and at least every [`RESEND_EVERY`]; the stream ends after
-/// `admitted`, `sold_out` or `closed`, or when a look fails.
+/// changes (looked at every [`LOOK_EVERY`], or [`LOOK_FAR_BACK_EVERY`] far
+/// back, and at once when the on-sale sells out or closes) and at least
+/// every [`RESEND_EVERY`]; the stream ends after `admitted`, `sold_out` or
+/// `closed`, or when a look fails.
 pub fn place_changes(
     room: WaitingRoom,
     caller: Caller,
     performance_id: String,
     first: PlaceView,
 ) -> impl futures::Stream<Item = PlaceView> + Send + 'static {
-    let start = (Some(first), None::<PlaceView>, tokio::time::Instant::now(), false);
-    futures::stream::unfold(start, move |(mut next, mut last, mut sent_at, done)| {
+    let alerts = room.warm.alerts(&performance_id);
+    let start = (Some(first), None::<PlaceView>, tokio::time::Instant::now(), false, alerts);
+    futures::stream::unfold(start, move |(mut next, mut last, mut sent_at, done, mut alerts)| {
         let (room, caller, performance_id) = (room.clone(), caller.clone(), performance_id.clone());
         async move {
             if done {
@@ -338,7 +361,11 @@ pub fn place_changes(
                 let place = match next.take() {
                     Some(place) => place,
                     None => {
-                        tokio::time::sleep(LOOK_EVERY).await;
+                        let pause = last.as_ref().map_or(LOOK_EVERY, look_again_after);
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            _ = alerts.changed() => {}
+                        }
                         room.place(&caller, &performance_id).await.ok()?
                     }
                 };
@@ -346,7 +373,7 @@ pub fn place_changes(
                     let done = matches!(place.state, "admitted" | "sold_out" | "closed");
                     sent_at = tokio::time::Instant::now();
                     last = Some(place.clone());
-                    return Some((place, (None, last, sent_at, done)));
+                    return Some((place, (None, last, sent_at, done, alerts)));
                 }
             }
         }

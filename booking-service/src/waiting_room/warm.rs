@@ -11,12 +11,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use crate::domain::waiting_room as rules;
 use crate::store::queue::{self, OnSaleRow, PlaceRow};
 
 /// How often the copy is reloaded and looks are written back.
 pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// [`REFRESH_EVERY`] as a length of time on the clock: a look written back
+/// waits up to one refresh.
+const REFRESH_EVERY_CHRONO: chrono::Duration = chrono::Duration::milliseconds(250);
 /// A copy older than this does not say which performances have no on-sale.
 const TRUSTED_FOR: Duration = Duration::from_secs(2);
 
@@ -26,6 +31,8 @@ pub struct Sale {
     pub onsale: OnSaleRow,
     /// Every place, by user.
     places: HashMap<String, PlaceRow>,
+    /// When each holder's last look was recorded.
+    recorded: HashMap<String, DateTime<Utc>>,
     /// Positions of the waiting places, ascending.
     waiting: Vec<i64>,
     /// Admissions per minute lately.
@@ -52,6 +59,9 @@ pub struct WarmCopy {
     /// On-sales this replica changed since that refresh began: the copy
     /// cannot answer for them until the next one.
     changed: Mutex<HashMap<String, Instant>>,
+    /// Per on-sale: bumped when it sells out, closes, or opens again, so
+    /// every place stream looks at once.
+    alerts: Mutex<HashMap<String, tokio::sync::watch::Sender<(bool, bool)>>>,
 }
 
 impl WarmCopy {
@@ -92,6 +102,28 @@ impl WarmCopy {
         Some(self.sales.read().ok()?.contains_key(performance_id))
     }
 
+    /// Changes when the on-sale sells out, closes or opens again.
+    pub fn alerts(&self, performance_id: &str) -> tokio::sync::watch::Receiver<(bool, bool)> {
+        match self.alerts.lock() {
+            Ok(mut alerts) => alerts
+                .entry(performance_id.to_owned())
+                .or_insert_with(|| tokio::sync::watch::Sender::new((false, false)))
+                .subscribe(),
+            // Never changes: streams look at their own pace.
+            Err(_) => tokio::sync::watch::Sender::new((false, false)).subscribe(),
+        }
+    }
+
+    /// Tells the streams of `onsale` when it sold out, closed or came back.
+    fn alert(&self, onsale: &OnSaleRow) {
+        let now = (onsale.sold_out_at.is_some(), onsale.closed_at.is_some());
+        if let Ok(alerts) = self.alerts.lock() {
+            if let Some(alert) = alerts.get(&onsale.performance_id) {
+                alert.send_if_modified(|was| std::mem::replace(was, now) != now);
+            }
+        }
+    }
+
     /// Remembers a place this replica just wrote, until the next refresh.
     pub fn wrote(&self, performance_id: &str, user_id: &str, place: &PlaceRow) {
         if let Ok(mut recent) = self.recent.lock() {
@@ -99,10 +131,16 @@ impl WarmCopy {
         }
     }
 
-    /// Remembers that `user_id` looked at their place.
-    pub fn seen(&self, performance_id: &str, user_id: &str) {
+    /// Remembers that `user_id` looked at their place in `sale`, to be
+    /// written back, unless a look recorded lately is recent enough
+    /// (`LOOK_RECORDED_WITHIN`).
+    pub fn seen(&self, sale: &Sale, user_id: &str) {
+        let fresh = Utc::now() - rules::LOOK_RECORDED_WITHIN + REFRESH_EVERY_CHRONO;
+        if sale.recorded.get(user_id).is_some_and(|at| *at > fresh) {
+            return;
+        }
         if let Ok(mut seen) = self.seen.lock() {
-            seen.entry(performance_id.to_owned()).or_default().insert(user_id.to_owned());
+            seen.entry(sale.onsale.performance_id.clone()).or_default().insert(user_id.to_owned());
         }
     }
 
@@ -117,17 +155,38 @@ impl WarmCopy {
         }
         let mut fresh = HashMap::new();
         for onsale in queue::live_onsales(&mut conn).await? {
-            let places = queue::places(&mut conn, &onsale.performance_id).await?;
+            let loaded = queue::places(&mut conn, &onsale.performance_id).await?;
             let mut waiting: Vec<i64> =
-                places.iter().filter(|(_, p)| p.state == "waiting").filter_map(|(_, p)| p.position).collect();
+                loaded.iter().filter(|(_, p, _)| p.state == "waiting").filter_map(|(_, p, _)| p.position).collect();
             waiting.sort_unstable();
             let rate = queue::admission_rate(&mut conn, &onsale.performance_id).await?;
-            let sale = Sale { places: places.into_iter().collect(), waiting, rate, onsale };
+            let mut places = HashMap::with_capacity(loaded.len());
+            let mut recorded = HashMap::with_capacity(loaded.len());
+            for (user, place, seen_at) in loaded {
+                recorded.insert(user.clone(), seen_at);
+                places.insert(user, place);
+            }
+            let sale = Sale { places, recorded, waiting, rate, onsale };
             fresh.insert(sale.onsale.performance_id.clone(), Arc::new(sale));
         }
+        let live: Vec<OnSaleRow> = fresh.values().map(|sale| sale.onsale.clone()).collect();
         if let Ok(mut sales) = self.sales.write() {
             *sales = fresh;
         }
+        // After the swap: a stream woken by an alert reads the new copy.
+        for onsale in &live {
+            self.alert(onsale);
+        }
+        // An on-sale no longer live was closed (here or on another replica).
+        if let Ok(alerts) = self.alerts.lock() {
+            for (performance_id, alert) in
+                alerts.iter().filter(|(id, _)| !live.iter().any(|o| &o.performance_id == *id))
+            {
+                tracing::trace!(performance_id, "on-sale no longer live");
+                alert.send_if_modified(|(_, closed)| !std::mem::replace(closed, true));
+            }
+        }
+
         if let Ok(mut changed) = self.changed.lock() {
             changed.retain(|_, at| *at >= began);
         }

@@ -94,6 +94,11 @@ pub type GrpcRouter = tonic::transport::server::Router<
     tower::layer::util::Stack<edge::metrics::GrpcMetricsLayer, tower::layer::util::Identity>,
 >;
 
+/// The HTTP/2 connection window of a service's gRPC server (16 MiB).
+const CONNECTION_WINDOW: u32 = 16 << 20;
+/// The HTTP/2 window of each of its streams (1 MiB).
+const STREAM_WINDOW: u32 = 1 << 20;
+
 /// `server` (TLS configured) with tracing, metrics, `health` and reflection
 /// (v1 and v1alpha) over `descriptors`.
 pub fn grpc_router(
@@ -101,7 +106,16 @@ pub fn grpc_router(
     health: HealthServer<impl Health>,
     descriptors: &'static [u8],
 ) -> Result<GrpcRouter, crate::grpc::ServeError> {
-    let mut server = server.trace_fn(edge::trace_context::grpc_server_span).layer(edge::metrics::GrpcMetricsLayer);
+    // A gateway carries many people's calls over one connection: at an
+    // on-sale, tens of thousands of small requests arrive before the service
+    // reads them. h2 closes a connection whose unread small DATA frames
+    // exceed half its connection window (a defence against frame floods),
+    // so the window is sized for that fan-in, not left at 64 KiB.
+    let mut server = server
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .trace_fn(edge::trace_context::grpc_server_span)
+        .layer(edge::metrics::GrpcMetricsLayer);
     let (reflection_v1, reflection_v1alpha) = crate::grpc::reflection(descriptors)?;
     Ok(server.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha))
 }
