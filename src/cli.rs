@@ -275,7 +275,8 @@ pub struct BenchArgs {
     /// idle system over `--duration`), `viewers` (`--viewers` seat streams
     /// beside `distinct`), `soak` (a mixed run of `--duration`),
     /// `onsale-queue` (`--clients` people queue for `--seats` seats),
-    /// `feed` (the event feed's catch-up rate and live latency).
+    /// `feed` (the event feed's catch-up rate and live latency), `cost`
+    /// (CPU per booking by process).
     #[arg(long, value_enum, default_value_t = BenchScenario::All)]
     pub scenario: BenchScenario,
     /// Bookings made before the `feed` scenario's subscriber catches up.
@@ -313,6 +314,9 @@ pub enum BenchScenario {
     /// The event feed: catch-up from position 0 over `--feed-history`
     /// bookings, then live latency at `--feed-rate` bookings/s.
     Feed,
+    /// CPU per booking by process (`distinct`, pipeline drained, idle
+    /// subtracted) beside the essential-writes pgbench's.
+    Cost,
 }
 
 impl BenchArgs {

@@ -6,6 +6,7 @@
 //! seats: exactly M winners). Baselines: pgbench running one booking's
 //! command's SQL at the same concurrency, and the gateway's trivial route.
 
+pub mod cost;
 pub mod feed;
 pub mod long_runs;
 pub mod pgbench;

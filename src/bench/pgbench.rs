@@ -67,6 +67,18 @@ pub async fn pgbench(database_url: &str, script: &str, clients: usize, duration:
 }
 
 /// What the two baselines reached (tps), `None` where one could not run.
+/// The performance and seats the scripts book (50,000 seats).
+pub async fn seed(booking: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(
+        "insert into performances (performance_id, title, seat_count) values ('perf_pgbench', 'pgbench', 50000);
+         insert into seats (performance_id, seat_id, row_label, seat_number, price)
+           select 'perf_pgbench', 'S' || g, 'S', g, 10000 from generate_series(1, 50000) g;",
+    )
+    .execute(booking)
+    .await?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Baseline {
     /// [`ESSENTIAL_SCRIPT`]: the limit.
@@ -85,14 +97,7 @@ pub async fn baseline(
     clients: usize,
     duration: Duration,
 ) -> Baseline {
-    let seeded = sqlx::raw_sql(
-        "insert into performances (performance_id, title, seat_count) values ('perf_pgbench', 'pgbench', 50000);
-         insert into seats (performance_id, seat_id, row_label, seat_number, price)
-           select 'perf_pgbench', 'S' || g, 'S', g, 10000 from generate_series(1, 50000) g;",
-    )
-    .execute(booking)
-    .await;
-    if let Err(error) = seeded {
+    if let Err(error) = seed(booking).await {
         eprintln!("bench: pgbench baselines skipped: seeding their performance: {error}");
         return Baseline::default();
     }

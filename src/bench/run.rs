@@ -267,6 +267,7 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
     };
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients().max(64)).build()?;
     let target = Arc::new(bench::Target { base: system.gateway.clone(), secret: secret.clone(), client });
+    let mut cost_run = None;
     let report = match args.scenario {
         BenchScenario::Idle => bench::long_runs::idle(&watched, args.duration).await,
         BenchScenario::Viewers => {
@@ -309,6 +310,34 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
             };
             bench::queue::onsale_queue(run, &watched).await?
         }
+        BenchScenario::Cost => {
+            let booking = runtime::db::connect_existing_db(
+                args.database.url(),
+                &booking_db,
+                2,
+                &booking_service::store::MIGRATIONS,
+            )
+            .await?;
+            let payment = runtime::db::connect_existing_db(
+                args.database.url(),
+                &payment_db,
+                2,
+                &payment_service::store::MIGRATIONS,
+            )
+            .await?;
+            let base = args.database.url().rsplit_once('/').map_or("", |(base, _)| base);
+            let run = bench::cost::CostRun {
+                target,
+                clients: args.clients(),
+                duration: args.duration,
+                booking,
+                payment,
+                booking_url: format!("{base}/{booking_db}"),
+            };
+            let report = bench::cost::cost(&run, &watched).await?;
+            cost_run = Some(run);
+            report
+        }
         BenchScenario::Feed => {
             let run = bench::feed::FeedRun {
                 target,
@@ -334,6 +363,11 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
     system.stop();
     let (_, found) = check_stores(args.database.url(), &booking_db, &payment_db).await?;
     let violations: Vec<String> = found.into_iter().map(|v| v.message).collect();
+    // After the check: pgbench's rows are not bookings.
+    let mut report = report;
+    if let Some(run) = cost_run {
+        report["essential_writes"] = bench::cost::essential_writes(&run).await?;
+    }
     let report =
         serde_json::json!({ "scenario": format!("{:?}", args.scenario), "report": report, "violations": violations });
     std::fs::write(&args.output, serde_json::to_string_pretty(&report)?)?;
