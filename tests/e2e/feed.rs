@@ -182,3 +182,41 @@ async fn the_python_example_starts_from_history_switches_to_kafka_by_position_an
     }
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticketing_events_tail_prints_each_event_as_a_json_line_with_its_payload_decoded() {
+    let sys = System::start().await;
+    let (booking, _) = sys.book("tail_buyer", "perf_001", &["D7"]).await;
+    let url = format!("http://127.0.0.1:{}", sys.booking_addr.port());
+    let tail = |args: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ticketing"))
+            .args(["events", "tail", "--url", &url])
+            .args(args)
+            .env("JWT_SECRET", &sys.secret)
+            .env_remove("FEED_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let output = tokio::task::block_in_place(|| {
+        tail(vec!["--count".into(), "1".into(), "--type".into(), "ticketing.booking.v1.SeatLocked".into()])
+    });
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(line["type"], "ticketing.booking.v1.SeatLocked");
+    assert_eq!(line["subject"], booking);
+    assert_eq!(line["sequence"], 1);
+    assert_eq!(line["data"]["bookingId"], booking, "the payload, decoded: {line}");
+    assert_eq!(line["data"]["seatIds"], serde_json::json!(["D7"]));
+    // From after that event: nothing older comes back.
+    let position = line["position"].as_i64().unwrap();
+    let (later, _) = sys.book("tail_buyer2", "perf_001", &["D8"]).await;
+    let output =
+        tokio::task::block_in_place(|| tail(vec!["--count".into(), "1".into(), "--from".into(), position.to_string()]));
+    let next: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(next["subject"], later, "{next}");
+    // A user's token is refused, and says why.
+    let refused = tokio::task::block_in_place(|| tail(vec!["--token".into(), sys.token("tail_buyer")]));
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("role admin or events"));
+    sys.stop().await;
+}
