@@ -102,10 +102,14 @@ async fn write(pool: &PgPool, performance_id: &str, joins: Vec<Join>) {
         tracing::debug!(attempt, "a batch of joins met another writer; trying again");
         outcome = written(pool, performance_id, &users).await;
     }
-    metrics::histogram!("waiting_room_join_batch_size", "performance" => performance_id.to_owned())
-        .record(users.len() as f64);
     let answers = match outcome {
-        Ok(Some(batch)) => Ok(batch),
+        Ok(Some(batch)) => {
+            // Labelled only for a real on-sale: a made-up performance id
+            // must not add a metric series.
+            metrics::histogram!("waiting_room_join_batch_size", "performance" => performance_id.to_owned())
+                .record(users.len() as f64);
+            Ok(batch)
+        }
         Ok(None) => Err(JoinFailed::NoWaitingRoom),
         Err(error) => {
             tracing::warn!(%error, performance_id, joins = users.len(), "a batch of joins failed");
