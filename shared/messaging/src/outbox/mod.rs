@@ -82,6 +82,43 @@ pub trait IntegrationMapper: Send + Sync + 'static {
     fn to_record(&self, event: &StoredEvent) -> Result<Option<OutgoingRecord>, MappingError>;
 }
 
+/// Why an event cannot be published as the relay publishes it.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpublishableEvent {
+    /// The mapper failed.
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    /// The mapper and the domain disagree on whether the event is public:
+    /// the domain numbers (`sequence`) exactly the events it publishes.
+    #[error("event {event_id} ({event_type}): the mapper says published = {mapped}, the domain the opposite")]
+    Disagrees {
+        /// The event.
+        event_id: uuid::Uuid,
+        /// Its type.
+        event_type: String,
+        /// Whether the mapper returned a record.
+        mapped: bool,
+    },
+}
+
+/// The record the relay publishes for `event`, `None` for an internal
+/// one: the one rule the relay and the event feed share, so both publish
+/// the same events with the same bytes.
+pub fn published_record(
+    mapper: &(impl IntegrationMapper + ?Sized),
+    event: &StoredEvent,
+) -> Result<Option<OutgoingRecord>, UnpublishableEvent> {
+    let record = mapper.to_record(event)?;
+    if record.is_some() != event.sequence.is_some() {
+        return Err(UnpublishableEvent::Disagrees {
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            mapped: record.is_some(),
+        });
+    }
+    Ok(record)
+}
+
 /// A stored event that cannot be turned into its integration event.
 #[derive(Debug, thiserror::Error)]
 #[error("mapping event {event_id} ({event_type}): {reason}")]

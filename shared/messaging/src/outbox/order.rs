@@ -5,7 +5,7 @@
 
 use kernel::event_store::StoredEvent;
 
-use super::{IntegrationMapper, OutgoingRecord, RelaySettings};
+use super::{published_record, IntegrationMapper, OutgoingRecord, RelaySettings};
 use crate::kafka::CloudEventHeaders;
 
 /// Records sent and not yet acknowledged, by key: a key's next record
@@ -60,16 +60,11 @@ pub(super) fn ready_records(
     let mut ready = Ready { records: Vec::with_capacity(batch.len()), upto: 0, blocked: false, unmappable: false };
     let mut taken = std::collections::HashSet::new();
     for event in batch {
-        match mapper.to_record(event) {
+        match published_record(mapper, event) {
             // The domain says which events are published (and numbers them);
             // the mapper must agree, or consumers would see gaps.
-            Ok(record) if record.is_some() != event.sequence.is_some() => {
-                tracing::error!(
-                    event_id = %event.event_id,
-                    event_type = event.event_type,
-                    mapped = record.is_some(),
-                    "outbox relay stalled: the mapper and the domain disagree on whether this event is published"
-                );
+            Err(error) => {
+                tracing::error!(%error, "outbox relay stalled on an event it cannot publish");
                 ready.unmappable = true;
                 ready.upto += 1;
                 return ready;
@@ -94,12 +89,6 @@ pub(super) fn ready_records(
                 ready.records.push((headers, record));
             }
             Ok(None) => {}
-            Err(error) => {
-                tracing::error!(%error, "outbox relay stalled on an unmappable event");
-                ready.unmappable = true;
-                ready.upto += 1;
-                return ready;
-            }
         }
         ready.upto += 1;
     }

@@ -47,10 +47,7 @@ pub(super) struct Unpublishable(pub(super) uuid::Uuid);
 
 /// The event as the relay publishes it (`None` for an internal event).
 pub(super) fn encode(mapper: &dyn IntegrationMapper, stored: &StoredEvent) -> Result<Option<Entry>, Unpublishable> {
-    let record = match mapper.to_record(stored) {
-        Ok(record) if record.is_some() == stored.sequence.is_some() => record,
-        Ok(_) | Err(_) => return Err(Unpublishable(stored.event_id)),
-    };
+    let record = messaging::outbox::published_record(mapper, stored).map_err(|_| Unpublishable(stored.event_id))?;
     Ok(record.map(|record| Entry {
         at: LogPosition::of(stored),
         event: FeedEvent {
