@@ -88,6 +88,13 @@ const PROVE_LEADERSHIP_EVERY: Duration = Duration::from_secs(10);
 /// sends the next batch while the broker acknowledges the earlier ones.
 const MAX_BATCHES_IN_FLIGHT: usize = 4;
 
+/// While batches keep being acknowledged, the checkpoint is written at
+/// most this often (each write is a commit and a WAL flush); a relay with
+/// nothing more to send writes it once this much has passed. A crash
+/// re-sends at most what was acknowledged since the last write, which
+/// at-least-once delivery allows (consumers dedupe on `ce_id`).
+const SAVE_CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 /// A sent batch: where the checkpoint moves once all of it is acknowledged,
 /// when its events were recorded (for the publish-latency histogram), the
 /// keys it holds records of, and its delivery.
@@ -107,6 +114,8 @@ struct Publisher<'a, M> {
     settings: &'a RelaySettings,
     /// Acknowledged with everything before it: where a resend starts.
     checkpoint: LogPosition,
+    /// The checkpoint as written to the database, and when.
+    saved: (LogPosition, tokio::time::Instant),
     /// Everything up to here is in `in_flight` or acknowledged.
     sent: LogPosition,
     in_flight: VecDeque<SentBatch>,
@@ -172,10 +181,11 @@ impl<M: IntegrationMapper> Publisher<'_, M> {
             self.failures = 0;
             let Some(done) = self.in_flight.pop_front() else { return Ok(Settled::Acknowledged) };
             self.unacknowledged.acknowledged(&done.keys);
-            let mut conn = self.pool.acquire().await?;
-            global_log::save_checkpoint(&mut conn, &self.settings.name, done.last).await?;
             self.checkpoint = done.last;
-            record_published(&mut conn, self.settings, self.checkpoint, &done.recorded).await?;
+            record_latency(self.settings, &done.recorded);
+            if self.saved.1.elapsed() >= SAVE_CHECKPOINT_EVERY {
+                self.save().await?;
+            }
             return Ok(Settled::Acknowledged);
         }
         // Never skip: send again from the checkpoint (what followed the
@@ -195,6 +205,20 @@ impl<M: IntegrationMapper> Publisher<'_, M> {
             }
         }
         Ok(Settled::SendAgain)
+    }
+
+    /// The acknowledged checkpoint is not written yet.
+    fn unsaved(&self) -> bool {
+        self.checkpoint != self.saved.0
+    }
+
+    /// Writes the checkpoint, and the backlog gauge beside it.
+    async fn save(&mut self) -> Result<(), RelayError> {
+        let mut conn = self.pool.acquire().await?;
+        global_log::save_checkpoint(&mut conn, &self.settings.name, self.checkpoint).await?;
+        self.saved = (self.checkpoint, tokio::time::Instant::now());
+        record_backlog(&mut conn, self.settings, self.checkpoint).await?;
+        Ok(())
     }
 }
 
@@ -217,6 +241,7 @@ async fn publish_while_leader(
         mapper,
         settings,
         checkpoint,
+        saved: (checkpoint, tokio::time::Instant::now()),
         sent: checkpoint,
         in_flight: VecDeque::new(),
         unacknowledged: Unacknowledged::default(),
@@ -230,15 +255,22 @@ async fn publish_while_leader(
         }
         let room = publisher.has_room();
         let Some(head) = publisher.in_flight.front_mut() else {
-            // Idle: prove the lock connection is alive now and then, then sleep until woken.
+            // Idle: write the checkpoint once it is due, prove the lock
+            // connection alive now and then, then sleep until woken.
             publisher.blocked = false;
+            let due = publisher.saved.1 + SAVE_CHECKPOINT_EVERY;
+            if publisher.unsaved() && tokio::time::Instant::now() >= due {
+                publisher.save().await?;
+            }
             publisher.producer.let_go_if_idle();
             if last_proof.elapsed() >= PROVE_LEADERSHIP_EVERY {
                 sqlx::query("select 1").execute(&mut leader).await.map_err(|_| RelayError::LeadershipLost)?;
                 last_proof = tokio::time::Instant::now();
             }
+            let unsaved = publisher.unsaved();
             tokio::select! {
                 () = wake.wait() => {}
+                () = tokio::time::sleep_until(due), if unsaved => {}
                 () = shutdown.cancelled() => {}
             }
             continue;
@@ -252,24 +284,31 @@ async fn publish_while_leader(
         if publisher.settle(delivered).await? == Settled::SendAgain
             && !sleep_or_shutdown(settings.retry_backoff, shutdown).await
         {
-            return Ok(());
+            break;
         }
+    }
+    // Stopping: what is acknowledged is not sent again by the next leader.
+    if publisher.unsaved() {
+        publisher.save().await?;
     }
     Ok(())
 }
 
-/// Publish latency of the events of an acknowledged batch, and the backlog.
-async fn record_published(
+/// Publish latency of the events of an acknowledged batch.
+fn record_latency(settings: &RelaySettings, recorded: &[chrono::DateTime<chrono::Utc>]) {
+    let now = chrono::Utc::now();
+    let histogram = metrics::histogram!("outbox_publish_seconds", "relay" => settings.name.clone());
+    for at in recorded {
+        histogram.record((now - *at).num_milliseconds().max(0) as f64 / 1000.0);
+    }
+}
+
+/// The backlog behind the written checkpoint.
+async fn record_backlog(
     conn: &mut PgConnection,
     settings: &RelaySettings,
     checkpoint: LogPosition,
-    recorded: &[chrono::DateTime<chrono::Utc>],
 ) -> Result<(), sqlx::Error> {
-    let now = chrono::Utc::now();
-    for at in recorded {
-        let age = (now - *at).num_milliseconds().max(0) as f64 / 1000.0;
-        metrics::histogram!("outbox_publish_seconds", "relay" => settings.name.clone()).record(age);
-    }
     let head: Option<i64> = sqlx::query_scalar("select max(global_position) from events").fetch_one(conn).await?;
     let backlog = head.unwrap_or(0).saturating_sub(checkpoint.position).max(0) as f64;
     metrics::gauge!("outbox_backlog_events", "relay" => settings.name.clone()).set(backlog);
