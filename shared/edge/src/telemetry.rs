@@ -75,7 +75,15 @@ where
 {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     // Traces do not depend on the log level: the OTel layer has its own filter.
+    // A span is entered on every poll of its future, dozens of times per
+    // request: with busy/idle timing and context activation off, entering
+    // and leaving cost the layer nothing (nothing here reads the active
+    // OTel context; propagation reads the span's own). Thread attributes
+    // say nothing of a task that moves between workers.
     let otel = tracing_opentelemetry::layer()
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .with_threads(false)
         .with_tracer(tracer)
         .with_filter(EnvFilter::new("info,h2=off,hyper=off,tower=off,sqlx=off,rdkafka=off,opentelemetry=off"));
     let registry = tracing_subscriber::registry().with(otel);
