@@ -284,13 +284,7 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
             bench::long_runs::viewers(run, &watched).await
         }
         BenchScenario::OnsaleQueue => {
-            let booking_db = runtime::db::connect_existing_db(
-                args.database.url(),
-                &booking_db,
-                2,
-                &booking_service::store::MIGRATIONS,
-            )
-            .await?;
+            let booking_db = scenario_pool(&args, &booking_db, &booking_service::store::MIGRATIONS).await?;
             let connections = args.h2_connections();
             let people = if connections == 0 {
                 vec![target.client.clone()]
@@ -311,20 +305,8 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
             bench::queue::onsale_queue(run, &watched).await?
         }
         BenchScenario::Cost => {
-            let booking = runtime::db::connect_existing_db(
-                args.database.url(),
-                &booking_db,
-                2,
-                &booking_service::store::MIGRATIONS,
-            )
-            .await?;
-            let payment = runtime::db::connect_existing_db(
-                args.database.url(),
-                &payment_db,
-                2,
-                &payment_service::store::MIGRATIONS,
-            )
-            .await?;
+            let booking = scenario_pool(&args, &booking_db, &booking_service::store::MIGRATIONS).await?;
+            let payment = scenario_pool(&args, &payment_db, &payment_service::store::MIGRATIONS).await?;
             let base = args.database.url().rsplit_once('/').map_or("", |(base, _)| base);
             let run = bench::cost::CostRun {
                 target,
@@ -378,6 +360,16 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
 
 /// `ticketing check` over the bench's two databases; also returns the
 /// booking database's pool (the pgbench baseline runs there).
+/// A two-connection pool on `database`, which the system under test made:
+/// what a scenario reads beside the load (positions, stores, pgbench seeds).
+async fn scenario_pool(
+    args: &BenchArgs,
+    database: &str,
+    migrations: &sqlx::migrate::Migrator,
+) -> anyhow::Result<sqlx::PgPool> {
+    Ok(runtime::db::connect_existing_db(args.database.url(), database, 2, migrations).await?)
+}
+
 async fn check_stores(
     url: &str,
     booking_db: &str,
