@@ -186,16 +186,7 @@ impl Bookings {
             locked_until: now + Duration::seconds(i64::from(self.settings.seat_hold_secs)),
             created_at: now,
         };
-        let hold = holds::hold_seats(
-            &mut tx,
-            &created.performance_id,
-            &created.seat_ids,
-            &created.booking_id,
-            &created.user_id,
-            created.locked_until,
-            max_seats,
-        )
-        .await?;
+        let hold = holds::hold_seats(&mut tx, &created, max_seats).await?;
         match hold {
             holds::Hold::Held => {}
             holds::Hold::OverQuota { .. } => return Err(BookingError::UserLimit(max_seats)),

@@ -27,7 +27,10 @@ impl kernel::aggregate::Effects<Booking> for BookingEffects {
         event: &BookingEvent,
         after: &Booking,
     ) -> Result<(), BookingError> {
-        views::follow(conn, id, version, event).await?;
+        // A new booking's row was written by `holds::hold_seats`, with its holds.
+        if !matches!(event, BookingEvent::SeatLocked(_)) {
+            views::follow(conn, id, version, event).await?;
+        }
         let outcome = match event {
             BookingEvent::SeatLocked(_) => Some("created"),
             BookingEvent::BookingConfirmed { .. } => Some("confirmed"),

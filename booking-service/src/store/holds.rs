@@ -2,13 +2,13 @@
 //!
 //! `hold_seats` inserts one row per seat; the `(performance_id, seat_id)`
 //! primary key is what makes a second holder impossible. A new booking
-//! takes two round trips here (`prepare_booking`, then `hold_seats`) before
-//! its event is appended.
+//! takes two round trips here (`prepare_booking`, then `hold_seats`, which
+//! also writes its `booking_view` row) before its event is appended.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::domain::booking::{Booking, BookingEvent};
+use crate::domain::booking::{Booking, BookingEvent, SeatLocked};
 
 /// What a new booking reads before it holds seats.
 #[derive(Debug, Clone)]
@@ -71,23 +71,19 @@ pub enum Hold {
 }
 
 /// One round trip: counts the seats the user holds live or owns for the
-/// performance; within `max_seats`, holds every requested seat and sets the
-/// booking's deadline for the sweeper.
+/// performance; within `max_seats`, holds every requested seat of `created`,
+/// sets the booking's deadline for the sweeper and writes its
+/// `booking_view` row (version 1), so the booking's transaction needs no
+/// statement of its own for either.
 ///
 /// Rows are inserted in sorted seat order (so overlapping requests lock in
 /// the same order and cannot deadlock); a row that exists is taken over only
 /// if its hold has lapsed (`locked_until <= now()`) and no charge is
 /// admitted. The primary key does the rest. The caller runs this after
-/// [`prepare_booking`], in the transaction that appends `SeatLocked`.
-pub async fn hold_seats(
-    conn: &mut PgConnection,
-    performance_id: &str,
-    seat_ids: &[String],
-    booking_id: &str,
-    user_id: &str,
-    locked_until: DateTime<Utc>,
-    max_seats: usize,
-) -> Result<Hold, sqlx::Error> {
+/// [`prepare_booking`], in the transaction that appends `SeatLocked`, and
+/// rolls back unless it returns [`Hold::Held`].
+pub async fn hold_seats(conn: &mut PgConnection, created: &SeatLocked, max_seats: usize) -> Result<Hold, sqlx::Error> {
+    let seat_ids = &created.seat_ids;
     let mut sorted: Vec<&str> = seat_ids.iter().map(String::as_str).collect();
     sorted.sort_unstable();
     let room = i64::try_from(max_seats).unwrap_or(i64::MAX) - i64::try_from(seat_ids.len()).unwrap_or(i64::MAX);
@@ -108,15 +104,24 @@ pub async fn hold_seats(
          deadline as ( \
            insert into booking_deadlines (booking_id, due_at) \
            select $2, $4 where (select held from prior) <= $6 \
-           on conflict (booking_id) do update set due_at = excluded.due_at) \
+           on conflict (booking_id) do update set due_at = excluded.due_at), \
+         view as ( \
+           insert into booking_view (booking_id, user_id, performance_id, seat_ids, total_amount, status, \
+              payment_intent_id, created_at, version) \
+           select $2, $3, $1, $7, $8, 'pending', $9, $10, 1 where (select held from prior) <= $6 \
+           on conflict (booking_id) do nothing) \
          select (select held from prior), array(select seat_id from hold)",
     )
-    .bind(performance_id)
-    .bind(booking_id)
-    .bind(user_id)
-    .bind(locked_until)
+    .bind(&created.performance_id)
+    .bind(&created.booking_id)
+    .bind(&created.user_id)
+    .bind(created.locked_until)
     .bind(&sorted)
     .bind(room)
+    .bind(seat_ids)
+    .bind(created.total_amount)
+    .bind(&created.payment_intent_id)
+    .bind(created.created_at)
     .fetch_one(&mut *conn)
     .await?;
     if held > room {
@@ -144,7 +149,7 @@ pub async fn still_holds_all(conn: &mut PgConnection, booking: &Booking) -> Resu
 pub async fn follow(conn: &mut PgConnection, booking: &Booking, event: &BookingEvent) -> Result<(), sqlx::Error> {
     let id = booking.created.booking_id.as_str();
     match event {
-        // `hold_seats` wrote the holds and the deadline in the same statement.
+        // `hold_seats` wrote the holds, the deadline and the view row in one statement.
         BookingEvent::SeatLocked(_) => {}
         BookingEvent::PaymentAdmitted { admitted_until, .. } => {
             sqlx::query("update seat_holds set admitted_until = $2 where booking_id = $1 and status = 'locked'")
