@@ -125,7 +125,19 @@ impl EventHandler for BookingEventHandler {
                     created_at,
                 };
                 let meta = event.caused_metadata(ACTOR);
-                outcome(execute_in(tx, &locked.payment_intent_id, &meta, PaymentCommand::Create(created)).await)
+                let id = locked.payment_intent_id.as_str();
+                // Appended at version 0 without reading the stream, which is
+                // new but for a redelivery; one that exists refuses the append
+                // and is then read and decided on like any other command (if
+                // a concurrent writer aborted the transaction, that read
+                // fails and the record is tried again).
+                let create = PaymentCommand::Create(created.clone());
+                match kernel::aggregate::start_in(tx, id, &meta, &IntentEffects, create).await {
+                    Err(PaymentError::Contention) => {
+                        outcome(execute_in(tx, id, &meta, PaymentCommand::Create(created)).await)
+                    }
+                    started => outcome(started),
+                }
             }
             BookingEventIn::Cancelled(e) => end(tx, event, &e.booking_id, BookingEnd::Cancelled).await,
             BookingEventIn::Expired(e) => end(tx, event, &e.booking_id, BookingEnd::Expired).await,

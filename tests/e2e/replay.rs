@@ -33,6 +33,17 @@ async fn state(sys: &System) -> Vec<String> {
 
 /// Re-publishes every record of `topic` with its key, value and headers.
 async fn replay_topic(sys: &System, topic: &str) -> usize {
+    republish(sys, topic, |_| true, |_, value| value.map(<[u8]>::to_vec)).await
+}
+
+/// Re-publishes the records of `topic` whose headers `pick` accepts, with
+/// their key and value, each header value as `header` returns it.
+async fn republish(
+    sys: &System,
+    topic: &str,
+    pick: impl Fn(&[(String, Option<Vec<u8>>)]) -> bool,
+    header: impl Fn(&str, Option<&[u8]>) -> Option<Vec<u8>>,
+) -> usize {
     let reader: StreamConsumer = messaging::kafka::client_config(&sys.brokers)
         .set("group.id", unique_name("replayer"))
         .set("auto.offset.reset", "earliest")
@@ -50,14 +61,16 @@ async fn replay_topic(sys: &System, topic: &str) -> usize {
             .flat_map(|h| h.iter())
             .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
             .collect();
-        records.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec), headers));
+        if pick(&headers) {
+            records.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec), headers));
+        }
     }
     let producer = messaging::kafka::producer(&sys.brokers).unwrap();
     let count = records.len();
     for (key, payload, headers) in &records {
         let mut owned = OwnedHeaders::new();
         for (k, v) in headers {
-            owned = owned.insert(Header { key: k, value: v.as_deref() });
+            owned = owned.insert(Header { key: k, value: header(k, v.as_deref()).as_deref() });
         }
         let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(owned);
         if let Some(key) = key {
@@ -91,6 +104,26 @@ async fn caught_up(sys: &System, db: &sqlx::PgPool, group: &str, topic: &str) ->
     })
 }
 
+/// Records ever written to `topic` (0 if it does not exist).
+fn records_in(sys: &System, topic: &str) -> i64 {
+    let probe: BaseConsumer = messaging::kafka::client_config(&sys.brokers).create().unwrap();
+    let Ok(metadata) = probe.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return 0 };
+    let partitions = metadata.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>());
+    partitions
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| probe.fetch_watermarks(topic, p, Duration::from_secs(5)).ok())
+        .map(|(low, high)| high - low)
+        .sum()
+}
+
+/// True once both consumer groups have handled every record of the topic they read.
+async fn consumers_caught_up(sys: &System) -> bool {
+    let (booking_db, payment_db) = (sys.booking_pool().await, sys.payment_pool().await);
+    caught_up(sys, &booking_db, &sys.topics.group("booking-service"), &sys.topics.payment).await
+        && caught_up(sys, &payment_db, &sys.topics.group("payment-service"), &sys.topics.booking).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_both_topics_from_the_start_changes_nothing() {
     let sys = System::start().await;
@@ -105,13 +138,7 @@ async fn replaying_both_topics_from_the_start_changes_nothing() {
     }
     sys.wait_status("replay_a", &confirmed, "confirmed").await;
     sys.wait_status("replay_c", &failed, "failed").await;
-    let (booking_group, payment_group) = (sys.topics.group("booking-service"), sys.topics.group("payment-service"));
-    let (booking_db, payment_db) = (sys.booking_pool().await, sys.payment_pool().await);
-    let all_handled = || async {
-        (caught_up(&sys, &booking_db, &booking_group, &sys.topics.payment).await
-            && caught_up(&sys, &payment_db, &payment_group, &sys.topics.booking).await)
-            .then_some(())
-    };
+    let all_handled = || async { consumers_caught_up(&sys).await.then_some(()) };
     let settled = eventually(Duration::from_secs(30), all_handled).await;
     assert!(settled.is_some(), "consumers caught up before the replay");
     assert!(sys.settled_violations().await.is_empty());
@@ -122,5 +149,44 @@ async fn replaying_both_topics_from_the_start_changes_nothing() {
     let drained = eventually(Duration::from_secs(60), all_handled).await;
     assert!(drained.is_some(), "consumers processed the replayed records");
     assert_eq!(state(&sys).await, before, "a replay changes no state");
+    sys.stop().await;
+}
+
+/// A `SeatLocked` sent again under a new event id (an operator re-sending
+/// from a backup, say) gets past the inbox; the payment-service appends the
+/// intent's creation without reading its stream first, finds it taken, and
+/// must then decide as for any command: the intent exists, nothing changes,
+/// and the consumer goes on with the next booking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_locked_sent_again_under_a_new_id_creates_nothing_twice() {
+    let sys = System::start().await;
+    let (booking, intent) = sys.book("resend_a", "perf_001", &["G12"]).await;
+    sys.wait_intent("resend_a", &intent).await;
+    let all_handled = || async { consumers_caught_up(&sys).await.then_some(()) };
+    assert!(eventually(Duration::from_secs(30), all_handled).await.is_some(), "caught up before the resend");
+    let before = state(&sys).await;
+
+    let seat_locked = |headers: &[(String, Option<Vec<u8>>)]| {
+        headers.iter().any(|(k, v)| k == "ce_type" && v.as_deref().is_some_and(|v| v.ends_with(b".SeatLocked")))
+            && headers.iter().any(|(k, v)| k == "ce_subject" && v.as_deref() == Some(booking.as_bytes()))
+    };
+    let new_id = |key: &str, value: Option<&[u8]>| {
+        if key == "ce_id" {
+            Some(uuid::Uuid::now_v7().to_string().into_bytes())
+        } else {
+            value.map(<[u8]>::to_vec)
+        }
+    };
+    let resent = republish(&sys, &sys.topics.booking, seat_locked, new_id).await;
+    assert_eq!(resent, 1, "the booking's SeatLocked was found and sent again");
+    assert!(eventually(Duration::from_secs(60), all_handled).await.is_some(), "the resent record was handled");
+    assert_eq!(state(&sys).await, before, "the intent was not created twice");
+    assert_eq!(records_in(&sys, &messaging::kafka::dlq_topic(&sys.topics.booking)), 0, "nothing was dead-lettered");
+
+    // New work still completes.
+    let (next, next_intent) = sys.book("resend_b", "perf_001", &["G13"]).await;
+    sys.wait_intent("resend_b", &next_intent).await;
+    sys.pay("resend_b", &next_intent, "tok_visa").await;
+    sys.wait_status("resend_b", &next, "confirmed").await;
     sys.stop().await;
 }
