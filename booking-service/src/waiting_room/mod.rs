@@ -216,10 +216,18 @@ impl WaitingRoom {
         metrics::counter!("waiting_room_looks_total", "served_from" => served_from, "performance" => onsale.performance_id.clone())
             .increment(1);
         let figures = match place.position {
-            Some(position) if place.state == "waiting" && onsale.opened_at.is_some() => Some((
-                queue::ahead(conn, &onsale.performance_id, position).await?,
-                queue::admission_rate(conn, &onsale.performance_id).await?,
-            )),
+            // Counted in the warm copy when it holds the opened sale, as for
+            // every look served from memory: counting in the database costs a
+            // scan of the waiting places per look.
+            Some(position) if place.state == "waiting" && onsale.opened_at.is_some() => {
+                match self.warm.figures(&onsale.performance_id, position) {
+                    Some(figures) => Some(figures),
+                    None => Some((
+                        queue::ahead(conn, &onsale.performance_id, position).await?,
+                        queue::admission_rate(conn, &onsale.performance_id).await?,
+                    )),
+                }
+            }
             _ => None,
         };
         Ok(self.view(onsale, user_id, &place, |_| figures.unwrap_or((0, 0.0))))

@@ -79,6 +79,15 @@ impl WarmCopy {
         (!rejoins).then_some((sale, place))
     }
 
+    /// Who waits in front of `position` and the admission rate, counted in
+    /// the copy, when it was loaded after the on-sale opened (so it holds
+    /// every position the opening gave) and was not dropped for a change
+    /// made here since.
+    pub fn figures(&self, performance_id: &str, position: i64) -> Option<(i64, f64)> {
+        let sale = self.sales.read().ok()?.get(performance_id)?.clone();
+        sale.onsale.opened_at.is_some().then(|| (sale.ahead_of(position), sale.rate))
+    }
+
     /// Drops an on-sale from the copy (it was changed or closed here: the
     /// database answers until the next refresh).
     pub fn forget(&self, performance_id: &str) {
