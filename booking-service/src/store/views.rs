@@ -3,9 +3,9 @@
 //! ([`follow`], called by every command; a new booking's row is written by
 //! the statement that holds its seats, `holds::hold_seats`), so a read
 //! always shows every write committed before it, without waiting for
-//! anything. It is still a
-//! projection of the event store: `ticketing rebuild-projections` replays
-//! the log into fresh tables and swaps them in (blue/green).
+//! anything. It is still a projection of the event store: `ticketing
+//! rebuild-projections` replays the log into fresh tables and swaps them in
+//! (blue/green), through [`follow`] for every event.
 //!
 //! The occupiedSeats documents are read straight from the seat holds
 //! (`holds::occupied_seat`), the table that decides them.
