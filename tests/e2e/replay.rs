@@ -87,9 +87,6 @@ async fn republish(
 /// True once consumer `group`, whose offsets live in `db`, has handled
 /// every record of every partition of `topic`.
 async fn caught_up(sys: &System, db: &sqlx::PgPool, group: &str, topic: &str) -> bool {
-    let probe: BaseConsumer = messaging::kafka::client_config(&sys.brokers).create().unwrap();
-    let Ok(metadata) = probe.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return false };
-    let Some(t) = metadata.topics().first() else { return false };
     let stored: Vec<(i32, Option<i64>)> =
         sqlx::query_as("select partition, next_offset from consumer_partitions where consumer = $1 and topic = $2")
             .bind(group)
@@ -97,24 +94,30 @@ async fn caught_up(sys: &System, db: &sqlx::PgPool, group: &str, topic: &str) ->
             .fetch_all(db)
             .await
             .unwrap();
-    t.partitions().iter().all(|p| {
-        let Ok((_, high)) = probe.fetch_watermarks(topic, p.id(), Duration::from_secs(5)) else { return false };
-        let done = stored.iter().find(|(partition, _)| *partition == p.id()).and_then(|(_, next)| *next).unwrap_or(0);
-        high == 0 || done >= high
+    let Some(partitions) = watermarks(sys, topic) else { return false };
+    partitions.iter().all(|(id, marks)| {
+        let Some((_, high)) = marks else { return false };
+        let done = stored.iter().find(|(partition, _)| partition == id).and_then(|(_, next)| *next).unwrap_or(0);
+        *high == 0 || done >= *high
     })
 }
 
 /// Records ever written to `topic` (0 if it does not exist).
 fn records_in(sys: &System, topic: &str) -> i64 {
+    let partitions = watermarks(sys, topic).unwrap_or_default();
+    partitions.iter().filter_map(|(_, marks)| *marks).map(|(low, high)| high - low).sum()
+}
+
+/// A partition and its low and high watermarks (`None` where the broker did not say).
+type Marks = (i32, Option<(i64, i64)>);
+
+/// Each partition of `topic` with its watermarks; `None` if the topic's
+/// metadata could not be read.
+fn watermarks(sys: &System, topic: &str) -> Option<Vec<Marks>> {
     let probe: BaseConsumer = messaging::kafka::client_config(&sys.brokers).create().unwrap();
-    let Ok(metadata) = probe.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return 0 };
-    let partitions = metadata.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>());
-    partitions
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|p| probe.fetch_watermarks(topic, p, Duration::from_secs(5)).ok())
-        .map(|(low, high)| high - low)
-        .sum()
+    let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
+    let partitions = metadata.topics().first()?.partitions().iter().map(|p| p.id()).collect::<Vec<_>>();
+    Some(partitions.into_iter().map(|p| (p, probe.fetch_watermarks(topic, p, Duration::from_secs(5)).ok())).collect())
 }
 
 /// True once both consumer groups have handled every record of the topic they read.
