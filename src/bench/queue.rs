@@ -167,22 +167,30 @@ async fn buy(
     admission: &str,
     free: &Mutex<Vec<String>>,
 ) -> bool {
-    for _ in 0..5 {
+    for _ in 0..20 {
         let Some(seat) = free.lock().ok().and_then(|mut f| f.pop()) else { return false };
         let body = json!({"performanceId": PERFORMANCE, "seatIds": [seat], "userId": user});
-        let Ok(reply) = client
+        let reply = client
             .post(format!("{}/bookings", target.base))
             .bearer_auth(token)
             .header("admission", admission)
             .json(&body)
             .send()
-            .await
-        else {
-            continue;
-        };
-        if reply.status().as_u16() != 201 {
+            .await;
+        let status = reply.as_ref().map_or(0, |r| r.status().as_u16());
+        if status != 201 {
+            // Only a seat someone else took (409) is gone; after a busy
+            // gateway (503), a timeout or a lost connection the seat is
+            // still free, and a person tries again a moment later.
+            if status != 409 {
+                if let Ok(mut free) = free.lock() {
+                    free.push(seat);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             continue;
         }
+        let Ok(reply) = reply else { return false };
         let Ok(created) = reply.json::<Value>().await else { return false };
         let pay =
             json!({"paymentIntentId": created["paymentIntentId"], "paymentMethodToken": "tok_visa", "cvv": "123"});
