@@ -489,3 +489,108 @@ async fn people_joining_at_once_over_one_http2_connection_are_written_in_batches
     assert!(batches < 150, "200 joins at once took {batches} transactions");
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_place_stream_hears_the_opening_at_once_rather_than_at_its_slow_pace() {
+    let sys = System::start().await;
+    let id = "perf_wr_opening";
+    register(&sys, id, 5).await;
+    assert_eq!(set_up(&sys, id, 600, json!({})).await.status, StatusCode::OK);
+    join(&sys, id, "wr_opening").await;
+    let response = sys
+        .client
+        .get(format!("{}/performances/{id}/queue/stream", sys.base))
+        .bearer_auth(sys.token("wr_opening"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let opened = std::time::Instant::now();
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    // A queued place is looked at every 3 s; the opening wakes it.
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("\"state\":\"waiting\"") || text.contains("\"state\":\"admitted\"") {
+                return opened.elapsed();
+            }
+        }
+        panic!("the stream ended queued: {text}");
+    })
+    .await
+    .expect("the opening never reached the stream");
+    assert!(heard < Duration::from_millis(2_500), "the opening reached the stream after {heard:?}");
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_grew_from_nothing_has_its_planner_statistics_taken_again() {
+    let sys = System::start().await;
+    let id = "perf_wr_statistics";
+    register(&sys, id, 10).await;
+    assert_eq!(set_up(&sys, id, 0, json!({"maxActive": 1})).await.status, StatusCode::OK);
+    let pool = sys.booking_pool().await;
+    let analyzed = || async {
+        let at: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "select greatest(last_analyze, last_autoanalyze) from pg_stat_user_tables \
+              where relid = 'queue_places'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        at
+    };
+    let before = analyzed().await;
+    // 1,200 people join at once over one HTTP/2 connection, as through a
+    // load balancer: more places than the planner has ever seen here.
+    let balancer = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let joins = (0..1_200).map(|n| {
+        let (client, url, token) =
+            (balancer.clone(), format!("{}/performances/{id}/queue", sys.base), sys.token(&format!("wr_stat{n}")));
+        async move { client.post(url).bearer_auth(token).send().await.unwrap().status() }
+    });
+    let statuses = futures::future::join_all(joins).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    let retaken =
+        testkit::eventually(Duration::from_secs(15), || async { analyzed().await.filter(|at| Some(*at) > before) })
+            .await;
+    assert!(retaken.is_some(), "the planner's statistics of 1,200 new places were never taken");
+    let estimated: f32 = sqlx::query_scalar("select reltuples from pg_class where oid = 'queue_places'::regclass")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(estimated >= 1_000.0, "the planner estimates {estimated} places");
+    sys.stop().await;
+}
+
+/// A gauge of the booking-service's metrics for one performance.
+async fn gauge(sys: &System, name: &str, id: &str) -> Option<f64> {
+    let text = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("performance=\"{id}\"")))
+        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_how_many_wait_and_how_many_shop() {
+    let sys = System::start().await;
+    let id = "perf_wr_gauges";
+    register(&sys, id, 10).await;
+    assert_eq!(set_up(&sys, id, 0, json!({"maxActive": 1})).await.status, StatusCode::OK);
+    for n in 0..5 {
+        join(&sys, id, &format!("wr_gauge{n}")).await;
+    }
+    let seen = testkit::eventually(Duration::from_secs(10), || async {
+        let figures = (gauge(&sys, "waiting_room_waiting", id).await?, gauge(&sys, "waiting_room_active", id).await?);
+        (figures == (4.0, 1.0)).then_some(figures)
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "waiting and active were {:?} and {:?}, not 4 and 1",
+        gauge(&sys, "waiting_room_waiting", id).await,
+        gauge(&sys, "waiting_room_active", id).await
+    );
+    sys.stop().await;
+}

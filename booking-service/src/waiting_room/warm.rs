@@ -59,9 +59,20 @@ pub struct WarmCopy {
     /// On-sales this replica changed since that refresh began: the copy
     /// cannot answer for them until the next one.
     changed: Mutex<HashMap<String, Instant>>,
-    /// Per on-sale: bumped when it sells out, closes, or opens again, so
-    /// every place stream looks at once.
-    alerts: Mutex<HashMap<String, tokio::sync::watch::Sender<(bool, bool)>>>,
+    /// Per on-sale: changed when it opens, sells out, closes, or comes
+    /// back, so every place stream looks at once.
+    alerts: Mutex<HashMap<String, tokio::sync::watch::Sender<Milestones>>>,
+}
+
+/// What every place stream of an on-sale hears at once, whatever its pace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Milestones {
+    /// The pre-queue was shuffled: queued places have positions now.
+    pub opened: bool,
+    /// Every seat is sold.
+    pub sold_out: bool,
+    /// An admin closed it (or it is no longer live).
+    pub closed: bool,
 }
 
 impl WarmCopy {
@@ -88,6 +99,14 @@ impl WarmCopy {
         sale.onsale.opened_at.is_some().then(|| (sale.ahead_of(position), sale.rate))
     }
 
+    /// Places waiting with a position, as the copy counts them (at most one
+    /// refresh old): the admitter's gauge, without a count over the places
+    /// four times a second.
+    pub fn waiting_count(&self, performance_id: &str) -> Option<i64> {
+        let sale = self.sales.read().ok()?.get(performance_id)?.clone();
+        i64::try_from(sale.waiting.len()).ok()
+    }
+
     /// Drops an on-sale from the copy (it was changed or closed here: the
     /// database answers until the next refresh).
     pub fn forget(&self, performance_id: &str) {
@@ -111,21 +130,26 @@ impl WarmCopy {
         Some(self.sales.read().ok()?.contains_key(performance_id))
     }
 
-    /// Changes when the on-sale sells out, closes or opens again.
-    pub fn alerts(&self, performance_id: &str) -> tokio::sync::watch::Receiver<(bool, bool)> {
+    /// Changes when the on-sale opens, sells out, closes or comes back.
+    pub fn alerts(&self, performance_id: &str) -> tokio::sync::watch::Receiver<Milestones> {
         match self.alerts.lock() {
             Ok(mut alerts) => alerts
                 .entry(performance_id.to_owned())
-                .or_insert_with(|| tokio::sync::watch::Sender::new((false, false)))
+                .or_insert_with(|| tokio::sync::watch::Sender::new(Milestones::default()))
                 .subscribe(),
             // Never changes: streams look at their own pace.
-            Err(_) => tokio::sync::watch::Sender::new((false, false)).subscribe(),
+            Err(_) => tokio::sync::watch::Sender::new(Milestones::default()).subscribe(),
         }
     }
 
-    /// Tells the streams of `onsale` when it sold out, closed or came back.
+    /// Tells the streams of `onsale` when it opened, sold out, closed or
+    /// came back.
     fn alert(&self, onsale: &OnSaleRow) {
-        let now = (onsale.sold_out_at.is_some(), onsale.closed_at.is_some());
+        let now = Milestones {
+            opened: onsale.opened_at.is_some(),
+            sold_out: onsale.sold_out_at.is_some(),
+            closed: onsale.closed_at.is_some(),
+        };
         if let Ok(alerts) = self.alerts.lock() {
             if let Some(alert) = alerts.get(&onsale.performance_id) {
                 alert.send_if_modified(|was| std::mem::replace(was, now) != now);
@@ -192,7 +216,7 @@ impl WarmCopy {
                 alerts.iter().filter(|(id, _)| !live.iter().any(|o| &o.performance_id == *id))
             {
                 tracing::trace!(performance_id, "on-sale no longer live");
-                alert.send_if_modified(|(_, closed)| !std::mem::replace(closed, true));
+                alert.send_if_modified(|m| !std::mem::replace(&mut m.closed, true));
             }
         }
 
