@@ -295,7 +295,9 @@ impl WaitingRoom {
             return Ok(());
         }
         let now = Utc::now();
-        for onsale in queue::live_onsales(&mut tx).await? {
+        let onsales = queue::live_onsales(&mut tx).await?;
+        let any_live = !onsales.is_empty();
+        for onsale in onsales {
             let id = onsale.performance_id.as_str();
             if onsale.opened_at.is_none() {
                 if now < onsale.opens_at {
@@ -330,8 +332,12 @@ impl WaitingRoom {
             record(&onsale, &round, &waited, expired, (waiting, active), now);
         }
         tx.commit().await?;
-        // The leader, after its round: a queue that grew or turned over
-        // since the planner last looked is looked at again.
+        // The leader, after a round with a live on-sale (an idle system
+        // asks nothing more): a queue that grew or turned over since the
+        // planner last looked is looked at again.
+        if !any_live {
+            return Ok(());
+        }
         let mut conn = self.pool.acquire().await?;
         if queue::analyze_if_stale(&mut conn).await? {
             tracing::debug!("waiting room statistics taken again");
