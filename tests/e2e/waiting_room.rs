@@ -219,6 +219,19 @@ async fn waiting_people_are_told_sold_out_only_when_nothing_is_free_or_held_and_
     sys.stop().await;
 }
 
+/// `user`'s place stream, opened (200).
+async fn open_stream(sys: &System, id: &str, user: &str) -> reqwest::Response {
+    let response = sys
+        .client
+        .get(format!("{}/performances/{id}/queue/stream", sys.base))
+        .bearer_auth(sys.token(user))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_place_stream_sends_each_change_and_ends_with_the_admission() {
     let sys = System::start().await;
@@ -226,14 +239,7 @@ async fn the_place_stream_sends_each_change_and_ends_with_the_admission() {
     register(&sys, id, 5).await;
     assert_eq!(set_up(&sys, id, 1_500, json!({})).await.status, StatusCode::OK);
     join(&sys, id, "wr_streamer").await;
-    let response = sys
-        .client
-        .get(format!("{}/performances/{id}/queue/stream", sys.base))
-        .bearer_auth(sys.token("wr_streamer"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let response = open_stream(&sys, id, "wr_streamer").await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let text = tokio::time::timeout(Duration::from_secs(10), response.text()).await.expect("the stream ended").unwrap();
     let states: Vec<String> = text
@@ -497,14 +503,7 @@ async fn a_queued_place_stream_hears_the_opening_at_once_rather_than_at_its_slow
     register(&sys, id, 5).await;
     assert_eq!(set_up(&sys, id, 600, json!({})).await.status, StatusCode::OK);
     join(&sys, id, "wr_opening").await;
-    let response = sys
-        .client
-        .get(format!("{}/performances/{id}/queue/stream", sys.base))
-        .bearer_auth(sys.token("wr_opening"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let response = open_stream(&sys, id, "wr_opening").await;
     let opened = std::time::Instant::now();
     let mut body = response.bytes_stream();
     let mut text = String::new();
