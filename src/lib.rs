@@ -10,12 +10,14 @@
 //! | `system.rs` | the three components in one process (`dev`, bench, tests) and the broker choice |
 //! | `audit.rs` | the invariants `ticketing check` verifies, folded from the event stores |
 //! | `bench/` | the load generator, its pgbench baseline and the report |
+//! | `ports.rs` | ports for the processes the bench and the fault tests start |
 //! | `private_postgres.rs` | `dev`'s own PostgreSQL cluster when none is running |
 
 pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod commands;
+pub mod ports;
 pub mod private_postgres;
 pub mod system;
 

@@ -10,6 +10,8 @@ use std::{
 
 use anyhow::Context;
 
+use crate::ports::free_port;
+
 /// Where the separate processes find what they share.
 pub struct Shared<'a> {
     /// PostgreSQL server URL.
@@ -37,10 +39,6 @@ pub struct Separate {
     pub logs: PathBuf,
     /// Each process's `/metrics` URL.
     metrics: Vec<(String, String)>,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Separate {

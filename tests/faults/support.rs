@@ -18,33 +18,9 @@ pub(crate) const CVV: &str = "8642";
 
 pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A port for a process to listen on, free now and never handed out twice
-/// in this run. It is taken below the kernel's ephemeral range: a port the
-/// kernel picked (`bind(0)`) is released here before the process binds it,
-/// and meanwhile anything binding port 0 (a metrics listener) or connecting
-/// out could be given the same one ("Address already in use").
+/// A port for a deployment's process (see `ticketing::ports`).
 pub(crate) fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let (low, high) = (10_000u16, ephemeral_from);
-    let mut given = GIVEN.lock().unwrap();
-    if high > low + 1_000 {
-        let span = u32::from(high - low);
-        let start = u32::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..4].try_into().unwrap()) % span;
-        for step in 0..span {
-            let port = low + u16::try_from((start + step) % span).unwrap();
-            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                given.push(port);
-                return port;
-            }
-        }
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    given.push(port);
-    port
+    ticketing::ports::free_port().unwrap()
 }
 
 pub(crate) fn signal(pid: u32, name: &str) {

@@ -370,9 +370,8 @@ fn look_again_after(place: &PlaceView) -> Duration {
 /// The caller's place as it changes, starting with `first`: sent when it
 /// changes (looked at every [`LOOK_EVERY`], or [`LOOK_FAR_BACK_EVERY`] far
 /// back or before the opening, and at once when the on-sale opens, sells
-/// out or closes) and at least
-/// every [`RESEND_EVERY`]; the stream ends after `admitted`, `sold_out` or
-/// `closed`, or when a look fails.
+/// out or closes) and at least every [`RESEND_EVERY`]; the stream ends
+/// after `admitted`, `sold_out` or `closed`, or when a look fails.
 pub fn place_changes(
     room: WaitingRoom,
     caller: Caller,
