@@ -156,20 +156,20 @@ impl GatewayApp {
 /// wait, then sheds them (503, `Retry-After: 1`); answers 504 for a request
 /// that outlives the timeout. Health and metrics
 /// are exempt, so probes see the truth while the gateway sheds.
+///
+/// A stream's opening (a verified token, a seat map or a first place) is
+/// work like any request and waits in the same line: at an on-sale, the
+/// streams of people already placed do not overtake the joins of those
+/// still arriving. The slot is given back once the stream's headers are
+/// sent; an open stream holds none (it costs no work between its looks
+/// and has caps of its own).
 async fn shed_and_time_out(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    // Probes see the truth while the gateway sheds; a seat stream is
-    // long-lived by design, costs no work between its watcher's looks and
-    // has caps of its own.
-    let path = request.uri().path();
-    if matches!(path, "/healthz" | "/readyz" | "/metrics")
-        || path.ends_with("/seats/stream")
-        || path.ends_with("/queue/stream")
-    {
+    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
         return next.run(request).await;
     }
     let permit = match state.in_flight.clone().try_acquire_owned() {

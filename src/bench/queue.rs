@@ -43,6 +43,10 @@ struct Outcome {
     bought: bool,
     told_sold_out_at: Option<chrono::DateTime<chrono::Utc>>,
     stream_failed: bool,
+    /// From the first stream request to the first place it carried.
+    first_place_after: Option<Duration>,
+    /// Stream openings the gateway answered 503 (busy).
+    streams_shed: u64,
 }
 
 const PERFORMANCE: &str = "perf_queue";
@@ -127,6 +131,7 @@ async fn person(target: Arc<Target>, client: reqwest::Client, user: String, free
 
 /// Follows the place stream until a final state; `None` if it broke.
 async fn wait_turn(target: &Target, client: &reqwest::Client, token: &str, outcome: &mut Outcome) -> Option<Value> {
+    let asked = Instant::now();
     for _ in 0..20 {
         let response = client
             .get(format!("{}/performances/{PERFORMANCE}/queue/stream", target.base))
@@ -134,6 +139,12 @@ async fn wait_turn(target: &Target, client: &reqwest::Client, token: &str, outco
             .send()
             .await
             .ok()?;
+        if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            // A busy gateway: come back after its Retry-After, as the page does.
+            outcome.streams_shed += 1;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         let mut body = response.bytes_stream();
         let mut buffer = String::new();
         while let Some(Ok(chunk)) = body.next().await {
@@ -142,6 +153,7 @@ async fn wait_turn(target: &Target, client: &reqwest::Client, token: &str, outco
                 let block: String = buffer.drain(..end + 2).collect();
                 let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
                 let place: Value = serde_json::from_str(data).ok()?;
+                outcome.first_place_after.get_or_insert_with(|| asked.elapsed());
                 match place["state"].as_str() {
                     Some("sold_out") => {
                         outcome.told_sold_out_at = Some(chrono::Utc::now());
@@ -235,6 +247,10 @@ async fn report(
     for o in outcomes {
         let _ = joins.record(micros(o.join_took));
     }
+    let mut first_places = histogram();
+    for took in outcomes.iter().filter_map(|o| o.first_place_after) {
+        let _ = first_places.record(micros(took));
+    }
     let failed_joins = outcomes.iter().filter(|o| o.join_status != Some(200)).count();
     let server_errors = outcomes.iter().filter(|o| o.join_status.is_some_and(|s| s >= 500)).count();
     let (opened, sold_out): (Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>) =
@@ -261,6 +277,8 @@ async fn report(
         "joins_failed": failed_joins,
         "joins_5xx": server_errors,
         "streams_failed": outcomes.iter().filter(|o| o.stream_failed).count(),
+        "stream_first_place": latency(&first_places),
+        "stream_openings_shed": outcomes.iter().map(|o| o.streams_shed).sum::<u64>(),
         "bought": outcomes.iter().filter(|o| o.bought).count(),
         "seats_sold": sold,
         "position_inversions": inversions(&run.booking_db).await?,

@@ -297,3 +297,45 @@ async fn waiting_for_payment_intents_that_do_not_exist_does_not_poll_the_databas
     sys.wait_status("w_real", &booking, "confirmed").await;
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_opening_waits_in_line_like_any_request_but_an_open_stream_holds_no_slot() {
+    let sys =
+        System::start_with(&["--gateway-max-in-flight=1", "--gateway-queue-wait-ms=1000", "--mock-pg-timeout-ms=4000"])
+            .await;
+    let seat_stream = |user: &str| {
+        sys.client
+            .get(format!("{}/performances/perf_002/seats/stream", sys.base))
+            .bearer_auth(sys.token(user))
+            .timeout(Duration::from_secs(60))
+            .send()
+    };
+    // An open stream holds no slot: the one slot serves requests beside it.
+    let open = seat_stream("edge_viewer").await.unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(sys.get("/bookings/my", "edge_viewer").await.status, StatusCode::OK);
+    }
+    // A slow charge holds the only slot for 4 s ...
+    let user = "edge_stream_line";
+    let (_booking, intent) = sys.book(user, "perf_001", &["G6"]).await;
+    sys.wait_intent(user, &intent).await;
+    let slow = tokio::spawn({
+        let (client, url, token) = (sys.client.clone(), format!("{}/payments/execute", sys.base), sys.token(user));
+        let body = json!({"paymentIntentId": intent, "paymentMethodToken": "tok_pgTimeout", "cvv": "123"});
+        async move { client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ... so a stream's opening waits its 1 s in line and is shed like any
+    // request (before, it opened at once past everyone waiting).
+    let waited = Instant::now();
+    let shed = seat_stream("edge_latecomer").await.unwrap();
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(waited.elapsed() >= Duration::from_millis(900), "shed only after its wait in line");
+    assert_eq!(shed.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(slow.await.unwrap(), StatusCode::BAD_REQUEST);
+    // The slot is free again: the stream opens, and the first one is still open.
+    assert_eq!(seat_stream("edge_latecomer").await.unwrap().status(), StatusCode::OK);
+    drop(open);
+    sys.stop().await;
+}
