@@ -220,17 +220,27 @@ fn user_and_place(r: &sqlx::postgres::PgRow) -> Result<(String, PlaceRow), sqlx:
     ))
 }
 
-/// Every place of an on-sale and when its holder's last look was recorded
-/// (the warm copy's load).
+/// The oldest transaction still running (or the next one, if none runs):
+/// a read that starts after this has seen every change of the transactions
+/// before it, so the next read of changes starts here.
+pub async fn changes_seen_before(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetch_one(conn).await
+}
+
+/// The places of an on-sale written by transaction `since` or later (0:
+/// every place; see [`changes_seen_before`]), with when each holder's last
+/// look was recorded (the warm copy's load).
 pub async fn places(
     conn: &mut PgConnection,
     performance_id: &str,
+    since: i64,
 ) -> Result<Vec<(String, PlaceRow, DateTime<Utc>)>, sqlx::Error> {
     let rows = sqlx::query(
         "select user_id, position, state, admission_id, admission_expires_at, last_seen from queue_places \
-          where performance_id = $1",
+          where performance_id = $1 and changed_by >= $2::bigint::text::xid8",
     )
     .bind(performance_id)
+    .bind(since)
     .fetch_all(conn)
     .await?;
     rows.iter()

@@ -1,8 +1,10 @@
 //! This process's warm copy of every live on-sale: its settings, every
-//! place, the waiting positions in order and the admission rate, loaded
-//! with one query per on-sale every [`REFRESH_EVERY`], so that tens of
+//! place, the waiting positions in order and the admission rate, kept with
+//! one query per on-sale every [`REFRESH_EVERY`], so that tens of
 //! thousands of people reading their place cost no database query per
-//! look. Who looked is collected here and written back once per refresh,
+//! look. The first load reads every place; each later one only the places
+//! written since the previous began (`queue::changes_seen_before`), applied
+//! to the copy in place. Who looked is collected here and written back once per refresh,
 //! in one statement per on-sale. Every replica keeps its own copy from the
 //! same tables, so a joiner on one and a poller on another see the same
 //! place, at most one refresh apart.
@@ -26,6 +28,7 @@ const REFRESH_EVERY_CHRONO: chrono::Duration = chrono::Duration::milliseconds(25
 const TRUSTED_FOR: Duration = Duration::from_secs(2);
 
 /// One on-sale as last loaded.
+#[derive(Clone)]
 pub struct Sale {
     /// Its row.
     pub onsale: OnSaleRow,
@@ -37,13 +40,59 @@ pub struct Sale {
     waiting: Vec<i64>,
     /// Admissions per minute lately.
     pub rate: f64,
+    /// The next load reads the places written by this transaction or later.
+    since: i64,
 }
 
 impl Sale {
+    /// An on-sale with no place loaded yet.
+    fn new(onsale: OnSaleRow) -> Self {
+        Self { onsale, places: HashMap::new(), recorded: HashMap::new(), waiting: Vec::new(), rate: 0.0, since: 0 }
+    }
+
+    /// Takes in a load: the on-sale's row, the places read (all of them, or
+    /// those written since the last load), the admission rate, and where
+    /// the next load starts. The waiting positions are counted again only
+    /// when a place changed its state or position.
+    fn apply(&mut self, load: Load) {
+        let mut moved = self.places.is_empty();
+        for (user, place, seen_at) in load.places {
+            self.recorded.insert(user.clone(), seen_at);
+            match self.places.get_mut(&user) {
+                Some(old) if *old == place => {}
+                Some(old) => {
+                    moved |= old.state != place.state || old.position != place.position;
+                    *old = place;
+                }
+                None => {
+                    moved |= place.state == "waiting" && place.position.is_some();
+                    self.places.insert(user, place);
+                }
+            }
+        }
+        if moved {
+            self.waiting = self.places.values().filter(|p| p.state == "waiting").filter_map(|p| p.position).collect();
+            self.waiting.sort_unstable();
+        }
+        self.onsale = load.onsale;
+        self.rate = load.rate;
+        self.since = load.since;
+    }
+
     /// Places waiting in front of `position`.
     pub fn ahead_of(&self, position: i64) -> i64 {
         i64::try_from(self.waiting.partition_point(|p| *p < position)).unwrap_or(i64::MAX)
     }
+}
+
+/// What one load of an on-sale read.
+struct Load {
+    onsale: OnSaleRow,
+    /// Read on top of the copy as it stands (false: every place was read).
+    on_top: bool,
+    places: Vec<(String, PlaceRow, DateTime<Utc>)>,
+    rate: f64,
+    since: i64,
 }
 
 /// The copies, and the looks not yet written back.
@@ -186,24 +235,35 @@ impl WarmCopy {
             let users: Vec<String> = users.into_iter().collect();
             queue::touch(&mut conn, &performance_id, &users).await?;
         }
-        let mut fresh = HashMap::new();
+        let mut loads = Vec::new();
         for onsale in queue::live_onsales(&mut conn).await? {
-            let loaded = queue::places(&mut conn, &onsale.performance_id).await?;
-            let mut waiting: Vec<i64> =
-                loaded.iter().filter(|(_, p, _)| p.state == "waiting").filter_map(|(_, p, _)| p.position).collect();
-            waiting.sort_unstable();
-            let rate = queue::admission_rate(&mut conn, &onsale.performance_id).await?;
-            let mut places = HashMap::with_capacity(loaded.len());
-            let mut recorded = HashMap::with_capacity(loaded.len());
-            for (user, place, seen_at) in loaded {
-                recorded.insert(user.clone(), seen_at);
-                places.insert(user, place);
-            }
-            let sale = Sale { places, recorded, waiting, rate, onsale };
-            fresh.insert(sale.onsale.performance_id.clone(), Arc::new(sale));
+            let id = onsale.performance_id.as_str();
+            let since = self.sales.read().ok().and_then(|sales| sales.get(id).map(|sale| sale.since));
+            // Taken before the read: a transaction it does not see started
+            // at or after this, and the next load reads its places.
+            let next = queue::changes_seen_before(&mut conn).await?;
+            let places = queue::places(&mut conn, id, since.unwrap_or(0)).await?;
+            let rate = queue::admission_rate(&mut conn, id).await?;
+            loads.push(Load { onsale, on_top: since.is_some(), places, rate, since: next });
         }
-        let live: Vec<OnSaleRow> = fresh.values().map(|sale| sale.onsale.clone()).collect();
+        let live: Vec<OnSaleRow> = loads.iter().map(|load| load.onsale.clone()).collect();
         if let Ok(mut sales) = self.sales.write() {
+            let mut fresh = HashMap::with_capacity(loads.len());
+            for load in loads {
+                let id = load.onsale.performance_id.clone();
+                let mut sale = match sales.remove(&id) {
+                    // Readers still holding the copy keep theirs; this one
+                    // changes a copy of it.
+                    Some(sale) if load.on_top => Arc::try_unwrap(sale).unwrap_or_else(|sale| (*sale).clone()),
+                    // Forgotten here since the read began (set up or closed
+                    // here): the next refresh reads it whole.
+                    None if load.on_top => continue,
+                    _ => Sale::new(load.onsale.clone()),
+                };
+                sale.apply(load);
+                fresh.insert(id, Arc::new(sale));
+            }
+            // On-sales no longer live are dropped.
             *sales = fresh;
         }
         // After the swap: a stream woken by an alert reads the new copy.
@@ -235,5 +295,66 @@ impl WarmCopy {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn onsale() -> OnSaleRow {
+        OnSaleRow {
+            performance_id: "p".into(),
+            opens_at: Utc::now(),
+            max_active: 10,
+            admit_per_minute: 60,
+            admission_seconds: 600,
+            place_keep_seconds: 300,
+            seed: Some(1),
+            opened_at: Some(Utc::now()),
+            reached: 0,
+            sold_out_at: None,
+            closed_at: None,
+        }
+    }
+
+    fn place(state: &str, position: Option<i64>) -> PlaceRow {
+        PlaceRow { position, state: state.into(), admission_id: None, admission_expires_at: None }
+    }
+
+    fn load(places: Vec<(&str, PlaceRow)>, since: i64) -> Load {
+        let at = Utc::now();
+        Load {
+            onsale: onsale(),
+            on_top: true,
+            places: places.into_iter().map(|(user, place)| (user.to_owned(), place, at)).collect(),
+            rate: 30.0,
+            since,
+        }
+    }
+
+    #[test]
+    fn a_load_of_the_changed_places_updates_them_and_keeps_the_rest() {
+        let mut sale = Sale::new(onsale());
+        sale.apply(load(
+            vec![
+                ("a", place("waiting", Some(1))),
+                ("b", place("waiting", Some(2))),
+                ("c", place("waiting", Some(3))),
+                ("d", place("waiting", None)),
+            ],
+            100,
+        ));
+        assert_eq!((sale.ahead_of(3), sale.since, sale.places.len()), (2, 100, 4));
+        // Only a's admission and a new joiner e come back in the next load.
+        sale.apply(load(vec![("a", place("admitted", Some(1))), ("e", place("waiting", Some(4)))], 105));
+        assert_eq!(sale.places.len(), 5, "the places not read again are kept");
+        assert_eq!(sale.places["b"], place("waiting", Some(2)));
+        assert_eq!(sale.places["a"].state, "admitted");
+        assert_eq!(sale.waiting, vec![2, 3, 4], "waiting counted again after a move");
+        assert_eq!((sale.ahead_of(3), sale.ahead_of(4), sale.since, sale.rate), (1, 2, 105, 30.0));
+        // A load that moves nobody (looks written back) leaves the order as it was.
+        sale.apply(load(vec![("b", place("waiting", Some(2)))], 107));
+        assert_eq!((sale.waiting.clone(), sale.since), (vec![2, 3, 4], 107));
     }
 }
