@@ -290,6 +290,8 @@ pub struct Verifier {
     keys: Vec<Key>,
     remote: Option<Arc<RemoteJwks>>,
     rules: TokenRules,
+    /// Tokens verified with a key that cannot change while this runs.
+    verified: crate::verified::VerifiedTokens,
 }
 
 impl Verifier {
@@ -338,7 +340,7 @@ impl Verifier {
         if secret.is_none() && keys.is_empty() && remote.is_none() {
             return Err(AuthConfigError::Missing);
         }
-        Ok(Self { secret, keys, remote, rules: TokenRules::default() })
+        Ok(Self { secret, keys, remote, rules: TokenRules::default(), verified: Default::default() })
     }
 
     /// The same verifier, also checking `rules`.
@@ -371,8 +373,30 @@ impl Verifier {
         !self.keys.is_empty() || self.remote.is_some()
     }
 
-    /// The caller named by a valid, unexpired token.
+    /// The caller named by a valid, unexpired token. A token verified
+    /// before with the secret or a JWKS given at start is answered from
+    /// memory until it expires (`crate::verified`); a token of a JWKS
+    /// fetched from a URL is checked every time, so a key the identity
+    /// provider withdraws stops working at its next fetch.
     pub async fn verify(&self, token: &str) -> Result<AuthUser, TokenError> {
+        let now = chrono::Utc::now().timestamp();
+        if let Some(user) = self.verified.get(token, now) {
+            return Ok(user);
+        }
+        let (user, alg) = self.check(token).await?;
+        if alg == Algorithm::HS256 || self.remote.is_none() {
+            self.verified.remember(token, &user, now);
+        }
+        Ok(user)
+    }
+
+    /// Tokens remembered as verified (tests read it).
+    pub fn remembered(&self) -> usize {
+        self.verified.len()
+    }
+
+    /// The signature, the claims and the rules, checked; with the algorithm.
+    async fn check(&self, token: &str) -> Result<(AuthUser, Algorithm), TokenError> {
         let header = decode_header(token).map_err(TokenError::Malformed)?;
         let candidates: Vec<DecodingKey> = match header.alg {
             Algorithm::HS256 if self.any_jwks() && !self.rules.allow_hs256_with_jwks => {
@@ -396,13 +420,14 @@ impl Verifier {
                     }
                     let (role, path) = (claims.role.as_deref(), self.rules.role_claim.as_deref());
                     let admin = crate::roles::is_admin(role, &claims.other, path);
-                    return Ok(AuthUser {
+                    let user = AuthUser {
                         admin,
                         reads_events: admin
                             || crate::roles::has_role(role, &claims.other, path, crate::roles::EVENTS_ROLE),
                         user_id: claims.sub,
                         expires_at: claims.exp,
-                    });
+                    };
+                    return Ok((user, header.alg));
                 }
                 Err(error) => last = TokenError::Invalid(error),
             }
@@ -589,6 +614,25 @@ mod tests {
             "iss": "https://idp.example/realms/tickets", "aud": ["ticketing", "account"], "jti": "j-1"
         }));
         assert_eq!(secret_only().verify(&token).await.map(|u| u.user_id).ok(), Some("user_idp".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_remembered_but_its_signature_on_another_payload_is_checked_and_refused() {
+        let verifier = secret_only();
+        let genuine = hs256(serde_json::json!({"sub": "ann", "exp": now() + 60}));
+        assert_eq!(verifier.verify(&genuine).await.unwrap().user_id, "ann");
+        assert_eq!(verifier.remembered(), 1);
+        assert_eq!(verifier.verify(&genuine).await.unwrap().user_id, "ann", "from memory");
+        // Ann's signature on a payload naming Mallory.
+        let signature = genuine.rsplit('.').next().unwrap();
+        let forged_claims = hs256(serde_json::json!({"sub": "mallory", "exp": now() + 60}));
+        let (head_and_payload, _) = forged_claims.rsplit_once('.').unwrap();
+        let forged = format!("{head_and_payload}.{signature}");
+        assert!(matches!(verifier.verify(&forged).await, Err(TokenError::Invalid(_))));
+        assert_eq!(verifier.remembered(), 1, "a refused token is not remembered");
+        // An expired token is refused, remembered or not.
+        let old = hs256(serde_json::json!({"sub": "ann", "exp": now() - 60}));
+        assert!(verifier.verify(&old).await.is_err());
     }
 
     #[tokio::test]
@@ -808,6 +852,7 @@ lPEgq3YDVcG6jOn3SyIaAHs8Zmtoj7/2lGWtb1YF9XaiKcGssvaa5oIG
             assert!(verifier.verify(&es256_token(Some("k1"), 60)).await.is_ok());
         }
         assert_eq!(idp.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(verifier.remembered(), 0, "a fetched key's tokens are checked every time");
 
         // A flood of unknown kids costs at most one fetch per interval.
         let flood = (0..50).map(|n| {

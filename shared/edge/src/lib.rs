@@ -17,4 +17,5 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
+pub mod verified;
 pub mod wire;
