@@ -4,10 +4,10 @@
 //! thousands of people reading their place cost no database query per
 //! look. The first load reads every place; each later one only the places
 //! written since the previous began (`queue::changes_seen_before`), applied
-//! to the copy in place. Who looked is collected here and written back once per refresh,
-//! in one statement per on-sale. Every replica keeps its own copy from the
-//! same tables, so a joiner on one and a poller on another see the same
-//! place, at most one refresh apart.
+//! to the copy in place. Who looked is collected here and written back once
+//! per refresh, in one statement per on-sale. Every replica keeps its own
+//! copy from the same tables, so a joiner on one and a poller on another
+//! see the same place, at most one refresh apart.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
