@@ -593,3 +593,41 @@ async fn operators_see_how_many_wait_and_how_many_shop() {
     );
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_before_the_opening_writes_its_place_once_and_joining_again_finds_it() {
+    let sys = System::start().await;
+    let id = "perf_wr_once";
+    register(&sys, id, 10).await;
+    assert_eq!(set_up(&sys, id, 3_600_000, json!({})).await.status, StatusCode::OK);
+    let balancer = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let joins = (0..300).map(|n| {
+        let (client, url, token) =
+            (balancer.clone(), format!("{}/performances/{id}/queue", sys.base), sys.token(&format!("wr_once{n}")));
+        async move {
+            let reply = client.post(url).bearer_auth(token).send().await.unwrap();
+            (reply.status(), reply.json::<Value>().await.unwrap())
+        }
+    });
+    for (status, body) in futures::future::join_all(joins).await {
+        assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("queued")), "{body}");
+    }
+    // Each place was inserted and not written again (an update per new
+    // place doubled the writes of an opening rush).
+    let pool = sys.booking_pool().await;
+    let written = testkit::eventually(Duration::from_secs(15), || async {
+        let (inserted, updated): (i64, i64) = sqlx::query_as(
+            "select n_tup_ins, n_tup_upd from pg_stat_user_tables where relid = 'queue_places'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (inserted >= 300).then_some(updated)
+    })
+    .await;
+    assert_eq!(written, Some(0), "rows updated by joining");
+    // Joining again from another device finds the same place.
+    assert_eq!(join(&sys, id, "wr_once7").await["state"], "queued");
+    assert_eq!(place(&sys, id, "wr_once7").await["state"], "queued");
+    sys.stop().await;
+}

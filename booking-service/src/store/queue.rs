@@ -140,23 +140,42 @@ pub struct PlaceRow {
 /// their places, in one round trip per statement: a batch of joins costs
 /// two statements and one commit, not two per person. Either way it counts
 /// as a look. Returns each user's place, in no particular order.
+///
+/// A place new before the opening is as inserted (waiting, no position yet,
+/// looked at now), so only the users who already had a place are looked at
+/// again; after the opening every user is, so that new places take their
+/// positions at the back in this batch's order. Whether the sale had opened
+/// is what the insert itself saw: an opening that commits after it
+/// shuffles places it could not see, as before; those take the back at
+/// their first look.
 pub async fn join_many(
     conn: &mut PgConnection,
     performance_id: &str,
     users: &[String],
 ) -> Result<Vec<(String, PlaceRow)>, sqlx::Error> {
-    sqlx::query(
+    let inserted = sqlx::query(
         "insert into queue_places (performance_id, user_id, position) \
          select $1, u.user_id, null from unnest($2::text[]) with ordinality as u(user_id, n) \
           where exists (select 1 from onsales where performance_id = $1) \
           order by u.n \
-         on conflict (performance_id, user_id) do nothing",
+         on conflict (performance_id, user_id) do nothing \
+         returning user_id, (select opened_at is not null from onsales where performance_id = $1) as opened",
     )
     .bind(performance_id)
     .bind(users)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    look_many(conn, performance_id, users).await
+    let opened = inserted.iter().any(|r| r.try_get::<bool, _>("opened").unwrap_or(true));
+    if opened || inserted.is_empty() {
+        return look_many(conn, performance_id, users).await;
+    }
+    let fresh: std::collections::HashSet<String> =
+        inserted.iter().map(|r| r.try_get("user_id")).collect::<Result<_, _>>()?;
+    let known: Vec<String> = users.iter().filter(|u| !fresh.contains(*u)).cloned().collect();
+    let mut places = if known.is_empty() { Vec::new() } else { look_many(conn, performance_id, &known).await? };
+    let queued = PlaceRow { position: None, state: "waiting".into(), admission_id: None, admission_expires_at: None };
+    places.extend(fresh.into_iter().map(|user| (user, queued.clone())));
+    Ok(places)
 }
 
 /// The places of `users` (distinct, in order of arrival), touched as looked
