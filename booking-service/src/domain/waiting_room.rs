@@ -45,12 +45,17 @@ pub const DEFAULT_ADMISSION_SECONDS: u32 = 600;
 /// The defaults of the contract.
 pub const DEFAULT_PLACE_KEEP_SECONDS: u32 = 300;
 
-/// How late a look may be written down: a replica writes a holder's look
-/// back only when the one on record is this old (so tens of thousands of
-/// people looking every half second cost a few writes, not thousands per
-/// second), and once per refresh. A place is kept for this much longer
-/// than `placeKeepSeconds`, so a holder who looked in time is never skipped.
-pub const LOOK_RECORDED_WITHIN: Duration = Duration::seconds(4);
+/// How late a look may be written down, for an on-sale that keeps places
+/// `place_keep_seconds`: a tenth of that, at least 4 s and at most 30 s. A
+/// replica writes a holder's look back only when the one on record is this
+/// old (so tens of thousands of people looking every half second cost a
+/// few writes, not thousands a second), and once per refresh. A place is
+/// kept for this much longer than `placeKeepSeconds`, so a holder who
+/// looked in time is never skipped; one who stopped looking is skipped at
+/// most this much later than the setting says.
+pub fn look_recorded_within(place_keep_seconds: u32) -> Duration {
+    Duration::seconds(i64::from(place_keep_seconds / 10).clamp(4, 30))
+}
 
 /// Why settings are refused (each names its field).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,8 +166,9 @@ pub fn admit_round(settings: &OnSaleSettings, now: DateTime<Utc>, state: &Snapsh
     let by_slots = settings.max_active.saturating_sub(state.active);
     let by_rate = settings.admit_per_minute.saturating_sub(state.admitted_last_minute);
     let mut room = by_slots.min(by_rate).min(state.seats_free);
-    // A look reaches the table up to LOOK_RECORDED_WITHIN after it happened.
-    let keep = Duration::seconds(i64::from(settings.place_keep_seconds)) + LOOK_RECORDED_WITHIN;
+    // A look reaches the table up to `look_recorded_within` after it happened.
+    let keep =
+        Duration::seconds(i64::from(settings.place_keep_seconds)) + look_recorded_within(settings.place_keep_seconds);
     let mut round = Round::default();
     for place in waiting {
         if room == 0 {
@@ -274,10 +280,16 @@ mod tests {
 
     #[test]
     fn a_look_written_down_late_still_keeps_the_place() {
-        // placeKeepSeconds is 60; a look is recorded up to 4 s late.
-        let waiting = [place("late", 1, 100 - 63), place("gone", 2, 100 - 65)];
+        // placeKeepSeconds is 60; a look is recorded up to 6 s late.
+        let waiting = [place("late", 1, 100 - 65), place("gone", 2, 100 - 67)];
         let round = admit_round(&settings(), t(100), &open(10), &waiting);
         assert_eq!((round.admit, round.lapse), (vec!["late".to_owned()], vec!["gone".to_owned()]));
+    }
+
+    #[test]
+    fn looks_are_written_down_within_a_tenth_of_the_keep_between_4_and_30_seconds() {
+        let within = |keep| look_recorded_within(keep).num_seconds();
+        assert_eq!([within(15), within(60), within(300), within(3600)], [4, 6, 30, 30]);
     }
 
     #[test]

@@ -215,9 +215,10 @@ impl WarmCopy {
 
     /// Remembers that `user_id` looked at their place in `sale`, to be
     /// written back, unless a look recorded lately is recent enough
-    /// (`LOOK_RECORDED_WITHIN`).
+    /// (`rules::look_recorded_within`).
     pub fn seen(&self, sale: &Sale, user_id: &str) {
-        let fresh = Utc::now() - rules::LOOK_RECORDED_WITHIN + REFRESH_EVERY_CHRONO;
+        let within = rules::look_recorded_within(sale.onsale.settings().place_keep_seconds);
+        let fresh = Utc::now() - within + REFRESH_EVERY_CHRONO;
         if sale.recorded.get(user_id).is_some_and(|at| *at > fresh) {
             return;
         }
