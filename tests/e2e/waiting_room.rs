@@ -34,6 +34,21 @@ async fn place(sys: &System, id: &str, user: &str) -> Value {
     sys.get(&format!("/performances/{id}/queue"), user).await.body
 }
 
+/// `users` join at once over one HTTP/2 connection, as through a load
+/// balancer in front; each answer's status and body, in `users`' order.
+async fn join_at_once(sys: &System, id: &str, users: &[String]) -> Vec<(StatusCode, Value)> {
+    let balancer = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let joins = users.iter().map(|user| {
+        let (client, url, token) = (balancer.clone(), format!("{}/performances/{id}/queue", sys.base), sys.token(user));
+        async move {
+            let response = client.post(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(response.version(), reqwest::Version::HTTP_2);
+            (response.status(), response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    });
+    futures::future::join_all(joins).await
+}
+
 /// Waits until `user`'s place is in `state`.
 async fn wait_state(sys: &System, id: &str, user: &str, state: &str) -> Value {
     let seen = testkit::eventually(Duration::from_secs(10), || async {
@@ -465,17 +480,8 @@ async fn people_joining_at_once_over_one_http2_connection_are_written_in_batches
     join(&sys, id, "wr_batch_first").await;
     wait_state(&sys, id, "wr_batch_first", "admitted").await;
     // A load balancer in front carries everyone over one HTTP/2 connection.
-    let balancer = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let users: Vec<String> = (0..200).map(|n| format!("wr_batch{n}")).collect();
-    let joins = users.iter().map(|user| {
-        let (client, url, token) = (balancer.clone(), format!("{}/performances/{id}/queue", sys.base), sys.token(user));
-        async move {
-            let response = client.post(url).bearer_auth(token).send().await.unwrap();
-            assert_eq!(response.version(), reqwest::Version::HTTP_2);
-            (response.status(), response.json::<Value>().await.unwrap())
-        }
-    });
-    let replies = futures::future::join_all(joins).await;
+    let replies = join_at_once(&sys, id, &users).await;
     let mut positions: Vec<i64> = replies
         .iter()
         .map(|(status, body)| {
@@ -543,13 +549,8 @@ async fn a_queue_that_grew_from_nothing_has_its_planner_statistics_taken_again()
     let before = analyzed().await;
     // 1,200 people join at once over one HTTP/2 connection, as through a
     // load balancer: more places than the planner has ever seen here.
-    let balancer = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let joins = (0..1_200).map(|n| {
-        let (client, url, token) =
-            (balancer.clone(), format!("{}/performances/{id}/queue", sys.base), sys.token(&format!("wr_stat{n}")));
-        async move { client.post(url).bearer_auth(token).send().await.unwrap().status() }
-    });
-    let statuses = futures::future::join_all(joins).await;
+    let users: Vec<String> = (0..1_200).map(|n| format!("wr_stat{n}")).collect();
+    let statuses: Vec<StatusCode> = join_at_once(&sys, id, &users).await.into_iter().map(|(s, _)| s).collect();
     assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
     let retaken =
         testkit::eventually(Duration::from_secs(15), || async { analyzed().await.filter(|at| Some(*at) > before) })
@@ -600,16 +601,8 @@ async fn a_join_before_the_opening_writes_its_place_once_and_joining_again_finds
     let id = "perf_wr_once";
     register(&sys, id, 10).await;
     assert_eq!(set_up(&sys, id, 3_600_000, json!({})).await.status, StatusCode::OK);
-    let balancer = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let joins = (0..300).map(|n| {
-        let (client, url, token) =
-            (balancer.clone(), format!("{}/performances/{id}/queue", sys.base), sys.token(&format!("wr_once{n}")));
-        async move {
-            let reply = client.post(url).bearer_auth(token).send().await.unwrap();
-            (reply.status(), reply.json::<Value>().await.unwrap())
-        }
-    });
-    for (status, body) in futures::future::join_all(joins).await {
+    let users: Vec<String> = (0..300).map(|n| format!("wr_once{n}")).collect();
+    for (status, body) in join_at_once(&sys, id, &users).await {
         assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("queued")), "{body}");
     }
     // Each place was inserted and not written again (an update per new
