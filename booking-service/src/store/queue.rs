@@ -507,8 +507,10 @@ pub async fn admission_active(
 }
 
 /// Takes the planner's statistics of the places again when as many places
-/// changed since they were last taken as there were then (at least 1,000):
-/// true if it did. A queue grows from nothing to tens of thousands of
+/// changed since they were last taken as there were then, or when there are
+/// a fifth more places than they counted (either at least 1,000): true if
+/// it did. The second rule lets a queue whose statistics were taken in the
+/// middle of its first rush be counted again once the rush is over. A queue grows from nothing to tens of thousands of
 /// places within seconds of an on-sale's announcement, long before
 /// autovacuum (which wakes once a minute, and may be off) would look.
 /// Planned with statistics of an empty table, the admitter's statements
@@ -517,6 +519,7 @@ pub async fn admission_active(
 pub async fn analyze_if_stale(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     let stale: bool = sqlx::query_scalar(
         "select coalesce((select s.n_mod_since_analyze > greatest(1000, c.reltuples) \
+                                 or s.n_live_tup > greatest(1000, c.reltuples * 1.2) \
                             from pg_stat_user_tables s join pg_class c on c.oid = s.relid \
                            where s.relid = 'queue_places'::regclass), false)",
     )
