@@ -71,10 +71,19 @@ pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Va
     let looks_before = looks(&run).await;
     let before = watched.sample();
     let started = Instant::now();
+    // What the joins alone cost: each process's CPU once every join is answered.
+    let answered = Arc::new(JoinsAnswered::new(run.clients));
+    let joins_sampled = {
+        let (answered, watched) = (answered.clone(), watched.clone());
+        tokio::spawn(async move {
+            answered.all.notified().await;
+            watched.sample()
+        })
+    };
     let people: Vec<_> = (0..run.clients)
         .map(|n| {
             let client = run.connections[n % run.connections.len()].clone();
-            tokio::spawn(person(run.target.clone(), client, format!("q{n}"), free.clone()))
+            tokio::spawn(person(run.target.clone(), client, format!("q{n}"), free.clone(), answered.clone()))
         })
         .collect();
     let mut outcomes = Vec::with_capacity(people.len());
@@ -83,9 +92,29 @@ pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Va
     }
     let took = started.elapsed();
     let after = watched.sample();
+    answered.all.notify_one();
+    let joined = joins_sampled.await?;
     let looks_after = looks(&run).await;
     let looks = (looks_after.0.saturating_sub(looks_before.0), looks_after.1.saturating_sub(looks_before.1));
-    report(&run, &outcomes, took, &before, &after, watched, looks).await
+    report(&run, &outcomes, took, [&before, &joined, &after], watched, looks).await
+}
+
+/// Counts answered joins and wakes the sampler once all are.
+struct JoinsAnswered {
+    left: std::sync::atomic::AtomicUsize,
+    all: tokio::sync::Notify,
+}
+
+impl JoinsAnswered {
+    fn new(people: usize) -> Self {
+        Self { left: people.into(), all: tokio::sync::Notify::new() }
+    }
+
+    fn one(&self) {
+        if self.left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.all.notify_one();
+        }
+    }
 }
 
 async fn register(target: &Target, seats: u64) -> anyhow::Result<()> {
@@ -110,7 +139,13 @@ fn row_label(r: u64) -> String {
 
 /// One person: join, wait on the place stream, and when admitted book one
 /// free seat (another if it was just taken) and pay.
-async fn person(target: Arc<Target>, client: reqwest::Client, user: String, free: Arc<Mutex<Vec<String>>>) -> Outcome {
+async fn person(
+    target: Arc<Target>,
+    client: reqwest::Client,
+    user: String,
+    free: Arc<Mutex<Vec<String>>>,
+    answered: Arc<JoinsAnswered>,
+) -> Outcome {
     let token = target.token(&user);
     let mut outcome = Outcome::default();
     let sent = Instant::now();
@@ -118,6 +153,7 @@ async fn person(target: Arc<Target>, client: reqwest::Client, user: String, free
         client.post(format!("{}/performances/{PERFORMANCE}/queue", target.base)).bearer_auth(&token).send().await;
     outcome.join_took = sent.elapsed();
     outcome.join_status = joined.as_ref().ok().map(|r| r.status().as_u16());
+    answered.one();
     if outcome.join_status != Some(200) {
         return outcome;
     }
@@ -238,8 +274,7 @@ async fn report(
     run: &QueueRun,
     outcomes: &[Outcome],
     took: Duration,
-    before: &super::procs::CpuSample,
-    after: &super::procs::CpuSample,
+    [before, joined, after]: [&super::procs::CpuSample; 3],
     watched: &Watched,
     (database_looks, memory_looks): (u64, u64),
 ) -> anyhow::Result<Value> {
@@ -289,6 +324,7 @@ async fn report(
         "database_queries_per_look": database_looks as f64 / (database_looks + memory_looks).max(1) as f64,
         "took_ms": took.as_millis() as u64,
         "cpu_ms_per_person": after.ms_per_op_since(before, people, &Default::default()),
+        "cpu_ms_per_join_until_all_answered": joined.ms_per_op_since(before, people, &Default::default()),
         "rss_mib": watched.rss(),
     }))
 }
