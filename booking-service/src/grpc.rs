@@ -12,8 +12,8 @@ use futures::StreamExt;
 use edge::auth::Verifier;
 use proto::booking::{self as pb, booking_service_server::BookingService};
 use proto::time::timestamp;
-use runtime::grpc::authenticate;
 use runtime::grpc::event_metadata;
+use runtime::grpc::{authenticate, authenticate_token};
 use runtime::idempotent;
 use runtime::idempotent::Step;
 use tonic::{Request, Response, Status};
@@ -105,6 +105,9 @@ fn created_to_pb(created: CreatedBooking) -> pb::CreateBookingResponse {
         locked_until: Some(timestamp(created.locked_until)),
     }
 }
+
+/// Most joiners in one `JoinQueueMany` call.
+pub const MOST_JOINERS_PER_CALL: usize = 1_000;
 
 /// The longest `AwaitDecision` waits.
 const MAX_AWAIT_MS: u32 = 10_000;
@@ -293,6 +296,39 @@ impl BookingService for BookingGrpc {
         let performance_id = request.into_inner().performance_id;
         let place = self.bookings.waiting_room().join(&caller, &performance_id).await?;
         Ok(Response::new(place_to_pb(performance_id, place)))
+    }
+
+    async fn join_queue_many(
+        &self,
+        request: Request<pb::JoinQueueManyRequest>,
+    ) -> Result<Response<pb::JoinQueueManyResponse>, Status> {
+        let body = request.into_inner();
+        if body.joiners.len() > MOST_JOINERS_PER_CALL {
+            return Err(Status::invalid_argument(format!("At most {MOST_JOINERS_PER_CALL} joiners per call.")));
+        }
+        let room = self.bookings.waiting_room();
+        let performance_id = body.performance_id.as_str();
+        // Every joiner's own token names them; all are sent to the join
+        // writer at once, so they share its batches like separate calls.
+        let joins = body.joiners.iter().map(|joiner| async move {
+            let user = authenticate_token(&self.verifier, &joiner.token).await?.user;
+            let caller = Caller { user_id: user.user_id, admin: user.admin };
+            room.join(&caller, performance_id).await.map_err(Status::from)
+        });
+        let outcomes = futures::future::join_all(joins)
+            .await
+            .into_iter()
+            .map(|outcome| pb::JoinOutcome {
+                outcome: Some(match outcome {
+                    Ok(place) => pb::join_outcome::Outcome::Place(place_to_pb(body.performance_id.clone(), place)),
+                    Err(refused) => pb::join_outcome::Outcome::Refused(pb::JoinRefusal {
+                        code: refused.code() as i32,
+                        message: refused.message().to_owned(),
+                    }),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::JoinQueueManyResponse { outcomes }))
     }
 
     async fn get_queue_place(

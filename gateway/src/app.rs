@@ -94,8 +94,10 @@ impl GatewayApp {
             shutdown.clone(),
         ));
         let cors = crate::cors::layer(&settings.cors.gateway_cors_origins, settings.dev_tokens)?;
+        let queue_joins = crate::queue_joins::QueueJoins::new(booking.clone());
         let state = Arc::new(AppState {
             booking,
+            queue_joins,
             payment: PaymentServiceClient::new(payment_channel.clone()),
             booking_channel,
             payment_channel,

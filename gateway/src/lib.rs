@@ -9,6 +9,7 @@
 //! | `admit.rs` | before a request takes a slot: its body within a time and size limit, its user's rate |
 //! | `auth.rs` | the `AuthUser` extractor over the shared token verifier |
 //! | `routes/` | one module per resource of the contract, the seat stream, the box-office page |
+//! | `queue_joins.rs` | waiting-room joins sent to the booking-service together (`JoinQueueMany`), each with its own token |
 //! | `upstream.rs` | an HTTP request's token, request id, trace context and Idempotency-Key on its gRPC calls |
 //! | `error.rs` | the JSON error shape; gRPC → HTTP status, once |
 //! | `json.rs` | a JSON extractor whose rejections are 400s naming the problem |
@@ -29,6 +30,7 @@ pub mod json;
 pub mod openapi;
 pub mod path_id;
 pub mod problem;
+pub mod queue_joins;
 pub mod rate_limit;
 pub mod routes;
 pub mod seat_maps;

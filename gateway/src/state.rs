@@ -14,6 +14,8 @@ pub struct AppState {
     pub booking: BookingServiceClient<Channel>,
     /// payment-service client.
     pub payment: PaymentServiceClient<Channel>,
+    /// Joins to waiting rooms, sent to the booking-service together.
+    pub queue_joins: crate::queue_joins::QueueJoins,
     /// Channel to the booking-service (health checks).
     pub booking_channel: Channel,
     /// Channel to the payment-service (health checks).

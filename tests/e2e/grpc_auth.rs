@@ -278,3 +278,63 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
     }
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_queue_many_names_each_joiner_by_their_own_verified_token_and_refuses_the_rest_one_by_one() {
+    let sys = System::start().await;
+    let id = "perf_grpc_join_many";
+    let body = serde_json::json!({"performanceId": id, "title": "x", "rows": [{"row": "A", "seats": 5, "price": 100}]});
+    let registered = sys.call(reqwest::Method::POST, "/performances", Some(&sys.admin_token()), Some(body)).await;
+    assert_eq!(registered.status, StatusCode::CREATED, "{}", registered.body);
+    let opens_at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let onsale = serde_json::json!({"opensAt": opens_at});
+    let path = format!("/performances/{id}/onsale");
+    let set_up = sys.call(reqwest::Method::PUT, &path, Some(&sys.admin_token()), Some(onsale)).await;
+    assert_eq!(set_up.status, StatusCode::OK, "{}", set_up.body);
+    let mut client = sys.booking_grpc().await;
+    let forged =
+        edge::auth::issue_token("not-the-deployment-secret-but-long-enough", "jm_mallory", false, 600).unwrap();
+    let joiners = [sys.token("jm_alice"), forged, "not a token".to_owned(), sys.token("jm_bob")];
+    let request = bpb::JoinQueueManyRequest {
+        performance_id: id.into(),
+        joiners: joiners.iter().map(|token| bpb::Joiner { token: token.clone() }).collect(),
+    };
+    // The call itself carries no identity: each joiner's token is theirs.
+    let outcomes = client.join_queue_many(Request::new(request)).await.unwrap().into_inner().outcomes;
+    let codes: Vec<Code> = outcomes
+        .iter()
+        .map(|o| match &o.outcome {
+            Some(bpb::join_outcome::Outcome::Place(place)) => {
+                assert_eq!(place.state, "queued", "{place:?}");
+                Code::Ok
+            }
+            Some(bpb::join_outcome::Outcome::Refused(refused)) => Code::from_i32(refused.code),
+            None => Code::Unknown,
+        })
+        .collect();
+    assert_eq!(codes, [Code::Ok, Code::Unauthenticated, Code::Unauthenticated, Code::Ok]);
+    // Alice and Bob hold places; the forged token's user does not.
+    for (user, status) in
+        [("jm_alice", StatusCode::OK), ("jm_bob", StatusCode::OK), ("jm_mallory", StatusCode::NOT_FOUND)]
+    {
+        assert_eq!(sys.get(&format!("/performances/{id}/queue"), user).await.status, status, "{user}");
+    }
+    // A performance without a waiting room refuses each joiner as JoinQueue does.
+    let request = bpb::JoinQueueManyRequest {
+        performance_id: "perf_001".into(),
+        joiners: vec![bpb::Joiner { token: sys.token("jm_alice") }],
+    };
+    let outcomes = client.join_queue_many(Request::new(request)).await.unwrap().into_inner().outcomes;
+    assert!(
+        matches!(&outcomes[..], [bpb::JoinOutcome { outcome: Some(bpb::join_outcome::Outcome::Refused(r)) }]
+            if r.code == Code::FailedPrecondition as i32),
+        "{outcomes:?}"
+    );
+    // More than a call may carry is refused whole.
+    let request = bpb::JoinQueueManyRequest {
+        performance_id: id.into(),
+        joiners: vec![bpb::Joiner { token: sys.token("jm_alice") }; 1_001],
+    };
+    assert_eq!(code(client.join_queue_many(Request::new(request)).await), Code::InvalidArgument);
+    sys.stop().await;
+}

@@ -1,7 +1,9 @@
 //! The waiting room survives what production does to it: SIGKILL of the
 //! booking-service and of a gateway mid-queue keeps every place, and two
 //! gateways show the same place to a joiner on one and a poller on the
-//! other. After the faults, the admitted person still books.
+//! other. After the faults, the admitted person still books. A hung
+//! booking-service (SIGSTOP) holds the joins sent to it, not the gateway's
+//! join sender: once it runs again, they and new joins are answered.
 
 use super::*;
 
@@ -105,6 +107,70 @@ async fn every_place_survives_a_sigkill_of_the_booking_service_and_of_a_gateway_
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
+    assert_check_passes(&d);
+    d.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_sent_to_a_hung_booking_service_are_answered_once_it_runs_again_and_new_joins_complete() {
+    let _serial = SERIAL.lock().await;
+    let dir = workdir("faults_waiting_room_hang");
+    let Some(tansu) = Tansu::start(&dir) else { return };
+    let mut d = Deployment::new(dir, &tansu.brokers, server_url());
+    d.start_all().await;
+    let gateway = d.gateway('a');
+    let admin = edge::auth::issue_token(&d.env("JWT_SECRET"), "ops", true, 3600).unwrap();
+    let performance =
+        json!({"performanceId": "perf_qh", "title": "On sale", "rows": [{"row": "A", "seats": 10, "price": 1000}]});
+    let (status, _) =
+        send(&d, reqwest::Method::POST, format!("{gateway}/performances"), &admin, Some(performance)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let opens_at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let url = format!("{gateway}/performances/perf_qh/onsale");
+    let (status, _) = send(&d, reqwest::Method::PUT, url, &admin, Some(json!({"opensAt": opens_at}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let join_url = format!("{gateway}/performances/perf_qh/queue");
+    let joins = |users: Vec<String>| {
+        let (client, url) = (reqwest::Client::new(), join_url.clone());
+        let tokens: Vec<(String, String)> = users.into_iter().map(|u| (d.token(&u), u)).collect();
+        tokio::spawn(async move {
+            let calls = tokens.into_iter().map(|(token, user)| {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    let started = Instant::now();
+                    let status = client.post(url).bearer_auth(token).send().await.map(|r| r.status());
+                    (user, status.ok(), started.elapsed())
+                }
+            });
+            futures::future::join_all(calls).await
+        })
+    };
+    let before = joins((0..5).map(|n| format!("qh_before{n}")).collect()).await.unwrap();
+    assert!(before.iter().all(|(_, s, _)| *s == Some(StatusCode::OK)), "{before:?}");
+
+    // The booking-service hangs: its connections stay open, nothing answers.
+    let booking = d.procs["booking-a"].id();
+    signal(booking, "STOP");
+    let during = joins((0..40).map(|n| format!("qh_during{n}")).collect());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    signal(booking, "CONT");
+    let during = during.await.unwrap();
+    // Within the request timeout, every join held during the hang is answered.
+    for (user, status, took) in &during {
+        assert_eq!(*status, Some(StatusCode::OK), "{user} after {took:?}; logs in {}", d.dir.display());
+    }
+    // New joins complete at once, not behind calls still stuck on the hang.
+    let after = joins((0..40).map(|n| format!("qh_after{n}")).collect()).await.unwrap();
+    for (user, status, took) in &after {
+        assert_eq!(*status, Some(StatusCode::OK), "{user}");
+        assert!(*took < Duration::from_secs(5), "{user} took {took:?} after the hang");
+    }
+    // Nothing lost: every one of them holds a place.
+    for (user, _, _) in before.iter().chain(&during).chain(&after) {
+        let (status, body) =
+            send(&d, reqwest::Method::GET, format!("{gateway}/performances/perf_qh/queue"), &d.token(user), None).await;
+        assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("queued")), "{user}: {body}");
+    }
     assert_check_passes(&d);
     d.stop_all();
 }

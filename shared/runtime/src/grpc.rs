@@ -39,6 +39,12 @@ pub async fn authenticate(verifier: &Verifier, metadata: &MetadataMap) -> Result
     let Some(token) = token else {
         return Err(Status::unauthenticated(UNAUTHENTICATED));
     };
+    authenticate_token(verifier, token).await
+}
+
+/// The caller named by `token` (a JWT carried in a request's body, as each
+/// joiner of a batch is), verified like a bearer token of the metadata.
+pub async fn authenticate_token(verifier: &Verifier, token: &str) -> Result<Credentials, Status> {
     match verifier.verify(token).await {
         Ok(user) => Ok(Credentials { user, token: token.to_owned() }),
         Err(error) => {
