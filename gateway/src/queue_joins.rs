@@ -20,6 +20,9 @@ use tonic::{transport::Channel, Code, Status};
 
 /// Most joiners in one call (the booking-service's limit).
 const MOST_PER_CALL: usize = 1_000;
+/// Most bytes of tokens in one call: well under the 4 MiB a gRPC server
+/// takes by default, whatever size the identity provider's tokens are.
+const MOST_TOKEN_BYTES_PER_CALL: usize = 1 << 20;
 /// Calls under way at once; joins arriving meanwhile make up the next.
 const CALLS_AT_ONCE: usize = 4;
 /// Joins waiting for a call at most; the gateway's in-flight limit keeps
@@ -78,11 +81,34 @@ async fn run(booking: BookingServiceClient<Channel>, mut receiver: mpsc::Receive
         }
         let booking = booking.clone();
         tokio::spawn(async move {
-            let calls = by_performance.into_iter().map(|(id, joins)| send(booking.clone(), id, joins));
+            let calls = by_performance
+                .into_iter()
+                .flat_map(|(id, joins)| calls_of(joins).into_iter().map(move |joins| (id.clone(), joins)))
+                .map(|(id, joins)| send(booking.clone(), id, joins));
             futures::future::join_all(calls).await;
             drop(permit);
         });
     }
+}
+
+/// One performance's joins cut into calls of at most
+/// [`MOST_TOKEN_BYTES_PER_CALL`] bytes of tokens (a call holds one join at least).
+fn calls_of(joins: Vec<Pending>) -> Vec<Vec<Pending>> {
+    let mut calls: Vec<Vec<Pending>> = Vec::new();
+    let mut bytes = 0;
+    for join in joins {
+        match calls.last_mut() {
+            Some(call) if bytes + join.token.len() <= MOST_TOKEN_BYTES_PER_CALL => {
+                bytes += join.token.len();
+                call.push(join);
+            }
+            _ => {
+                bytes = join.token.len();
+                calls.push(vec![join]);
+            }
+        }
+    }
+    calls
 }
 
 /// One call for one performance's joins; every join is answered.
@@ -151,6 +177,27 @@ mod tests {
         let status = answers[1].as_ref().err().map(|s| (s.code(), s.message().to_owned()));
         assert_eq!(status, Some((Code::Unauthenticated, "Missing or invalid bearer token.".to_owned())));
         assert_eq!(answers[2].as_ref().ok().and_then(|p| p.position), Some(2));
+    }
+
+    #[test]
+    fn joins_with_large_tokens_are_cut_into_calls_that_a_server_takes_and_keep_their_order() {
+        let joins: Vec<Pending> = (0..300)
+            .map(|n| Pending {
+                performance_id: "p".into(),
+                token: format!("{n:08}{}", "x".repeat(8_000)),
+                reply: oneshot::channel().0,
+            })
+            .collect();
+        let calls = calls_of(joins);
+        assert_eq!(calls.len(), 3, "300 tokens of 8 KB in calls of at most 1 MiB");
+        for call in &calls {
+            assert!(call.iter().map(|j| j.token.len()).sum::<usize>() <= MOST_TOKEN_BYTES_PER_CALL);
+        }
+        let order: Vec<String> = calls.iter().flatten().map(|j| j.token[..8].to_owned()).collect();
+        assert_eq!(order, (0..300).map(|n| format!("{n:08}")).collect::<Vec<_>>());
+        // One token larger than a call still travels, alone.
+        let huge = Pending { performance_id: "p".into(), token: "y".repeat(2 << 20), reply: oneshot::channel().0 };
+        assert_eq!(calls_of(vec![huge]).len(), 1);
     }
 
     #[test]
