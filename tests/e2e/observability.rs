@@ -224,3 +224,45 @@ fn every_alert_has_a_runbook_section() {
         assert!(runbook.contains(&format!("### {alert}")), "docs/RUNBOOK.md has no section for {alert}");
     }
 }
+
+/// Without a span exporter (no `OTEL_EXPORTER_OTLP_ENDPOINT`, as here), no
+/// OpenTelemetry span is built, but the caller's trace still goes along:
+/// the booking's event, and the payment intent the payment-service creates
+/// when it consumes that event from Kafka, carry the caller's trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_exporter_the_callers_trace_still_reaches_the_events_of_both_services() {
+    const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+    let sys = System::start().await;
+    let reply = sys
+        .client
+        .post(format!("{}/bookings", sys.base))
+        .bearer_auth(sys.token("trace_no_export"))
+        .header("traceparent", format!("00-{TRACE_ID}-b7ad6b7169203331-01"))
+        .json(&serde_json::json!({"performanceId": "perf_001", "seatIds": ["E7"], "userId": "trace_no_export"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), reqwest::StatusCode::CREATED);
+    let created: serde_json::Value = reply.json().await.unwrap();
+    let (booking, intent) = (created["bookingId"].as_str().unwrap(), created["paymentIntentId"].as_str().unwrap());
+    sys.wait_intent("trace_no_export", intent).await;
+    let traceparent = |pool: sqlx::PgPool, stream: String, event: &'static str| async move {
+        sqlx::query_scalar::<_, Option<String>>(
+            "select metadata->>'traceparent' from events where stream_id = $1 and event_type = $2",
+        )
+        .bind(stream)
+        .bind(event)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .unwrap_or_default()
+    };
+    let locked = traceparent(sys.booking_pool().await, booking.to_owned(), "SeatLocked").await;
+    let created = traceparent(sys.payment_pool().await, intent.to_owned(), "PaymentIntentCreated").await;
+    for (event, value) in [("SeatLocked", &locked), ("PaymentIntentCreated", &created)] {
+        let parts: Vec<&str> = value.split('-').collect();
+        assert_eq!(parts.len(), 4, "{event}: {value}");
+        assert_eq!((parts[0], parts[1], parts[3]), ("00", TRACE_ID, "01"), "{event}: {value}");
+    }
+    sys.stop().await;
+}

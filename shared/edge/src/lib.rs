@@ -17,5 +17,6 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
+pub mod trace_ids;
 pub mod verified;
 pub mod wire;

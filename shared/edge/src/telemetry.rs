@@ -1,9 +1,11 @@
 //! Tracing setup shared by every binary: `RUST_LOG`-style filtering, a text
-//! or JSON log format (`LOG_FORMAT=json`), and OpenTelemetry spans. An OTel
-//! layer is always installed so W3C trace context is carried HTTP → gRPC →
-//! Kafka → consumers; spans are exported over OTLP (gRPC) only when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. The returned guard flushes the
-//! exporter when dropped.
+//! or JSON log format (`LOG_FORMAT=json`), and trace context. With
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are OpenTelemetry spans exported
+//! over OTLP (gRPC); without it, only their trace context is kept
+//! (`crate::trace_ids`), so W3C trace context is still carried HTTP → gRPC →
+//! Kafka → consumers and logs still carry trace ids, at no cost per span
+//! for spans nobody collects. The returned guard flushes the exporter when
+//! dropped.
 
 use clap::ValueEnum;
 use opentelemetry::trace::TracerProvider as _;
@@ -45,25 +47,43 @@ fn filter() -> EnvFilter {
 /// Installs logging and tracing for `service`; a second call (tests) is a no-op.
 pub fn init(format: LogFormat, service: &str) -> TelemetryGuard {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let mut builder =
-        SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(service.to_owned()).build());
-    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.trim().is_empty());
-    let mut export_error = None;
-    if let Some(endpoint) = &endpoint {
-        match opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint.clone()).build() {
-            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
-            Err(error) => export_error = Some(error.to_string()),
+    let Some(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.trim().is_empty()) else {
+        install_without_export(format);
+        return TelemetryGuard { provider: None };
+    };
+    match opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint.clone()).build() {
+        Ok(exporter) => {
+            let provider = SdkTracerProvider::builder()
+                .with_resource(Resource::builder().with_service_name(service.to_owned()).build())
+                .with_batch_exporter(exporter)
+                .build();
+            install(format, provider.tracer(service.to_owned()));
+            opentelemetry::global::set_tracer_provider(provider.clone());
+            tracing::info!(endpoint, "exporting spans over OTLP");
+            TelemetryGuard { provider: Some(provider) }
+        }
+        Err(error) => {
+            install_without_export(format);
+            tracing::warn!(endpoint, error = %error, "OTLP exporter not started; spans are not exported");
+            TelemetryGuard { provider: None }
         }
     }
-    let provider = builder.build();
-    install(format, provider.tracer(service.to_owned()));
-    opentelemetry::global::set_tracer_provider(provider.clone());
-    match (endpoint, export_error) {
-        (Some(endpoint), None) => tracing::info!(endpoint, "exporting spans over OTLP"),
-        (Some(endpoint), Some(error)) => tracing::warn!(endpoint, error, "OTLP exporter not started"),
-        (None, _) => {}
-    }
-    TelemetryGuard { provider: Some(provider) }
+}
+
+/// The spans whose context is carried (the same with or without export).
+fn span_filter() -> EnvFilter {
+    EnvFilter::new("info,h2=off,hyper=off,tower=off,sqlx=off,rdkafka=off,opentelemetry=off")
+}
+
+/// Logs, and trace context kept without OpenTelemetry spans.
+pub fn install_without_export(format: LogFormat) {
+    let registry = tracing_subscriber::registry().with(crate::trace_ids::TraceIdsLayer.with_filter(span_filter()));
+    let _ = match format {
+        LogFormat::Text => registry.with(fmt::layer().with_target(true).with_filter(filter())).try_init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_filter(filter()))
+            .try_init(),
+    };
 }
 
 /// Installs the global subscriber with `tracer` as the OTel layer (tests
@@ -85,12 +105,15 @@ where
         .with_context_activation(false)
         .with_threads(false)
         .with_tracer(tracer)
-        .with_filter(EnvFilter::new("info,h2=off,hyper=off,tower=off,sqlx=off,rdkafka=off,opentelemetry=off"));
+        .with_filter(span_filter());
     let registry = tracing_subscriber::registry().with(otel);
-    let _ = match format {
+    let installed = match format {
         LogFormat::Text => registry.with(fmt::layer().with_target(true).with_filter(filter())).try_init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_filter(filter()))
             .try_init(),
     };
+    if installed.is_ok() {
+        crate::trace_context::use_otel_spans();
+    }
 }

@@ -1,8 +1,11 @@
 //! W3C trace context across process boundaries: extracted from HTTP headers,
 //! gRPC metadata and Kafka `traceparent` headers into the current span, and
-//! injected from it into outgoing gRPC calls and recorded events.
+//! injected from it into outgoing gRPC calls and recorded events. A process
+//! that exports spans keeps the context in its OpenTelemetry spans; one
+//! that exports none keeps only the ids (`crate::trace_ids`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::{
     propagation::{Extractor, Injector},
@@ -11,6 +14,28 @@ use opentelemetry::{
 };
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Whether this process's spans are OpenTelemetry spans (an exporter, or a
+/// test's tracer); otherwise `crate::trace_ids` keeps their context.
+static OTEL_SPANS: AtomicBool = AtomicBool::new(false);
+
+/// From now on the context lives in OpenTelemetry spans (set by `telemetry`).
+pub(crate) fn use_otel_spans() {
+    OTEL_SPANS.store(true, Ordering::Relaxed);
+}
+
+fn otel_spans() -> bool {
+    OTEL_SPANS.load(Ordering::Relaxed)
+}
+
+/// The context of `span`, whichever way this process keeps it.
+fn context_of(span: &Span) -> Context {
+    if otel_spans() {
+        span.context()
+    } else {
+        crate::trace_ids::context_of(span).map_or_else(Context::new, |sc| Context::new().with_remote_span_context(sc))
+    }
+}
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
@@ -52,14 +77,18 @@ pub fn from_traceparent(traceparent: Option<&str>) -> Context {
 /// Makes `parent` the parent of `span` and records the trace id on it (so
 /// log lines inside carry it) when the span has a `trace_id` field.
 pub fn adopt(span: &Span, parent: Context) {
-    let _ = span.set_parent(parent);
-    let trace_id = span.context().span().span_context().trace_id();
+    if otel_spans() {
+        let _ = span.set_parent(parent);
+    } else {
+        crate::trace_ids::adopt(span, parent.span().span_context());
+    }
+    let trace_id = context_of(span).span().span_context().trace_id();
     span.record("trace_id", tracing::field::display(trace_id));
 }
 
 /// The current span's context as a `traceparent` value, if it is sampled into a trace.
 pub fn current_traceparent() -> Option<String> {
-    let context = Span::current().context();
+    let context = context_of(&Span::current());
     if !context.span().span_context().is_valid() {
         return None;
     }
@@ -70,7 +99,7 @@ pub fn current_traceparent() -> Option<String> {
 
 /// Writes the current span's context into outgoing gRPC metadata.
 pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
-    let context = Span::current().context();
+    let context = context_of(&Span::current());
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut MetadataInjector(metadata)));
 }
 
