@@ -22,6 +22,19 @@ async fn send(
     (response.status(), response.json().await.unwrap_or(Value::Null))
 }
 
+/// Registers `id` with 10 seats and sets up its on-sale with `setup`, as an admin.
+async fn on_sale(d: &Deployment, gateway: &str, id: &str, setup: Value) {
+    let admin = edge::auth::issue_token(&d.env("JWT_SECRET"), "ops", true, 3600).unwrap();
+    let performance =
+        json!({"performanceId": id, "title": "On sale", "rows": [{"row": "A", "seats": 10, "price": 1000}]});
+    let (status, _) =
+        send(d, reqwest::Method::POST, format!("{gateway}/performances"), &admin, Some(performance)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let url = format!("{gateway}/performances/{id}/onsale");
+    let (status, _) = send(d, reqwest::Method::PUT, url, &admin, Some(setup)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 /// Every user's position as `gateway` shows it (waiting until each has one).
 async fn positions(d: &Deployment, gateway: &str, users: &[String]) -> Vec<i64> {
     let mut found = Vec::new();
@@ -52,17 +65,8 @@ async fn every_place_survives_a_sigkill_of_the_booking_service_and_of_a_gateway_
     d.start("gateway-b", &[("BOOKING_GRPC_URL", &booking_url), ("PAYMENT_GRPC_URL", &payment_url)]);
     d.wait_ready('b').await;
     let (gateway_a, gateway_b) = (d.gateway('a'), d.gateway('b'));
-    let admin = edge::auth::issue_token(&d.env("JWT_SECRET"), "ops", true, 3600).unwrap();
-    let performance =
-        json!({"performanceId": "perf_q", "title": "On sale", "rows": [{"row": "A", "seats": 10, "price": 1000}]});
-    let (status, _) =
-        send(&d, reqwest::Method::POST, format!("{gateway_a}/performances"), &admin, Some(performance)).await;
-    assert_eq!(status, StatusCode::CREATED);
     let opens_at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
-    let setup = json!({"opensAt": opens_at, "maxActive": 1});
-    let (status, _) =
-        send(&d, reqwest::Method::PUT, format!("{gateway_a}/performances/perf_q/onsale"), &admin, Some(setup)).await;
-    assert_eq!(status, StatusCode::OK);
+    on_sale(&d, &gateway_a, "perf_q", json!({"opensAt": opens_at, "maxActive": 1})).await;
 
     // Joined on one gateway, read on the other.
     let users: Vec<String> = (0..12).map(|n| format!("q_fan{n}")).collect();
@@ -119,16 +123,8 @@ async fn joins_sent_to_a_hung_booking_service_are_answered_once_it_runs_again_an
     let mut d = Deployment::new(dir, &tansu.brokers, server_url());
     d.start_all().await;
     let gateway = d.gateway('a');
-    let admin = edge::auth::issue_token(&d.env("JWT_SECRET"), "ops", true, 3600).unwrap();
-    let performance =
-        json!({"performanceId": "perf_qh", "title": "On sale", "rows": [{"row": "A", "seats": 10, "price": 1000}]});
-    let (status, _) =
-        send(&d, reqwest::Method::POST, format!("{gateway}/performances"), &admin, Some(performance)).await;
-    assert_eq!(status, StatusCode::CREATED);
     let opens_at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    let url = format!("{gateway}/performances/perf_qh/onsale");
-    let (status, _) = send(&d, reqwest::Method::PUT, url, &admin, Some(json!({"opensAt": opens_at}))).await;
-    assert_eq!(status, StatusCode::OK);
+    on_sale(&d, &gateway, "perf_qh", json!({"opensAt": opens_at})).await;
     let join_url = format!("{gateway}/performances/perf_qh/queue");
     let joins = |users: Vec<String>| {
         let (client, url) = (reqwest::Client::new(), join_url.clone());
