@@ -106,9 +106,6 @@ fn created_to_pb(created: CreatedBooking) -> pb::CreateBookingResponse {
     }
 }
 
-/// Most joiners in one `JoinQueueMany` call.
-pub const MOST_JOINERS_PER_CALL: usize = 1_000;
-
 /// The longest `AwaitDecision` waits.
 const MAX_AWAIT_MS: u32 = 10_000;
 
@@ -303,8 +300,9 @@ impl BookingService for BookingGrpc {
         request: Request<pb::JoinQueueManyRequest>,
     ) -> Result<Response<pb::JoinQueueManyResponse>, Status> {
         let body = request.into_inner();
-        if body.joiners.len() > MOST_JOINERS_PER_CALL {
-            return Err(Status::invalid_argument(format!("At most {MOST_JOINERS_PER_CALL} joiners per call.")));
+        let most = pb::JOIN_QUEUE_MANY_MOST_JOINERS;
+        if body.joiners.len() > most {
+            return Err(Status::invalid_argument(format!("At most {most} joiners per call.")));
         }
         let room = self.bookings.waiting_room();
         let performance_id = body.performance_id.as_str();

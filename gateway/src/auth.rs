@@ -32,14 +32,15 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
     }
 }
 
+/// The `Authorization: Bearer` token of `headers`, unverified.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(edge::auth::bearer)
+}
+
 impl AuthUser {
     /// The caller named by the `Authorization: Bearer` token of `headers`.
     pub async fn from_headers(headers: &axum::http::HeaderMap, state: &AppState) -> Result<Self, ApiError> {
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(edge::auth::bearer)
-            .ok_or_else(ApiError::unauthenticated)?;
+        let token = bearer_token(headers).ok_or_else(ApiError::unauthenticated)?;
         state.auth.verify(token).await.map(AuthUser).map_err(|error| {
             tracing::debug!(%error, "bearer token refused");
             ApiError::unauthenticated()

@@ -10,6 +10,10 @@
 //!
 //! A booking-service that does not know `JoinQueueMany` yet (an upgrade
 //! in progress) answers UNIMPLEMENTED: those joins are sent one by one.
+//!
+//! What a call shared by many people cannot carry is each one's request id
+//! and trace context: the gateway's access log and span of each join still
+//! have them; the booking-service's log of a batch does not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,8 +22,8 @@ use proto::booking::{self as pb, booking_service_client::BookingServiceClient, j
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::{transport::Channel, Code, Status};
 
-/// Most joiners in one call (the booking-service's limit).
-const MOST_PER_CALL: usize = 1_000;
+/// Most joiners in one call (the contract's limit).
+const MOST_PER_CALL: usize = pb::JOIN_QUEUE_MANY_MOST_JOINERS;
 /// Most bytes of tokens in one call: well under the 4 MiB a gRPC server
 /// takes by default, whatever size the identity provider's tokens are.
 const MOST_TOKEN_BYTES_PER_CALL: usize = 1 << 20;

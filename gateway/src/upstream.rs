@@ -9,10 +9,8 @@ pub fn grpc_request<T>(message: T, headers: &HeaderMap) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     // The caller's own token (verified by the `AuthUser` extractor): the
     // services verify it again and take the caller from it, not from us.
-    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(token) = edge::auth::bearer(value) {
-            edge::wire::forward_bearer(&mut request, token);
-        }
+    if let Some(token) = crate::auth::bearer_token(headers) {
+        edge::wire::forward_bearer(&mut request, token);
     }
     if let Some(value) = headers.get(edge::wire::REQUEST_ID).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
     {

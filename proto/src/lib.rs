@@ -15,6 +15,10 @@ pub mod events {
 /// The booking-service gRPC API (`ticketing.booking.v1`).
 pub mod booking {
     tonic::include_proto!("ticketing.booking.v1");
+
+    /// Most joiners one `JoinQueueMany` call may carry (the contract's limit:
+    /// the service refuses more, and the gateway never sends more).
+    pub const JOIN_QUEUE_MANY_MOST_JOINERS: usize = 1_000;
 }
 
 /// The payment-service gRPC API (`ticketing.payment.v1`).

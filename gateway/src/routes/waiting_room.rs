@@ -201,11 +201,7 @@ pub async fn join_queue(
     PathId(id): PathId,
 ) -> Result<Json<PlaceBody>, ApiError> {
     // The token the extractor verified; the booking-service verifies it again.
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(edge::auth::bearer)
-        .ok_or_else(ApiError::unauthenticated)?;
+    let token = crate::auth::bearer_token(&headers).ok_or_else(ApiError::unauthenticated)?;
     let place = state.queue_joins.join(id, token.to_owned()).await?;
     Ok(Json(place_body(place)))
 }
