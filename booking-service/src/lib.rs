@@ -9,7 +9,7 @@
 //! | `store/` | catalog, seat holds, the `booking_view` read model |
 //! | `publish.rs` | domain events → public protobuf events on `booking.events.v1` |
 //! | `consumer.rs` | reactions to `payment.events.v1` |
-//! | `grpc.rs` | the `BookingService` gRPC adapter |
+//! | `grpc/` | the `BookingService` gRPC adapter; `watch_places.rs` serves a gateway's many place streams on one call |
 //! | `app.rs` | start-up, background tasks, shutdown |
 
 pub mod app;

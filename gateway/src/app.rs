@@ -95,9 +95,11 @@ impl GatewayApp {
         ));
         let cors = crate::cors::layer(&settings.cors.gateway_cors_origins, settings.dev_tokens)?;
         let queue_joins = crate::queue_joins::QueueJoins::new(booking.clone());
+        let queue_watch = crate::queue_watch::QueueWatch::new(booking.clone(), shutdown.clone());
         let state = Arc::new(AppState {
             booking,
             queue_joins,
+            queue_watch,
             payment: PaymentServiceClient::new(payment_channel.clone()),
             booking_channel,
             payment_channel,

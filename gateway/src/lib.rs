@@ -10,6 +10,7 @@
 //! | `auth.rs` | the `AuthUser` extractor over the shared token verifier |
 //! | `routes/` | one module per resource of the contract, the seat stream, the box-office page |
 //! | `queue_joins.rs` | waiting-room joins sent to the booking-service together (`JoinQueueMany`), each with its own token |
+//! | `queue_watch.rs` | the place streams of a performance's viewers on one `WatchQueuePlaces` call, each with its own token |
 //! | `upstream.rs` | an HTTP request's token, request id, trace context and Idempotency-Key on its gRPC calls |
 //! | `error.rs` | the JSON error shape; gRPC → HTTP status, once |
 //! | `json.rs` | a JSON extractor whose rejections are 400s naming the problem |
@@ -31,6 +32,7 @@ pub mod openapi;
 pub mod path_id;
 pub mod problem;
 pub mod queue_joins;
+pub mod queue_watch;
 pub mod rate_limit;
 pub mod routes;
 pub mod seat_maps;

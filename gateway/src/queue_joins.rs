@@ -95,24 +95,31 @@ async fn run(booking: BookingServiceClient<Channel>, mut receiver: mpsc::Receive
     }
 }
 
-/// One performance's joins cut into calls of at most
-/// [`MOST_TOKEN_BYTES_PER_CALL`] bytes of tokens (a call holds one join at least).
-fn calls_of(joins: Vec<Pending>) -> Vec<Vec<Pending>> {
-    let mut calls: Vec<Vec<Pending>> = Vec::new();
+/// Items cut, in order, into groups whose `bytes_of` add up to at most
+/// `most` (a group holds one item at least, however large).
+pub(crate) fn cut_by_bytes<T>(items: Vec<T>, bytes_of: impl Fn(&T) -> usize, most: usize) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
     let mut bytes = 0;
-    for join in joins {
-        match calls.last_mut() {
-            Some(call) if bytes + join.token.len() <= MOST_TOKEN_BYTES_PER_CALL => {
-                bytes += join.token.len();
-                call.push(join);
+    for item in items {
+        let size = bytes_of(&item);
+        match groups.last_mut() {
+            Some(group) if bytes + size <= most => {
+                bytes += size;
+                group.push(item);
             }
             _ => {
-                bytes = join.token.len();
-                calls.push(vec![join]);
+                bytes = size;
+                groups.push(vec![item]);
             }
         }
     }
-    calls
+    groups
+}
+
+/// One performance's joins cut into calls of at most
+/// [`MOST_TOKEN_BYTES_PER_CALL`] bytes of tokens.
+fn calls_of(joins: Vec<Pending>) -> Vec<Vec<Pending>> {
+    cut_by_bytes(joins, |join| join.token.len(), MOST_TOKEN_BYTES_PER_CALL)
 }
 
 /// One call for one performance's joins; every join is answered.

@@ -16,6 +16,8 @@ pub struct AppState {
     pub payment: PaymentServiceClient<Channel>,
     /// Joins to waiting rooms, sent to the booking-service together.
     pub queue_joins: crate::queue_joins::QueueJoins,
+    /// Place streams, carried on one call per performance.
+    pub queue_watch: crate::queue_watch::QueueWatch,
     /// Channel to the booking-service (health checks).
     pub booking_channel: Channel,
     /// Channel to the payment-service (health checks).

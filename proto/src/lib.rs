@@ -19,6 +19,10 @@ pub mod booking {
     /// Most joiners one `JoinQueueMany` call may carry (the contract's limit:
     /// the service refuses more, and the gateway never sends more).
     pub const JOIN_QUEUE_MANY_MOST_JOINERS: usize = 1_000;
+
+    /// Most viewers one `WatchQueuePlacesRequest` may start (the contract's
+    /// limit: the service ends a call that sends more).
+    pub const WATCH_QUEUE_PLACES_MOST_STARTS: usize = 1_000;
 }
 
 /// The payment-service gRPC API (`ticketing.payment.v1`).

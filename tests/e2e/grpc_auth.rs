@@ -338,3 +338,116 @@ async fn join_queue_many_names_each_joiner_by_their_own_verified_token_and_refus
     assert_eq!(code(client.join_queue_many(Request::new(request)).await), Code::InvalidArgument);
     sys.stop().await;
 }
+
+/// A `WatchQueuePlaces` call fed by a channel, and its answers.
+async fn watch_call(
+    client: &mut bpb::booking_service_client::BookingServiceClient<tonic::transport::Channel>,
+    first: bpb::WatchQueuePlacesRequest,
+) -> (tokio::sync::mpsc::UnboundedSender<bpb::WatchQueuePlacesRequest>, tonic::Streaming<bpb::WatchQueuePlacesResponse>)
+{
+    let (requests, mut stream) = tokio::sync::mpsc::unbounded_channel();
+    requests.send(first).unwrap();
+    let stream = futures::stream::poll_fn(move |cx| stream.poll_recv(cx));
+    let answers = client.watch_queue_places(Request::new(stream)).await.unwrap().into_inner();
+    (requests, answers)
+}
+
+/// The next viewer outcomes a call sends, by viewer: the state told, or the refusal's code.
+async fn told(answers: &mut tonic::Streaming<bpb::WatchQueuePlacesResponse>) -> Vec<(u64, Result<String, Code>)> {
+    let message = tokio::time::timeout(std::time::Duration::from_secs(10), answers.message())
+        .await
+        .expect("an answer within 10 s")
+        .expect("a message")
+        .expect("the call goes on");
+    message
+        .places
+        .into_iter()
+        .map(|p| match p.outcome {
+            Some(bpb::viewer_place::Outcome::Place(place)) => (p.viewer, Ok(place.state)),
+            Some(bpb::viewer_place::Outcome::Refused(refused)) => (p.viewer, Err(Code::from_i32(refused.code))),
+            None => (p.viewer, Err(Code::Unknown)),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_queue_places_names_each_viewer_by_their_own_verified_token_and_tells_each_their_own_place() {
+    let sys = System::start().await;
+    let id = "perf_grpc_watch";
+    let body = serde_json::json!({"performanceId": id, "title": "x", "rows": [{"row": "A", "seats": 5, "price": 100}]});
+    let registered = sys.call(reqwest::Method::POST, "/performances", Some(&sys.admin_token()), Some(body)).await;
+    assert_eq!(registered.status, StatusCode::CREATED, "{}", registered.body);
+    let opens_at = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+    let onsale = serde_json::json!({"opensAt": opens_at, "maxActive": 1});
+    let path = format!("/performances/{id}/onsale");
+    let set_up = sys.call(reqwest::Method::PUT, &path, Some(&sys.admin_token()), Some(onsale)).await;
+    assert_eq!(set_up.status, StatusCode::OK, "{}", set_up.body);
+    for user in ["wq_alice", "wq_bob"] {
+        let path = format!("/performances/{id}/queue");
+        let joined = sys.call(reqwest::Method::POST, &path, Some(&sys.token(user)), None).await;
+        assert_eq!(joined.status, StatusCode::OK);
+    }
+    let mut client = sys.booking_grpc().await;
+    let forged = edge::auth::issue_token("not-the-deployment-secret-but-long-enough", "wq_alice", false, 600).unwrap();
+    let start = [(1, sys.token("wq_alice")), (2, forged), (3, sys.token("wq_carol")), (4, sys.token("wq_bob"))];
+    // The call itself carries no identity: each viewer's token is theirs.
+    let (requests, mut answers) = watch_call(
+        &mut client,
+        bpb::WatchQueuePlacesRequest {
+            performance_id: id.into(),
+            start: start.iter().map(|(id, token)| bpb::QueueViewer { id: *id, token: token.clone() }).collect(),
+            stop: vec![],
+        },
+    )
+    .await;
+    let first = told(&mut answers).await;
+    assert_eq!(
+        first,
+        [
+            (1, Ok("queued".to_owned())),
+            (2, Err(Code::Unauthenticated)),
+            (3, Err(Code::NotFound)),
+            (4, Ok("queued".to_owned()))
+        ]
+    );
+    // At the opening both hear at once; then one is admitted (maxActive 1)
+    // and is done, the other waits. Bob stops watching; Alice goes on.
+    let mut last = std::collections::HashMap::new();
+    while !last.values().any(|s: &String| s == "admitted") {
+        for (viewer, state) in told(&mut answers).await {
+            last.insert(viewer, state.expect("a place"));
+        }
+    }
+    assert!(last.values().any(|s| s == "waiting"), "{last:?}");
+    let admitted = *last.iter().find(|(_, s)| *s == "admitted").unwrap().0;
+    let waiting = if admitted == 1 { 4 } else { 1 };
+    requests.send(bpb::WatchQueuePlacesRequest { stop: vec![waiting], ..Default::default() }).unwrap();
+    // A later message may not name another performance; the call ends.
+    requests.send(bpb::WatchQueuePlacesRequest { performance_id: "perf_001".into(), ..Default::default() }).unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match answers.message().await {
+                Ok(Some(message)) => {
+                    assert!(message.places.iter().all(|p| p.viewer != admitted), "told after admitted")
+                }
+                Ok(None) => return Code::Ok,
+                Err(status) => return status.code(),
+            }
+        }
+    })
+    .await
+    .expect("the call ends");
+    assert_eq!(ended, Code::InvalidArgument);
+    // More viewers than a message may start are refused whole, and so is
+    // a first message that names no performance.
+    let too_many = bpb::WatchQueuePlacesRequest {
+        performance_id: id.into(),
+        start: (0..1_001).map(|n| bpb::QueueViewer { id: n, token: sys.token("wq_alice") }).collect(),
+        stop: vec![],
+    };
+    let (_requests, mut answers) = watch_call(&mut client, too_many).await;
+    assert_eq!(answers.message().await.map(|_| ()).map_err(|s| s.code()), Err(Code::InvalidArgument));
+    let (_requests, mut answers) = watch_call(&mut client, bpb::WatchQueuePlacesRequest::default()).await;
+    assert_eq!(answers.message().await.map(|_| ()).map_err(|s| s.code()), Err(Code::InvalidArgument));
+    sys.stop().await;
+}

@@ -502,6 +502,55 @@ async fn people_joining_at_once_over_one_http2_connection_are_written_in_batches
     sys.stop().await;
 }
 
+/// Calls the booking-service answered, by gRPC method (the whole test
+/// binary's systems share one metrics registry).
+async fn grpc_calls(sys: &System, method: &str) -> u64 {
+    let text = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("grpc_requests_total{"))
+        .filter(|l| l.contains(&format!("method=\"/ticketing.booking.v1.BookingService/{method}\"")))
+        .filter(|l| l.contains("code=\"0\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_place_streams_of_a_performance_ride_one_booking_service_call_and_each_hears_its_own_place() {
+    let sys = System::start().await;
+    let id = "perf_wr_many_streams";
+    register(&sys, id, 30).await;
+    assert_eq!(set_up(&sys, id, 1_500, json!({"maxActive": 100})).await.status, StatusCode::OK);
+    let users: Vec<String> = (0..30).map(|n| format!("wr_many_{n}")).collect();
+    for user in &users {
+        join(&sys, id, user).await;
+    }
+    let per_person_before = grpc_calls(&sys, "StreamQueuePlace").await;
+    let streams = users.iter().map(|user| async {
+        let text = tokio::time::timeout(Duration::from_secs(20), open_stream(&sys, id, user).await.text())
+            .await
+            .expect("the stream ended")
+            .unwrap();
+        let places: Vec<Value> =
+            text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
+        (user.clone(), places)
+    });
+    for (user, places) in futures::future::join_all(streams).await {
+        let states: Vec<&str> = places.iter().map(|p| p["state"].as_str().unwrap()).collect();
+        assert_eq!(states.first(), Some(&"queued"), "{user}: {states:?}");
+        assert_eq!(states.last(), Some(&"admitted"), "{user}: {states:?}");
+        // Each stream carries its own person's admission.
+        let admission = places.last().unwrap()["admission"].as_str().unwrap().to_owned();
+        let position = places.last().unwrap()["position"].as_i64().unwrap();
+        assert_eq!(place(&sys, id, &user).await["position"].as_i64(), Some(position), "{user}");
+        let (status, body) = book(&sys, id, &user, &format!("A{position}"), Some(&admission)).await;
+        assert_eq!(status, StatusCode::CREATED, "{user}: {body}");
+    }
+    // No stream used a call of its own.
+    assert_eq!(grpc_calls(&sys, "StreamQueuePlace").await, per_person_before);
+    assert!(grpc_calls(&sys, "WatchQueuePlaces").await >= 1);
+    sys.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_place_stream_hears_the_opening_at_once_rather_than_at_its_slow_pace() {
     let sys = System::start().await;

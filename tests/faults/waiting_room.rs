@@ -3,7 +3,10 @@
 //! gateways show the same place to a joiner on one and a poller on the
 //! other. After the faults, the admitted person still books. A hung
 //! booking-service (SIGSTOP) holds the joins sent to it, not the gateway's
-//! join sender: once it runs again, they and new joins are answered.
+//! join sender: once it runs again, they and new joins are answered. Place
+//! streams, carried on one call per performance, are opened again by their
+//! pages after the booking-service hangs or is killed, and every viewer
+//! hears their admission.
 
 use super::*;
 
@@ -166,6 +169,95 @@ async fn joins_sent_to_a_hung_booking_service_are_answered_once_it_runs_again_an
         let (status, body) =
             send(&d, reqwest::Method::GET, format!("{gateway}/performances/perf_qh/queue"), &d.token(user), None).await;
         assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("queued")), "{user}: {body}");
+    }
+    assert_check_passes(&d);
+    d.stop_all();
+}
+
+/// Follows `user`'s place stream on `gateway` as the page does, opening it
+/// again whenever it ends or is refused, until it says `admitted`; the
+/// states it heard, and the admission.
+async fn follow(client: reqwest::Client, url: String, token: String) -> (Vec<String>, String) {
+    let mut heard = Vec::new();
+    loop {
+        if let Ok(response) = client.get(&url).bearer_auth(&token).send().await {
+            if response.status() == StatusCode::OK {
+                let mut body = response.bytes_stream();
+                let mut text = String::new();
+                while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+                    text.push_str(&String::from_utf8_lossy(&chunk));
+                    while let Some(end) = text.find("\n\n") {
+                        let event: String = text.drain(..end + 2).collect();
+                        let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+                        let place: Value = serde_json::from_str(data).unwrap();
+                        heard.push(place["state"].as_str().unwrap_or_default().to_owned());
+                        if place["state"] == "admitted" {
+                            return (heard, place["admission"].as_str().unwrap_or_default().to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn place_streams_outlive_a_hung_and_a_killed_booking_service_and_every_viewer_hears_their_admission() {
+    let _serial = SERIAL.lock().await;
+    let dir = workdir("faults_waiting_room_streams");
+    let Some(tansu) = Tansu::start(&dir) else { return };
+    let mut d = Deployment::new(dir, &tansu.brokers, server_url());
+    d.start_all().await;
+    let gateway = d.gateway('a');
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    on_sale(&d, &gateway, "perf_qs", json!({"opensAt": later, "maxActive": 10})).await;
+    let users: Vec<String> = (0..8).map(|n| format!("qs_viewer{n}")).collect();
+    for user in &users {
+        let url = format!("{gateway}/performances/perf_qs/queue");
+        assert_eq!(send(&d, reqwest::Method::POST, url, &d.token(user), None).await.0, StatusCode::OK);
+    }
+    let stream_url = format!("{gateway}/performances/perf_qs/queue/stream");
+    let viewers: Vec<_> =
+        users.iter().map(|user| tokio::spawn(follow(d.client.clone(), stream_url.clone(), d.token(user)))).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The booking-service hangs, then is killed and restarted as a user would.
+    let booking = d.procs["booking-a"].id();
+    signal(booking, "STOP");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    signal(booking, "CONT");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    d.kill("booking-a");
+    d.start("booking-a", &[]);
+    d.wait_ready('a').await;
+
+    // New work completes: the sale opens, one more person joins, and every
+    // viewer, old streams reopened and the new one, hears their admission.
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    let admin = edge::auth::issue_token(&d.env("JWT_SECRET"), "ops", true, 3600).unwrap();
+    let url = format!("{gateway}/performances/perf_qs/onsale");
+    let (status, _) =
+        send(&d, reqwest::Method::PUT, url, &admin, Some(json!({"opensAt": soon, "maxActive": 10}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let url = format!("{gateway}/performances/perf_qs/queue");
+    assert_eq!(send(&d, reqwest::Method::POST, url, &d.token("qs_late"), None).await.0, StatusCode::OK);
+    let late = follow(d.client.clone(), stream_url.clone(), d.token("qs_late"));
+    let late = tokio::time::timeout(Duration::from_secs(60), late).await.expect("the late viewer is admitted");
+    let mut admissions = vec![late.1];
+    for (user, viewer) in users.iter().zip(viewers) {
+        let (heard, admission) = tokio::time::timeout(Duration::from_secs(60), viewer)
+            .await
+            .unwrap_or_else(|_| panic!("{user} never heard their admission; logs in {}", d.dir.display()))
+            .unwrap();
+        assert_eq!(heard.first().map(String::as_str), Some("queued"), "{user}: {heard:?}");
+        admissions.push(admission);
+    }
+    // Nothing lost: each admission is its holder's own, one each.
+    for (user, admission) in std::iter::once("qs_late").chain(users.iter().map(String::as_str)).zip(&admissions) {
+        let url = format!("{gateway}/performances/perf_qs/queue");
+        let (status, body) = send(&d, reqwest::Method::GET, url, &d.token(user), None).await;
+        assert_eq!((status, body["admission"].as_str()), (StatusCode::OK, Some(admission.as_str())), "{user}");
     }
     assert_check_passes(&d);
     d.stop_all();

@@ -16,7 +16,10 @@ use crate::error::BookingError;
 use crate::store::queue::{self, Figures, OnSaleRow};
 
 mod joins;
+mod viewers;
 mod warm;
+
+pub use viewers::{Told, Viewers};
 
 use joins::JoinFailed;
 

@@ -17,6 +17,7 @@ use proto::booking as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::queue_watch::WatchError;
 use crate::upstream::{grpc_request, seed_time};
 use crate::{auth::AuthUser, error::ApiError, json::JsonBody, path_id::PathId, AppState};
 
@@ -236,8 +237,9 @@ pub struct PlaceEvent {
 
 /// The caller's place as Server-Sent Events named `place`: when it changes
 /// and at least every 15 s; the stream ends after `admitted`, `sold_out` or
-/// `closed`. The booking-service's `StreamQueuePlace` decides what to send;
-/// this frames it, and ends it when the gateway stops.
+/// `closed`. The booking-service decides what to send (on this gateway's
+/// `WatchQueuePlaces` call for the performance, or `StreamQueuePlace` from
+/// one that lacks it); this frames it, and ends it when the gateway stops.
 #[utoipa::path(get, path = "/performances/{id}/queue/stream", tag = "Waiting room",
     params(("id" = String, Path, description = "performanceId")), security(("bearer" = [])),
     responses((status = 200, content_type = "text/event-stream", body = PlaceEvent,
@@ -251,12 +253,22 @@ pub async fn queue_stream(
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     use futures::StreamExt;
-    let request = pb::StreamQueuePlaceRequest { performance_id: id };
+    // The token the extractor verified; the booking-service verifies it again.
+    let token = crate::auth::bearer_token(&headers).ok_or_else(ApiError::unauthenticated)?;
     // A refusal (not in the queue) is a status, before the stream starts.
-    let places = state.booking.clone().stream_queue_place(grpc_request(request, &headers)).await?.into_inner();
+    let places = match state.queue_watch.watch(&id, token.to_owned()).await {
+        Ok(watching) => watching.places().boxed(),
+        Err(WatchError::Refused(status)) => return Err(status.into()),
+        Err(WatchError::Unsupported) => {
+            let request = pb::StreamQueuePlaceRequest { performance_id: id };
+            let places = state.booking.clone().stream_queue_place(grpc_request(request, &headers)).await?.into_inner();
+            places
+                .take_while(|place| std::future::ready(place.is_ok()))
+                .filter_map(|place| std::future::ready(place.ok()))
+                .boxed()
+        }
+    };
     let events = places
-        .take_while(|place| std::future::ready(place.is_ok()))
-        .filter_map(|place| std::future::ready(place.ok()))
         .map(|place| {
             let body = serde_json::to_string(&place_body(place)).unwrap_or_default();
             Ok::<_, Infallible>(Bytes::from(format!("event: place\ndata: {body}\n\n")))

@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+mod watch_places;
+
 use futures::StreamExt;
 
 use edge::auth::Verifier;
@@ -356,6 +358,17 @@ impl BookingService for BookingGrpc {
             .take_until(stopping)
             .map(move |place| Ok(place_to_pb(performance_id.clone(), place)));
         Ok(Response::new(Box::pin(places)))
+    }
+
+    type WatchQueuePlacesStream = watch_places::PlacesStream;
+
+    async fn watch_queue_places(
+        &self,
+        request: Request<tonic::Streaming<pb::WatchQueuePlacesRequest>>,
+    ) -> Result<Response<Self::WatchQueuePlacesStream>, Status> {
+        let room = self.bookings.waiting_room().clone();
+        let places = watch_places::serve(room, self.verifier.clone(), self.shutdown.clone(), request.into_inner());
+        Ok(Response::new(places))
     }
 
     async fn register_performance(
