@@ -270,14 +270,20 @@ async fn the_place_stream_sends_each_change_and_ends_with_the_admission() {
     sys.stop().await;
 }
 
-/// `waiting_room_looks_total` of a performance, by where looks were served from.
-async fn looks(sys: &System, id: &str, from: &str) -> u64 {
+/// The sum of the series of counter `name` in the system's `/metrics` that
+/// carry every one of `labels` (`key="value"`).
+async fn counter(sys: &System, name: &str, labels: &[String]) -> u64 {
     let text = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
     text.lines()
-        .filter(|l| l.starts_with("waiting_room_looks_total{"))
-        .filter(|l| l.contains(&format!("performance=\"{id}\"")) && l.contains(&format!("served_from=\"{from}\"")))
+        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|label| l.contains(label.as_str())))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// `waiting_room_looks_total` of a performance, by where looks were served from.
+async fn looks(sys: &System, id: &str, from: &str) -> u64 {
+    counter(sys, "waiting_room_looks_total", &[format!("performance=\"{id}\""), format!("served_from=\"{from}\"")])
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,13 +511,8 @@ async fn people_joining_at_once_over_one_http2_connection_are_written_in_batches
 /// Calls the booking-service answered, by gRPC method (the whole test
 /// binary's systems share one metrics registry).
 async fn grpc_calls(sys: &System, method: &str) -> u64 {
-    let text = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("grpc_requests_total{"))
-        .filter(|l| l.contains(&format!("method=\"/ticketing.booking.v1.BookingService/{method}\"")))
-        .filter(|l| l.contains("code=\"0\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    let method = format!("method=\"/ticketing.booking.v1.BookingService/{method}\"");
+    counter(sys, "grpc_requests_total", &[method, "code=\"0\"".to_owned()]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
