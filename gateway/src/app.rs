@@ -75,7 +75,7 @@ impl GatewayApp {
         ] {
             metrics::counter!(counter).increment(0);
         }
-        for gauge in ["seat_streams_open", "seat_stream_watchers"] {
+        for gauge in ["seat_streams_open", "seat_stream_watchers", "queue_streams_open", "queue_stream_calls"] {
             metrics::gauge!(gauge).set(0.0);
         }
         // The largest seat map (100,000 seats) is a few MiB.

@@ -70,6 +70,29 @@ impl Watching {
     }
 }
 
+/// Counts an open place stream (`queue_streams_open`) for as long as it lives.
+pub struct StreamOpen(());
+
+impl StreamOpen {
+    /// One more place stream open.
+    pub fn new() -> Self {
+        metrics::gauge!("queue_streams_open").increment(1.0);
+        Self(())
+    }
+}
+
+impl Default for StreamOpen {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        metrics::gauge!("queue_streams_open").decrement(1.0);
+    }
+}
+
 /// One viewer waiting to start.
 struct Start {
     id: u64,
@@ -182,6 +205,7 @@ impl Call {
     /// waiting for their first place are told why it ended; started ones'
     /// streams end; starts not yet sent go to a new call.
     async fn run(self, mut starts: mpsc::Receiver<Start>, shutdown: Shutdown) {
+        metrics::gauge!("queue_stream_calls").increment(1.0);
         let mut viewers = HashMap::new();
         let ended = tokio::select! {
             ended = self.serve(&mut starts, &mut viewers) => ended,
@@ -194,6 +218,7 @@ impl Call {
             }
         }
         starts.close();
+        metrics::gauge!("queue_stream_calls").decrement(1.0);
         if let Err(status) = ended {
             tracing::warn!(performance_id = %self.performance_id, %status, "place streams' call ended");
             for viewer in viewers.into_values() {

@@ -632,7 +632,7 @@ async fn gauge(sys: &System, name: &str, id: &str) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operators_see_how_many_wait_and_how_many_shop() {
+async fn operators_see_how_many_wait_how_many_shop_and_how_many_watch_their_place() {
     let sys = System::start().await;
     let id = "perf_wr_gauges";
     register(&sys, id, 10).await;
@@ -651,6 +651,19 @@ async fn operators_see_how_many_wait_and_how_many_shop() {
         gauge(&sys, "waiting_room_waiting", id).await,
         gauge(&sys, "waiting_room_active", id).await
     );
+    // The gateway counts the place streams it carries, and its calls.
+    let mut streams = Vec::new();
+    for n in 0..5 {
+        streams.push(open_stream(&sys, id, &format!("wr_gauge{n}")).await);
+    }
+    let text = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))?.parse::<f64>().ok()).unwrap_or_default()
+    };
+    // Four of them wait (other tests' streams may be open too).
+    assert!(value("queue_streams_open") >= 4.0, "{text}");
+    assert!(value("queue_stream_calls") >= 1.0, "{text}");
+    drop(streams);
     sys.stop().await;
 }
 

@@ -17,7 +17,7 @@ use proto::booking as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::queue_watch::WatchError;
+use crate::queue_watch::{StreamOpen, WatchError};
 use crate::upstream::{grpc_request, seed_time};
 use crate::{auth::AuthUser, error::ApiError, json::JsonBody, path_id::PathId, AppState};
 
@@ -268,8 +268,11 @@ pub async fn queue_stream(
                 .boxed()
         }
     };
+    let open = StreamOpen::new();
     let events = places
-        .map(|place| {
+        .map(move |place| {
+            // Counted while the response streams.
+            let _open = &open;
             let body = serde_json::to_string(&place_body(place)).unwrap_or_default();
             Ok::<_, Infallible>(Bytes::from(format!("event: place\ndata: {body}\n\n")))
         })

@@ -72,6 +72,8 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("http_requests_rate_limited_total", "REST writes refused with 429 by a user's rate limit."),
     ("http_requests_body_timed_out_total", "REST requests whose body was not received in time (408)."),
     ("seat_streams_open", "Seat-map event streams open on this gateway."),
+    ("queue_streams_open", "Waiting-room place streams open on this gateway."),
+    ("queue_stream_calls", "WatchQueuePlaces calls this gateway holds (one per watched performance)."),
     ("seat_stream_watchers", "Performances this gateway watches for seat streams."),
     ("seat_streams_refused_total", "Seat streams refused: per-user (429) or per-gateway (503) cap."),
     ("seat_streams_lagged_total", "Seat-stream viewers that fell behind and got a fresh snapshot."),
