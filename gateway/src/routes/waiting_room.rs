@@ -237,9 +237,11 @@ pub struct PlaceEvent {
 
 /// The caller's place as Server-Sent Events named `place`: when it changes
 /// and at least every 15 s; the stream ends after `admitted`, `sold_out` or
-/// `closed`. The booking-service decides what to send (on this gateway's
-/// `WatchQueuePlaces` call for the performance, or `StreamQueuePlace` from
-/// one that lacks it); this frames it, and ends it when the gateway stops.
+/// `closed`.
+//
+// The booking-service decides what to send (on this gateway's
+// `WatchQueuePlaces` call for the performance, or `StreamQueuePlace` from
+// one that lacks it); this frames it, and ends it when the gateway stops.
 #[utoipa::path(get, path = "/performances/{id}/queue/stream", tag = "Waiting room",
     params(("id" = String, Path, description = "performanceId")), security(("bearer" = [])),
     responses((status = 200, content_type = "text/event-stream", body = PlaceEvent,
