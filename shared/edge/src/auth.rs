@@ -290,8 +290,57 @@ pub struct Verifier {
     keys: Vec<Key>,
     remote: Option<Arc<RemoteJwks>>,
     rules: TokenRules,
+    /// The claim checks of each accepted algorithm, built from `rules` once
+    /// rather than for every token.
+    validations: Validations,
     /// Tokens verified with a key that cannot change while this runs.
     verified: crate::verified::VerifiedTokens,
+}
+
+/// The claim checks of the accepted algorithms.
+struct Validations {
+    hs256: Validation,
+    rs256: Validation,
+    es256: Validation,
+}
+
+impl Validations {
+    fn new(rules: &TokenRules) -> Self {
+        Self {
+            hs256: validation(rules, Algorithm::HS256),
+            rs256: validation(rules, Algorithm::RS256),
+            es256: validation(rules, Algorithm::ES256),
+        }
+    }
+
+    fn of(&self, alg: Algorithm) -> &Validation {
+        match alg {
+            Algorithm::RS256 => &self.rs256,
+            Algorithm::ES256 => &self.es256,
+            _ => &self.hs256,
+        }
+    }
+}
+
+/// What a token signed with `alg` must carry and satisfy under `rules`.
+fn validation(rules: &TokenRules, alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    match &rules.audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    if let Some(issuer) = &rules.issuer {
+        validation.set_issuer(&[issuer]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
+    validation
 }
 
 impl Verifier {
@@ -340,11 +389,14 @@ impl Verifier {
         if secret.is_none() && keys.is_empty() && remote.is_none() {
             return Err(AuthConfigError::Missing);
         }
-        Ok(Self { secret, keys, remote, rules: TokenRules::default(), verified: Default::default() })
+        let rules = TokenRules::default();
+        let validations = Validations::new(&rules);
+        Ok(Self { secret, keys, remote, rules, validations, verified: Default::default() })
     }
 
     /// The same verifier, also checking `rules`.
     pub fn with_rules(mut self, rules: TokenRules) -> Self {
+        self.validations = Validations::new(&rules);
         self.rules = rules;
         self
     }
@@ -409,10 +461,10 @@ impl Verifier {
         if candidates.is_empty() {
             return Err(TokenError::UnknownKey);
         }
-        let validation = self.validation(header.alg);
+        let validation = self.validations.of(header.alg);
         let mut last = TokenError::UnknownKey;
         for key in &candidates {
-            match decode::<Claims>(token, key, &validation) {
+            match decode::<Claims>(token, key, validation) {
                 Ok(data) => {
                     let claims = data.claims;
                     if claims.sub.is_empty() || claims.sub.len() > MAX_SUBJECT_LEN {
@@ -433,26 +485,6 @@ impl Verifier {
             }
         }
         Err(last)
-    }
-
-    fn validation(&self, alg: Algorithm) -> Validation {
-        let mut validation = Validation::new(alg);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_nbf = true;
-        let mut required = vec!["exp", "sub"];
-        match &self.rules.audience {
-            Some(audience) => {
-                validation.set_audience(&[audience]);
-                required.push("aud");
-            }
-            None => validation.validate_aud = false,
-        }
-        if let Some(issuer) = &self.rules.issuer {
-            validation.set_issuer(&[issuer]);
-            required.push("iss");
-        }
-        validation.set_required_spec_claims(&required);
-        validation
     }
 
     /// Keys that may have signed a token with `alg` and `kid` (a token
