@@ -75,8 +75,10 @@ impl GatewayApp {
         ] {
             metrics::counter!(counter).increment(0);
         }
+        // Shown from the start; added to, not reset (a second gateway in
+        // one process, as in tests, counts on top of the first).
         for gauge in ["seat_streams_open", "seat_stream_watchers", "queue_streams_open", "queue_stream_calls"] {
-            metrics::gauge!(gauge).set(0.0);
+            metrics::gauge!(gauge).increment(0.0);
         }
         // The largest seat map (100,000 seats) is a few MiB.
         let booking = BookingServiceClient::new(booking_channel.clone()).max_decoding_message_size(SEAT_MAP_MAX_BYTES);
