@@ -97,7 +97,7 @@ async fn run(booking: BookingServiceClient<Channel>, mut receiver: mpsc::Receive
 
 /// Items cut, in order, into groups whose `bytes_of` add up to at most
 /// `most` (a group holds one item at least, however large).
-pub(crate) fn cut_by_bytes<T>(items: Vec<T>, bytes_of: impl Fn(&T) -> usize, most: usize) -> Vec<Vec<T>> {
+fn cut_by_bytes<T>(items: Vec<T>, bytes_of: impl Fn(&T) -> usize, most: usize) -> Vec<Vec<T>> {
     let mut groups: Vec<Vec<T>> = Vec::new();
     let mut bytes = 0;
     for item in items {

@@ -13,7 +13,7 @@
 //! upgrade in progress) answers UNIMPLEMENTED: streams then use
 //! `StreamQueuePlace`, one call each, for a while.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,6 +30,8 @@ const MOST_STARTS: usize = pb::WATCH_QUEUE_PLACES_MOST_STARTS;
 const MOST_TOKEN_BYTES: usize = 1 << 20;
 /// Starts waiting for their call at most.
 const STARTS_WAITING: usize = 65_536;
+/// Request messages on their way to the booking-service at most.
+const REQUESTS_WAITING: usize = 4;
 /// How often the viewers who left are told to the booking-service.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// A call with no viewer for this long ends.
@@ -234,16 +236,19 @@ impl Call {
         starts: &mut mpsc::Receiver<Start>,
         viewers: &mut HashMap<u64, Viewer>,
     ) -> Result<(), Status> {
-        // Unbounded: the service reads requests while it sends places, and
-        // what is sent is bounded by the starts waiting and the viewers.
-        let (requests, request_stream) = mpsc::unbounded_channel();
+        // A short line of request messages: what is not sent yet waits in
+        // `unsent`, where a start whose page has gone is dropped at the next
+        // sweep, so a hung booking-service holds no more than the streams
+        // still asking (the gateway's in-flight limit bounds those).
+        let (requests, request_stream) = mpsc::channel(REQUESTS_WAITING);
         let opening = pb::WatchQueuePlacesRequest { performance_id: self.performance_id.clone(), ..Default::default() };
-        let _ = requests.send(opening);
+        let _ = requests.try_send(opening);
         let request_stream = futures::stream::unfold(request_stream, |mut stream| async move {
             stream.recv().await.map(|request| (request, stream))
         });
         let mut booking = self.booking.clone();
         let mut places = booking.watch_queue_places(request_stream).await?.into_inner();
+        let mut unsent = Unsent::default();
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         let mut idle_since = Instant::now();
         let mut batch = Vec::with_capacity(MOST_STARTS);
@@ -253,27 +258,26 @@ impl Call {
                     if taken == 0 {
                         return Ok(());
                     }
-                    for start in cut(std::mem::take(&mut batch), viewers) {
-                        let _ = requests.send(pb::WatchQueuePlacesRequest { start, ..Default::default() });
-                    }
+                    unsent.starts.extend(batch.drain(..));
+                }
+                slot = requests.reserve(), if !unsent.is_empty() => {
+                    let slot = slot.map_err(|_| Status::unavailable("The place streams' call ended."))?;
+                    slot.send(unsent.next_request(viewers));
                 }
                 message = places.message() => match message? {
                     Some(message) => tell(viewers, message.places),
                     None => return Err(Status::unavailable("The booking-service ended the place streams.")),
                 },
                 _ = sweep.tick() => {
-                    let mut stop = Vec::new();
                     viewers.retain(|id, viewer| {
                         let left = viewer.left();
                         if left {
-                            stop.push(*id);
+                            unsent.stops.push(*id);
                         }
                         !left
                     });
-                    if !stop.is_empty() {
-                        let _ = requests.send(pb::WatchQueuePlacesRequest { stop, ..Default::default() });
-                    }
-                    if !viewers.is_empty() {
+                    unsent.starts.retain(|start| !start.first.is_closed());
+                    if !viewers.is_empty() || !unsent.starts.is_empty() {
                         idle_since = Instant::now();
                     } else if idle_since.elapsed() >= IDLE_FOR {
                         return Ok(());
@@ -284,14 +288,40 @@ impl Call {
     }
 }
 
-/// Takes in the starts whose streams are still wanted and cuts them into
-/// request messages of at most [`MOST_TOKEN_BYTES`] of tokens.
-fn cut(starts: Vec<Start>, viewers: &mut HashMap<u64, Viewer>) -> Vec<Vec<pb::QueueViewer>> {
-    let wanted = starts.into_iter().filter(|s| !s.first.is_closed()).map(|s| {
-        viewers.insert(s.id, Viewer { first: Some(s.first), places: s.places });
-        pb::QueueViewer { id: s.id, token: s.token }
-    });
-    crate::queue_joins::cut_by_bytes(wanted.collect(), |v| v.token.len(), MOST_TOKEN_BYTES)
+/// Starts and stops not sent yet.
+#[derive(Default)]
+struct Unsent {
+    starts: VecDeque<Start>,
+    stops: Vec<u64>,
+}
+
+impl Unsent {
+    fn is_empty(&self) -> bool {
+        self.starts.is_empty() && self.stops.is_empty()
+    }
+
+    /// The next request message: every stop, and the oldest starts whose
+    /// streams are still wanted, at most [`MOST_STARTS`] and
+    /// [`MOST_TOKEN_BYTES`] of tokens (one start at least). The viewers it
+    /// starts are kept in `viewers`, to be told their first place.
+    fn next_request(&mut self, viewers: &mut HashMap<u64, Viewer>) -> pb::WatchQueuePlacesRequest {
+        let mut start: Vec<pb::QueueViewer> = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.starts.front() {
+            let size = next.token.len();
+            if start.len() == MOST_STARTS || (!start.is_empty() && bytes + size > MOST_TOKEN_BYTES) {
+                break;
+            }
+            let Some(next) = self.starts.pop_front() else { break };
+            if next.first.is_closed() {
+                continue;
+            }
+            bytes += size;
+            viewers.insert(next.id, Viewer { first: Some(next.first), places: next.places });
+            start.push(pb::QueueViewer { id: next.id, token: next.token });
+        }
+        pb::WatchQueuePlacesRequest { start, stop: std::mem::take(&mut self.stops), ..Default::default() }
+    }
 }
 
 /// Passes each place to its viewer; a viewer told a final state or a
@@ -364,23 +394,34 @@ mod tests {
     }
 
     #[test]
-    fn a_start_whose_request_has_gone_is_not_sent_and_tokens_are_cut_by_bytes() {
+    fn a_start_whose_request_has_gone_is_not_sent_and_messages_are_cut_by_count_and_bytes() {
         let mut viewers = HashMap::new();
         let mut answers = Vec::new();
-        let starts: Vec<Start> = (0..300)
-            .map(|id| {
-                let (first, answer) = oneshot::channel();
-                // The first one's request has gone.
-                if id > 0 {
-                    answers.push(answer);
-                }
-                Start { id, token: "x".repeat(8_000), first, places: watch::channel(pb::QueuePlace::default()).0 }
-            })
-            .collect();
-        let messages = cut(starts, &mut viewers);
-        assert_eq!(messages.iter().map(Vec::len).sum::<usize>(), 299);
-        assert_eq!(messages.len(), 3, "299 tokens of 8 KB in messages of at most 1 MiB");
-        assert_eq!(messages[0][0].id, 1);
-        assert_eq!(viewers.len(), 299);
+        let mut unsent = Unsent::default();
+        for id in 0..1_300 {
+            let (first, answer) = oneshot::channel();
+            // The first one's request has gone.
+            if id > 0 {
+                answers.push(answer);
+            }
+            // Small tokens, but 8 KB ones from the 1,100th on.
+            let token = if id >= 1_100 { "x".repeat(8_000) } else { format!("t{id}") };
+            unsent.starts.push_back(Start { id, token, first, places: watch::channel(pb::QueuePlace::default()).0 });
+        }
+        unsent.stops = vec![7, 8];
+        let first = unsent.next_request(&mut viewers);
+        assert_eq!(first.stop, [7, 8], "every stop goes with the next message");
+        assert_eq!((first.start.len(), first.start[0].id), (MOST_STARTS, 1), "at most 1,000 starts");
+        let second = unsent.next_request(&mut viewers);
+        assert!(second.stop.is_empty());
+        let bytes: usize = second.start.iter().map(|v| v.token.len()).sum();
+        assert!(bytes <= MOST_TOKEN_BYTES, "{bytes} bytes");
+        assert_eq!(second.start.last().map(|v| v.id), Some(1_100 + 130), "cut by bytes, not by count");
+        let mut sent = first.start.len() + second.start.len();
+        while !unsent.is_empty() {
+            sent += unsent.next_request(&mut viewers).start.len();
+        }
+        assert_eq!(sent, 1_299);
+        assert_eq!(viewers.len(), 1_299, "each viewer sent is kept to be told its place");
     }
 }
