@@ -16,18 +16,15 @@
 //! providers' tokens (which carry them) work. With a JWKS configured, HS256
 //! tokens are refused unless `JWT_ALLOW_HS256` says otherwise.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use clap::Args;
-use jsonwebtoken::{
-    decode, decode_header, encode,
-    jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse},
-    Algorithm, DecodingKey, EncodingKey, Header, Validation,
-};
+use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+
+mod jwks;
+
+use jwks::{parse_jwks, Key, RemoteJwks};
 
 /// The claims this system reads and issues.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,11 +93,6 @@ pub const MIN_SECRET_BYTES: usize = 32;
 pub const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
 /// A fetched JWKS older than this is fetched again (keys are revoked too).
 pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
-/// How long one JWKS fetch may take.
-const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest JWKS document read.
-const JWKS_MAX_BYTES: usize = 256 * 1024;
-
 /// Configuration errors of the verifier (refused at start).
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
@@ -264,26 +256,6 @@ impl std::fmt::Debug for AuthSettings {
     }
 }
 
-/// One public key.
-#[derive(Clone)]
-struct Key {
-    kid: Option<String>,
-    alg: Algorithm,
-    key: DecodingKey,
-}
-
-/// Keys fetched from an identity provider.
-struct RemoteJwks {
-    url: String,
-    client: reqwest::Client,
-    keys: tokio::sync::RwLock<(Arc<Vec<Key>>, Option<Instant>)>,
-    /// When the last fetch was tried; held while fetching (one fetch at a time).
-    last_try: tokio::sync::Mutex<Option<Instant>>,
-    min_refresh: Duration,
-    /// How many fetches were made (tests read it).
-    fetches: std::sync::atomic::AtomicU64,
-}
-
 /// Verifies bearer tokens.
 pub struct Verifier {
     secret: Option<DecodingKey>,
@@ -372,18 +344,7 @@ impl Verifier {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
                     return Err(AuthConfigError::BadJwksUrl);
                 }
-                let client = reqwest::Client::builder()
-                    .timeout(JWKS_FETCH_TIMEOUT)
-                    .build()
-                    .map_err(|e| AuthConfigError::BadJwks(e.to_string()))?;
-                Some(Arc::new(RemoteJwks {
-                    url: url.to_owned(),
-                    client,
-                    keys: tokio::sync::RwLock::new((Arc::new(Vec::new()), None)),
-                    last_try: tokio::sync::Mutex::new(None),
-                    min_refresh: JWKS_MIN_REFRESH,
-                    fetches: std::sync::atomic::AtomicU64::new(0),
-                }))
+                Some(Arc::new(RemoteJwks::new(url).map_err(AuthConfigError::BadJwks)?))
             }
         };
         if secret.is_none() && keys.is_empty() && remote.is_none() {
@@ -514,73 +475,6 @@ impl Verifier {
     }
 }
 
-impl RemoteJwks {
-    /// Starts a fetch beside the caller, unless one runs or the last try
-    /// was less than `min_refresh` ago.
-    fn refresh_in_background(self: &Arc<Self>) {
-        let due = self.last_try.try_lock().is_ok_and(|last| last.is_none_or(|at| at.elapsed() >= self.min_refresh));
-        if due {
-            let remote = Arc::clone(self);
-            tokio::spawn(async move { remote.refresh().await });
-        }
-    }
-
-    /// Fetches the key set unless the last try was less than `min_refresh`
-    /// ago; concurrent callers wait for the one fetch in progress.
-    async fn refresh(&self) {
-        let mut last_try = self.last_try.lock().await;
-        if last_try.is_some_and(|at| at.elapsed() < self.min_refresh) {
-            return;
-        }
-        *last_try = Some(Instant::now());
-        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.fetch().await {
-            Ok(keys) => {
-                tracing::info!(url = %self.url, keys = keys.len(), "fetched the identity provider's JWKS");
-                *self.keys.write().await = (Arc::new(keys), Some(Instant::now()));
-            }
-            Err(error) => tracing::warn!(url = %self.url, %error, "fetching the JWKS failed; keeping the keys held"),
-        }
-    }
-
-    async fn fetch(&self) -> Result<Vec<Key>, String> {
-        let response = self.client.get(&self.url).send().await.map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
-        }
-        if response.content_length().is_some_and(|n| n > JWKS_MAX_BYTES as u64) {
-            return Err("the JWKS is too large".into());
-        }
-        let body = response.bytes().await.map_err(|e| e.to_string())?;
-        if body.len() > JWKS_MAX_BYTES {
-            return Err("the JWKS is too large".into());
-        }
-        parse_jwks(&String::from_utf8_lossy(&body))
-    }
-}
-
-/// The RS256/ES256 signing keys of a JWKS document; other keys (encryption
-/// keys, other algorithms) are skipped.
-fn parse_jwks(json: &str) -> Result<Vec<Key>, String> {
-    let set: JwkSet = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    Ok(set.keys.iter().filter_map(signing_key).collect())
-}
-
-fn signing_key(jwk: &Jwk) -> Option<Key> {
-    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-        return None;
-    }
-    let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
-        (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
-        (AlgorithmParameters::EllipticCurve(_), None | Some(KeyAlgorithm::ES256)) => Algorithm::ES256,
-        _ => return None,
-    };
-    let key = DecodingKey::from_jwk(jwk)
-        .map_err(|error| tracing::warn!(%error, kid = ?jwk.common.key_id, "skipping a JWKS key that does not decode"))
-        .ok()?;
-    Some(Key { kid: jwk.common.key_id.clone(), alg, key })
-}
-
 /// The token of an `Authorization: Bearer <token>` value.
 pub fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
@@ -623,6 +517,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use std::time::Instant;
 
     const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
 
