@@ -95,31 +95,24 @@ async fn run(booking: BookingServiceClient<Channel>, mut receiver: mpsc::Receive
     }
 }
 
-/// Items cut, in order, into groups whose `bytes_of` add up to at most
-/// `most` (a group holds one item at least, however large).
-fn cut_by_bytes<T>(items: Vec<T>, bytes_of: impl Fn(&T) -> usize, most: usize) -> Vec<Vec<T>> {
-    let mut groups: Vec<Vec<T>> = Vec::new();
+/// One performance's joins cut into calls of at most
+/// [`MOST_TOKEN_BYTES_PER_CALL`] bytes of tokens (a call holds one join at least).
+fn calls_of(joins: Vec<Pending>) -> Vec<Vec<Pending>> {
+    let mut calls: Vec<Vec<Pending>> = Vec::new();
     let mut bytes = 0;
-    for item in items {
-        let size = bytes_of(&item);
-        match groups.last_mut() {
-            Some(group) if bytes + size <= most => {
-                bytes += size;
-                group.push(item);
+    for join in joins {
+        match calls.last_mut() {
+            Some(call) if bytes + join.token.len() <= MOST_TOKEN_BYTES_PER_CALL => {
+                bytes += join.token.len();
+                call.push(join);
             }
             _ => {
-                bytes = size;
-                groups.push(vec![item]);
+                bytes = join.token.len();
+                calls.push(vec![join]);
             }
         }
     }
-    groups
-}
-
-/// One performance's joins cut into calls of at most
-/// [`MOST_TOKEN_BYTES_PER_CALL`] bytes of tokens.
-fn calls_of(joins: Vec<Pending>) -> Vec<Vec<Pending>> {
-    cut_by_bytes(joins, |join| join.token.len(), MOST_TOKEN_BYTES_PER_CALL)
+    calls
 }
 
 /// One call for one performance's joins; every join is answered.
@@ -146,7 +139,7 @@ fn outcomes(outcomes: Vec<pb::JoinOutcome>, joiners: usize) -> Vec<JoinAnswer> {
         .into_iter()
         .map(|o| match o.outcome {
             Some(Outcome::Place(place)) => Ok(place),
-            Some(Outcome::Refused(refused)) => Err(Status::new(Code::from_i32(refused.code), refused.message)),
+            Some(Outcome::Refused(refused)) => Err(Status::from(refused)),
             None => Err(Status::internal("The booking-service answered a join with nothing.")),
         })
         .collect()

@@ -344,7 +344,7 @@ fn tell(viewers: &mut HashMap<u64, Viewer>, places: Vec<pb::ViewerPlace>) {
             }
             Some(Outcome::Refused(refused)) => {
                 if let Some(first) = viewer.first.take() {
-                    let _ = first.send(Err(Status::new(Code::from_i32(refused.code), refused.message)));
+                    let _ = first.send(Err(Status::from(refused)));
                 }
                 true
             }

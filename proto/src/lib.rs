@@ -23,6 +23,20 @@ pub mod booking {
     /// Most viewers one `WatchQueuePlacesRequest` may start (the contract's
     /// limit: the service ends a call that sends more).
     pub const WATCH_QUEUE_PLACES_MOST_STARTS: usize = 1_000;
+
+    /// One person's refusal in a call shared by many, as the status a call
+    /// of their own would have ended with.
+    impl From<&tonic::Status> for JoinRefusal {
+        fn from(status: &tonic::Status) -> Self {
+            Self { code: status.code() as i32, message: status.message().to_owned() }
+        }
+    }
+
+    impl From<JoinRefusal> for tonic::Status {
+        fn from(refused: JoinRefusal) -> Self {
+            tonic::Status::new(tonic::Code::from_i32(refused.code), refused.message)
+        }
+    }
 }
 
 /// The payment-service gRPC API (`ticketing.payment.v1`).

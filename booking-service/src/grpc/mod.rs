@@ -52,6 +52,13 @@ impl BookingGrpc {
     }
 }
 
+/// The person a bearer token carried inside a shared call names (a joiner,
+/// a viewer), verified like any caller's.
+async fn token_caller(verifier: &Verifier, token: &str) -> Result<Caller, Status> {
+    let user = authenticate_token(verifier, token).await?.user;
+    Ok(Caller { user_id: user.user_id, admin: user.admin })
+}
+
 fn summary_to_pb(p: crate::store::catalog::PerformanceSummary) -> pb::PerformanceSummary {
     let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
     pb::PerformanceSummary {
@@ -311,8 +318,7 @@ impl BookingService for BookingGrpc {
         // Every joiner's own token names them; all are sent to the join
         // writer at once, so they share its batches like separate calls.
         let joins = body.joiners.iter().map(|joiner| async move {
-            let user = authenticate_token(&self.verifier, &joiner.token).await?.user;
-            let caller = Caller { user_id: user.user_id, admin: user.admin };
+            let caller = token_caller(&self.verifier, &joiner.token).await?;
             room.join(&caller, performance_id).await.map_err(Status::from)
         });
         let outcomes = futures::future::join_all(joins)
@@ -321,10 +327,7 @@ impl BookingService for BookingGrpc {
             .map(|outcome| pb::JoinOutcome {
                 outcome: Some(match outcome {
                     Ok(place) => pb::join_outcome::Outcome::Place(place_to_pb(body.performance_id.clone(), place)),
-                    Err(refused) => pb::join_outcome::Outcome::Refused(pb::JoinRefusal {
-                        code: refused.code() as i32,
-                        message: refused.message().to_owned(),
-                    }),
+                    Err(refused) => pb::join_outcome::Outcome::Refused(pb::JoinRefusal::from(&refused)),
                 }),
             })
             .collect();

@@ -11,11 +11,9 @@ use std::sync::Arc;
 use edge::auth::Verifier;
 use edge::shutdown::Shutdown;
 use proto::booking::{self as pb, viewer_place::Outcome};
-use runtime::grpc::authenticate_token;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use crate::domain::booking::Caller;
 use crate::waiting_room::{Viewers, WaitingRoom};
 
 /// The response stream of a `WatchQueuePlaces` call.
@@ -120,15 +118,12 @@ async fn changes(
     }
     let mut told = Vec::with_capacity(request.start.len());
     for viewer in request.start {
-        let place = match authenticate_token(verifier, &viewer.token).await {
+        let place = match super::token_caller(verifier, &viewer.token).await {
             Err(refused) => Err(refused),
             Ok(_) if viewers.len() >= MOST_VIEWERS => {
                 Err(Status::resource_exhausted("This call watches as many viewers as it may."))
             }
-            Ok(credentials) => {
-                let caller = Caller { user_id: credentials.user.user_id, admin: credentials.user.admin };
-                viewers.start(viewer.id, caller).await.map_err(Status::from)
-            }
+            Ok(caller) => viewers.start(viewer.id, caller).await.map_err(Status::from),
         };
         told.push((viewer.id, place));
     }
@@ -141,9 +136,7 @@ fn framed(performance_id: &str, told: Vec<Told>) -> Vec<pb::WatchQueuePlacesResp
     for (viewer, outcome) in told {
         let outcome = match outcome {
             Ok(place) => Outcome::Place(super::place_to_pb(performance_id.to_owned(), place)),
-            Err(refused) => {
-                Outcome::Refused(pb::JoinRefusal { code: refused.code() as i32, message: refused.message().to_owned() })
-            }
+            Err(refused) => Outcome::Refused(pb::JoinRefusal::from(&refused)),
         };
         match messages.last_mut() {
             Some(message) if message.places.len() < PLACES_PER_MESSAGE => {
