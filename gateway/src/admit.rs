@@ -5,13 +5,12 @@
 //! user's rate limit. The token those writes carry is verified here once;
 //! the handler's `AuthUser` reuses the result.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, time::Duration};
 
 use axum::{
     body::Body,
-    extract::{Request, State},
+    extract::Request,
     http::{Method, StatusCode},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 
@@ -32,12 +31,16 @@ fn rate_limited(method: &Method, path: &str) -> Option<&'static str> {
 }
 
 /// Reads the body (bounded in size and time) and applies the user's rate
-/// limit, then hands the request on to the in-flight line.
-pub async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// limit, then hands the request on to the in-flight line (`next`).
+pub async fn admit<F, Fut>(state: &AppState, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let (mut parts, body) = request.into_parts();
     if let Some(route) = rate_limited(&parts.method, parts.uri.path()) {
         // An invalid token is answered 401 by the handler, after the line.
-        if let Ok(user) = AuthUser::from_headers(&parts.headers, &state).await {
+        if let Ok(user) = AuthUser::from_headers(&parts.headers, state).await {
             if let Err(refused) = state.rate_limit.check(&user.user_id, route) {
                 return refused.into_response();
             }
@@ -49,7 +52,7 @@ pub async fn admit(State(state): State<Arc<AppState>>, request: Request, next: N
         Ok(body) => body,
         Err(refused) => return refused.into_response(),
     };
-    next.run(Request::from_parts(parts, body)).await
+    next(Request::from_parts(parts, body)).await
 }
 
 /// The largest body a route accepts.

@@ -27,6 +27,7 @@ use tracing::Level;
 use crate::{
     config::GatewaySettings,
     error::ApiError,
+    middleware::route_labels,
     routes::{bookings, box_office, catalog, health, payments, performances, seat_stream, waiting_room},
     state::AppState,
 };
@@ -158,101 +159,8 @@ impl GatewayApp {
     }
 }
 
-/// Holds requests beyond the in-flight limit in line for up to the queue
-/// wait, then sheds them (503, `Retry-After: 1`); answers 504 for a request
-/// that outlives the timeout. Health and metrics
-/// are exempt, so probes see the truth while the gateway sheds.
-///
-/// A stream's opening (a verified token, a seat map or a first place) is
-/// work like any request and waits in the same line: at an on-sale, the
-/// streams of people already placed do not overtake the joins of those
-/// still arriving. The slot is given back once the stream's headers are
-/// sent; an open stream holds none (it costs no work between its looks
-/// and has caps of its own).
-async fn shed_and_time_out(
-    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
-        return next.run(request).await;
-    }
-    let permit = match state.in_flight.clone().try_acquire_owned() {
-        Ok(permit) => Ok(permit),
-        Err(_) if state.queue_wait.is_zero() => Err(()),
-        Err(_) => {
-            metrics::counter!("http_requests_queued_total").increment(1);
-            match tokio::time::timeout(state.queue_wait, state.in_flight.clone().acquire_owned()).await {
-                Ok(Ok(permit)) => Ok(permit),
-                _ => Err(()),
-            }
-        }
-    };
-    let Ok(_permit) = permit else {
-        metrics::counter!("http_requests_shed_total").increment(1);
-        return ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "The service is busy; please retry shortly.",
-        )
-        .retry_after(1)
-        .into_response();
-    };
-    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            metrics::counter!("http_requests_timed_out_total").increment(1);
-            ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, "The request timed out.").into_response()
-        }
-    }
-}
-
-/// The method and route template of a routed request, for metric labels and
-/// span names: never a raw path (ids would make them unbounded) and never
-/// an unknown method.
-fn route_labels<B>(request: &Request<B>) -> (String, String) {
-    use axum::http::Method;
-    let method = match *request.method() {
-        Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::PATCH | Method::HEAD | Method::OPTIONS => {
-            request.method().as_str().to_owned()
-        }
-        _ => "other".to_owned(),
-    };
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    (method, route)
-}
-
-/// Counts and times every request by method, matched route and status.
-async fn record_http_metrics(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let (method, route) = route_labels(&request);
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
-}
-
 /// The REST router of the contract.
 pub fn router(state: Arc<AppState>) -> Router {
-    let cors = state.cors.clone();
-    let router = routes(state).layer(axum::middleware::from_fn(crate::problem::negotiate));
-    // Outermost: a preflight is answered before anything else looks at it.
-    match cors {
-        Some(cors) => router.layer(cors),
-        None => router,
-    }
-}
-
-fn routes(state: Arc<AppState>) -> Router {
     let request_id = HeaderName::from_static(edge::wire::REQUEST_ID);
     // The dev-token route exists only in `ticketing dev`.
     let dev = match state.dev_token_secret {
@@ -292,41 +200,52 @@ fn routes(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
         })
-        .layer(DefaultBodyLimit::max(crate::admit::BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), shed_and_time_out))
-        // Before a request takes a slot: its whole body, and its user's rate.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::admit::admit))
-        .layer(axum::middleware::from_fn(record_http_metrics))
+        .with_state(state.clone())
+        // Every layer at once: each `Router::layer` call boxes every
+        // request's future once more (`middleware.rs`). Inside the router, so
+        // the route template is known; outermost first.
         .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<_>| {
-                    let id = request.headers().get(edge::wire::REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    // Inside the router, so the route template is known: the
-                    // span is named after it, never after the raw path.
-                    let (method, route) = route_labels(request);
-                    let span = tracing::info_span!(
-                        "http",
-                        otel.name = %format!("{method} {route}"),
-                        otel.kind = "server",
-                        method = %request.method(),
-                        route = %route,
-                        path = %request.uri().path(),
-                        request_id = %id,
-                        trace_id = tracing::field::Empty,
-                    );
-                    edge::trace_context::adopt(&span, edge::trace_context::from_headers(request.headers()));
-                    span
-                })
-                // One access-log line per request: status and latency.
-                .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),
+            tower::ServiceBuilder::new()
+                // A preflight is answered before anything else looks at it.
+                .option_layer(state.cors.clone())
+                .layer(axum::middleware::from_fn(crate::problem::negotiate))
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(CatchPanicLayer::custom(|_| {
+                    axum::response::IntoResponse::into_response(ApiError::new(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "Internal server error.",
+                    ))
+                }))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|request: &Request<_>| {
+                            let id = request
+                                .headers()
+                                .get(edge::wire::REQUEST_ID)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-");
+                            // The span is named after the route template, never
+                            // after the raw path.
+                            let (method, route) = route_labels(request);
+                            let span = tracing::info_span!(
+                                "http",
+                                otel.name = %format!("{method} {route}"),
+                                otel.kind = "server",
+                                method = %request.method(),
+                                route = %route,
+                                path = %request.uri().path(),
+                                request_id = %id,
+                                trace_id = tracing::field::Empty,
+                            );
+                            edge::trace_context::adopt(&span, edge::trace_context::from_headers(request.headers()));
+                            span
+                        })
+                        // One access-log line per request: status and latency.
+                        .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),
+                )
+                // Counted, timed, admitted (body, rate), then the in-flight line.
+                .layer(crate::middleware::EdgeLayer::new(state))
+                .layer(DefaultBodyLimit::max(crate::admit::BODY_LIMIT)),
         )
-        .with_state(state)
-        .layer(CatchPanicLayer::custom(|_| {
-            axum::response::IntoResponse::into_response(ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal server error.",
-            ))
-        }))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }

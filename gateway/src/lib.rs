@@ -4,8 +4,9 @@
 //!
 //! | path | what it holds |
 //! |---|---|
-//! | `app.rs` | router, middleware (request id, access log, in-flight line, timeouts), start-up |
+//! | `app.rs` | router and its layers (CORS, problem+json, request id, access log), start-up |
 //! | `state.rs` | what every handler and middleware shares |
+//! | `middleware.rs` | the gateway's own layer: metrics per route and status, admission, the in-flight line and timeouts, in one boxed future |
 //! | `admit.rs` | before a request takes a slot: its body within a time and size limit, its user's rate |
 //! | `auth.rs` | the `AuthUser` extractor over the shared token verifier |
 //! | `routes/` | one module per resource of the contract, the seat stream, the box-office page |
@@ -28,6 +29,7 @@ pub mod config;
 pub mod cors;
 pub mod error;
 pub mod json;
+pub mod middleware;
 pub mod openapi;
 pub mod path_id;
 pub mod problem;

@@ -1,0 +1,174 @@
+//! The gateway's own middleware, as one layer: each request is counted and
+//! timed by method, route template and status; then admitted (its whole
+//! body, its user's rate: `admit.rs`); then it waits in the in-flight line
+//! and is timed out.
+//!
+//! One layer rather than one `axum::middleware::from_fn` each: every
+//! `from_fn` boxes the request's future, boxes a clone of the service
+//! behind it and boxes that service's future again, and every
+//! `Router::layer` call boxes once more. Over a few kilobytes each, those
+//! boxes were the gateway's largest allocations per request, and glibc's
+//! allocator the largest item of its profile (docs/PERFORMANCE.md). Here
+//! the three steps are plain async functions in one future, boxed once.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use axum::{
+    extract::Request,
+    http::{Method, StatusCode},
+    response::{IntoResponse, Response},
+};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::{error::ApiError, state::AppState};
+
+/// The layer: apply it inside the router (`Router::layer`), so the matched
+/// route is known.
+#[derive(Clone)]
+pub struct EdgeLayer {
+    state: Arc<AppState>,
+}
+
+impl EdgeLayer {
+    /// The layer over the gateway's shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Edge { state: self.state.clone(), inner }
+    }
+}
+
+/// The service [`EdgeLayer`] wraps around a route.
+#[derive(Clone)]
+pub struct Edge<S> {
+    state: Arc<AppState>,
+    inner: S,
+}
+
+impl<S> Service<Request> for Edge<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The clone that was made ready goes with this request (tower's rule).
+        let fresh = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, fresh);
+        let state = self.state.clone();
+        Box::pin(async move {
+            let response = record_http_metrics(request, |request| {
+                crate::admit::admit(&state, request, |request| {
+                    shed_and_time_out(&state, request, |request| inner.oneshot(request))
+                })
+            })
+            .await;
+            Ok(response)
+        })
+    }
+}
+
+/// Holds requests beyond the in-flight limit in line for up to the queue
+/// wait, then sheds them (503, `Retry-After: 1`); answers 504 for a request
+/// that outlives the timeout. Health and metrics
+/// are exempt, so probes see the truth while the gateway sheds.
+///
+/// A stream's opening (a verified token, a seat map or a first place) is
+/// work like any request and waits in the same line: at an on-sale, the
+/// streams of people already placed do not overtake the joins of those
+/// still arriving. The slot is given back once the stream's headers are
+/// sent; an open stream holds none (it costs no work between its looks
+/// and has caps of its own).
+async fn shed_and_time_out<F, Fut>(state: &AppState, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Result<Response, Infallible>>,
+{
+    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+        return answered(next(request).await);
+    }
+    let permit = match state.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => Ok(permit),
+        Err(_) if state.queue_wait.is_zero() => Err(()),
+        Err(_) => {
+            metrics::counter!("http_requests_queued_total").increment(1);
+            match tokio::time::timeout(state.queue_wait, state.in_flight.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => Ok(permit),
+                _ => Err(()),
+            }
+        }
+    };
+    let Ok(_permit) = permit else {
+        metrics::counter!("http_requests_shed_total").increment(1);
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The service is busy; please retry shortly.")
+            .retry_after(1)
+            .into_response();
+    };
+    match tokio::time::timeout(state.request_timeout, next(request)).await {
+        Ok(response) => answered(response),
+        Err(_) => {
+            metrics::counter!("http_requests_timed_out_total").increment(1);
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "The request timed out.").into_response()
+        }
+    }
+}
+
+fn answered(response: Result<Response, Infallible>) -> Response {
+    match response {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// The method and route template of a routed request, for metric labels and
+/// span names: never a raw path (ids would make them unbounded) and never
+/// an unknown method.
+pub(crate) fn route_labels<B>(request: &axum::http::Request<B>) -> (String, String) {
+    let method = match *request.method() {
+        Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::PATCH | Method::HEAD | Method::OPTIONS => {
+            request.method().as_str().to_owned()
+        }
+        _ => "other".to_owned(),
+    };
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    (method, route)
+}
+
+/// Counts and times every request by method, matched route and status.
+async fn record_http_metrics<F, Fut>(request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let (method, route) = route_labels(&request);
+    let started = std::time::Instant::now();
+    let response = next(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
