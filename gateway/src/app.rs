@@ -139,6 +139,11 @@ impl GatewayApp {
         self.addr
     }
 
+    /// The router, to drive requests in-process (`examples/request_cost.rs`).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
     /// Serves until `shutdown`; in-flight requests finish first.
     /// `drain` is how long the listener stays open after `/readyz` started failing.
     pub async fn run(self, shutdown: Shutdown, drain: Duration) -> anyhow::Result<()> {
@@ -230,7 +235,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                             let (method, route) = route_labels(request);
                             let span = tracing::info_span!(
                                 "http",
-                                otel.name = %format!("{method} {route}"),
+                                otel.name = %format_args!("{method} {route}"),
                                 otel.kind = "server",
                                 method = %request.method(),
                                 route = %route,

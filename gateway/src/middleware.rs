@@ -12,10 +12,11 @@
 //! the three steps are plain async functions in one future, boxed once.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, PoisonError, RwLock},
     task::{Context, Poll},
 };
 
@@ -33,12 +34,13 @@ use crate::{error::ApiError, state::AppState};
 #[derive(Clone)]
 pub struct EdgeLayer {
     state: Arc<AppState>,
+    metrics: Arc<HttpMetrics>,
 }
 
 impl EdgeLayer {
     /// The layer over the gateway's shared state.
     pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+        Self { state, metrics: Arc::default() }
     }
 }
 
@@ -46,7 +48,7 @@ impl<S> Layer<S> for EdgeLayer {
     type Service = Edge<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Edge { state: self.state.clone(), inner }
+        Edge { state: self.state.clone(), metrics: self.metrics.clone(), inner }
     }
 }
 
@@ -54,6 +56,7 @@ impl<S> Layer<S> for EdgeLayer {
 #[derive(Clone)]
 pub struct Edge<S> {
     state: Arc<AppState>,
+    metrics: Arc<HttpMetrics>,
     inner: S,
 }
 
@@ -74,9 +77,9 @@ where
         // The clone that was made ready goes with this request (tower's rule).
         let fresh = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, fresh);
-        let state = self.state.clone();
+        let (state, metrics) = (self.state.clone(), self.metrics.clone());
         Box::pin(async move {
-            let response = record_http_metrics(request, |request| {
+            let response = record_http_metrics(&metrics, request, |request| {
                 crate::admit::admit(&state, request, |request| {
                     shed_and_time_out(&state, request, |request| inner.oneshot(request))
                 })
@@ -142,33 +145,92 @@ fn answered(response: Result<Response, Infallible>) -> Response {
 /// The method and route template of a routed request, for metric labels and
 /// span names: never a raw path (ids would make them unbounded) and never
 /// an unknown method.
-pub(crate) fn route_labels<B>(request: &axum::http::Request<B>) -> (String, String) {
+pub(crate) fn route_labels<B>(request: &axum::http::Request<B>) -> (&'static str, &str) {
     let method = match *request.method() {
-        Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::PATCH | Method::HEAD | Method::OPTIONS => {
-            request.method().as_str().to_owned()
-        }
-        _ => "other".to_owned(),
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
     };
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str());
     (method, route)
 }
 
 /// Counts and times every request by method, matched route and status.
-async fn record_http_metrics<F, Fut>(request: Request, next: F) -> Response
+async fn record_http_metrics<F, Fut>(metrics: &HttpMetrics, request: Request, next: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
     let (method, route) = route_labels(&request);
+    let route = metrics.route(method, route);
     let started = std::time::Instant::now();
     let response = next(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    route.record(response.status(), started.elapsed());
     response
+}
+
+/// The metric handles of each method and route, made on first use: a
+/// request then records without building label sets or strings.
+#[derive(Default)]
+pub(crate) struct HttpMetrics {
+    routes: RwLock<HashMap<String, Vec<Arc<RouteMetrics>>>>,
+}
+
+impl HttpMetrics {
+    fn route(&self, method: &'static str, route: &str) -> Arc<RouteMetrics> {
+        let found = |routes: &HashMap<String, Vec<Arc<RouteMetrics>>>| {
+            routes.get(route).and_then(|methods| methods.iter().find(|m| m.method == method).cloned())
+        };
+        if let Some(known) = found(&self.routes.read().unwrap_or_else(PoisonError::into_inner)) {
+            return known;
+        }
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = found(&routes) {
+            return known;
+        }
+        let made = Arc::new(RouteMetrics::new(method, route));
+        routes.entry(route.to_owned()).or_default().push(made.clone());
+        made
+    }
+}
+
+/// One method and route's handles; the counters per status as they occur.
+struct RouteMetrics {
+    method: &'static str,
+    route: String,
+    duration: metrics::Histogram,
+    by_status: RwLock<Vec<(StatusCode, metrics::Counter)>>,
+}
+
+impl RouteMetrics {
+    fn new(method: &'static str, route: &str) -> Self {
+        let duration =
+            metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route.to_owned());
+        Self { method, route: route.to_owned(), duration, by_status: RwLock::default() }
+    }
+
+    fn record(&self, status: StatusCode, took: std::time::Duration) {
+        self.duration.record(took.as_secs_f64());
+        let known = self
+            .by_status
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, c)| c.clone());
+        let counter = known.unwrap_or_else(|| {
+            let mut by_status = self.by_status.write().unwrap_or_else(PoisonError::into_inner);
+            let counter = metrics::counter!("http_requests_total", "method" => self.method, "route" => self.route.clone(), "status" => status.as_u16().to_string());
+            if !by_status.iter().any(|(s, _)| *s == status) {
+                by_status.push((status, counter.clone()));
+            }
+            counter
+        });
+        counter.increment(1);
+    }
 }

@@ -263,9 +263,15 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
     let (booking, intent) = sys.book("metered", "perf_002", &["B4"]).await;
     sys.pay("metered", &intent, "tok_visa").await;
     sys.wait_status("metered", &booking, "confirmed").await;
+    // One route, two statuses: a series each.
+    assert_eq!(sys.get(&format!("/bookings/{booking}"), "metered").await.status, StatusCode::OK);
+    let unknown = sys.get("/bookings/00000000-0000-7000-8000-000000000000", "metered").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     let text = sys.client.get(format!("{}/metrics", sys.metrics)).send().await.unwrap().text().await.unwrap();
     for needle in [
         "http_requests_total{method=\"POST\",route=\"/bookings\",status=\"201\"}",
+        "http_requests_total{method=\"GET\",route=\"/bookings/{id}\",status=\"200\"}",
+        "http_requests_total{method=\"GET\",route=\"/bookings/{id}\",status=\"404\"}",
         "http_request_duration_seconds_bucket",
         "grpc_requests_total{method=\"/ticketing.booking.v1.BookingService/CreateBooking\",code=\"0\"}",
         "bookings_total{outcome=\"confirmed\"}",
