@@ -68,6 +68,8 @@ pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Va
     let free: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
         (1..=run.seats).map(|n| format!("{}{}", row_label((n - 1) / 500), (n - 1) % 500 + 1)).collect(),
     ));
+    // People sign in before the sale: their tokens are not part of the joins.
+    let tokens: Vec<String> = (0..run.clients).map(|n| run.target.token(&format!("q{n}"))).collect();
     let looks_before = looks(&run).await;
     let before = watched.sample();
     let started = Instant::now();
@@ -80,10 +82,13 @@ pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Va
             watched.sample()
         })
     };
-    let people: Vec<_> = (0..run.clients)
-        .map(|n| {
+    let people: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(n, token)| {
             let client = run.connections[n % run.connections.len()].clone();
-            tokio::spawn(person(run.target.clone(), client, format!("q{n}"), free.clone(), answered.clone()))
+            let who = Person { user: format!("q{n}"), token };
+            tokio::spawn(person(run.target.clone(), client, who, free.clone(), answered.clone()))
         })
         .collect();
     let mut outcomes = Vec::with_capacity(people.len());
@@ -137,16 +142,22 @@ fn row_label(r: u64) -> String {
     char::from(b'A' + u8::try_from(r % 26).unwrap_or(0)).to_string()
 }
 
+/// A signed-in person.
+struct Person {
+    user: String,
+    token: String,
+}
+
 /// One person: join, wait on the place stream, and when admitted book one
 /// free seat (another if it was just taken) and pay.
 async fn person(
     target: Arc<Target>,
     client: reqwest::Client,
-    user: String,
+    who: Person,
     free: Arc<Mutex<Vec<String>>>,
     answered: Arc<JoinsAnswered>,
 ) -> Outcome {
-    let token = target.token(&user);
+    let Person { user, token } = who;
     let mut outcome = Outcome::default();
     let sent = Instant::now();
     let joined =
