@@ -17,7 +17,6 @@ use proto::{
 };
 use tonic::transport::Channel;
 use tower_http::{
-    catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::{DefaultOnResponse, TraceLayer},
     LatencyUnit,
@@ -213,15 +212,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             tower::ServiceBuilder::new()
                 // A preflight is answered before anything else looks at it.
                 .option_layer(state.cors.clone())
-                .layer(axum::middleware::from_fn(crate::problem::negotiate))
+                .map_response(axum_body)
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(CatchPanicLayer::custom(|_| {
-                    axum::response::IntoResponse::into_response(ApiError::new(
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        "Internal server error.",
-                    ))
-                }))
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(|request: &Request<_>| {
@@ -249,8 +242,18 @@ pub fn router(state: Arc<AppState>) -> Router {
                         // One access-log line per request: status and latency.
                         .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),
                 )
-                // Counted, timed, admitted (body, rate), then the in-flight line.
+                // Problems, counted and timed, the panic guard, admitted
+                // (body, rate), then the in-flight line.
                 .layer(crate::middleware::EdgeLayer::new(state))
                 .layer(DefaultBodyLimit::max(crate::admit::BODY_LIMIT)),
         )
+}
+
+/// A response with axum's body, as CORS needs below it.
+fn axum_body<B>(response: axum::http::Response<B>) -> axum::response::Response
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    response.map(axum::body::Body::new)
 }

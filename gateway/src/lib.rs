@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `app.rs` | router and its layers (CORS, problem+json, request id, access log), start-up |
 //! | `state.rs` | what every handler and middleware shares |
-//! | `middleware.rs` | the gateway's own layer: metrics per route and status, admission, the in-flight line and timeouts, in one boxed future |
+//! | `middleware.rs` | the gateway's own layer: problem+json, metrics per route and status, the panic guard, admission, the in-flight line and timeouts, in one boxed future |
 //! | `admit.rs` | before a request takes a slot: its body within a time and size limit, its user's rate |
 //! | `auth.rs` | the `AuthUser` extractor over the shared token verifier |
 //! | `routes/` | one module per resource of the contract, the seat stream, the box-office page |

@@ -1,7 +1,9 @@
-//! The gateway's own middleware, as one layer: each request is counted and
-//! timed by method, route template and status; then admitted (its whole
-//! body, its user's rate: `admit.rs`); then it waits in the in-flight line
-//! and is timed out.
+//! The gateway's own middleware, as one layer: an error answer is rewritten
+//! as a problem for a client that asks (`problem.rs`); each request is
+//! counted and timed by method, route template and status; a panic is
+//! answered 500 (and counted); each request is admitted (its whole body, its
+//! user's rate: `admit.rs`); then it waits in the in-flight line and is
+//! timed out.
 //!
 //! One layer rather than one `axum::middleware::from_fn` each: every
 //! `from_fn` boxes the request's future, boxes a clone of the service
@@ -79,14 +81,26 @@ where
         let inner = std::mem::replace(&mut self.inner, fresh);
         let (state, metrics) = (self.state.clone(), self.metrics.clone());
         Box::pin(async move {
-            let response = record_http_metrics(&metrics, request, |request| {
-                crate::admit::admit(&state, request, |request| {
-                    shed_and_time_out(&state, request, |request| inner.oneshot(request))
+            let response = crate::problem::negotiate(request, |request| {
+                record_http_metrics(&metrics, request, |request| {
+                    guard_panics(crate::admit::admit(&state, request, |request| {
+                        shed_and_time_out(&state, request, |request| inner.oneshot(request))
+                    }))
                 })
             })
             .await;
             Ok(response)
         })
+    }
+}
+
+/// A panic while a request is handled is answered 500 (and the process
+/// goes on); the panic itself is reported by the panic hook.
+async fn guard_panics(handled: impl Future<Output = Response>) -> Response {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(handled).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.").into_response(),
     }
 }
 
@@ -232,5 +246,39 @@ impl RouteMetrics {
             counter
         });
         counter.increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::to_bytes, http::header};
+
+    use super::*;
+
+    async fn answer(accept: &str) -> (StatusCode, String, String) {
+        let request = Request::builder().header(header::ACCEPT, accept).body(axum::body::Body::empty()).unwrap();
+        let response = crate::problem::negotiate(request, |_| {
+            guard_panics(async {
+                if true {
+                    panic!("a handler's bug");
+                }
+                StatusCode::OK.into_response()
+            })
+        })
+        .await;
+        let status = response.status();
+        let kind = response.headers().get(header::CONTENT_TYPE).unwrap().to_str().unwrap().to_owned();
+        let body = String::from_utf8(to_bytes(response.into_body(), 4096).await.unwrap().to_vec()).unwrap();
+        (status, kind, body)
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_answered_500_in_the_shape_the_client_asked_for() {
+        let (status, kind, body) = answer("application/json").await;
+        assert_eq!((status, kind.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "application/json"));
+        assert_eq!(body, r#"{"error":"Internal server error."}"#);
+        let (status, kind, body) = answer("application/problem+json").await;
+        assert_eq!((status, kind.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, crate::problem::PROBLEM_JSON));
+        assert!(body.contains(r#""code":"internal_error""#), "{body}");
     }
 }

@@ -5,11 +5,12 @@
 //! `detail` is the same sentence and `code` is one of [`CODES`]: stable,
 //! listed in docs/API.md, never renamed.
 
+use std::future::Future;
+
 use axum::{
     body::{to_bytes, Body},
     extract::Request,
     http::{header, HeaderValue, StatusCode},
-    middleware::Next,
     response::Response,
 };
 use serde_json::{json, Map, Value};
@@ -127,10 +128,15 @@ fn wants_problem(request: &Request) -> bool {
 /// Error bodies are small; anything larger is left as it is.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-/// The middleware: rewrites an error answer for a client that asked.
-pub async fn negotiate(request: Request, next: Next) -> Response {
+/// The middleware step (`middleware.rs`): rewrites an error answer for a
+/// client that asked.
+pub async fn negotiate<F, Fut>(request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let wanted = wants_problem(&request);
-    let response = next.run(request).await;
+    let response = next(request).await;
     let is_json =
         response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if !wanted || !(response.status().is_client_error() || response.status().is_server_error()) || !is_json {
