@@ -1,6 +1,6 @@
 //! RFC 9457 Problem Details for clients that ask for them with
 //! `Accept: application/problem+json`. Every other client gets the seed's
-//! bodies byte for byte; this layer only rewrites an error answer, after
+//! bodies byte for byte; this step only rewrites an error answer, after
 //! the fact, into `{"type", "title", "status", "detail", "code"}`, where
 //! `detail` is the same sentence and `code` is one of [`CODES`]: stable,
 //! listed in docs/API.md, never renamed.
