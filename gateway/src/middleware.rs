@@ -11,7 +11,7 @@
 //! `Router::layer` call boxes once more. Over a few kilobytes each, those
 //! boxes were the gateway's largest allocations per request, and glibc's
 //! allocator the largest item of its profile (docs/PERFORMANCE.md). Here
-//! the three steps are plain async functions in one future, boxed once.
+//! the steps are plain async functions in one future, boxed once.
 
 use std::{
     collections::HashMap,
@@ -84,7 +84,10 @@ where
             let response = crate::problem::negotiate(request, |request| {
                 record_http_metrics(&metrics, request, |request| {
                     guard_panics(crate::admit::admit(&state, request, |request| {
-                        shed_and_time_out(&state, request, |request| inner.oneshot(request))
+                        shed_and_time_out(&state, request, |request| async move {
+                            let Ok(response) = inner.oneshot(request).await;
+                            response
+                        })
                     }))
                 })
             })
@@ -118,10 +121,10 @@ async fn guard_panics(handled: impl Future<Output = Response>) -> Response {
 async fn shed_and_time_out<F, Fut>(state: &AppState, request: Request, next: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Result<Response, Infallible>>,
+    Fut: Future<Output = Response>,
 {
     if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
-        return answered(next(request).await);
+        return next(request).await;
     }
     let permit = match state.in_flight.clone().try_acquire_owned() {
         Ok(permit) => Ok(permit),
@@ -141,18 +144,11 @@ where
             .into_response();
     };
     match tokio::time::timeout(state.request_timeout, next(request)).await {
-        Ok(response) => answered(response),
+        Ok(response) => response,
         Err(_) => {
             metrics::counter!("http_requests_timed_out_total").increment(1);
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, "The request timed out.").into_response()
         }
-    }
-}
-
-fn answered(response: Result<Response, Infallible>) -> Response {
-    match response {
-        Ok(response) => response,
-        Err(never) => match never {},
     }
 }
 

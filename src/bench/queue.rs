@@ -69,7 +69,12 @@ pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Va
         (1..=run.seats).map(|n| format!("{}{}", row_label((n - 1) / 500), (n - 1) % 500 + 1)).collect(),
     ));
     // People sign in before the sale: their tokens are not part of the joins.
-    let tokens: Vec<String> = (0..run.clients).map(|n| run.target.token(&format!("q{n}"))).collect();
+    let signed_in: Vec<Person> = (0..run.clients)
+        .map(|n| {
+            let user = format!("q{n}");
+            Person { token: run.target.token(&user), user }
+        })
+        .collect();
     let looks_before = looks(&run).await;
     let before = watched.sample();
     let started = Instant::now();
@@ -82,12 +87,11 @@ pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Va
             watched.sample()
         })
     };
-    let people: Vec<_> = tokens
+    let people: Vec<_> = signed_in
         .into_iter()
         .enumerate()
-        .map(|(n, token)| {
+        .map(|(n, who)| {
             let client = run.connections[n % run.connections.len()].clone();
-            let who = Person { user: format!("q{n}"), token };
             tokio::spawn(person(run.target.clone(), client, who, free.clone(), answered.clone()))
         })
         .collect();
