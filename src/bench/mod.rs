@@ -8,6 +8,7 @@
 
 pub mod cost;
 pub mod feed;
+pub mod link;
 pub mod long_runs;
 pub mod pgbench;
 pub mod procs;

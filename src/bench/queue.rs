@@ -11,18 +11,25 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use bytes::BytesMut;
+use http::{HeaderValue, Method, Uri};
 use serde_json::{json, Value};
 
-use super::{histogram, latency, micros, procs::Watched, Target};
+use super::{
+    histogram, latency,
+    link::{Ask, Link},
+    micros,
+    procs::Watched,
+    Target,
+};
 
 /// One run.
 pub struct QueueRun {
     /// The system.
     pub target: Arc<Target>,
-    /// The connections people share: HTTP/2 clients (a load balancer's
-    /// few connections), or one HTTP/1.1 pool with a connection per person.
-    pub connections: Vec<reqwest::Client>,
+    /// The connections people share: HTTP/2 connections (a load balancer's
+    /// few), or one HTTP/1.1 pool with a connection per person.
+    pub connections: Vec<Link>,
     /// How many of them are HTTP/2 (0: HTTP/1.1).
     pub h2_connections: usize,
     /// People joining at once.
@@ -72,9 +79,11 @@ pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Va
     let signed_in: Vec<Person> = (0..run.clients)
         .map(|n| {
             let user = format!("q{n}");
-            Person { token: run.target.token(&user), user }
+            let bearer = HeaderValue::try_from(format!("Bearer {}", run.target.token(&user)))?;
+            Ok(Person { bearer, user })
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
+    let paths = Arc::new(Paths::new(&run.target.base)?);
     let looks_before = looks(&run).await;
     let before = watched.sample();
     let started = Instant::now();
@@ -91,8 +100,8 @@ pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Va
         .into_iter()
         .enumerate()
         .map(|(n, who)| {
-            let client = run.connections[n % run.connections.len()].clone();
-            tokio::spawn(person(run.target.clone(), client, who, free.clone(), answered.clone()))
+            let link = run.connections[n % run.connections.len()].clone();
+            tokio::spawn(person(paths.clone(), link, who, free.clone(), answered.clone()))
         })
         .collect();
     let mut outcomes = Vec::with_capacity(people.len());
@@ -149,68 +158,100 @@ fn row_label(r: u64) -> String {
 /// A signed-in person.
 struct Person {
     user: String,
-    token: String,
+    /// `Bearer <their token>`.
+    bearer: HeaderValue,
+}
+
+/// The addresses people ask, made once.
+struct Paths {
+    join: Uri,
+    stream: Uri,
+    bookings: Uri,
+    payments: Uri,
+}
+
+impl Paths {
+    fn new(base: &str) -> anyhow::Result<Self> {
+        let at = |path: &str| format!("{base}{path}").parse::<Uri>();
+        Ok(Self {
+            join: at(&format!("/performances/{PERFORMANCE}/queue"))?,
+            stream: at(&format!("/performances/{PERFORMANCE}/queue/stream"))?,
+            bookings: at("/bookings")?,
+            payments: at("/payments/execute")?,
+        })
+    }
+}
+
+/// What a place event says (the rest of it is for the page).
+#[derive(serde::Deserialize)]
+struct Place {
+    state: String,
+    #[serde(default)]
+    admission: Option<String>,
 }
 
 /// One person: join, wait on the place stream, and when admitted book one
 /// free seat (another if it was just taken) and pay.
 async fn person(
-    target: Arc<Target>,
-    client: reqwest::Client,
+    paths: Arc<Paths>,
+    link: Link,
     who: Person,
     free: Arc<Mutex<Vec<String>>>,
     answered: Arc<JoinsAnswered>,
 ) -> Outcome {
-    let Person { user, token } = who;
     let mut outcome = Outcome::default();
     let sent = Instant::now();
     let joined =
-        client.post(format!("{}/performances/{PERFORMANCE}/queue", target.base)).bearer_auth(&token).send().await;
+        link.send(Ask { method: Method::POST, uri: &paths.join, bearer: &who.bearer, admission: None, json: None });
+    let joined = match joined.await {
+        Ok(answer) => {
+            let status = answer.status();
+            answer.body().await;
+            Some(status)
+        }
+        Err(_) => None,
+    };
     outcome.join_took = sent.elapsed();
-    outcome.join_status = joined.as_ref().ok().map(|r| r.status().as_u16());
+    outcome.join_status = joined;
     answered.one();
     if outcome.join_status != Some(200) {
         return outcome;
     }
-    let Some(place) = wait_turn(&target, &client, &token, &mut outcome).await else { return outcome };
-    if place["state"] == "admitted" {
-        let admission = place["admission"].as_str().unwrap_or_default();
-        outcome.bought = buy(&target, &client, &token, &user, admission, &free).await;
+    let Some(place) = wait_turn(&paths, &link, &who, &mut outcome).await else { return outcome };
+    if let ("admitted", Some(admission)) = (place.state.as_str(), place.admission.as_deref()) {
+        outcome.bought = buy(&paths, &link, &who, admission, &free).await;
     }
     outcome
 }
 
 /// Follows the place stream until a final state; `None` if it broke.
-async fn wait_turn(target: &Target, client: &reqwest::Client, token: &str, outcome: &mut Outcome) -> Option<Value> {
+async fn wait_turn(paths: &Paths, link: &Link, who: &Person, outcome: &mut Outcome) -> Option<Place> {
     let asked = Instant::now();
     for _ in 0..20 {
-        let response = client
-            .get(format!("{}/performances/{PERFORMANCE}/queue/stream", target.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .ok()?;
-        if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        let ask = Ask { method: Method::GET, uri: &paths.stream, bearer: &who.bearer, admission: None, json: None };
+        let mut response = link.send(ask).await.ok()?;
+        if response.status() == 503 {
             // A busy gateway: come back after its Retry-After, as the page does.
             outcome.streams_shed += 1;
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        let mut body = response.bytes_stream();
-        let mut buffer = String::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
-                let place: Value = serde_json::from_str(data).ok()?;
+        let mut buffer = BytesMut::new();
+        while let Some(chunk) = response.chunk().await {
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                let block = buffer.split_to(end + 2);
+                let Some(data) = block[..].split(|b| *b == b'\n').find_map(|l| l.strip_prefix(b"data: ")) else {
+                    continue;
+                };
+                let place: Place = serde_json::from_slice(data).ok()?;
                 outcome.first_place_after.get_or_insert_with(|| asked.elapsed());
-                match place["state"].as_str() {
-                    Some("sold_out") => {
+                match place.state.as_str() {
+                    "sold_out" => {
                         outcome.told_sold_out_at = Some(chrono::Utc::now());
                         return Some(place);
                     }
-                    Some("admitted" | "closed") => return Some(place),
+                    "admitted" | "closed" => return Some(place),
                     _ => {}
                 }
             }
@@ -222,25 +263,19 @@ async fn wait_turn(target: &Target, client: &reqwest::Client, token: &str, outco
     None
 }
 
-async fn buy(
-    target: &Target,
-    client: &reqwest::Client,
-    token: &str,
-    user: &str,
-    admission: &str,
-    free: &Mutex<Vec<String>>,
-) -> bool {
+async fn buy(paths: &Paths, link: &Link, who: &Person, admission: &str, free: &Mutex<Vec<String>>) -> bool {
     for _ in 0..20 {
         let Some(seat) = free.lock().ok().and_then(|mut f| f.pop()) else { return false };
-        let body = json!({"performanceId": PERFORMANCE, "seatIds": [seat], "userId": user});
-        let reply = client
-            .post(format!("{}/bookings", target.base))
-            .bearer_auth(token)
-            .header("admission", admission)
-            .json(&body)
-            .send()
-            .await;
-        let status = reply.as_ref().map_or(0, |r| r.status().as_u16());
+        let body = json!({"performanceId": PERFORMANCE, "seatIds": [seat], "userId": who.user});
+        let ask = Ask {
+            method: Method::POST,
+            uri: &paths.bookings,
+            bearer: &who.bearer,
+            admission: Some(admission),
+            json: serde_json::to_vec(&body).ok(),
+        };
+        let reply = link.send(ask).await;
+        let status = reply.as_ref().map_or(0, |r| r.status());
         if status != 201 {
             // Only a seat someone else took (409) is gone; after a busy
             // gateway (503), a timeout or a lost connection the seat is
@@ -251,18 +286,31 @@ async fn buy(
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            if let Ok(reply) = reply {
+                reply.body().await;
+            }
             continue;
         }
         let Ok(reply) = reply else { return false };
-        let Ok(created) = reply.json::<Value>().await else { return false };
+        let Ok(created) = serde_json::from_slice::<Value>(&reply.body().await) else { return false };
         let pay =
             json!({"paymentIntentId": created["paymentIntentId"], "paymentMethodToken": "tok_visa", "cvv": "123"});
         for _ in 0..50 {
-            let paid =
-                client.post(format!("{}/payments/execute", target.base)).bearer_auth(token).json(&pay).send().await;
-            match paid.map(|r| r.status().as_u16()) {
-                Ok(200) => return true,
-                Ok(503) | Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            let ask = Ask {
+                method: Method::POST,
+                uri: &paths.payments,
+                bearer: &who.bearer,
+                admission: None,
+                json: serde_json::to_vec(&pay).ok(),
+            };
+            let paid = link.send(ask).await;
+            let status = paid.as_ref().map_or(0, |r| r.status());
+            if let Ok(paid) = paid {
+                paid.body().await;
+            }
+            match status {
+                200 => return true,
+                503 | 0 => tokio::time::sleep(Duration::from_millis(100)).await,
                 _ => return false,
             }
         }

@@ -287,11 +287,9 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
             let booking_db = scenario_pool(&args, &booking_db, &booking_service::store::MIGRATIONS).await?;
             let connections = args.h2_connections();
             let people = if connections == 0 {
-                vec![target.client.clone()]
+                vec![bench::link::Link::H1(target.client.clone())]
             } else {
-                (0..connections)
-                    .map(|_| reqwest::Client::builder().http2_prior_knowledge().build())
-                    .collect::<Result<_, _>>()?
+                bench::link::Link::h2(&target.base, connections).await?
             };
             let run = bench::queue::QueueRun {
                 target,
