@@ -79,7 +79,9 @@ pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Va
     let signed_in: Vec<Person> = (0..run.clients)
         .map(|n| {
             let user = format!("q{n}");
-            let bearer = HeaderValue::try_from(format!("Bearer {}", run.target.token(&user)))?;
+            let mut bearer = HeaderValue::try_from(format!("Bearer {}", run.target.token(&user)))?;
+            // Never put in HPACK's table (as reqwest's `bearer_auth` did).
+            bearer.set_sensitive(true);
             Ok(Person { bearer, user })
         })
         .collect::<anyhow::Result<_>>()?;
