@@ -1,7 +1,7 @@
 //! What the gateway's own layers and routing cost per request, without the
 //! network: requests driven through the router in-process, each refused
-//! 401 by the handler's token check, so every layer runs (CORS,
-//! problem+json, request id, panic guard, access span, metrics, admission,
+//! 401 by the handler's token check, so every layer runs (in order: CORS,
+//! request id, access span, problem+json, metrics, panic guard, admission,
 //! the in-flight line, the body limit) and nothing calls a service. Run it
 //! under `valgrind --tool=callgrind` for counts that do not depend on what
 //! else the machine does.
