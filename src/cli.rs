@@ -255,6 +255,10 @@ pub struct BenchArgs {
     /// HTTP/1.1 connection (two open files per person, one on each side).
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub h2_connections: Option<u32>,
+    /// In `onsale-queue`, people arrive evenly spread over this time (the
+    /// n-th of N at n/N of it) instead of all at once.
+    #[arg(long, default_value = "0s", value_parser = runtime::config::parse_duration)]
+    pub arrivals_over: std::time::Duration,
     /// Seats on sale in `onsale-queue` [default: 500].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub seats: Option<u64>,

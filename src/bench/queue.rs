@@ -32,8 +32,10 @@ pub struct QueueRun {
     pub connections: Vec<Link>,
     /// How many of them are HTTP/2 (0: HTTP/1.1).
     pub h2_connections: usize,
-    /// People joining at once.
+    /// People joining.
     pub clients: usize,
+    /// They arrive evenly over this time (zero: all at once).
+    pub arrivals_over: Duration,
     /// Seats on sale.
     pub seats: u64,
     /// The booking-service's database, read after the run.
@@ -89,6 +91,10 @@ pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Va
     let looks_before = looks(&run).await;
     let before = watched.sample();
     let started = Instant::now();
+    let arrives = |n: usize| {
+        let share = n as f64 / run.clients.max(1) as f64;
+        tokio::time::Instant::from_std(started) + run.arrivals_over.mul_f64(share)
+    };
     // What the joins alone cost: each process's CPU once every join is answered.
     let answered = Arc::new(JoinsAnswered::new(run.clients));
     let joins_sampled = {
@@ -103,7 +109,7 @@ pub async fn onsale_queue(run: QueueRun, watched: &Watched) -> anyhow::Result<Va
         .enumerate()
         .map(|(n, who)| {
             let link = run.connections[n % run.connections.len()].clone();
-            tokio::spawn(person(paths.clone(), link, who, free.clone(), answered.clone()))
+            tokio::spawn(person(paths.clone(), link, who, arrives(n), free.clone(), answered.clone()))
         })
         .collect();
     let mut outcomes = Vec::with_capacity(people.len());
@@ -192,16 +198,20 @@ struct Place {
     admission: Option<String>,
 }
 
-/// One person: join, wait on the place stream, and when admitted book one
-/// free seat (another if it was just taken) and pay.
+/// One person: arrive, join, wait on the place stream, and when admitted
+/// book one free seat (another if it was just taken) and pay.
 async fn person(
     paths: Arc<Paths>,
     link: Link,
     who: Person,
+    arrives: tokio::time::Instant,
     free: Arc<Mutex<Vec<String>>>,
     answered: Arc<JoinsAnswered>,
 ) -> Outcome {
     let mut outcome = Outcome::default();
+    if tokio::time::Instant::now() < arrives {
+        tokio::time::sleep_until(arrives).await;
+    }
     let sent = Instant::now();
     let joined =
         link.send(Ask { method: Method::POST, uri: &paths.join, bearer: &who.bearer, admission: None, json: None });
@@ -373,6 +383,7 @@ async fn report(
     Ok(json!({
         "clients": run.clients,
         "h2_connections": run.h2_connections,
+        "arrivals_over_ms": run.arrivals_over.as_millis() as u64,
         "seats": run.seats,
         "join": latency(&joins),
         "joins_failed": failed_joins,

@@ -296,6 +296,7 @@ async fn over_time(args: BenchArgs) -> anyhow::Result<()> {
                 connections: people,
                 h2_connections: connections,
                 clients: args.clients(),
+                arrivals_over: args.arrivals_over,
                 seats: args.seats.unwrap_or(500),
                 booking_db,
                 booking_metrics: system.metrics_url("booking").unwrap_or_default(),
