@@ -139,7 +139,16 @@ async fn connect(server_url: &str, database: &str, max_connections: u32) -> Resu
         // No JIT: every statement here is short, and PostgreSQL's cost
         // guess sent the global log's read (1,000 events) to LLVM, which
         // spent 105 of its 146 ms compiling.
-        .options([("jit", "off")])
+        //
+        // Generic plans: every statement is prepared once per connection,
+        // but under the default (`auto`) a statement over `unnest($n)` or
+        // `= any($n)` (the hold, the event append, the inbox, the batched
+        // joins) never earns its generic plan: with the array unknown the
+        // plan's estimate is ten rows against the custom plans' one, so
+        // PostgreSQL planned it again on every execution, a tenth of its
+        // CPU per booking. Every statement here is by key or by index
+        // range, where the plan does not depend on the values.
+        .options([("jit", "off"), ("plan_cache_mode", "force_generic_plan")])
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
     pool_options(max_connections).connect_with(options).await.map_err(sql("connecting to the service database"))
 }
