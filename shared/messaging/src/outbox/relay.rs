@@ -126,6 +126,19 @@ struct Publisher<'a, M> {
     failures: u32,
 }
 
+/// What a read of the log found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Nothing past what is sent.
+    Nothing,
+    /// Events up to the end the log showed: read again when woken (a
+    /// commit during the read wakes the next wait at once).
+    ToTheEnd,
+    /// A full batch, or a batch stopped at a key still in flight: look
+    /// again now.
+    More,
+}
+
 /// What became of a delivery.
 #[derive(PartialEq, Eq)]
 enum Settled {
@@ -140,9 +153,8 @@ impl<M: IntegrationMapper> Publisher<'_, M> {
         self.in_flight.len() < MAX_BATCHES_IN_FLIGHT && !self.blocked
     }
 
-    /// Reads past what is sent and sends what may go now; false when the
-    /// log had nothing more.
-    async fn send_next(&mut self, wake: &mut WakeUp) -> Result<bool, RelayError> {
+    /// Reads past what is sent and sends what may go now.
+    async fn send_next(&mut self, wake: &mut WakeUp) -> Result<Read, RelayError> {
         let batch = {
             let mut conn = self.pool.acquire().await?;
             let read = global_log::read_after(&mut conn, self.sent, self.settings.batch_size).await?;
@@ -150,12 +162,20 @@ impl<M: IntegrationMapper> Publisher<'_, M> {
             read.events
         };
         if batch.is_empty() {
-            return Ok(false);
+            return Ok(Read::Nothing);
         }
+        // A short batch reached the end the log showed: reading again at
+        // once finds nothing unless a commit came meanwhile, and such a
+        // commit makes the next wait return at once.
+        let after = if i64::try_from(batch.len()).unwrap_or(i64::MAX) < self.settings.batch_size {
+            Read::ToTheEnd
+        } else {
+            Read::More
+        };
         let ready = ready_records(self.mapper, self.settings, &batch, &self.unacknowledged);
         self.blocked = ready.blocked;
         let Some(last) = ready.upto.checked_sub(1).and_then(|i| batch.get(i)) else {
-            return Ok(true);
+            return Ok(Read::More);
         };
         let last = LogPosition::of(last);
         let keys: Vec<String> = ready.records.iter().map(|(_, record)| record.key.clone()).collect();
@@ -171,7 +191,7 @@ impl<M: IntegrationMapper> Publisher<'_, M> {
         let recorded = batch.iter().take(ready.upto).map(|e| e.recorded_at).collect();
         self.in_flight.push_back(SentBatch { last, recorded, keys, delivery });
         self.sent = last;
-        Ok(true)
+        Ok(if self.blocked { Read::More } else { after })
     }
 
     /// Takes the oldest batch's delivery report.
@@ -250,7 +270,7 @@ async fn publish_while_leader(
     };
     let mut last_proof = tokio::time::Instant::now();
     while !shutdown.is_cancelled() {
-        if publisher.has_room() && publisher.send_next(wake).await? {
+        if publisher.has_room() && publisher.send_next(wake).await? == Read::More {
             continue;
         }
         let room = publisher.has_room();
