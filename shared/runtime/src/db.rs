@@ -142,8 +142,8 @@ async fn connect(server_url: &str, database: &str, max_connections: u32) -> Resu
         //
         // Generic plans: every statement is prepared once per connection,
         // but under the default (`auto`) a statement over `unnest($n)` or
-        // `= any($n)` (the hold, the event append, the inbox, the batched
-        // joins) never earns its generic plan: with the array unknown the
+        // `= any($n)` (the hold, the event append, the catalog read, the
+        // batched joins) never earns its generic plan: with the array unknown the
         // plan's estimate is ten rows against the custom plans' one, so
         // PostgreSQL planned it again on every execution, a tenth of its
         // CPU per booking. Every statement here is by key or by index

@@ -134,8 +134,8 @@ enum Read {
     /// Events up to the end the log showed: read again when woken (a
     /// commit during the read wakes the next wait at once).
     ToTheEnd,
-    /// A full batch, or a batch stopped at a key still in flight: look
-    /// again now.
+    /// A full batch (look again now), or a batch stopped at a key still
+    /// in flight (look again once it is acknowledged).
     More,
 }
 
