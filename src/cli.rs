@@ -256,8 +256,8 @@ pub struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub h2_connections: Option<u32>,
     /// In `onsale-queue`, people arrive evenly spread over this time (the
-    /// n-th of N at n/N of it) instead of all at once.
-    #[arg(long, default_value = "0s", value_parser = runtime::config::parse_duration)]
+    /// n-th of N at n/N of it) instead of all at once; at most 1h.
+    #[arg(long, default_value = "0s", value_parser = parse_arrivals)]
     pub arrivals_over: std::time::Duration,
     /// Seats on sale in `onsale-queue` [default: 500].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
@@ -321,6 +321,15 @@ pub enum BenchScenario {
     /// CPU per booking by process (`distinct`, pipeline drained, idle
     /// subtracted) beside the essential-writes pgbench's.
     Cost,
+}
+
+/// `--arrivals-over`: a duration of at most an hour.
+fn parse_arrivals(text: &str) -> Result<std::time::Duration, String> {
+    let over = runtime::config::parse_duration(text)?;
+    if over > std::time::Duration::from_secs(3600) {
+        return Err(format!("`{text}` is longer than 1h"));
+    }
+    Ok(over)
 }
 
 impl BenchArgs {

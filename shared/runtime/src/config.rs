@@ -47,14 +47,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration such as 30s, 10m or 1h"))?;
-    let seconds = match unit {
+    let per_unit: u64 = match unit {
         "ms" => return Ok(Duration::from_millis(value)),
-        "" | "s" => value,
-        "m" => value * 60,
-        "h" => value * 3600,
-        "d" => value * 86_400,
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(format!("unknown unit `{unit}` in `{text}` (use ms, s, m, h or d)")),
     };
+    let seconds = value.checked_mul(per_unit).ok_or_else(|| format!("`{text}` is too long a duration"))?;
     Ok(Duration::from_secs(seconds))
 }
 
@@ -68,6 +69,7 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
         assert!(parse_duration("1 fortnight").is_err());
+        assert!(parse_duration("18446744073709551615h").is_err());
         assert!(parse_duration("").is_err());
     }
 }
