@@ -8,8 +8,8 @@ use std::sync::Arc;
 use agreements::PaymentPolicy;
 use chrono::{DateTime, Duration, Utc};
 use futures::future::BoxFuture;
-use kernel::aggregate;
-use kernel::event_store::EventMetadata;
+use kernel::aggregate::{self, Aggregate};
+use kernel::event_store::{is_unique_violation, EventMetadata};
 use runtime::idempotency;
 use runtime::idempotency::Claim;
 use runtime::idempotent::ok_outcome;
@@ -160,9 +160,8 @@ impl Bookings {
         let max_seats = self.settings.max_seats_per_user as usize;
         self.waiting_room.check_admission(caller, &request.performance_id, request.admission.as_deref()).await?;
 
-        let mut tx = self.pool.begin().await?;
-        let context =
-            holds::prepare_booking(&mut tx, &request.performance_id, &request.seat_ids, &caller.user_id).await?;
+        let mut conn = self.pool.acquire().await?;
+        let context = holds::booking_context(&mut conn, &request.performance_id, &request.seat_ids).await?;
         if !context.performance_exists {
             return Err(BookingError::PerformanceNotFound(request.performance_id));
         }
@@ -186,8 +185,33 @@ impl Bookings {
             locked_until: now + Duration::seconds(i64::from(self.settings.seat_hold_secs)),
             created_at: now,
         };
-        let hold = holds::hold_seats(&mut tx, &created, max_seats).await?;
-        match hold {
+        let (_, events) = aggregate::decide_new::<Booking, BookingError>(
+            &created.booking_id,
+            BookingCommand::Create(created.clone()),
+        )?;
+        let result = CreatedBooking {
+            booking_id: created.booking_id.clone(),
+            payment_intent_id: created.payment_intent_id.clone(),
+            total_amount,
+            locked_until: created.locked_until,
+        };
+        let stream = (Booking::STREAM_TYPE, events.as_slice());
+        // Without an idempotency key the call is the booking's whole
+        // transaction; with one, the key's outcome commits with it.
+        let hold = match idempotency {
+            None => holds::hold_and_start(&mut conn, &created, max_seats, stream, metadata).await,
+            Some(claim) => {
+                let outcome = ok_outcome(&result).map_err(|e| BookingError::Internal(e.to_string()))?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let hold = holds::hold_and_start(&mut tx, &created, max_seats, stream, metadata).await;
+                if matches!(hold, Ok(holds::Hold::Held)) {
+                    idempotency::complete(&mut tx, claim, &outcome).await?;
+                    tx.commit().await?;
+                }
+                hold
+            }
+        };
+        match hold.map_err(|e| if is_unique_violation(&e) { BookingError::Contention } else { e.into() })? {
             holds::Hold::Held => {}
             holds::Hold::OverQuota { .. } => return Err(BookingError::UserLimit(max_seats)),
             holds::Hold::Taken(seat) => {
@@ -195,20 +219,8 @@ impl Bookings {
                 return Err(BookingError::SeatUnavailable(seat));
             }
         }
-        let booking_id = created.booking_id.clone();
-        aggregate::start_in(&mut tx, &booking_id, metadata, &BookingEffects, BookingCommand::Create(created.clone()))
-            .await?;
-        let result = CreatedBooking {
-            booking_id: created.booking_id,
-            payment_intent_id: created.payment_intent_id,
-            total_amount,
-            locked_until: created.locked_until,
-        };
-        if let Some(claim) = idempotency {
-            let outcome = ok_outcome(&result).map_err(|e| BookingError::Internal(e.to_string()))?;
-            idempotency::complete(&mut tx, claim, &outcome).await?;
-        }
-        aggregate::commit(tx).await?;
+        kernel::global_log::committed();
+        metrics::counter!("bookings_total", "outcome" => "created").increment(1);
         Ok(result)
     }
 

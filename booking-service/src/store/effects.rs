@@ -27,12 +27,13 @@ impl kernel::aggregate::Effects<Booking> for BookingEffects {
         event: &BookingEvent,
         after: &Booking,
     ) -> Result<(), BookingError> {
-        // A new booking's row was written by `holds::hold_seats`, with its holds.
+        // A new booking's row was written by `holds::hold_and_start`, with its holds.
         if !matches!(event, BookingEvent::SeatLocked(_)) {
             views::follow(conn, id, version, event).await?;
         }
         let outcome = match event {
-            BookingEvent::SeatLocked(_) => Some("created"),
+            // Counted where it is written (`BookingService::create`), with no effects of its own.
+            BookingEvent::SeatLocked(_) => None,
             BookingEvent::BookingConfirmed { .. } => Some("confirmed"),
             BookingEvent::BookingCancelled { .. } => Some("cancelled"),
             BookingEvent::BookingExpired { .. } => Some("expired"),

@@ -1,12 +1,15 @@
 //! Seat holds: where "a seat can't be sold twice" is enforced.
 //!
-//! `hold_seats` inserts one row per seat; the `(performance_id, seat_id)`
-//! primary key is what makes a second holder impossible. A new booking
-//! takes two round trips here (`prepare_booking`, then `hold_seats`, which
-//! also writes its `booking_view` row) before its event is appended.
+//! `book_seats` (a database function, migration 1006) inserts one row per
+//! seat; the `(performance_id, seat_id)` primary key is what makes a second
+//! holder impossible. A new booking takes two round trips here
+//! ([`booking_context`], then [`hold_and_start`], which also writes its
+//! deadline, its `booking_view` row and its first events).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use kernel::event_store::{EventMetadata, NewEvent};
+use sqlx::{postgres::PgDatabaseError, PgConnection};
+use uuid::Uuid;
 
 use crate::domain::booking::{Booking, BookingEvent, SeatLocked};
 
@@ -17,33 +20,29 @@ pub struct BookingContext {
     pub performance_exists: bool,
     /// Prices of the requested seats that exist, as (seat_id, price).
     pub prices: Vec<(String, i64)>,
-    /// The database clock (the transaction's start).
+    /// The database clock.
     pub now: DateTime<Utc>,
 }
 
-/// One round trip: takes the user's quota lock for the performance (one
-/// user's bookings for one performance queue here, because the per-user
-/// limit is a count-then-insert), reads the performance, the requested
-/// seats' prices and the database clock. Run it first in the transaction;
-/// [`hold_seats`] must follow as a later statement, so that its count sees
-/// everything committed before the lock was granted.
-pub async fn prepare_booking(
+/// One round trip, outside any transaction and with no lock: reads the
+/// performance, the requested seats' prices and the database clock. The
+/// catalog is insert-only, so what this reads is still true when the seats
+/// are held.
+pub async fn booking_context(
     conn: &mut PgConnection,
     performance_id: &str,
     seat_ids: &[String],
-    user_id: &str,
 ) -> Result<BookingContext, sqlx::Error> {
     /// Performance exists, seat, its price, the clock: one row per found seat (or one with no seat).
     type Row = (bool, Option<String>, Option<i64>, DateTime<Utc>);
     let rows: Vec<Row> = sqlx::query_as(
         "select p.performance_id is not null, s.seat_id, s.price, now() \
-           from (select pg_advisory_xact_lock(hashtextextended($3, 0))) as quota_lock \
+           from (select 1) as one \
            left join performances p on p.performance_id = $1 \
            left join seats s on s.performance_id = p.performance_id and s.seat_id = any($2)",
     )
     .bind(performance_id)
     .bind(seat_ids)
-    .bind(format!("quota:{performance_id}:{user_id}"))
     .fetch_all(conn)
     .await?;
     let now = rows.first().map(|row| row.3).ok_or(sqlx::Error::RowNotFound)?;
@@ -54,10 +53,11 @@ pub async fn prepare_booking(
     })
 }
 
-/// What [`hold_seats`] did.
+/// What [`hold_and_start`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hold {
-    /// Every seat is held and the sweeper's deadline is set.
+    /// Every seat is held, the sweeper's deadline and the `booking_view`
+    /// row are written and the booking's events appended.
     Held,
     /// The user already holds or owns `held` seats of the performance, and
     /// these would take them over the limit; nothing was written.
@@ -65,73 +65,73 @@ pub enum Hold {
         /// Seats the user holds or owns already.
         held: i64,
     },
-    /// This seat (the first unavailable one in request order) is taken; the
-    /// caller must roll back.
+    /// This seat (the first unavailable one in request order) is taken;
+    /// nothing was written.
     Taken(String),
 }
 
-/// One round trip: counts the seats the user holds live or owns for the
-/// performance; within `max_seats`, holds every requested seat of `created`,
-/// sets the booking's deadline for the sweeper and writes its
-/// `booking_view` row (version 1), so the booking's transaction needs no
-/// statement of its own for either.
+/// SQLSTATE of `book_seats` when a seat is taken (detail: the seat).
+const SEAT_TAKEN: &str = "BK001";
+/// SQLSTATE of `book_seats` when the user would go over the limit (detail: seats held).
+const OVER_QUOTA: &str = "BK002";
+
+/// One round trip, one call of `book_seats`: takes the user's quota lock
+/// for the performance, counts the seats the user holds live or owns
+/// there; within `max_seats`, holds every requested seat of `created`, sets
+/// the booking's deadline for the sweeper, writes its `booking_view` row
+/// (version 1) and appends `events` as the booking's stream from version 1.
 ///
-/// Rows are inserted in sorted seat order (so overlapping requests lock in
-/// the same order and cannot deadlock); a row that exists is taken over only
-/// if its hold has lapsed (`locked_until <= now()`) and no charge is
-/// admitted. The primary key does the rest. The caller runs this after
-/// [`prepare_booking`], in the transaction that appends `SeatLocked`, and
-/// rolls back unless it returns [`Hold::Held`].
-pub async fn hold_seats(conn: &mut PgConnection, created: &SeatLocked, max_seats: usize) -> Result<Hold, sqlx::Error> {
-    let seat_ids = &created.seat_ids;
-    let mut sorted: Vec<&str> = seat_ids.iter().map(String::as_str).collect();
-    sorted.sort_unstable();
-    let room = i64::try_from(max_seats).unwrap_or(i64::MAX) - i64::try_from(seat_ids.len()).unwrap_or(i64::MAX);
-    let (held, locked): (i64, Vec<String>) = sqlx::query_as(
-        "with prior as ( \
-           select count(*) as held from seat_holds where performance_id = $1 and user_id = $3 \
-              and (status = 'booked' or locked_until > now() or admitted_until > now())), \
-         hold as ( \
-           insert into seat_holds (performance_id, seat_id, booking_id, user_id, status, locked_until) \
-           select $1, seat, $2, $3, 'locked', $4 from unnest($5::text[]) with ordinality as s(seat, n) \
-            where (select held from prior) <= $6 order by n \
-           on conflict (performance_id, seat_id) do update \
-              set booking_id = excluded.booking_id, user_id = excluded.user_id, status = 'locked', \
-                  locked_until = excluded.locked_until, admitted_until = null \
-            where seat_holds.status = 'locked' and seat_holds.locked_until <= now() \
-              and (seat_holds.admitted_until is null or seat_holds.admitted_until <= now()) \
-           returning seat_id), \
-         deadline as ( \
-           insert into booking_deadlines (booking_id, due_at) \
-           select $2, $4 where (select held from prior) <= $6 \
-           on conflict (booking_id) do update set due_at = excluded.due_at), \
-         view as ( \
-           insert into booking_view (booking_id, user_id, performance_id, seat_ids, total_amount, status, \
-              payment_intent_id, created_at, version) \
-           select $2, $3, $1, $7, $8, 'pending', $9, $10, 1 where (select held from prior) <= $6 \
-           on conflict (booking_id) do nothing) \
-         select (select held from prior), array(select seat_id from hold)",
-    )
-    .bind(&created.performance_id)
-    .bind(&created.booking_id)
-    .bind(&created.user_id)
-    .bind(created.locked_until)
-    .bind(&sorted)
-    .bind(room)
-    .bind(seat_ids)
-    .bind(created.total_amount)
-    .bind(&created.payment_intent_id)
-    .bind(created.created_at)
-    .fetch_one(&mut *conn)
-    .await?;
-    if held > room {
-        return Ok(Hold::OverQuota { held });
+/// Called outside a transaction block it is its own transaction, committed
+/// when it returns [`Hold::Held`]; inside one (a request with an
+/// idempotency key) the caller commits. It writes nothing unless every
+/// seat could be held within the limit. A stream that exists already fails
+/// with a unique violation.
+pub async fn hold_and_start(
+    conn: &mut PgConnection,
+    created: &SeatLocked,
+    max_seats: usize,
+    (stream_type, events): (&str, &[NewEvent]),
+    metadata: &EventMetadata,
+) -> Result<Hold, sqlx::Error> {
+    let room = i64::try_from(max_seats).unwrap_or(i64::MAX) - i64::try_from(created.seat_ids.len()).unwrap_or(i64::MAX);
+    let metadata = serde_json::to_value(metadata).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let event_ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let schemas: Vec<i32> = events.iter().map(|e| e.schema_version).collect();
+    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+    let published: Vec<bool> = events.iter().map(|e| e.published).collect();
+    let called =
+        sqlx::query("select book_seats($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")
+            .bind(&created.performance_id)
+            .bind(&created.booking_id)
+            .bind(&created.user_id)
+            .bind(&created.seat_ids)
+            .bind(room)
+            .bind(created.locked_until)
+            .bind(created.total_amount)
+            .bind(&created.payment_intent_id)
+            .bind(created.created_at)
+            .bind(stream_type)
+            .bind(&event_ids)
+            .bind(&types)
+            .bind(&schemas)
+            .bind(&payloads)
+            .bind(&published)
+            .bind(&metadata)
+            .execute(conn)
+            .await;
+    match called {
+        Ok(_) => Ok(Hold::Held),
+        Err(sqlx::Error::Database(error)) => {
+            let detail = error.try_downcast_ref::<PgDatabaseError>().and_then(PgDatabaseError::detail);
+            match (error.code().as_deref(), detail) {
+                (Some(SEAT_TAKEN), Some(seat)) => Ok(Hold::Taken(seat.to_owned())),
+                (Some(OVER_QUOTA), Some(held)) => Ok(Hold::OverQuota { held: held.parse().unwrap_or(i64::MAX) }),
+                _ => Err(sqlx::Error::Database(error)),
+            }
+        }
+        Err(error) => Err(error),
     }
-    if locked.len() == seat_ids.len() {
-        return Ok(Hold::Held);
-    }
-    let first_taken = seat_ids.iter().find(|id| !locked.contains(id)).cloned().unwrap_or_default();
-    Ok(Hold::Taken(first_taken))
 }
 
 /// True if the booking still holds all of its seats (row-locked until commit).
@@ -149,7 +149,7 @@ pub async fn still_holds_all(conn: &mut PgConnection, booking: &Booking) -> Resu
 pub async fn follow(conn: &mut PgConnection, booking: &Booking, event: &BookingEvent) -> Result<(), sqlx::Error> {
     let id = booking.created.booking_id.as_str();
     match event {
-        // `hold_seats` wrote the holds, the deadline and the view row in one statement.
+        // `hold_and_start` wrote the holds, the deadline and the view row with the event.
         BookingEvent::SeatLocked(_) => {}
         BookingEvent::PaymentAdmitted { admitted_until, .. } => {
             sqlx::query("update seat_holds set admitted_until = $2 where booking_id = $1 and status = 'locked'")

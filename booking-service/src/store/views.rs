@@ -1,7 +1,7 @@
 //! The read side behind `GET /bookings/my`: `booking_view`, one row per
 //! booking, written in the same transaction as the booking's events
 //! ([`follow`], called by every command; a new booking's row is written by
-//! the statement that holds its seats, `holds::hold_seats`), so a read
+//! the call that holds its seats, `holds::hold_and_start`), so a read
 //! always shows every write committed before it, without waiting for
 //! anything. It is still a projection of the event store: `ticketing
 //! rebuild-projections` replays the log into fresh tables and swaps them in

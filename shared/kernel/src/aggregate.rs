@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 
-use crate::event_store::{self, DomainEvent, EventMetadata, EventStoreError, StoredEvent, TypedStreamError};
+use crate::event_store::{self, DomainEvent, EventMetadata, EventStoreError, NewEvent, StoredEvent, TypedStreamError};
 
 /// An event-sourced aggregate: `decide` and `apply` are pure.
 pub trait Aggregate: Sized + Send + Sync {
@@ -201,6 +201,25 @@ pub async fn start_in<A: Aggregate, X: Effects<A>>(
 ) -> Result<Executed<A>, X::Error> {
     let events = A::decide(None, command)?;
     record(conn, id, Loaded { state: None, version: 0 }, events, metadata, effects).await
+}
+
+/// The first events of a new stream, decided and encoded but not written,
+/// for a service that appends them in a database call of its own (the
+/// booking-service holds a booking's seats and starts its stream in one
+/// round trip). The caller appends them at versions 1, 2, 3… so that a
+/// stream that exists fails, applies what its [`Effects`] would have done
+/// for them in the same transaction, and calls [`commit`] or
+/// [`global_log::committed`](crate::global_log::committed) after the commit.
+pub fn decide_new<A: Aggregate, E: CommandFailure + From<A::Rejection>>(
+    id: &str,
+    command: A::Command,
+) -> Result<(A, Vec<NewEvent>), E> {
+    let events = A::decide(None, command)?;
+    let state =
+        A::replay(&events).ok_or_else(|| E::broken(format!("{} {id}: its events leave no state", A::STREAM_TYPE)))?;
+    let encoded = event_store::encode_new(&events)
+        .map_err(|e| E::broken(format!("{} {id}: an event does not encode: {e}", A::STREAM_TYPE)))?;
+    Ok((state, encoded))
 }
 
 /// Commits a transaction that appended events and wakes the log's readers

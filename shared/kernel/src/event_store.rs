@@ -426,6 +426,15 @@ pub async fn load_typed<E: DomainEvent>(
     Ok((events, version))
 }
 
+/// Domain events as the store writes them (type name, JSON payload,
+/// published or not).
+pub fn encode_new<E: DomainEvent>(events: &[E]) -> Result<Vec<NewEvent>, serde_json::Error> {
+    events
+        .iter()
+        .map(|e| NewEvent::from_serde(e.event_type(), e).map(|new| NewEvent { published: e.published(), ..new }))
+        .collect()
+}
+
 /// Appends domain events after `version` (0: the stream must not exist yet).
 pub async fn append_typed<E: DomainEvent>(
     conn: &mut PgConnection,
@@ -435,10 +444,7 @@ pub async fn append_typed<E: DomainEvent>(
     events: &[E],
     metadata: &EventMetadata,
 ) -> Result<(), TypedStreamError> {
-    let new_events = events
-        .iter()
-        .map(|e| NewEvent::from_serde(e.event_type(), e).map(|new| NewEvent { published: e.published(), ..new }))
-        .collect::<Result<Vec<_>, _>>()
+    let new_events = encode_new(events)
         .map_err(|e| TypedStreamError::Codec { stream_id: stream_id.to_owned(), reason: e.to_string() })?;
     let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
     append(conn, stream_type, stream_id, expected, &new_events, metadata).await?;
