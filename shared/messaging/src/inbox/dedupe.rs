@@ -3,9 +3,10 @@
 //! event a no-op, and the partition's next offset under the member's lease
 //! epoch. And the hourly purge of old inbox rows.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use super::{
     handler::{EventHandler, HandlerError, IncomingEvent},
@@ -45,6 +46,30 @@ pub async fn apply_in(
     }
     handler.handle(tx, event).await?;
     Ok(Outcome::Applied)
+}
+
+/// In the caller's transaction, one statement for a batch: records the
+/// events `ids` (from `topics`) in this consumer's inbox and says, in
+/// order, whether each is new. An event that was there already, or that
+/// comes earlier in `ids`, is not.
+pub async fn record_all(
+    tx: &mut PgConnection,
+    consumer: &str,
+    ids: &[Uuid],
+    topics: &[&str],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "insert into inbox (consumer, event_id, topic) \
+         select $1, e.event_id, e.topic from unnest($2::uuid[], $3::text[]) as e(event_id, topic) \
+         on conflict do nothing returning event_id",
+    )
+    .bind(consumer)
+    .bind(ids)
+    .bind(topics)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut fresh: HashSet<Uuid> = inserted.into_iter().collect();
+    Ok(ids.iter().map(|id| fresh.remove(id)).collect())
 }
 
 /// The member lost the partition's lease: another member works it now.

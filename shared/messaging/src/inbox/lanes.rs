@@ -11,7 +11,7 @@ use sqlx::PgPool;
 
 use super::{
     dead_letter::{dead_letter, DeadLetterProducer},
-    dedupe::{apply_in, store_offset, store_offset_alone, Fenced, Position},
+    dedupe::{apply_in, record_all, store_offset, store_offset_alone, Fenced, Position},
     handler::{EventHandler, HandlerError, IncomingEvent},
     settings::ConsumerSettings,
     Outcome,
@@ -204,15 +204,38 @@ impl<H: EventHandler> Lanes<'_, H> {
                 return Together::FailedAt(0);
             }
         };
+        // Every wanted record's inbox row in one statement, then the handlers.
+        let mut wanted = Vec::with_capacity(events.len());
+        let (mut ids, mut topics) = (Vec::with_capacity(events.len()), Vec::with_capacity(events.len()));
+        for (index, event) in events.iter().enumerate() {
+            if self.handler.wants(&event.headers.event_type) {
+                let Ok(id) = event.event_id() else { return Together::FailedAt(index) };
+                wanted.push(index);
+                ids.push(id);
+                topics.push(event.topic.as_str());
+            }
+        }
+        let fresh = match record_all(&mut tx, group, &ids, &topics).await {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::debug!(%error, group, "a shared transaction's inbox rows failed; going record by record");
+                return Together::FailedAt(0);
+            }
+        };
+        let mut fresh = wanted.into_iter().zip(fresh).peekable();
         let mut outcomes = Vec::with_capacity(events.len());
         for (index, (event, message)) in events.iter().zip(records).enumerate() {
-            if !self.handler.wants(&event.headers.event_type) {
+            let Some((_, is_new)) = fresh.next_if(|(wanted, _)| *wanted == index) else {
                 outcomes.push(Outcome::Ignored);
+                continue;
+            };
+            if !is_new {
+                outcomes.push(Outcome::Duplicate);
                 continue;
             }
             let span = consume_span(group, event, message.topic());
-            match tracing::Instrument::instrument(apply_in(&mut tx, self.handler, group, event), span).await {
-                Ok(outcome) => outcomes.push(outcome),
+            match tracing::Instrument::instrument(self.handler.handle(&mut tx, event), span).await {
+                Ok(()) => outcomes.push(Outcome::Applied),
                 Err(error) => {
                     // On its own, that record's failure is handled (and logged).
                     tracing::debug!(%error, group, ce_id = event.headers.id, "a record failed in a shared transaction");
