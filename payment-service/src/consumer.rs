@@ -6,7 +6,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use kernel::aggregate::Start;
+use kernel::event_store::EventMetadata;
 use messaging::inbox::EventHandler;
+use messaging::inbox::Fresh;
 use messaging::inbox::HandlerError;
 use messaging::inbox::IncomingEvent;
 use messaging::topics::booking_type;
@@ -15,7 +18,7 @@ use proto::time::from_timestamp;
 use sqlx::PgConnection;
 
 use crate::{
-    domain::intent::{BookingEnd, IntentCreated, PaymentCommand, PaymentRejection},
+    domain::intent::{BookingEnd, IntentCreated, PaymentCommand, PaymentIntent, PaymentRejection},
     error::PaymentError,
     store::effects::IntentEffects,
 };
@@ -96,6 +99,66 @@ async fn end(
     outcome(execute_in(tx, &intent, &event.caused_metadata(ACTOR), PaymentCommand::BookingEnded { end, now }).await)
 }
 
+/// The intent a `SeatLocked` asks for, or why the record is poison.
+fn intent_of(locked: pb::SeatLocked) -> Result<IntentCreated, HandlerError> {
+    let total = locked.total.unwrap_or_default();
+    let payable_until = locked.locked_until.as_ref().and_then(from_timestamp);
+    let created_at = locked.created_at.as_ref().and_then(from_timestamp);
+    let (Some(payable_until), Some(created_at)) = (payable_until, created_at) else {
+        return Err(HandlerError::Poison("SeatLocked without locked_until or created_at".into()));
+    };
+    if locked.payment_intent_id.is_empty() || total.amount <= 0 {
+        return Err(HandlerError::Poison("SeatLocked without an intent id or a positive total".into()));
+    }
+    Ok(IntentCreated {
+        payment_intent_id: locked.payment_intent_id,
+        booking_id: locked.booking_id,
+        user_id: locked.user_id,
+        amount: total.amount,
+        currency: if total.currency.is_empty() { "KRW".into() } else { total.currency },
+        payable_until,
+        created_at,
+    })
+}
+
+/// Creates the intents of a run of `SeatLocked` records (`(index, intent,
+/// metadata)`) with one statement; an intent that exists already (a
+/// redelivery under a new event id) is read and decided on like any other
+/// command.
+async fn create_intents(
+    tx: &mut PgConnection,
+    run: Vec<(usize, IntentCreated, EventMetadata)>,
+) -> Result<(), (usize, HandlerError)> {
+    let Some(first) = run.first().map(|(index, _, _)| *index) else { return Ok(()) };
+    let starts = run
+        .iter()
+        .map(|(_, created, metadata)| Start {
+            id: created.payment_intent_id.clone(),
+            metadata: metadata.clone(),
+            command: PaymentCommand::Create(created.clone()),
+        })
+        .collect();
+    let existed = match kernel::aggregate::start_each_in::<PaymentIntent, _>(tx, &IntentEffects, starts).await {
+        Ok(existed) => existed,
+        Err((at, error)) => {
+            // The shared transaction fails; that record is then handled on its own.
+            let index = run.get(at).map_or(first, |(index, _, _)| *index);
+            let error = outcome(Err::<(), _>(error))
+                .err()
+                .unwrap_or_else(|| HandlerError::Permanent("an intent's start was refused".into()));
+            return Err((index, error));
+        }
+    };
+    for (index, created, metadata) in run {
+        if existed.contains(&created.payment_intent_id) {
+            let id = created.payment_intent_id.clone();
+            outcome(execute_in(tx, &id, &metadata, PaymentCommand::Create(created)).await)
+                .map_err(|error| (index, error))?;
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl EventHandler for BookingEventHandler {
     fn wants(&self, ce_type: &str) -> bool {
@@ -106,35 +169,18 @@ impl EventHandler for BookingEventHandler {
         let Some(decode) = BookingEventIn::decoder(&event.headers.event_type) else { return Ok(()) };
         match decode(event)? {
             BookingEventIn::SeatLocked(locked) => {
-                let total = locked.total.clone().unwrap_or_default();
-                let payable_until = locked.locked_until.as_ref().and_then(from_timestamp);
-                let created_at = locked.created_at.as_ref().and_then(from_timestamp);
-                let (Some(payable_until), Some(created_at)) = (payable_until, created_at) else {
-                    return Err(HandlerError::Poison("SeatLocked without locked_until or created_at".into()));
-                };
-                if locked.payment_intent_id.is_empty() || total.amount <= 0 {
-                    return Err(HandlerError::Poison("SeatLocked without an intent id or a positive total".into()));
-                }
-                let created = IntentCreated {
-                    payment_intent_id: locked.payment_intent_id.clone(),
-                    booking_id: locked.booking_id,
-                    user_id: locked.user_id,
-                    amount: total.amount,
-                    currency: if total.currency.is_empty() { "KRW".into() } else { total.currency },
-                    payable_until,
-                    created_at,
-                };
+                let created = intent_of(locked)?;
                 let meta = event.caused_metadata(ACTOR);
-                let id = locked.payment_intent_id.as_str();
+                let id = created.payment_intent_id.clone();
                 // Appended at version 0 without reading the stream, which is
                 // new but for a redelivery; one that exists refuses the append
                 // and is then read and decided on like any other command (if
                 // a concurrent writer aborted the transaction, that read
                 // fails and the record is tried again).
                 let create = PaymentCommand::Create(created.clone());
-                match kernel::aggregate::start_in(tx, id, &meta, &IntentEffects, create).await {
+                match kernel::aggregate::start_in(tx, &id, &meta, &IntentEffects, create).await {
                     Err(PaymentError::Contention) => {
-                        outcome(execute_in(tx, id, &meta, PaymentCommand::Create(created)).await)
+                        outcome(execute_in(tx, &id, &meta, PaymentCommand::Create(created)).await)
                     }
                     started => outcome(started),
                 }
@@ -143,6 +189,28 @@ impl EventHandler for BookingEventHandler {
             BookingEventIn::Expired(e) => end(tx, event, &e.booking_id, BookingEnd::Expired).await,
             BookingEventIn::Failed(e) => end(tx, event, &e.booking_id, BookingEnd::Failed).await,
         }
+    }
+
+    /// A shared transaction's records in order: runs of `SeatLocked` create
+    /// their intents with one statement (`aggregate::start_each_in`); every
+    /// other record is handled on its own, after the run before it.
+    async fn handle_all(&self, tx: &mut PgConnection, events: &[Fresh<'_>]) -> Result<(), (usize, HandlerError)> {
+        let mut run: Vec<(usize, IntentCreated, EventMetadata)> = Vec::new();
+        for (index, fresh) in events.iter().enumerate() {
+            let decoded = BookingEventIn::decoder(&fresh.event.headers.event_type).map(|decode| decode(fresh.event));
+            if let Some(Ok(BookingEventIn::SeatLocked(locked))) = decoded {
+                let created = intent_of(locked).map_err(|error| (index, error))?;
+                // In the record's span, so the intent's event continues its trace.
+                let meta = fresh.span.in_scope(|| fresh.event.caused_metadata(ACTOR));
+                run.push((index, created, meta));
+                continue;
+            }
+            create_intents(tx, std::mem::take(&mut run)).await?;
+            tracing::Instrument::instrument(self.handle(tx, fresh.event), fresh.span.clone())
+                .await
+                .map_err(|error| (index, error))?;
+        }
+        create_intents(tx, run).await
     }
 
     async fn committed(&self, event: &IncomingEvent) {

@@ -222,6 +222,62 @@ pub fn decide_new<A: Aggregate, E: CommandFailure + From<A::Rejection>>(
     Ok((state, encoded))
 }
 
+/// One new stream for [`start_each_in`]: its id, the metadata of its event
+/// and the command that creates it.
+pub struct Start<A: Aggregate> {
+    /// The stream's id.
+    pub id: String,
+    /// The metadata of its first event.
+    pub metadata: EventMetadata,
+    /// The command that creates it; it must decide exactly one event.
+    pub command: A::Command,
+}
+
+/// Starts many streams of `A` on the caller's transaction with one
+/// statement, each with the one event its command decides on no state, and
+/// applies the effects of each. Returns the ids of the streams that existed
+/// already: nothing was written for them, and the caller decides on their
+/// current state. A command that is refused, or that decides other than
+/// one event, fails with its index (nothing of the batch was written).
+pub async fn start_each_in<A: Aggregate, X: Effects<A>>(
+    conn: &mut PgConnection,
+    effects: &X,
+    starts: Vec<Start<A>>,
+) -> Result<Vec<String>, (usize, X::Error)> {
+    let mut decided = Vec::with_capacity(starts.len());
+    for (index, start) in starts.into_iter().enumerate() {
+        let mut events = A::decide(None, start.command).map_err(|e| (index, X::Error::from(e)))?;
+        let (Some(event), true) = (events.pop(), events.is_empty()) else {
+            return Err((
+                index,
+                X::Error::broken(format!("{} {}: a start decides one event", A::STREAM_TYPE, start.id)),
+            ));
+        };
+        let encoded = event_store::encode_new(std::slice::from_ref(&event))
+            .ok()
+            .and_then(|mut encoded| encoded.pop())
+            .ok_or_else(|| {
+                (index, X::Error::broken(format!("{} {}: its event does not encode", A::STREAM_TYPE, start.id)))
+            })?;
+        decided.push((start.id, start.metadata, event, encoded));
+    }
+    let rows: Vec<(&str, &NewEvent, &EventMetadata)> =
+        decided.iter().map(|(id, metadata, _, encoded)| (id.as_str(), encoded, metadata)).collect();
+    let existed = event_store::start_streams(conn, A::STREAM_TYPE, &rows)
+        .await
+        .map_err(|e| (0, X::Error::from_store(TypedStreamError::Store(e))))?;
+    for (index, (id, _, event, _)) in decided.iter().enumerate() {
+        if existed.contains(id) {
+            continue;
+        }
+        let state = A::apply(None, event).ok_or_else(|| {
+            (index, X::Error::broken(format!("{} {id}: its first event leaves no state", A::STREAM_TYPE)))
+        })?;
+        effects.follow(conn, id, 1, event, &state).await.map_err(|e| (index, e))?;
+    }
+    Ok(existed)
+}
+
 /// Commits a transaction that appended events and wakes the log's readers
 /// (the relay) at once.
 pub async fn commit(tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), sqlx::Error> {

@@ -208,6 +208,57 @@ pub async fn append(
     stored_events(&rows, events, &event_ids, (stream_type, stream_id), metadata)
 }
 
+/// Starts new streams in one statement, each with one event at version 1,
+/// in the order given (a batch of creations, one round trip for all). A
+/// stream that exists already is left as it is: its id is returned, and
+/// nothing was written for it (a single event at version 1 conflicts
+/// exactly when the stream exists, so this is the `NoStream` check).
+pub async fn start_streams(
+    conn: &mut PgConnection,
+    stream_type: &str,
+    starts: &[(&str, &NewEvent, &EventMetadata)],
+) -> Result<Vec<String>, EventStoreError> {
+    let mut ids = Vec::with_capacity(starts.len());
+    let mut event_ids = Vec::with_capacity(starts.len());
+    let mut types = Vec::with_capacity(starts.len());
+    let mut schemas = Vec::with_capacity(starts.len());
+    let mut payloads = Vec::with_capacity(starts.len());
+    let mut metadata = Vec::with_capacity(starts.len());
+    let mut published = Vec::with_capacity(starts.len());
+    for (id, event, meta) in starts {
+        ids.push(*id);
+        event_ids.push(Uuid::now_v7());
+        types.push(event.event_type.as_str());
+        schemas.push(event.schema_version);
+        payloads.push(&event.payload);
+        metadata.push(serde_json::to_value(meta)?);
+        published.push(event.published);
+    }
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "insert into events \
+           (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata, sequence) \
+         select e.event_id, $1, e.stream_id, 1, e.event_type, e.schema_version, e.payload, e.metadata, \
+                case when e.published then 1 end \
+           from unnest($2::text[], $3::uuid[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[], $8::bool[]) \
+                with ordinality as e(stream_id, event_id, event_type, schema_version, payload, metadata, published, n) \
+          order by e.n \
+         on conflict (stream_type, stream_id, stream_version) do nothing \
+         returning stream_id",
+    )
+    .bind(stream_type)
+    .bind(&ids)
+    .bind(&event_ids)
+    .bind(&types)
+    .bind(&schemas)
+    .bind(&payloads)
+    .bind(&metadata)
+    .bind(&published)
+    .fetch_all(&mut *conn)
+    .await?;
+    let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    Ok(ids.into_iter().filter(|id| !inserted.contains(*id)).map(str::to_owned).collect())
+}
+
 /// What an append returned, as stored events in version order: row `i`
 /// is the event sent at index `version - first version`.
 fn stored_events(

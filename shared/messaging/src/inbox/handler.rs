@@ -112,6 +112,15 @@ fn describe(error: &sqlx::Error) -> String {
     }
 }
 
+/// A new event for [`EventHandler::handle_all`], with the span its
+/// handling belongs to.
+pub struct Fresh<'a> {
+    /// The event.
+    pub event: &'a IncomingEvent,
+    /// Its `consume` span (the trace it continues).
+    pub span: tracing::Span,
+}
+
 /// Applies one event's effects inside the transaction that records it in the inbox.
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
@@ -123,6 +132,19 @@ pub trait EventHandler: Send + Sync + 'static {
 
     /// Handles `event`; every write must go through `tx`.
     async fn handle(&self, tx: &mut PgConnection, event: &IncomingEvent) -> Result<(), HandlerError>;
+
+    /// Handles new events of one partition in order, in one transaction
+    /// (a consumer's shared transaction), each with its `consume` span; on
+    /// failure, the index of the event that failed. By default one by one
+    /// with [`EventHandler::handle`]; a handler may write several at once.
+    async fn handle_all(&self, tx: &mut PgConnection, events: &[Fresh<'_>]) -> Result<(), (usize, HandlerError)> {
+        for (index, fresh) in events.iter().enumerate() {
+            tracing::Instrument::instrument(self.handle(tx, fresh.event), fresh.span.clone())
+                .await
+                .map_err(|error| (index, error))?;
+        }
+        Ok(())
+    }
 
     /// Runs after `handle`'s transaction committed (wake whoever waits for
     /// its effects). Not run for duplicates or refused records.

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use super::{
     dead_letter::{dead_letter, DeadLetterProducer},
     dedupe::{apply_in, record_all, store_offset, store_offset_alone, Fenced, Position},
-    handler::{EventHandler, HandlerError, IncomingEvent},
+    handler::{EventHandler, Fresh, HandlerError, IncomingEvent},
     settings::ConsumerSettings,
     Outcome,
 };
@@ -224,25 +224,27 @@ impl<H: EventHandler> Lanes<'_, H> {
         };
         let mut fresh = wanted.into_iter().zip(fresh).peekable();
         let mut outcomes = Vec::with_capacity(events.len());
+        let mut applied = Vec::with_capacity(events.len());
+        let mut to_handle = Vec::with_capacity(events.len());
         for (index, (event, message)) in events.iter().zip(records).enumerate() {
-            let Some((_, is_new)) = fresh.next_if(|(wanted, _)| *wanted == index) else {
-                outcomes.push(Outcome::Ignored);
-                continue;
-            };
-            if !is_new {
-                outcomes.push(Outcome::Duplicate);
-                continue;
-            }
-            let span = consume_span(group, event, message.topic());
-            match tracing::Instrument::instrument(self.handler.handle(&mut tx, event), span).await {
-                Ok(()) => outcomes.push(Outcome::Applied),
-                Err(error) => {
-                    // On its own, that record's failure is handled (and logged).
-                    tracing::debug!(%error, group, ce_id = event.headers.id, "a record failed in a shared transaction");
-                    return Together::FailedAt(index);
+            outcomes.push(match fresh.next_if(|(wanted, _)| *wanted == index) {
+                None => Outcome::Ignored,
+                Some((_, false)) => Outcome::Duplicate,
+                Some((_, true)) => {
+                    applied.push(index);
+                    to_handle.push(Fresh { event, span: consume_span(group, event, message.topic()) });
+                    Outcome::Applied
                 }
-            }
+            });
         }
+        if let Err((failed, error)) = self.handler.handle_all(&mut tx, &to_handle).await {
+            let index = applied.get(failed).copied().unwrap_or(0);
+            // On its own, that record's failure is handled (and logged).
+            let ce_id = events.get(index).map_or("", |event| event.headers.id.as_str());
+            tracing::debug!(%error, group, ce_id, "a record failed in a shared transaction");
+            return Together::FailedAt(index);
+        }
+        drop(to_handle);
         match store_offset(&mut tx, group, at, next).await {
             Ok(Ok(())) => {}
             Ok(Err(Fenced(_))) => return Together::Fenced,

@@ -32,7 +32,7 @@ pub mod redrive;
 mod run;
 pub mod settings;
 
-pub use handler::{is_transient, EventHandler, HandlerError, IncomingEvent};
+pub use handler::{is_transient, EventHandler, Fresh, HandlerError, IncomingEvent};
 pub use run::run_consumer;
 pub use settings::ConsumerSettings;
 
