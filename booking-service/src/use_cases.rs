@@ -185,7 +185,7 @@ impl Bookings {
             locked_until: now + Duration::seconds(i64::from(self.settings.seat_hold_secs)),
             created_at: now,
         };
-        let (_, events) = aggregate::decide_new::<Booking, BookingError>(
+        let events = aggregate::decide_new::<Booking, BookingError>(
             &created.booking_id,
             BookingCommand::Create(created.clone()),
         )?;

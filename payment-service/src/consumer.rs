@@ -159,6 +159,32 @@ async fn create_intents(
     Ok(())
 }
 
+/// Runs what one decoded booking event asks of its intent.
+async fn apply(tx: &mut PgConnection, event: &IncomingEvent, decoded: BookingEventIn) -> Result<(), HandlerError> {
+    match decoded {
+        BookingEventIn::SeatLocked(locked) => {
+            let created = intent_of(locked)?;
+            let meta = event.caused_metadata(ACTOR);
+            let id = created.payment_intent_id.clone();
+            // Appended at version 0 without reading the stream, which is
+            // new but for a redelivery; one that exists refuses the append
+            // and is then read and decided on like any other command (if
+            // a concurrent writer aborted the transaction, that read
+            // fails and the record is tried again).
+            let create = PaymentCommand::Create(created.clone());
+            match kernel::aggregate::start_in(tx, &id, &meta, &IntentEffects, create).await {
+                Err(PaymentError::Contention) => {
+                    outcome(execute_in(tx, &id, &meta, PaymentCommand::Create(created)).await)
+                }
+                started => outcome(started),
+            }
+        }
+        BookingEventIn::Cancelled(e) => end(tx, event, &e.booking_id, BookingEnd::Cancelled).await,
+        BookingEventIn::Expired(e) => end(tx, event, &e.booking_id, BookingEnd::Expired).await,
+        BookingEventIn::Failed(e) => end(tx, event, &e.booking_id, BookingEnd::Failed).await,
+    }
+}
+
 #[async_trait]
 impl EventHandler for BookingEventHandler {
     fn wants(&self, ce_type: &str) -> bool {
@@ -167,28 +193,7 @@ impl EventHandler for BookingEventHandler {
 
     async fn handle(&self, tx: &mut PgConnection, event: &IncomingEvent) -> Result<(), HandlerError> {
         let Some(decode) = BookingEventIn::decoder(&event.headers.event_type) else { return Ok(()) };
-        match decode(event)? {
-            BookingEventIn::SeatLocked(locked) => {
-                let created = intent_of(locked)?;
-                let meta = event.caused_metadata(ACTOR);
-                let id = created.payment_intent_id.clone();
-                // Appended at version 0 without reading the stream, which is
-                // new but for a redelivery; one that exists refuses the append
-                // and is then read and decided on like any other command (if
-                // a concurrent writer aborted the transaction, that read
-                // fails and the record is tried again).
-                let create = PaymentCommand::Create(created.clone());
-                match kernel::aggregate::start_in(tx, &id, &meta, &IntentEffects, create).await {
-                    Err(PaymentError::Contention) => {
-                        outcome(execute_in(tx, &id, &meta, PaymentCommand::Create(created)).await)
-                    }
-                    started => outcome(started),
-                }
-            }
-            BookingEventIn::Cancelled(e) => end(tx, event, &e.booking_id, BookingEnd::Cancelled).await,
-            BookingEventIn::Expired(e) => end(tx, event, &e.booking_id, BookingEnd::Expired).await,
-            BookingEventIn::Failed(e) => end(tx, event, &e.booking_id, BookingEnd::Failed).await,
-        }
+        apply(tx, event, decode(event)?).await
     }
 
     /// A shared transaction's records in order: runs of `SeatLocked` create
@@ -197,18 +202,21 @@ impl EventHandler for BookingEventHandler {
     async fn handle_all(&self, tx: &mut PgConnection, events: &[Fresh<'_>]) -> Result<(), (usize, HandlerError)> {
         let mut run: Vec<(usize, IntentCreated, EventMetadata)> = Vec::new();
         for (index, fresh) in events.iter().enumerate() {
-            let decoded = BookingEventIn::decoder(&fresh.event.headers.event_type).map(|decode| decode(fresh.event));
-            if let Some(Ok(BookingEventIn::SeatLocked(locked))) = decoded {
-                let created = intent_of(locked).map_err(|error| (index, error))?;
-                // In the record's span, so the intent's event continues its trace.
-                let meta = fresh.span.in_scope(|| fresh.event.caused_metadata(ACTOR));
-                run.push((index, created, meta));
-                continue;
+            let Some(decode) = BookingEventIn::decoder(&fresh.event.headers.event_type) else { continue };
+            match decode(fresh.event).map_err(|error| (index, error))? {
+                BookingEventIn::SeatLocked(locked) => {
+                    let created = intent_of(locked).map_err(|error| (index, error))?;
+                    // In the record's span, so the intent's event continues its trace.
+                    let meta = fresh.span.in_scope(|| fresh.event.caused_metadata(ACTOR));
+                    run.push((index, created, meta));
+                }
+                other => {
+                    create_intents(tx, std::mem::take(&mut run)).await?;
+                    tracing::Instrument::instrument(apply(tx, fresh.event, other), fresh.span.clone())
+                        .await
+                        .map_err(|error| (index, error))?;
+                }
             }
-            create_intents(tx, std::mem::take(&mut run)).await?;
-            tracing::Instrument::instrument(self.handle(tx, fresh.event), fresh.span.clone())
-                .await
-                .map_err(|error| (index, error))?;
         }
         create_intents(tx, run).await
     }

@@ -7,9 +7,8 @@
 //! deadline, its `booking_view` row and its first events).
 
 use chrono::{DateTime, Utc};
-use kernel::event_store::{EventMetadata, NewEvent};
+use kernel::event_store::{Columns, EventMetadata, NewEvent};
 use sqlx::{postgres::PgDatabaseError, PgConnection};
-use uuid::Uuid;
 
 use crate::domain::booking::{Booking, BookingEvent, SeatLocked};
 
@@ -95,11 +94,7 @@ pub async fn hold_and_start(
 ) -> Result<Hold, sqlx::Error> {
     let room = i64::try_from(max_seats).unwrap_or(i64::MAX) - i64::try_from(created.seat_ids.len()).unwrap_or(i64::MAX);
     let metadata = serde_json::to_value(metadata).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let event_ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let schemas: Vec<i32> = events.iter().map(|e| e.schema_version).collect();
-    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
-    let published: Vec<bool> = events.iter().map(|e| e.published).collect();
+    let Columns { event_ids, types, schemas, payloads, published } = Columns::of(events.iter());
     let called =
         sqlx::query("select book_seats($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")
             .bind(&created.performance_id)

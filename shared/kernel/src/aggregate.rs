@@ -213,13 +213,13 @@ pub async fn start_in<A: Aggregate, X: Effects<A>>(
 pub fn decide_new<A: Aggregate, E: CommandFailure + From<A::Rejection>>(
     id: &str,
     command: A::Command,
-) -> Result<(A, Vec<NewEvent>), E> {
+) -> Result<Vec<NewEvent>, E> {
     let events = A::decide(None, command)?;
-    let state =
-        A::replay(&events).ok_or_else(|| E::broken(format!("{} {id}: its events leave no state", A::STREAM_TYPE)))?;
-    let encoded = event_store::encode_new(&events)
-        .map_err(|e| E::broken(format!("{} {id}: an event does not encode: {e}", A::STREAM_TYPE)))?;
-    Ok((state, encoded))
+    if A::replay(&events).is_none() {
+        return Err(E::broken(format!("{} {id}: its events leave no state", A::STREAM_TYPE)));
+    }
+    event_store::encode_new(&events)
+        .map_err(|e| E::broken(format!("{} {id}: an event does not encode: {e}", A::STREAM_TYPE)))
 }
 
 /// One new stream for [`start_each_in`]: its id, the metadata of its event

@@ -64,6 +64,42 @@ impl NewEvent {
     }
 }
 
+/// New events as the columns of an insert over `unnest(…)`, each with a
+/// fresh event id (UUIDv7).
+pub struct Columns<'a> {
+    /// The ids the events get.
+    pub event_ids: Vec<Uuid>,
+    /// Their type names.
+    pub types: Vec<&'a str>,
+    /// Their payloads' schema versions.
+    pub schemas: Vec<i32>,
+    /// Their payloads.
+    pub payloads: Vec<&'a serde_json::Value>,
+    /// Whether each is published.
+    pub published: Vec<bool>,
+}
+
+impl<'a> Columns<'a> {
+    /// The columns of `events`, in order.
+    pub fn of(events: impl ExactSizeIterator<Item = &'a NewEvent>) -> Self {
+        let mut columns = Self {
+            event_ids: Vec::with_capacity(events.len()),
+            types: Vec::with_capacity(events.len()),
+            schemas: Vec::with_capacity(events.len()),
+            payloads: Vec::with_capacity(events.len()),
+            published: Vec::with_capacity(events.len()),
+        };
+        for event in events {
+            columns.event_ids.push(Uuid::now_v7());
+            columns.types.push(event.event_type.as_str());
+            columns.schemas.push(event.schema_version);
+            columns.payloads.push(&event.payload);
+            columns.published.push(event.published);
+        }
+        columns
+    }
+}
+
 /// An event as recorded in the store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
@@ -170,11 +206,7 @@ pub async fn append(
         };
     }
     let metadata_json = serde_json::to_value(metadata)?;
-    let event_ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let schemas: Vec<i32> = events.iter().map(|e| e.schema_version).collect();
-    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
-    let published: Vec<bool> = events.iter().map(|e| e.published).collect();
+    let Columns { event_ids, types, schemas, payloads, published } = Columns::of(events.iter());
     let rows = sqlx::query(
         "with stream as ( \
            select coalesce(max(stream_version), 0) as version, coalesce(max(sequence), 0) as published \
@@ -218,22 +250,10 @@ pub async fn start_streams(
     stream_type: &str,
     starts: &[(&str, &NewEvent, &EventMetadata)],
 ) -> Result<Vec<String>, EventStoreError> {
-    let mut ids = Vec::with_capacity(starts.len());
-    let mut event_ids = Vec::with_capacity(starts.len());
-    let mut types = Vec::with_capacity(starts.len());
-    let mut schemas = Vec::with_capacity(starts.len());
-    let mut payloads = Vec::with_capacity(starts.len());
-    let mut metadata = Vec::with_capacity(starts.len());
-    let mut published = Vec::with_capacity(starts.len());
-    for (id, event, meta) in starts {
-        ids.push(*id);
-        event_ids.push(Uuid::now_v7());
-        types.push(event.event_type.as_str());
-        schemas.push(event.schema_version);
-        payloads.push(&event.payload);
-        metadata.push(serde_json::to_value(meta)?);
-        published.push(event.published);
-    }
+    let ids: Vec<&str> = starts.iter().map(|(id, _, _)| *id).collect();
+    let metadata = starts.iter().map(|(_, _, meta)| serde_json::to_value(meta)).collect::<Result<Vec<_>, _>>()?;
+    let Columns { event_ids, types, schemas, payloads, published } =
+        Columns::of(starts.iter().map(|(_, event, _)| *event));
     let inserted: Vec<String> = sqlx::query_scalar(
         "insert into events \
            (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata, sequence) \
