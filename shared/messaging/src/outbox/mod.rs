@@ -3,8 +3,9 @@
 //!
 //! The `events` table is the outbox. The relay is a checkpointed reader of
 //! the global log (see `global_log` for why it can never skip an event). It
-//! keeps up to four batches in flight, reading and sending the next while
-//! the broker acknowledges the earlier ones, and moves its checkpoint only
+//! reads what was committed while its last batch was being acknowledged as
+//! one batch (a backlog goes as up to four full batches in flight), and
+//! moves its checkpoint only
 //! over batches that are acknowledged with all before them, so a crash or
 //! a broker outage means "send again", never "lost". Only one relay per database is active: leadership is a
 //! PostgreSQL session advisory lock, released by the server if the holder
