@@ -4,6 +4,9 @@
 
 use std::{str::FromStr, time::Duration};
 
+mod kept;
+pub use kept::{Kept, KeptConnection, KEEP_FOR};
+
 use sqlx::{
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
