@@ -31,6 +31,8 @@ use crate::{
 #[derive(Clone)]
 pub struct Bookings {
     pool: PgPool,
+    /// The booking path's connections, passed from one booking to the next.
+    kept: runtime::db::Kept,
     settings: BookingSettings,
     policy: PaymentPolicy,
     decision_waiters: Arc<Waiters>,
@@ -89,7 +91,11 @@ impl Bookings {
         admission_key: Option<edge::admission::AdmissionKey>,
     ) -> Self {
         let waiting_room = crate::waiting_room::WaitingRoom::new(pool.clone(), admission_key);
-        Self { pool, settings, policy, decision_waiters: Arc::new(Waiters::default()), waiting_room }
+        // Half the request pool serves bookings; reads and the waiting room
+        // always have the other half.
+        let share = pool.options().get_max_connections() as usize / 2;
+        let kept = runtime::db::Kept::new(pool.clone(), share);
+        Self { pool, kept, settings, policy, decision_waiters: Arc::new(Waiters::default()), waiting_room }
     }
 
     /// The same use cases over another pool of the same database (the
@@ -160,7 +166,7 @@ impl Bookings {
         let max_seats = self.settings.max_seats_per_user as usize;
         self.waiting_room.check_admission(caller, &request.performance_id, request.admission.as_deref()).await?;
 
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.kept.acquire().await?;
         let context = holds::booking_context(&mut conn, &request.performance_id, &request.seat_ids).await?;
         if !context.performance_exists {
             return Err(BookingError::PerformanceNotFound(request.performance_id));
@@ -219,6 +225,8 @@ impl Bookings {
                 return Err(BookingError::SeatUnavailable(seat));
             }
         }
+        // Every reply read and no transaction open: the next booking may use it.
+        conn.keep();
         kernel::global_log::committed();
         metrics::counter!("bookings_total", "outcome" => "created").increment(1);
         Ok(result)
