@@ -16,6 +16,17 @@ async fn pool_of(size: u32) -> PgPool {
     PgPoolOptions::new().max_connections(size).connect_with(options).await.expect("pool")
 }
 
+/// Waits up to a second for the pool to hold one idle connection (a
+/// connection dropped goes back on a task of its own, after sqlx's ping).
+async fn idle_soon(pool: &PgPool) {
+    for _ in 0..50 {
+        if pool.num_idle() == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn backend(conn: &mut PgConnection) -> i32 {
     sqlx::query_scalar("select pg_backend_pid()").fetch_one(conn).await.expect("pid")
 }
@@ -46,12 +57,7 @@ async fn a_connection_not_kept_goes_back_to_the_pool() {
     drop(tx);
     drop(conn);
     assert_eq!(kept.on_shelf(), 0);
-    for _ in 0..50 {
-        if pool.num_idle() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    idle_soon(&pool).await;
     assert_eq!(pool.num_idle(), 1, "the pool took it back (and rolled it back)");
     let mut again = kept.acquire().await.expect("acquire");
     // SAVEPOINT is refused outside a transaction block.
@@ -92,12 +98,7 @@ async fn a_kept_connection_unused_for_a_while_goes_back_to_the_pool() {
     assert_eq!(kept.on_shelf(), 1);
     tokio::time::sleep(KEEP_FOR + Duration::from_millis(500)).await;
     assert_eq!(kept.on_shelf(), 0);
-    for _ in 0..50 {
-        if pool.num_idle() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    idle_soon(&pool).await;
     assert_eq!(pool.num_idle(), 1);
 }
 
