@@ -91,8 +91,8 @@ impl Bookings {
         admission_key: Option<edge::admission::AdmissionKey>,
     ) -> Self {
         let waiting_room = crate::waiting_room::WaitingRoom::new(pool.clone(), admission_key);
-        // Half the request pool serves bookings; reads and the waiting room
-        // always have the other half.
+        // Half the request pool serves bookings (one connection when the
+        // pool has fewer than two); reads and the waiting room have the rest.
         let share = pool.options().get_max_connections() as usize / 2;
         let kept = runtime::db::Kept::new(pool.clone(), share);
         Self { pool, kept, settings, policy, decision_waiters: Arc::new(Waiters::default()), waiting_room }

@@ -5,9 +5,9 @@
 //! the global log (see `global_log` for why it can never skip an event). It
 //! reads what was committed while its last batch was being acknowledged as
 //! one batch (a backlog goes as up to four full batches in flight), and
-//! moves its checkpoint only
-//! over batches that are acknowledged with all before them, so a crash or
-//! a broker outage means "send again", never "lost". Only one relay per database is active: leadership is a
+//! moves its checkpoint only over batches that are acknowledged with all
+//! before them, so a crash or a broker outage means "send again", never
+//! "lost". Only one relay per database is active: leadership is a
 //! PostgreSQL session advisory lock, released by the server if the holder
 //! dies.
 //!
